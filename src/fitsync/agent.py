@@ -1,0 +1,417 @@
+"""fitsync's remote agent: a self-contained, stdlib-only module run over SSH.
+
+The client (fitsync.remotes.sftp) sends this file's text over an exec channel
+to ``python3`` on the remote host, where it is cached under
+~/.cache/fitsync/agent-<version>-<sha256 prefix>.py and verified by its
+SHA-256 before every use (see BOOTSTRAP). It then answers framed requests on
+stdin/stdout so that listing, digests, block signatures and patching happen
+next to the data, without moving it.
+
+Framing: each message is a 4-byte big-endian length, a UTF-8 JSON header of
+that length, then ``header["n"]`` raw bytes when the header has "n".
+Requests are answered strictly in order, so a client may pipeline them.
+A reply is {"ok": ...} or {"error": kind, "msg": text}; streamed replies send
+{"more": ...} frames before the final one.
+
+Hashes: blake3 and xxhash are used when importable; otherwise the client
+and agent agree on hashlib algorithms during "hello" (see fitsync.remotes.sftp).
+Nothing here may import fitsync: the remote host need not have it. The FITS
+header walker is fitsync.fits, shipped alongside as an embedded module.
+"""
+
+import hashlib
+import json
+import os
+import stat
+import struct
+import sys
+import zlib
+
+AGENT_PROTOCOL = 1
+READ_CHUNK = 4 << 20
+STATE_DIR = ".fitsync"
+HEADER = struct.Struct(">I")
+MAX_HEADER = 64 << 20
+
+# Set by the client's bootstrap when it embeds fitsync.fits (walk_hdus etc.).
+fits = None
+
+
+# -- framing ----------------------------------------------------------------
+
+class Channel:
+    def __init__(self, rfile, wfile):
+        self.rfile = rfile
+        self.wfile = wfile
+
+    def read_exact(self, n):
+        data = self.rfile.read(n)
+        if data is None or len(data) != n:
+            raise EOFError("client went away")
+        return data
+
+    def recv(self):
+        """(header dict, body bytes or None); None at a clean end of input."""
+        raw = self.rfile.read(HEADER.size)
+        if not raw:
+            return None, None
+        if len(raw) != HEADER.size:
+            raise EOFError("truncated frame")
+        (length,) = HEADER.unpack(raw)
+        if length > MAX_HEADER:
+            raise ValueError("frame header too large")
+        header = json.loads(self.read_exact(length))
+        body = self.read_exact(header["n"]) if "n" in header else None
+        return header, body
+
+    def send(self, header, body=None, flush=True):
+        if body is not None:
+            header["n"] = len(body)
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        self.wfile.write(HEADER.pack(len(raw)) + raw)
+        if body is not None:
+            self.wfile.write(body)
+        if flush:
+            self.wfile.flush()
+
+
+class AgentError(Exception):
+    def __init__(self, kind, msg):
+        super().__init__(msg)
+        self.kind = kind
+
+
+def _os_error(exc, path):
+    if isinstance(exc, FileNotFoundError):
+        return AgentError("notfound", "%s does not exist" % path)
+    if isinstance(exc, PermissionError):
+        return AgentError("permission", "permission denied: %s" % path)
+    if isinstance(exc, IsADirectoryError):
+        return AgentError("notfound", "%s is a directory, not a file" % path)
+    return AgentError("io", "%s: %s" % (path, exc.strerror or exc))
+
+
+# -- hashing -------------------------------------------------------------------
+
+def _optional(name):
+    try:
+        return __import__(name)
+    except ImportError:
+        return None
+
+
+class Hashes:
+    """Which hashers this host offers; ``avoid`` hides modules for testing the
+    stdlib-only negotiation on a host that has them."""
+
+    def __init__(self, avoid=()):
+        self.blake3 = None if "blake3" in avoid else _optional("blake3")
+        self.xxhash = None if "xxhash" in avoid else _optional("xxhash")
+
+    def available(self):
+        names = sorted(hashlib.algorithms_available)
+        if self.blake3:
+            names.append("blake3")
+        if self.xxhash:
+            names.append("xxh3_128")
+        return names
+
+    def new(self, algo):
+        if algo == "blake3":
+            if not self.blake3:
+                raise AgentError("bad", "blake3 is not available on this host")
+            return self.blake3.blake3()
+        if algo == "xxh3_128":
+            if not self.xxhash:
+                raise AgentError("bad", "xxhash is not available on this host")
+            return self.xxhash.xxh3_128()
+        if algo == "blake2b128":
+            return hashlib.blake2b(digest_size=16)
+        try:
+            return hashlib.new(algo)
+        except ValueError:
+            raise AgentError("bad", "unknown digest algorithm %r" % algo)
+
+    def block_hasher(self, algo):
+        """A function bytes -> digest for per-block strong hashes."""
+        if algo == "xxh3_128":
+            if not self.xxhash:
+                raise AgentError("bad", "xxhash is not available on this host")
+            return lambda b: self.xxhash.xxh3_128_digest(b)
+        if algo == "blake2b128":
+            return lambda b: hashlib.blake2b(b, digest_size=16).digest()
+        raise AgentError("bad", "unknown block hash %r" % algo)
+
+
+def _read_chunks(f, start=0, length=None, size=READ_CHUNK):
+    f.seek(start)
+    left = length
+    while left is None or left > 0:
+        chunk = f.read(size if left is None else min(size, left))
+        if not chunk:
+            return
+        if left is not None:
+            left -= len(chunk)
+        yield chunk
+
+
+# -- operations ------------------------------------------------------------------
+
+class Agent:
+    def __init__(self, chan):
+        self.chan = chan
+        self.hashes = Hashes()
+
+    def serve(self):
+        while True:
+            header, body = self.chan.recv()
+            if header is None:
+                return
+            op = header.get("op", "")
+            handler = getattr(self, "op_" + op, None)
+            try:
+                if handler is None:
+                    raise AgentError("bad", "unknown request %r" % op)
+                reply = handler(header, body)
+                if reply is not None:
+                    self.chan.send(reply)
+            except AgentError as exc:
+                self.chan.send({"error": exc.kind, "msg": str(exc)})
+            except OSError as exc:
+                self.chan.send({"error": "io", "msg": str(exc)})
+
+    def op_hello(self, req, body):
+        self.hashes = Hashes(req.get("avoid", ()))
+        return {"ok": True, "protocol": AGENT_PROTOCOL, "hashes": self.hashes.available(),
+                "python": sys.version.split()[0], "home": os.path.expanduser("~")}
+
+    def op_list(self, req, body):
+        root = req["root"]
+        try:
+            st = os.stat(root)
+        except OSError as exc:
+            raise _os_error(exc, root)
+        if not stat.S_ISDIR(st.st_mode):
+            raise AgentError("notfound", "%s is not a directory" % root)
+        batch = []
+        for entry in _walk(root, ""):
+            batch.append(entry)
+            if len(batch) >= 2000:
+                self.chan.send({"more": True, "entries": batch})
+                batch = []
+        return {"ok": True, "entries": batch}
+
+    def op_stat(self, req, body):
+        path = req["path"]
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError as exc:
+            raise _os_error(exc, path)
+        if not stat.S_ISREG(st.st_mode):
+            raise AgentError("notfound", "%s is not a regular file" % path)
+        return {"ok": True, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    def op_digest(self, req, body):
+        path = req["path"]
+        hasher = self.hashes.new(req.get("algo", "blake3"))
+        try:
+            with open(path, "rb") as f:
+                for chunk in _read_chunks(f, req.get("offset", 0), req.get("length")):
+                    hasher.update(chunk)
+        except OSError as exc:
+            raise _os_error(exc, path)
+        return {"ok": True, "hex": hasher.hexdigest()}
+
+    def op_signature(self, req, body):
+        path = req["path"]
+        try:
+            with open(path, "rb") as f:
+                sig = signature_of(f, os.fstat(f.fileno()).st_size, req, self.hashes)
+        except OSError as exc:
+            raise _os_error(exc, path)
+        self.chan.send({"ok": True}, sig)
+
+    def op_patch(self, req, body):
+        """Build ``path`` from ``basis`` and literal frames, verify, rename.
+
+        req: path, basis, tmp, ops [[kind, offset, length]...] (kind 0 = basis
+        bytes at offset, 1 = the next ``length`` literal bytes), algo, expected,
+        mtime_ns. Literal bytes follow as {"op": "data"} frames, then
+        {"op": "end"}."""
+        literals = self._incoming()
+        try:
+            result = build_file(req, literals, self.hashes)
+        finally:
+            for _ in literals:  # drain so the framing stays in step after an error
+                pass
+        return {"ok": True, "hex": result}
+
+    def _incoming(self):
+        while True:
+            header, body = self.chan.recv()
+            if header is None:
+                raise EOFError("client went away during a patch")
+            if header.get("op") == "end":
+                return
+            yield body
+
+    def op_rename(self, req, body):
+        """Verify ``tmp`` (digest ``algo`` == ``expected``), set mtime, rename."""
+        tmp, final = req["tmp"], req["path"]
+        hasher = self.hashes.new(req["algo"])
+        try:
+            with open(tmp, "rb") as f:
+                for chunk in _read_chunks(f):
+                    hasher.update(chunk)
+        except OSError as exc:
+            raise _os_error(exc, tmp)
+        if hasher.hexdigest() != req["expected"]:
+            _unlink(tmp)
+            raise AgentError("verify", "%s: bytes written do not match the source digest" % final)
+        _finish(tmp, final, req.get("mtime_ns"))
+        return {"ok": True, "hex": hasher.hexdigest()}
+
+    def op_delete(self, req, body):
+        path, root = req["path"], req["root"]
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return {"ok": True}
+        except OSError as exc:
+            raise _os_error(exc, path)
+        _prune(os.path.dirname(path), root)
+        return {"ok": True}
+
+
+def _walk(directory, prefix):
+    """(relpath, size, mtime_ns) of regular files; symlinks are not followed."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except PermissionError:
+        raise AgentError("permission", "cannot read directory %s: permission denied" % directory)
+    for entry in entries:
+        if not prefix and entry.name == STATE_DIR:
+            continue
+        rel = prefix + entry.name
+        if entry.is_dir(follow_symlinks=False):
+            for item in _walk(entry.path, rel + "/"):
+                yield item
+        elif entry.is_file(follow_symlinks=False):
+            st = entry.stat(follow_symlinks=False)
+            yield [rel, st.st_size, st.st_mtime_ns]
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _finish(tmp, final, mtime_ns):
+    if mtime_ns is not None:
+        os.utime(tmp, ns=(mtime_ns, mtime_ns))
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    os.replace(tmp, final)
+
+
+def _prune(directory, root):
+    root = os.path.abspath(root)
+    directory = os.path.abspath(directory)
+    while directory != root and directory.startswith(root + "/"):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
+        directory = os.path.dirname(directory)
+
+
+def build_file(req, literals, hashes):
+    """Write the patched file to req["tmp"], verify its digest, rename it."""
+    tmp, final, basis_path = req["tmp"], req["path"], req.get("basis")
+    hasher = hashes.new(req["algo"])
+    os.makedirs(os.path.dirname(tmp), exist_ok=True)
+    pending = b""
+    try:
+        basis = open(basis_path, "rb") if basis_path else None
+    except OSError as exc:
+        raise _os_error(exc, basis_path)
+    try:
+        with open(tmp, "wb") as out:
+            for kind, offset, length in req["ops"]:
+                if kind == 0:
+                    if basis is None:
+                        raise AgentError("bad", "recipe copies from a basis file but none was given")
+                    pieces = _read_chunks(basis, offset, length)
+                else:
+                    pieces, pending = _take(literals, pending, length)
+                got = 0
+                for piece in pieces:
+                    hasher.update(piece)
+                    out.write(piece)
+                    got += len(piece)
+                if got != length:
+                    raise AgentError("verify", "%s: the basis or literal data ended early" % final)
+    except OSError as exc:
+        _unlink(tmp)
+        raise _os_error(exc, tmp)
+    except BaseException:
+        _unlink(tmp)
+        raise
+    finally:
+        if basis is not None:
+            basis.close()
+    if hasher.hexdigest() != req["expected"]:
+        _unlink(tmp)
+        raise AgentError("verify", "%s: the patched file does not match the source digest" % final)
+    _finish(tmp, final, req.get("mtime_ns"))
+    return hasher.hexdigest()
+
+
+def _take(literals, pending, length):
+    """``length`` bytes from the literal stream -> ([pieces], leftover)."""
+    pieces = []
+    while length > 0:
+        if not pending:
+            pending = next(literals, None)
+            if pending is None:
+                break
+        piece, pending = pending[:length], pending[length:]
+        pieces.append(piece)
+        length -= len(piece)
+    return pieces, pending
+
+
+# -- block signatures ---------------------------------------------------------------
+# These mirror fitsync.signature exactly (docs/signature-format.md); the client's
+# tests compare the bytes produced here with signature_of_file(...).to_bytes().
+
+def signature_of(f, size, req, hashes):
+    from_client = req.get("layout")
+    block_size = req.get("block_size") or default_block_size(size)
+    boundaries = [0]
+    if req.get("fits", True) and fits is not None:
+        boundaries = fits.segment_boundaries(lambda off, n: os.pread(f.fileno(), n, off), size)
+    if from_client:
+        boundaries = from_client
+    return encode_signature(f, size, block_size, boundaries, req, hashes)
+
+
+def encode_signature(f, size, block_size, boundaries, req, hashes):  # replaced by the format-specific code below
+    raise AgentError("bad", "block signatures are not available in this agent")
+
+
+def default_block_size(file_size):
+    raise AgentError("bad", "block signatures are not available in this agent")
+
+
+def main():
+    chan = Channel(sys.stdin.buffer, sys.stdout.buffer)
+    try:
+        Agent(chan).serve()
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        pass
+
+
+if __name__ == "__main__":
+    main()

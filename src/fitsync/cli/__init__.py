@@ -1,0 +1,1 @@
+"""Command-line interface: one module per command, its docopt usage in its docstring."""

@@ -1,0 +1,58 @@
+"""Compare A and B: files only on A, only on B, differing, and identical.
+
+Usage:
+  fitsync compare A B [--checksum] [--json] [--report=FILE] [--jobs=N] [--quiet]
+                      [--include=PAT]... [--exclude=PAT]... [--files-from=FILE] [--since=WHEN]
+                      [--max-age=DURATION] [--date=DAY] [--template=T] [--profile=NAME] [--where=EXPR]...
+                      [--accept-new-host-key] [--ca-bundle=FILE] [--dropbox-config=FILE]
+  fitsync compare --help
+
+Options:
+  --checksum       Compare content (digests), not size and mtime.
+  --json           Print the lists as JSON.
+  --report=FILE    Write rclone-style combined lines: + only on A, - only on B,
+                   * differ, = identical, ! error.
+  --jobs=N         Files hashed at once [default: 2].
+  --quiet          Print nothing; the exit code tells.
+
+Prints nothing and exits 0 when A and B agree (so cron mails only problems);
+exits 1 when they differ.
+"""
+
+from __future__ import annotations
+
+from fitsync.cli.common import int_option, load_selection, print_json
+from fitsync.compare import compare_trees
+from fitsync.errors import EXIT_DIFFERENCES, EXIT_OK, NotFound
+from fitsync.manifest import write_atomically
+from fitsync.remotes import open_remote
+
+
+def run(opts: dict) -> int:
+    with open_remote(opts["A"], opts) as a, open_remote(opts["B"], opts) as b:
+        for side, name in ((a, opts["A"]), (b, opts["B"])):
+            if not side.exists():
+                raise NotFound(f"{name} does not exist; check the path")
+        report = compare_trees(a, b, checksum=opts["--checksum"], selection=load_selection(opts),
+                               jobs=int_option(opts, "--jobs", 2, minimum=1))
+    if opts["--report"]:
+        write_atomically(opts["--report"], lambda out: out.writelines(line + "\n" for line in report.combined_lines()))
+    if opts["--json"]:
+        print_json(report.to_json())
+    elif not report.agree and not opts["--quiet"]:
+        _print_text(report, opts["A"], opts["B"])
+    return EXIT_OK if report.agree else EXIT_DIFFERENCES
+
+
+def _print_text(report, a: str, b: str) -> None:
+    sections = (
+        (f"FILES ON {a} THAT ARE NOT ON {b}", report.only_a),
+        (f"FILES ON {b} THAT ARE NOT ON {a}", report.only_b),
+        ("FILES THAT DIFFER", [f"{d['path']}  ({d['reason']})" for d in report.differ]),
+        ("FILES THAT COULD NOT BE COMPARED", [f"{e['path']}  ({e['reason']})" for e in report.errors]),
+    )
+    for title, lines in sections:
+        if lines:
+            print(f"{title} ({len(lines)}):")
+            for line in lines:
+                print(f"  {line}")

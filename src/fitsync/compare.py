@@ -1,0 +1,79 @@
+"""Compare two trees: only on A, only on B, differing, identical."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fitsync.plan import same_mtime
+from fitsync.remotes.base import Remote
+from fitsync.scan import common_algorithm, digest_entries
+
+
+@dataclass
+class CompareReport:
+    only_a: list = field(default_factory=list)
+    only_b: list = field(default_factory=list)
+    differ: list = field(default_factory=list)  # {"path", "reason"}
+    identical: list = field(default_factory=list)
+    errors: list = field(default_factory=list)  # {"path", "reason"}
+
+    @property
+    def agree(self) -> bool:
+        return not (self.only_a or self.only_b or self.differ or self.errors)
+
+    def to_json(self) -> dict:
+        return {
+            "agree": self.agree,
+            "only_a": self.only_a,
+            "only_b": self.only_b,
+            "differ": self.differ,
+            "identical": self.identical,
+            "errors": self.errors,
+            "counts": {k: len(getattr(self, k)) for k in ("only_a", "only_b", "differ", "identical", "errors")},
+        }
+
+    def combined_lines(self) -> list[str]:
+        """rclone check --combined: + only on A, - only on B, * differ, = identical, ! error."""
+        lines = [(p, "+") for p in self.only_a] + [(p, "-") for p in self.only_b]
+        lines += [(d["path"], "*") for d in self.differ] + [(p, "=") for p in self.identical]
+        lines += [(e["path"], "!") for e in self.errors]
+        return [f"{mark} {path}" for path, mark in sorted(lines)]
+
+
+def compare_trees(a: Remote, b: Remote, *, checksum: bool = False, selection=None, jobs: int | None = None,
+                  on_done=None) -> CompareReport:
+    def listing(remote):
+        return {e.path: e for e in remote.list() if selection is None or selection.matches(e)}
+
+    left, right = listing(a), listing(b)
+    report = CompareReport()
+    report.only_a = sorted(p for p in left if p not in right)
+    report.only_b = sorted(p for p in right if p not in left)
+    resolution = max(a.mtime_resolution, b.mtime_resolution)
+    both = sorted(p for p in left if p in right)
+    to_hash = []
+    for path in both:
+        x, y = left[path], right[path]
+        if x.size != y.size:
+            report.differ.append({"path": path, "reason": f"size {x.size} vs {y.size}"})
+        elif checksum:
+            to_hash.append(path)
+        elif not same_mtime(x.mtime, y.mtime, resolution):
+            report.differ.append({"path": path, "reason": "mtime differs"})
+        else:
+            report.identical.append(path)
+    if to_hash:
+        algo = common_algorithm(a, b)
+        da, ea = digest_entries(a, [left[p] for p in to_hash], algo=algo, jobs=jobs, on_done=on_done)
+        db, eb = digest_entries(b, [right[p] for p in to_hash], algo=algo, jobs=jobs, on_done=on_done)
+        for path in to_hash:
+            error = ea.get(path) or eb.get(path)
+            if error:
+                report.errors.append({"path": path, "reason": error})
+            elif da[path] != db[path]:
+                report.differ.append({"path": path, "reason": f"{algo} differs"})
+            else:
+                report.identical.append(path)
+    report.differ.sort(key=lambda d: d["path"])
+    report.identical.sort()
+    return report

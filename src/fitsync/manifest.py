@@ -1,0 +1,285 @@
+"""Release manifests: a tree's files, sizes, mtimes and BLAKE3 digests.
+
+The default format is JSON Lines (documented in docs/manifest.md): a header
+object, then one object per file. Other formats (b3sum, sha256sum, BagIt)
+exist so that tools other than fitsync can check a tree.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import IO, Iterable
+
+from fitsync import __version__
+from fitsync.errors import BadInput, NotFound
+from fitsync.paths import safe_relpath
+
+FORMAT_NAME = "fitsync-manifest"
+FORMAT_VERSION = 1
+DEFAULT_NAME = "fitsync-manifest.jsonl"
+MAX_LINE = 64 << 20  # a line with block signatures of a huge file stays far below this
+
+
+@dataclass
+class ManifestEntry:
+    path: str
+    size: int
+    mtime: float
+    blake3: str
+    extra: dict = field(default_factory=dict)  # "fits", "blocks" and future fields
+
+    def to_json(self) -> dict:
+        record = {"path": self.path, "size": self.size, "mtime": self.mtime, "blake3": self.blake3}
+        record.update(self.extra)
+        return record
+
+    def signature(self):
+        """The block signature carried by a manifest written with --blocks, or None."""
+        blob = self.extra.get("blocks")
+        if blob is None:
+            return None
+        from fitsync.signature import Signature
+
+        try:
+            raw = base64.b64decode(blob, validate=True)
+        except ValueError:
+            raise BadInput(f"manifest entry {self.path}: 'blocks' is not valid base64") from None
+        return Signature.from_bytes(raw)
+
+
+@dataclass
+class Manifest:
+    header: dict
+    entries: dict[str, ManifestEntry]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.size for e in self.entries.values())
+
+
+def make_header(entries: list[ManifestEntry], blocks: bool) -> dict:
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "tool": f"fitsync {__version__}",
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "files": len(entries),
+        "bytes": sum(e.size for e in entries),
+        "digest": "blake3",
+        "blocks": blocks,
+    }
+
+
+def write_jsonl(out: IO[str], entries: list[ManifestEntry], blocks: bool = False) -> None:
+    out.write(json.dumps(make_header(entries, blocks), sort_keys=True) + "\n")
+    for entry in entries:
+        out.write(json.dumps(entry.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def write_b3sum(out: IO[str], entries: Iterable[ManifestEntry]) -> None:
+    """Lines ``b3sum --check`` accepts: ``<hex>  <path>``."""
+    for entry in entries:
+        out.write(f"{entry.blake3}  {_checkable_name(entry.path)}\n")
+
+
+def write_hashlist(out: IO[str], entries: Iterable[ManifestEntry], digests: dict[str, str]) -> None:
+    """Lines ``sha256sum -c`` (or md5sum, sha512sum) accepts."""
+    for entry in entries:
+        out.write(f"{digests[entry.path]}  {_checkable_name(entry.path)}\n")
+
+
+def _checkable_name(path: str) -> str:
+    # coreutils and b3sum cannot express a newline or backslash in a name
+    # without their escape syntax; safe_relpath already refuses those.
+    return path
+
+
+def write_atomically(path: str, write) -> None:
+    """Run ``write(stream)`` into a temporary file beside ``path`` and rename it."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".fitsync-manifest-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+            write(out)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# -- reading --------------------------------------------------------------
+
+def read_manifest(source) -> Manifest:
+    """Parse a JSON Lines manifest from a path or a text stream.
+
+    Every error names the line: a malformed manifest is bad input (exit 2),
+    never a traceback.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        name = os.fspath(source)
+        try:
+            with open(name, encoding="utf-8") as stream:
+                return _parse(stream, name)
+        except FileNotFoundError:
+            raise NotFound(f"manifest {name} does not exist") from None
+        except UnicodeDecodeError:
+            raise BadInput(f"manifest {name} is not UTF-8 text") from None
+    return _parse(source, getattr(source, "name", "<manifest>"))
+
+
+def parse_manifest_bytes(data: bytes, name: str) -> Manifest:
+    import io
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"manifest {name} is not UTF-8 text") from None
+    return _parse(io.StringIO(text), name)
+
+
+def _parse(stream, name: str) -> Manifest:
+    header = None
+    entries: dict[str, ManifestEntry] = {}
+    lineno = 0
+    for lineno, line in enumerate(stream, 1):
+        if len(line) > MAX_LINE:
+            raise BadInput(f"manifest {name} line {lineno}: line too long")
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise BadInput(f"manifest {name} line {lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise BadInput(f"manifest {name} line {lineno}: expected a JSON object")
+        if header is None:
+            header = _check_header(record, name, lineno)
+            continue
+        entry = _entry_from(record, name, lineno)
+        if entry.path in entries:
+            raise BadInput(f"manifest {name} line {lineno}: duplicate path {entry.path!r}")
+        entries[entry.path] = entry
+    if header is None:
+        raise BadInput(f"manifest {name} is empty: no header line")
+    declared = header.get("files")
+    if isinstance(declared, int) and declared != len(entries):
+        raise BadInput(
+            f"manifest {name} declares {declared} files but lists {len(entries)}: it is truncated or edited"
+        )
+    return Manifest(header, entries)
+
+
+def _check_header(record: dict, name: str, lineno: int) -> dict:
+    if record.get("format") != FORMAT_NAME:
+        raise BadInput(f"manifest {name} line {lineno}: not a fitsync manifest header (format is missing)")
+    version = record.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise BadInput(
+            f"manifest {name} line {lineno}: format version {version!r} is not supported "
+            f"(this fitsync reads version {FORMAT_VERSION}); upgrade fitsync"
+        )
+    return record
+
+
+def _entry_from(record: dict, name: str, lineno: int) -> ManifestEntry:
+    where = f"manifest {name} line {lineno}"
+    path = record.get("path")
+    size = record.get("size")
+    mtime = record.get("mtime", 0.0)
+    digest = record.get("blake3")
+    if not isinstance(path, str):
+        raise BadInput(f"{where}: 'path' is missing or not a string")
+    try:
+        path = safe_relpath(path, what="manifest path")
+    except BadInput as exc:
+        raise BadInput(f"{where}: {exc}") from None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise BadInput(f"{where}: 'size' must be a non-negative integer")
+    if not isinstance(mtime, (int, float)) or isinstance(mtime, bool):
+        raise BadInput(f"{where}: 'mtime' must be a number")
+    if not isinstance(digest, str) or len(digest) != 64 or not _is_hex(digest):
+        raise BadInput(f"{where}: 'blake3' must be 64 hex digits")
+    extra = {k: v for k, v in record.items() if k not in ("path", "size", "mtime", "blake3")}
+    return ManifestEntry(path, size, float(mtime), digest.lower(), extra)
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
+
+
+# -- building ---------------------------------------------------------------
+
+def build_entries(remote, entries, *, blocks: bool = False, fits_fields: bool = True, jobs: int | None = None,
+                  on_done=None) -> tuple[list[ManifestEntry], dict[str, str]]:
+    """Hash every file of ``entries`` on ``remote``: (manifest entries sorted by path, errors).
+
+    With ``blocks`` each file's block signature is computed in the same read
+    as its digest (the signature carries the whole-file BLAKE3).
+    """
+    import concurrent.futures as cf
+
+    from fitsync.remotes.base import Capability
+    from fitsync.scan import default_jobs
+
+    local = Capability.LOCAL in remote.capabilities
+
+    def work(entry):
+        extra = {}
+        if blocks:
+            sig = _signature_for(remote, entry.path, local)
+            digest = sig.digest.hex()
+            extra["blocks"] = base64.b64encode(sig.to_bytes()).decode("ascii")
+        else:
+            digest = remote.digest(entry.path)
+        if fits_fields and local:
+            fields = _fits_fields(remote.local_path(entry.path), entry.path)
+            if fields:
+                extra["fits"] = fields
+        return ManifestEntry(entry.path, entry.size, entry.mtime, digest, extra)
+
+    results, errors = [], {}
+    with cf.ThreadPoolExecutor(max_workers=jobs or default_jobs()) as pool:
+        futures = {pool.submit(work, e): e for e in entries}
+        for future in cf.as_completed(futures):
+            entry = futures[future]
+            try:
+                results.append(future.result())
+            except OSError as exc:
+                errors[entry.path] = f"cannot read: {exc.strerror or exc}"
+            except BadInput as exc:
+                errors[entry.path] = str(exc)
+            if on_done:
+                on_done(entry)
+    results.sort(key=lambda e: e.path)
+    return results, errors
+
+
+def _signature_for(remote, path: str, local: bool):
+    if local:
+        from fitsync.signature import signature_of_file
+
+        return signature_of_file(remote.local_path(path))
+    return remote.block_signature(path)
+
+
+def _fits_fields(local_path: str, name: str) -> dict | None:
+    from fitsync import fitsaudit
+
+    with open(local_path, "rb") as f:
+        head = f.read(16)
+    if not fitsaudit.is_fits_candidate(name, head):
+        return None
+    return fitsaudit.fits_manifest_fields(local_path)

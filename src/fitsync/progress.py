@@ -1,0 +1,73 @@
+"""What a run tells the user: itemized lines, a progress bar, a log file.
+
+stdout carries results (itemize lines, the JSON summary); stderr carries the
+progress bar and errors, so ``--json`` output stays machine-readable.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+log = logging.getLogger("fitsync")
+
+
+def setup_logging(log_file: str | None, quiet: bool, verbose: bool = False) -> None:
+    """Errors to stderr (always); a timestamped log appended to ``log_file``."""
+    root = logging.getLogger("fitsync")
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.handlers.clear()
+    root.propagate = False
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.ERROR if quiet else logging.WARNING)
+    console.setFormatter(logging.Formatter("fitsync: %(message)s"))
+    root.addHandler(console)
+    if log_file:
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setLevel(logging.DEBUG if verbose else logging.INFO)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        root.addHandler(handler)
+
+
+class Reporter:
+    """Thread-safe sink for per-file lines and progress."""
+
+    def __init__(self, *, itemize: bool = False, quiet: bool = False, show_progress: bool | None = None, out=None):
+        self.itemize = itemize and not quiet
+        self.quiet = quiet
+        self.out = out or sys.stdout
+        if show_progress is None:
+            show_progress = not quiet and sys.stderr.isatty()
+        self.show_progress = show_progress
+        self._bar = None
+        self._lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        """A result line (itemize, dry-run)."""
+        log.info(text)
+        if self.itemize:
+            with self._lock:
+                if self._bar is not None:
+                    self._bar.clear()
+                print(text, file=self.out, flush=True)
+
+    def phase(self, name: str, total: int, unit: str = "B") -> None:
+        """Start a progress phase with a fixed total (scan, then transfer)."""
+        self.close_phase()
+        log.info("%s: %d %s", name, total, unit)
+        if self.show_progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=name, unit=unit, unit_scale=True, unit_divisor=1024 if unit == "B" else 1000,
+                             file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def advance(self, amount: int) -> None:
+        if self._bar is not None:
+            with self._lock:
+                self._bar.update(amount)
+
+    def close_phase(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,172 @@
+"""The one interface every storage backend implements.
+
+A ``Remote`` is a tree of files under a root. It lists them, reads byte
+ranges, and (if writable) writes whole files atomically: bytes go to a
+temporary name, are verified, and only then renamed into place. Optional
+capabilities let a backend do more on its own side (an SSH agent computing
+block signatures or applying a patch); the sync engine asks for them by name
+and falls back to plain reads and writes when a backend lacks them.
+
+Modelled on fsspec's small backend surface and rclone's split between
+listing and per-object operations.
+"""
+
+from __future__ import annotations
+
+import io
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
+
+from fitsync.errors import FitsyncError
+from fitsync.hashes import hash_stream
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fitsync.signature import Signature
+
+READ_CHUNK = 4 << 20
+
+
+class Capability:
+    """Names of optional abilities a backend declares in ``capabilities``."""
+
+    READ_RANGE = "read_range"  # cheap random-access reads (Range, SFTP readv, pread)
+    WRITE = "write"  # write_atomic works
+    DELETE = "delete"  # delete works
+    LOCAL = "local"  # files are on this machine: local_path() returns an OS path
+    SIGNATURE = "signature"  # block_signature() is computed remotely, without moving data
+    DIGEST = "digest"  # digest() is computed remotely, without moving data
+    PATCH = "patch"  # apply_recipe() builds a new file remotely from a basis and literals
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file in a listing. ``path`` is a validated relative POSIX path."""
+
+    path: str
+    size: int
+    mtime: float
+    # Digests the backend knows without reading the data, e.g. {"dropbox": hex}.
+    hashes: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+class ReadOnlyRemote(FitsyncError):
+    pass
+
+
+class Remote(ABC):
+    """A tree of files under a root. Paths are relative POSIX paths."""
+
+    scheme: str = ""
+    capabilities: frozenset = frozenset()
+    # Digest algorithms whose values listings carry in Entry.hashes for free.
+    listed_hashes: frozenset = frozenset()
+    # Two mtimes closer than this are equal (SFTP and many servers keep whole seconds).
+    mtime_resolution: float = 1e-6
+
+    def __init__(self, url: str):
+        self.url = url
+
+    # -- construction -------------------------------------------------
+    @classmethod
+    def from_url(cls, url: str, options: dict) -> "Remote":
+        """Build from a URL and the command line's options (credentials, flags)."""
+        return cls(url)  # type: ignore[call-arg]
+
+    # -- listing ------------------------------------------------------
+    @abstractmethod
+    def list(self) -> Iterator[Entry]:
+        """Yield every regular file under the root, recursively."""
+
+    @abstractmethod
+    def stat(self, path: str) -> Entry:
+        """Return the entry for ``path``; raise NotFound if there is none."""
+
+    def exists(self) -> bool:
+        """True when the root itself exists."""
+        return True
+
+    # -- reading ------------------------------------------------------
+    @abstractmethod
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        """Return ``length`` bytes at ``offset`` (fewer only at end of file)."""
+
+    def read_ranges(self, path: str, ranges: list[tuple[int, int]]) -> Iterator[bytes]:
+        """Read many (offset, length) ranges, in order. Backends batch this
+        (HTTP multi-range, SFTP readv); the default asks one at a time."""
+        for offset, length in ranges:
+            yield self.read_range(path, offset, length)
+
+    def open_read(self, path: str) -> BinaryIO:
+        """A sequential reader of the whole file."""
+        return _RangeReader(self, path)
+
+    def local_path(self, path: str) -> str | None:
+        """The OS path of ``path`` when the file is on this machine, else None."""
+        return None
+
+    def digest(self, path: str, algo: str = "blake3") -> str:
+        """Hex digest of the file with ``algo`` (see fitsync.hashes). Backends
+        with DIGEST compute it remotely; the default reads the whole file."""
+        with self.open_read(path) as f:
+            return hash_stream(f, algo, READ_CHUNK)
+
+    def block_signature(self, path: str) -> "Signature":
+        """Block signature of the file (backends with SIGNATURE compute it remotely)."""
+        from fitsync.signature import signature_of_remote
+
+        return signature_of_remote(self, path)
+
+    # -- writing ------------------------------------------------------
+    def write_atomic(
+        self,
+        path: str,
+        chunks: Iterable[bytes],
+        *,
+        mtime: float | None = None,
+        expected_digest: str | None = None,
+    ) -> None:
+        """Write ``chunks`` to a temporary name, verify the BLAKE3 digest if
+        given, set mtime, and rename into place. Never leaves a partial file
+        under ``path``."""
+        raise ReadOnlyRemote(f"{self.url} is read-only; it cannot be a destination")
+
+    def delete(self, path: str) -> None:
+        raise ReadOnlyRemote(f"{self.url} is read-only; cannot delete {path}")
+
+    def apply_recipe(self, path: str, recipe, literals: Iterable[bytes], *, mtime: float, expected_digest: str) -> None:
+        """Build ``path`` remotely from its current content and literal bytes
+        (PATCH capability only)."""
+        raise NotImplementedError(f"{self.url} cannot apply patches remotely")
+
+    # -- lifetime -----------------------------------------------------
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+class _RangeReader(io.RawIOBase):
+    """Sequential file object over ``Remote.read_range``."""
+
+    def __init__(self, remote: Remote, path: str):
+        self._remote = remote
+        self._path = path
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._remote.read_range(self._path, self._pos, len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self._pos += n
+        return n

@@ -1,0 +1,850 @@
+"""SSH remotes: SFTP through paramiko, plus fitsync's agent for remote work.
+
+Locations: ``sftp://[user@]host[:port]/abs/path`` (``/~/rel`` for a path
+under the home directory), the scp form ``[user@]host:path`` (relative to the
+home directory unless absolute), and named remotes from the remotes config
+(``from_config``).
+
+Data always moves over SFTP with large, pipelined requests and a bounded
+number outstanding (paramiko's own prefetch is slower and buffers without
+bound). When the remote host can run python3, fitsync.agent is started over
+the same connection; it lists with nanosecond mtimes, computes digests and
+block signatures next to the data, verifies uploads and applies patches, and
+only then are SIGNATURE, DIGEST and PATCH advertised. An sftp-only account
+(ForceCommand internal-sftp) gets whole-file transfers verified by the
+digest of the bytes sent, with a single warning.
+
+A dropped connection is re-established and the operation retried (up to
+``--retries``); a sequential read resumes at the byte where it stopped.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import re
+import socket
+import stat as stat_mod
+import struct
+import threading
+import time
+import uuid
+from collections import deque
+from importlib import resources
+from typing import Iterable, Iterator
+
+import paramiko
+from paramiko.sftp import CMD_DATA, CMD_READ, CMD_WRITE, int64
+
+from fitsync import __version__
+from fitsync.errors import (BadInput, ConnectionFailed, FitsyncError, NotFound, SourceChanged,
+                            TransferFailed, UsageError, VerificationFailed)
+from fitsync.hashes import new_hasher
+from fitsync.paths import safe_relpath
+from fitsync.remotes.base import Capability, Entry, Remote
+from fitsync.sshconn import SshConnection, SshTarget, connect, resolve_target
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".fitsync"
+# OpenSSH's sftp-server answers reads of up to 255 KiB; fewer, larger
+# requests are what makes paramiko fast.
+REQUEST_SIZE = 252 << 10
+MAX_OUTSTANDING = 32  # ~8 MiB in flight per stream
+DEFAULT_RETRIES = 3
+AGENT_MAGIC = b"FSA1"  # also an absurd SFTP length: internal-sftp quits at once
+AGENT_START_TIMEOUT = 30.0
+AGENT_IO_TIMEOUT = 600.0
+_FRAME = struct.Struct(">I")
+
+_SFTP_URL = re.compile(r"^(?:sftp|ssh)://(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]]+\]|[^:/]+)(?::(?P<port>\d+))?"
+                       r"(?P<path>/.*)?$")
+_SCP = re.compile(r"^(?:(?P<user>[^@/:]+)@)?(?P<host>\[[^\]]+\]|[^@/:]+):(?P<path>.*)$")
+_WARNED_NO_AGENT: set = set()
+
+
+def parse_ssh_location(url: str) -> tuple[str | None, str, int | None, str]:
+    """(user, host, port, path) from an sftp:// URL or the scp form."""
+    m = _SFTP_URL.match(url)
+    if m:
+        path = m.group("path") or "/~/"
+        path = path[3:] or "." if path.startswith("/~/") or path == "/~" else path
+        port = int(m.group("port")) if m.group("port") else None
+        return m.group("user"), m.group("host").strip("[]"), port, path or "."
+    m = _SCP.match(url)
+    if m:
+        return m.group("user"), m.group("host").strip("[]"), None, m.group("path") or "."
+    raise UsageError(f"cannot parse SSH location {url!r}; use sftp://[user@]host[:port]/path or [user@]host:path")
+
+
+def _option_int(options: dict, name: str, default: int) -> int:
+    value = options.get(name)
+    if value in (None, False, ""):
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{name} must be a whole number, not {value!r}") from None
+
+
+# -- pipelined SFTP I/O (on paramiko's request/response machinery) ----------------
+
+class _Replies:
+    """Collects asynchronous SFTP replies by request number; paramiko calls
+    ``_async_response`` for every reply to a request made with this object."""
+
+    def __init__(self, sftp: paramiko.SFTPClient):
+        self.sftp = sftp
+        self.done: dict = {}
+
+    def _async_response(self, t, msg, num):
+        if t == CMD_DATA:
+            self.done[num] = msg.get_string()
+            return
+        try:
+            self.sftp._convert_status(msg)
+            self.done[num] = None
+        except EOFError:
+            self.done[num] = b""
+        except OSError as exc:
+            self.done[num] = exc
+
+    def request(self, t, *args) -> int:
+        return self.sftp._async_request(self, t, *args)
+
+    def wait(self, num: int):
+        while num not in self.done:
+            self.sftp._read_response()
+        value = self.done.pop(num)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+
+def read_pipelined(sftp: paramiko.SFTPClient, handle: bytes, ranges: Iterable[tuple[int, int]]) -> Iterator[bytes]:
+    """Yield the bytes of each (offset, length) range in order, keeping up to
+    MAX_OUTSTANDING requests in flight. A range past the end of the file
+    yields fewer bytes."""
+    replies = _Replies(sftp)
+    pieces: deque = deque()  # (request number, offset, length, index of range)
+    wanted = iter(ranges)
+    parts: list = []
+    current = 0
+    ranges_seen = 0
+    pending_range = None
+
+    def refill():
+        nonlocal pending_range, ranges_seen
+        while len(pieces) < MAX_OUTSTANDING:
+            if pending_range is None:
+                item = next(wanted, None)
+                if item is None:
+                    return
+                pending_range = (item[0], item[1], ranges_seen)
+                ranges_seen += 1
+                if item[1] == 0:
+                    pieces.append((None, item[0], 0, pending_range[2]))
+                    pending_range = None
+                    continue
+            offset, length, index = pending_range
+            n = min(length, REQUEST_SIZE)
+            pieces.append((replies.request(CMD_READ, handle, int64(offset), n), offset, n, index))
+            pending_range = (offset + n, length - n, index) if length > n else None
+
+    refill()
+    while pieces:
+        num, offset, n, index = pieces.popleft()
+        data = replies.wait(num) if num is not None else b""
+        while 0 < len(data) < n:  # the server capped the read: ask for the rest
+            more = replies.wait(replies.request(CMD_READ, handle, int64(offset + len(data)), n - len(data)))
+            if not more:
+                break
+            data += more
+        if index != current:
+            yield b"".join(parts)
+            parts, current = [], index
+        parts.append(data)
+        refill()
+    if ranges_seen:
+        yield b"".join(parts)
+
+
+def write_pipelined(sftp: paramiko.SFTPClient, handle: bytes, chunks: Iterable[bytes], hashers=()) -> int:
+    """Write ``chunks`` sequentially with bounded outstanding requests; feed
+    each hasher; return the byte count."""
+    replies = _Replies(sftp)
+    outstanding: deque = deque()
+    offset = 0
+    for chunk in chunks:
+        for h in hashers:
+            h.update(chunk)
+        view = memoryview(chunk)
+        for start in range(0, len(view), REQUEST_SIZE):
+            piece = bytes(view[start:start + REQUEST_SIZE])
+            outstanding.append(replies.request(CMD_WRITE, handle, int64(offset), piece))
+            offset += len(piece)
+            if len(outstanding) >= MAX_OUTSTANDING:
+                replies.wait(outstanding.popleft())
+    while outstanding:
+        replies.wait(outstanding.popleft())
+    return offset
+
+
+# -- the agent, client side ---------------------------------------------------------
+
+def agent_payload() -> bytes:
+    """fitsync.agent with fitsync.fits embedded: what the remote host runs."""
+    agent_src = resources.files("fitsync").joinpath("agent.py").read_text("utf-8")
+    fits_src = resources.files("fitsync").joinpath("fits.py").read_text("utf-8")
+    embed = (
+        "\n\ndef _embed_fits(source):\n"
+        "    import types\n"
+        "    module = types.ModuleType('fitsync_agent_fits')\n"
+        "    sys.modules[module.__name__] = module\n"
+        "    exec(compile(source, 'fitsync/fits.py', 'exec'), module.__dict__)\n"
+        "    return module\n\n\n"
+        f"fits = _embed_fits({fits_src!r})\n"
+    )
+    return (agent_src + embed).encode("utf-8")
+
+
+_BOOTSTRAP = """\
+import hashlib, os, sys
+v, h = sys.argv[1], sys.argv[2]
+d = os.path.join(os.path.expanduser("~"), ".cache", "fitsync")
+p = os.path.join(d, "agent-%s-%s.py" % (v, h[:16]))
+i, o = sys.stdin.buffer, sys.stdout.buffer
+if i.read(4) != b"FSA1":
+    sys.exit(2)
+try:
+    with open(p, "rb") as f:
+        src = f.read()
+except OSError:
+    src = b""
+if hashlib.sha256(src).hexdigest() != h:
+    o.write(b"NEED\\n"); o.flush()
+    src = i.read(int(i.readline()))
+    if hashlib.sha256(src).hexdigest() != h:
+        sys.exit(3)
+    try:
+        os.makedirs(d, exist_ok=True)
+        t = "%s.%d" % (p, os.getpid())
+        with open(t, "wb") as f:
+            f.write(src)
+        os.replace(t, p)
+    except OSError:
+        pass
+else:
+    o.write(b"HAVE\\n"); o.flush()
+g = {"__name__": "fitsync_agent"}
+exec(compile(src, p, "exec"), g)
+g["main"]()
+"""
+
+
+def agent_command(python: str, payload: bytes) -> str:
+    code = base64.b64encode(_BOOTSTRAP.encode()).decode()
+    digest = hashlib.sha256(payload).hexdigest()
+    return f"{python} -c 'import base64;exec(base64.b64decode(\"{code}\"))' {__version__} {digest}"
+
+
+class AgentUnavailable(Exception):
+    pass
+
+
+class AgentClient:
+    """One agent process on the remote host, driven over an exec channel."""
+
+    def __init__(self, conn: SshConnection, python: str = "python3", avoid: tuple = ()):
+        self.conn = conn
+        self.generation = conn.generation
+        payload = agent_payload()
+        try:
+            self.channel = conn.exec(agent_command(python, payload))
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise AgentUnavailable(f"exec refused ({exc})") from None
+        self.channel.settimeout(AGENT_START_TIMEOUT)
+        self.rfile = self.channel.makefile("rb", 1 << 20)
+        try:
+            self.channel.sendall(AGENT_MAGIC)
+            answer = self.rfile.readline()
+            if answer == b"NEED\n":
+                self.channel.sendall(b"%d\n" % len(payload) + payload)
+            elif answer != b"HAVE\n":
+                raise AgentUnavailable(self._why_not())
+            self.channel.settimeout(AGENT_IO_TIMEOUT)
+            self.info = self.call({"op": "hello", "avoid": list(avoid)})
+        except (socket.timeout, EOFError, OSError, paramiko.SSHException) as exc:
+            self.close()
+            raise AgentUnavailable(f"the agent did not start ({exc})") from None
+        except AgentUnavailable:
+            self.close()
+            raise
+        self.hashes = set(self.info.get("hashes", ()))
+
+    def _why_not(self) -> str:
+        status = self.channel.recv_exit_status() if self.channel.exit_status_ready() or self.channel.closed else -1
+        err = b""
+        while self.channel.recv_stderr_ready():
+            err += self.channel.recv_stderr(4096)
+        text = err.decode("utf-8", "replace").strip().splitlines()
+        return f"exit status {status}" + (f": {text[-1]}" if text else "")
+
+    # -- framing --
+    def send(self, header: dict, body: bytes | None = None) -> None:
+        if body is not None:
+            header = dict(header, n=len(body))
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        self.channel.sendall(_FRAME.pack(len(raw)) + raw + (body or b""))
+
+    def recv(self) -> tuple[dict, bytes | None]:
+        raw = self.rfile.read(_FRAME.size)
+        if len(raw) != _FRAME.size:
+            raise EOFError("the agent closed its channel")
+        (length,) = _FRAME.unpack(raw)
+        header = json.loads(self.rfile.read(length))
+        body = self.rfile.read(header["n"]) if "n" in header else None
+        if body is not None and len(body) != header["n"]:
+            raise EOFError("the agent closed its channel mid-reply")
+        return header, body
+
+    def finish(self) -> tuple[dict, bytes | None]:
+        """The final reply of a request; streamed parts are skipped."""
+        while True:
+            header, body = self.recv()
+            if "more" not in header:
+                _raise_agent_error(header)
+                return header, body
+
+    def call(self, header: dict, body: bytes | None = None) -> dict:
+        self.send(header, body)
+        return self.finish()[0]
+
+    def stream(self, header: dict) -> Iterator[dict]:
+        """Every part of a streamed reply, the final one included."""
+        self.send(header)
+        while True:
+            reply, _ = self.recv()
+            _raise_agent_error(reply)
+            yield reply
+            if "more" not in reply:
+                return
+
+    def close(self) -> None:
+        try:
+            self.channel.close()
+        except Exception:  # closing a dead channel: nothing left to do
+            pass
+
+
+class AgentFailed(FitsyncError):
+    exit_code = TransferFailed.exit_code
+
+
+def _raise_agent_error(header: dict) -> None:
+    kind = header.get("error")
+    if kind is None:
+        return
+    message = header.get("msg", "agent error")
+    if kind == "notfound":
+        raise NotFound(message)
+    if kind == "verify":
+        raise VerificationFailed(message)
+    if kind == "bad":
+        raise BadInput(message)
+    raise TransferFailed(message)
+
+
+# -- the remote ------------------------------------------------------------------------
+
+_CONNECTION_ERRORS = (paramiko.SSHException, EOFError, ConnectionError, socket.timeout, TimeoutError)
+
+
+class SftpRemote(Remote):
+    scheme = "sftp"
+
+    def __init__(self, url: str, target: SshTarget, root: str, *, options: dict | None = None,
+                 conf: dict | None = None):
+        super().__init__(url)
+        options = options or {}
+        conf = conf or {}
+        self.target = target
+        self._root_spec = root
+        self._root: str | None = None
+        self.retries = _option_int(options, "--retries", DEFAULT_RETRIES)
+        self.python = conf.get("python", "python3")
+        self.use_agent = conf.get("agent", True) and os.environ.get("FITSYNC_SSH_AGENT", "1") != "0"
+        # Hide remote modules (testing the stdlib-only path): "blake3,xxhash".
+        self.agent_avoid = tuple(x for x in str(conf.get("agent_avoid", os.environ.get(
+            "FITSYNC_AGENT_AVOID", ""))).split(",") if x)
+        self._conn: SshConnection | None = None
+        self._local = threading.local()
+        self._agent_state: bool | None = None  # None = not probed yet
+        self._lock = threading.Lock()
+
+    # -- construction -----------------------------------------------------------
+    @classmethod
+    def from_url(cls, url: str, options: dict) -> "SftpRemote":
+        user, host, port, path = parse_ssh_location(url)
+        target = resolve_target(host, user=user, port=port,
+                                accept_new_host_key=bool(options.get("--accept-new-host-key")))
+        return cls(url, target, path, options=options)
+
+    @classmethod
+    def from_config(cls, name: str, conf: dict, path: str, options: dict) -> "SftpRemote":
+        host = conf.get("host")
+        if not host:
+            raise BadInput(f"remote {name!r} in the remotes config has no host; add host = \"...\"")
+        base = conf.get("path", "")
+        root = posixpath.join(base, path) if base and path else (path or base or ".")
+        target = resolve_target(host, user=conf.get("user"), port=conf.get("port"),
+                                identity_file=conf.get("key_file"),
+                                known_hosts=conf.get("known_hosts"),
+                                accept_new_host_key=bool(options.get("--accept-new-host-key")))
+        if conf.get("password_env"):
+            target = SshTarget(**{**target.__dict__, "password_env": conf["password_env"]})
+        return cls(f"{name}:{path}", target, root, options=options, conf=conf)
+
+    # -- connection, retries ------------------------------------------------------
+    def connection(self) -> SshConnection:
+        with self._lock:
+            if self._conn is None:
+                self._conn = connect(self.target)
+            return self._conn
+
+    @property
+    def root(self) -> str:
+        if self._root is None:
+            self._root = self._call("resolve the root", lambda conn: self._absolute_root(conn.sftp()))
+        return self._root
+
+    def _absolute_root(self, sftp: paramiko.SFTPClient) -> str:
+        root = self._root_spec
+        if root.startswith("~/") or root == "~":
+            root = root[2:] or "."
+        if not root.startswith("/"):
+            root = posixpath.normpath(posixpath.join(sftp.normalize("."), root))
+        return root.rstrip("/") or "/"
+
+    def remote_path(self, path: str) -> str:
+        return posixpath.join(self.root, safe_relpath(path))
+
+    def _lost(self, exc: BaseException, conn: SshConnection) -> bool:
+        return isinstance(exc, _CONNECTION_ERRORS) or not conn.alive()
+
+    def _recover(self, conn: SshConnection, generation: int, attempt: int, what: str, exc) -> None:
+        if attempt > self.retries:
+            raise TransferFailed(f"connection to {self.target.describe()} lost during {what}; "
+                                 f"gave up after {self.retries} retries ({exc})") from None
+        delay = min(0.5 * 2 ** (attempt - 1), 8.0)
+        log.warning("connection to %s lost during %s (%s); retry %d/%d in %.1fs",
+                    self.target.describe(), what, exc, attempt, self.retries, delay)
+        time.sleep(delay)
+        try:
+            conn.reconnect(generation)
+        except ConnectionFailed as again:
+            if attempt >= self.retries:
+                raise
+            log.warning("reconnect failed: %s", again)
+
+    def _call(self, what: str, fn):
+        """Run ``fn(conn)``; on a lost connection reconnect and run it again."""
+        attempt = 0
+        while True:
+            conn = self.connection()
+            generation = conn.generation
+            try:
+                return fn(conn)
+            except FitsyncError:
+                raise
+            except Exception as exc:
+                if not self._lost(exc, conn):
+                    raise self._sftp_error(exc, what) from None
+                attempt += 1
+                self._recover(conn, generation, attempt, what, exc)
+
+    def _sftp_error(self, exc: Exception, what: str) -> FitsyncError:
+        where = f"{self.target.hostname}"
+        if isinstance(exc, FileNotFoundError):
+            return NotFound(f"{what}: no such file or directory on {where}")
+        if isinstance(exc, PermissionError):
+            return TransferFailed(f"{what}: permission denied on {where}")
+        return TransferFailed(f"{what} on {where} failed: {exc}")
+
+    # -- the agent ------------------------------------------------------------------
+    def agent(self) -> AgentClient | None:
+        """This thread's agent, started on first use; None on sftp-only hosts."""
+        if not self.use_agent or self._agent_state is False:
+            return None
+        conn = self.connection()
+        client = getattr(self._local, "agent", None)
+        if client is not None and client.generation == conn.generation and not client.channel.closed:
+            return client
+        try:
+            client = AgentClient(conn, self.python, self.agent_avoid)
+        except AgentUnavailable as exc:
+            if self._agent_state is None:
+                self._agent_state = False
+                self._warn_no_agent(str(exc))
+                return None
+            raise TransferFailed(f"the fitsync agent on {self.target.describe()} stopped: {exc}") from None
+        self._agent_state = True
+        self._local.agent = client
+        return client
+
+    def _warn_no_agent(self, why: str) -> None:
+        key = self.target.describe()
+        if key not in _WARNED_NO_AGENT:
+            _WARNED_NO_AGENT.add(key)
+            log.warning("%s cannot run the fitsync agent (%s): whole-file transfers only, verified by "
+                        "the digest of the bytes sent", key, why)
+
+    def _agent_call(self, what: str, header: dict, body: bytes | None = None) -> dict:
+        return self._call(what, lambda conn: self.agent().call(header, body))
+
+    @property
+    def capabilities(self) -> frozenset:  # type: ignore[override]
+        caps = {Capability.READ_RANGE, Capability.WRITE, Capability.DELETE}
+        if self._call("start the agent", lambda conn: self.agent()) is not None:
+            caps |= {Capability.SIGNATURE, Capability.DIGEST, Capability.PATCH}
+        return frozenset(caps)
+
+    @property
+    def mtime_resolution(self) -> float:
+        """SFTP v3 carries whole seconds; the agent nanoseconds."""
+        return 1e-9 if self._agent_state else 1.0
+
+    def digest_algo(self) -> str:
+        """The whole-file digest both sides can compute here: blake3, else sha256."""
+        agent = self._call("start the agent", lambda conn: self.agent())
+        if agent is None or "blake3" in agent.hashes:
+            return "blake3"
+        return "sha256"
+
+    # -- listing ------------------------------------------------------------------------
+    def exists(self) -> bool:
+        try:
+            return stat_mod.S_ISDIR(self._call(f"stat {self.root}",
+                                               lambda conn: conn.sftp().stat(self.root)).st_mode)
+        except NotFound:
+            return False
+
+    def list(self) -> Iterator[Entry]:
+        return iter(self._call(f"list {self.root}", self._list_once))
+
+    def _list_once(self, conn: SshConnection) -> list[Entry]:
+        agent = self.agent()
+        if agent is None:
+            return list(self._walk_sftp(conn.sftp(), self.root, ""))
+        entries = []
+        for part in agent.stream({"op": "list", "root": self.root}):
+            for rel, size, mtime_ns in part.get("entries", ()):
+                entries.append(Entry(safe_relpath(rel, "remote listing path"), size, mtime_ns / 1e9))
+        return entries
+
+    def _walk_sftp(self, sftp: paramiko.SFTPClient, directory: str, prefix: str) -> Iterator[Entry]:
+        try:
+            items = sorted(sftp.listdir_attr(directory), key=lambda a: a.filename)
+        except PermissionError:
+            raise TransferFailed(f"cannot read directory {directory} on {self.target.hostname}: "
+                                 f"permission denied") from None
+        for attr in items:
+            if not prefix and attr.filename == STATE_DIR:
+                continue
+            rel = prefix + attr.filename
+            if stat_mod.S_ISDIR(attr.st_mode):
+                yield from self._walk_sftp(sftp, posixpath.join(directory, attr.filename), rel + "/")
+            elif stat_mod.S_ISREG(attr.st_mode):
+                yield Entry(safe_relpath(rel, "remote listing path"), attr.st_size, float(attr.st_mtime))
+
+    def stat(self, path: str) -> Entry:
+        full = self.remote_path(path)
+
+        def once(conn):
+            agent = self.agent()
+            if agent is not None:
+                reply = agent.call({"op": "stat", "path": full})
+                return Entry(safe_relpath(path), reply["size"], reply["mtime_ns"] / 1e9)
+            attr = conn.sftp().stat(full)
+            if not stat_mod.S_ISREG(attr.st_mode):
+                raise NotFound(f"{full} on {self.target.hostname} is not a regular file")
+            return Entry(safe_relpath(path), attr.st_size, float(attr.st_mtime))
+        return self._call(f"stat {full}", once)
+
+    # -- reading ---------------------------------------------------------------------
+    def read_range(self, path: str, offset: int, length: int) -> bytes:
+        return b"".join(self.read_ranges(path, [(offset, length)]))
+
+    def read_ranges(self, path: str, ranges) -> Iterator[bytes]:
+        ranges = list(ranges)
+        full = self.remote_path(path)
+
+        def once(conn):
+            with conn.sftp().open(full, "rb") as f:
+                return list(read_pipelined(conn.sftp(), f.handle, ranges))
+        return iter(self._call(f"read {full}", once))
+
+    def open_read(self, path: str):
+        return SftpReader(self, path)
+
+    def digest(self, path: str, algo: str = "blake3") -> str:
+        full = self.remote_path(path)
+        agent = self._call("start the agent", lambda conn: self.agent())
+        if agent is not None and (algo in agent.hashes or algo in ("blake2b128",)):
+            return self._agent_call(f"digest {full}", {"op": "digest", "path": full, "algo": algo})["hex"]
+        return super().digest(path, algo)
+
+    def block_signature(self, path: str):
+        full = self.remote_path(path)
+        agent = self._call("start the agent", lambda conn: self.agent())
+        if agent is None:
+            return super().block_signature(path)
+        from fitsync.signature import Signature
+
+        def once(conn):
+            client = self.agent()
+            client.send(self._signature_request(full, client))
+            return client.finish()[1]
+        return Signature.from_bytes(self._call(f"signature of {full}", once))
+
+    def _signature_request(self, full: str, agent: AgentClient) -> dict:
+        return {"op": "signature", "path": full, "fits": True,
+                "strong": "xxh3_128" if "xxh3_128" in agent.hashes else "blake2b128",
+                "digest": "blake3" if "blake3" in agent.hashes else "sha256"}
+
+    # -- writing ------------------------------------------------------------------------
+    def _temp_path(self, path: str) -> str:
+        name = posixpath.basename(path)[:100]
+        return posixpath.join(self.root, STATE_DIR, "tmp", f"{name}.{uuid.uuid4().hex[:12]}.part")
+
+    def _makedirs(self, sftp: paramiko.SFTPClient, directory: str) -> None:
+        missing = []
+        while directory not in ("/", "", "."):
+            try:
+                if stat_mod.S_ISDIR(sftp.stat(directory).st_mode):
+                    break
+                raise BadInput(f"{directory} on {self.target.hostname} exists and is not a directory")
+            except FileNotFoundError:
+                missing.append(directory)
+                directory = posixpath.dirname(directory)
+        for d in reversed(missing):
+            try:
+                sftp.mkdir(d)
+            except OSError:
+                if not stat_mod.S_ISDIR(sftp.stat(d).st_mode):
+                    raise
+
+    def write_atomic(self, path, chunks: Iterable[bytes], *, mtime=None, expected_digest=None) -> None:
+        """Upload to a temporary name, verify, set mtime, rename. ``chunks``
+        can be consumed once, so a lost connection fails the file (the sync
+        engine retries it) instead of resuming here."""
+        final = self.remote_path(path)
+        tmp = self._temp_path(path)
+        conn = self.connection()
+        try:
+            self._upload(conn, tmp, chunks, expected_digest, mtime)
+            self._call(f"rename into {final}", lambda c: self._rename(c.sftp(), tmp, final))
+        except BaseException as exc:
+            self._remove_quietly(tmp)
+            if isinstance(exc, FitsyncError) or not isinstance(exc, Exception):
+                raise
+            if self._lost(exc, conn):
+                raise TransferFailed(f"connection to {self.target.describe()} lost while writing {final}: "
+                                     f"{exc}") from None
+            raise self._sftp_error(exc, f"write {final}") from None
+
+    def _upload(self, conn: SshConnection, tmp: str, chunks, expected_digest, mtime) -> None:
+        sftp = conn.sftp()
+        self._makedirs(sftp, posixpath.dirname(tmp))
+        agent = self.agent()
+        algo = "blake3" if agent is None or "blake3" in agent.hashes else "sha256"
+        source_hash = new_hasher("blake3")
+        hashers = [source_hash] + ([new_hasher(algo)] if algo != "blake3" else [])
+        with sftp.open(tmp, "wb") as f:
+            size = write_pipelined(sftp, f.handle, chunks, hashers)
+        if expected_digest is not None and source_hash.hexdigest() != expected_digest:
+            raise VerificationFailed(f"{tmp}: the bytes read from the source do not match its digest")
+        if agent is not None:
+            # The agent re-reads the file on the remote host: what landed is verified, not what was sent.
+            agent.call({"op": "rename", "tmp": tmp, "path": tmp, "algo": algo, "expected": hashers[-1].hexdigest(),
+                        "mtime_ns": None if mtime is None else int(round(mtime * 1e9))})
+            return
+        if sftp.stat(tmp).st_size != size:
+            raise VerificationFailed(f"{tmp}: the remote size differs from the bytes sent")
+        if mtime is not None:
+            sftp.utime(tmp, (int(mtime), int(mtime)))
+
+    def _rename(self, sftp: paramiko.SFTPClient, tmp: str, final: str) -> None:
+        self._makedirs(sftp, posixpath.dirname(final))
+        try:
+            if stat_mod.S_ISDIR(sftp.stat(final).st_mode):
+                raise BadInput(f"{final} is a directory on {self.target.hostname} but a file in the source")
+        except FileNotFoundError:
+            pass
+        sftp.posix_rename(tmp, final)
+
+    def _remove_quietly(self, remote: str) -> None:
+        try:
+            conn = self.connection()
+            if conn.alive():
+                conn.sftp().remove(remote)
+        except Exception:  # best effort: a stale temp file is swept by the next run
+            pass
+
+    def apply_recipe(self, path: str, recipe, literals: Iterable[bytes], *, mtime: float, expected_digest: str,
+                     source_digests: dict | None = None) -> None:
+        """Patch ``path`` remotely: basis runs are copied by the agent, literal
+        bytes go up the channel; the agent verifies and renames."""
+        from fitsync.delta import BASIS
+
+        agent = self._call("start the agent", lambda conn: self.agent())
+        if agent is None:
+            raise TransferFailed(f"{self.url} cannot apply patches: no agent")
+        final = self.remote_path(path)
+        algo = "blake3" if "blake3" in agent.hashes else "sha256"
+        expected = expected_digest if algo == "blake3" else (source_digests or {}).get(algo)
+        if expected is None:
+            raise TransferFailed(f"{final}: the remote has no blake3 and no {algo} digest of the source was given")
+        ops = [[0 if kind == BASIS else 1, int(offset), int(length)] for kind, offset, length in recipe.ops]
+        header = {"op": "patch", "path": final, "basis": final, "tmp": self._temp_path(path), "ops": ops,
+                  "algo": algo, "expected": expected, "mtime_ns": int(round(mtime * 1e9))}
+        try:
+            agent.send(header)
+            for chunk in literals:
+                for start in range(0, len(chunk), 1 << 20):
+                    agent.send({"op": "data"}, bytes(chunk[start:start + (1 << 20)]))
+            agent.send({"op": "end"})
+            agent.finish()
+        except FitsyncError:
+            raise
+        except Exception as exc:
+            raise TransferFailed(f"patching {final} on {self.target.hostname} failed: {exc}") from None
+
+    def delete(self, path: str) -> None:
+        full = self.remote_path(path)
+
+        def once(conn):
+            agent = self.agent()
+            if agent is not None:
+                agent.call({"op": "delete", "path": full, "root": self.root})
+                return
+            try:
+                conn.sftp().remove(full)
+            except FileNotFoundError:
+                return
+            self._prune_sftp(conn.sftp(), posixpath.dirname(full))
+        self._call(f"delete {full}", once)
+
+    def _prune_sftp(self, sftp, directory: str) -> None:
+        while directory != self.root and directory.startswith(self.root + "/"):
+            try:
+                sftp.rmdir(directory)
+            except OSError:
+                return
+            directory = posixpath.dirname(directory)
+
+    def close(self) -> None:
+        agent = getattr(self._local, "agent", None)
+        if agent is not None:
+            agent.close()
+            self._local.agent = None
+
+
+class SftpReader:
+    """Sequential reader with pipelined requests that survives a dropped
+    connection: it reconnects and resumes at the first byte not yet received,
+    provided the file's size and mtime are unchanged."""
+
+    def __init__(self, remote: SftpRemote, path: str):
+        self.remote = remote
+        self.path = path
+        self.full = remote.remote_path(path)
+        self.entry = remote.stat(path)
+        self.pos = 0  # bytes handed to the caller
+        self._received = 0  # bytes that arrived (pos + buffered)
+        self._buffer = b""
+        self._chunks: Iterator[bytes] | None = None
+        self._file = None
+        self._closed = False
+
+    def _open_stream(self, conn: SshConnection) -> None:
+        sftp = conn.sftp()
+        self._file = sftp.open(self.full, "rb")
+        pieces = ((offset, min(REQUEST_SIZE, self.entry.size - offset))
+                  for offset in range(self._received, self.entry.size, REQUEST_SIZE))
+        self._chunks = read_pipelined(sftp, self._file.handle, pieces)
+
+    def _next_chunk(self) -> bytes:
+        attempt = 0
+        while self._received < self.entry.size:
+            conn = self.remote.connection()
+            generation = conn.generation
+            try:
+                if self._chunks is None:
+                    self._open_stream(conn)
+                chunk = next(self._chunks, b"")
+                if not chunk:
+                    raise SourceChanged(f"{self.full} shrank while it was read")
+                self._received += len(chunk)
+                return chunk
+            except FitsyncError:
+                raise
+            except Exception as exc:
+                if not self.remote._lost(exc, conn):
+                    raise self.remote._sftp_error(exc, f"read {self.full}") from None
+                attempt += 1
+                self._chunks = self._file = None
+                self.remote._recover(conn, generation, attempt, f"read of {self.full} at byte {self._received}",
+                                     exc)
+                self._check_unchanged()
+        return b""
+
+    def _check_unchanged(self) -> None:
+        try:
+            now = self.remote.stat(self.path)
+        except ConnectionFailed:
+            return  # reconnecting failed again; the next attempt reports it
+        if (now.size, now.mtime) != (self.entry.size, self.entry.mtime):
+            raise SourceChanged(f"{self.full} changed on {self.remote.target.hostname} while it was read")
+
+    def read(self, size: int = -1) -> bytes:
+        if self._closed:
+            raise ValueError("read from a closed SftpReader")
+        if size is None or size < 0:
+            parts = [self._buffer] + list(iter(self._next_chunk, b""))
+            self._buffer = b""
+            data = b"".join(parts)
+        else:
+            if not self._buffer:
+                self._buffer = self._next_chunk()
+            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        self.pos += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._closed = True
+        if self._file is not None:
+            try:
+                self._file.close()
+            except Exception:  # the connection may be gone; the handle dies with it
+                pass
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,400 @@
+"""Which files a command works on: filters, file lists, ages, dates, templates.
+
+``build_selection(opts)`` turns the command line into a ``Selection`` (or None
+when nothing is selected, so callers can skip the checks). ``matches(entry)``
+is True only when every given criterion holds:
+
+- ``--include``/``--exclude`` follow rsync's filter rules: rules are tried in
+  the order given and the first match wins; no match means included. A leading
+  ``/`` anchors a pattern to the root; otherwise a pattern with a ``/`` matches
+  the end of the path at a component boundary and one without matches the
+  file or directory name. ``*`` and ``?`` stop at ``/``, ``**`` does not,
+  ``dir/***`` matches ``dir`` and everything below it. A trailing ``/``
+  matches directories only. As in rsync, an excluded directory hides
+  everything below it, so ``--include='*.fits' --exclude='*'`` needs
+  ``--include='*/'`` first to descend.
+- ``--files-from=FILE``: the paths listed (one per line, ``#`` comments, a
+  leading ``/`` ignored as rsync does); a listed directory selects all below.
+- ``--since=WHEN`` (``2026-11-01``, ``2026-11-01T18:00``, ``30d``, ``12h``,
+  ``today``, ``yesterday``) and ``--max-age=DURATION``: files no older than
+  that. ``--date=YYYY-MM-DD``: files of that day (local time).
+  With a template that has date fields (``{yyyy}/{mmdd}``) the date in the
+  path decides, and a dated day is kept when any part of it lies within the
+  window (a nightly pull at 08:00 with ``--max-age=1d`` keeps last night's
+  directory); without one the file's mtime decides.
+- ``--template``/``--where``/``--profile``: see fitsync.templates_paths. With
+  a template, files whose path does not fit it are not selected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+
+from fitsync.errors import BadInput, NotFound, UnsafePath, UsageError
+from fitsync.paths import safe_relpath
+from fitsync.remotes.base import Entry
+from fitsync.templates_paths import (
+    PathTemplate,
+    WhereClause,
+    compile_template,
+    load_profile,
+    parse_where,
+    profile_where,
+)
+
+# -- rsync-style filter rules ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    include: bool
+    pattern: str
+    regex: re.Pattern
+    directory_only: bool
+    whole_path: bool  # matched against the path (else against the last name)
+
+    def matches(self, path: str, is_dir: bool) -> bool:
+        if self.directory_only and not is_dir:
+            return False
+        subject = path if self.whole_path else path.rsplit("/", 1)[-1]
+        return self.regex.search(subject) is not None
+
+
+def compile_rule(pattern: str, include: bool) -> FilterRule:
+    if not pattern or pattern in ("/",):
+        raise UsageError(f"empty {'--include' if include else '--exclude'} pattern; give a pattern such as '*.fits'")
+    body = pattern
+    directory_only = body.endswith("/") and not body.endswith("***")
+    body = body.rstrip("/") if directory_only else body
+    anchored = body.startswith("/")
+    body = body.lstrip("/") if anchored else body
+    subtree = body.endswith("/***")
+    if subtree:
+        body = body[:-4]
+    whole_path = anchored or "/" in body or "**" in body or subtree
+    core = glob_to_regex(body)
+    if subtree:
+        core += r"(?:/.*)?"
+    if whole_path:
+        regex = ("^" if anchored else "(?:^|/)") + core + r"\Z"
+    else:
+        regex = "^" + core + r"\Z"
+    return FilterRule(include, pattern, re.compile(regex, re.DOTALL), directory_only, whole_path)
+
+
+def glob_to_regex(glob: str) -> str:
+    """rsync wildcards: ``*`` and ``?`` stay within a name, ``**`` crosses ``/``,
+    ``[...]`` is a character class (``[!...]`` negated), ``\\`` escapes."""
+    out = []
+    i = 0
+    while i < len(glob):
+        c = glob[i]
+        if c == "\\" and i + 1 < len(glob):
+            out.append(re.escape(glob[i + 1]))
+            i += 2
+        elif glob.startswith("**", i):
+            while i < len(glob) and glob[i] == "*":
+                i += 1
+            out.append(".*")
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            end = _class_end(glob, i)
+            if end < 0:
+                out.append(re.escape(c))
+                i += 1
+            else:
+                inner = glob[i + 1 : end]
+                if inner.startswith("!"):
+                    inner = "^" + inner[1:]
+                out.append("[" + inner.replace("\\", "\\\\") + "]")
+                i = end + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return "".join(out)
+
+
+def _class_end(glob: str, start: int) -> int:
+    j = start + 1
+    if j < len(glob) and glob[j] in "!^":
+        j += 1
+    if j < len(glob) and glob[j] == "]":
+        j += 1  # a leading ] is a literal member
+    end = glob.find("]", j)
+    return end
+
+
+class FilterRules:
+    """Ordered include/exclude rules with rsync's first-match-wins semantics."""
+
+    def __init__(self, rules: list[FilterRule]):
+        self.rules = rules
+
+    def first_match(self, path: str, is_dir: bool) -> FilterRule | None:
+        for rule in self.rules:
+            if rule.matches(path, is_dir):
+                return rule
+        return None
+
+    def allows(self, path: str) -> bool:
+        """A file is selected when no parent directory is excluded and the
+        first rule matching the file itself (if any) includes it."""
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            rule = self.first_match("/".join(parts[:depth]), is_dir=True)
+            if rule is not None and not rule.include:
+                return False
+        rule = self.first_match(path, is_dir=False)
+        return rule is None or rule.include
+
+
+def rule_order(argv: list[str]) -> list[tuple[bool, str]]:
+    """The --include/--exclude options of ``argv`` in the order given."""
+    order = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        for name, include in (("--include", True), ("--exclude", False)):
+            if arg == name and i + 1 < len(argv):
+                order.append((include, argv[i + 1]))
+                i += 1
+            elif arg.startswith(name + "="):
+                order.append((include, arg[len(name) + 1 :]))
+        i += 1
+    return order
+
+
+# -- --files-from -----------------------------------------------------------------
+
+
+def read_files_from(path: str) -> frozenset[str]:
+    """Paths listed in ``path``: one per line, ``#`` comments, blank lines skipped."""
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise NotFound(f"--files-from file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"cannot read --files-from file {path}: {exc}") from None
+    selected = set()
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            selected.add(safe_relpath(text.lstrip("/"), what=f"{path}:{number}: path"))
+        except UnsafePath as exc:
+            raise UnsafePath(f"{exc}; fix line {number} of {path}") from None
+    return frozenset(selected)
+
+
+# -- times --------------------------------------------------------------------------
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
+
+
+def parse_duration(text: str, option: str = "--max-age") -> dt.timedelta:
+    """``30d``, ``12h``, ``90m``, ``2w``, ``1d12h``."""
+    compact = (text or "").strip()
+    pieces = _DURATION.findall(compact)
+    if not pieces or "".join(f"{n}{u}" for n, u in pieces).lower() != re.sub(r"\s+", "", compact).lower():
+        raise UsageError(f"{option}={text!r} is not a duration; use a number and a unit: 30d, 12h, 90m, 2w")
+    seconds = sum(float(n) * _UNITS[u.lower()] for n, u in pieces)
+    return dt.timedelta(seconds=seconds)
+
+
+def parse_date(text: str, option: str = "--date") -> dt.date:
+    value = (text or "").strip()
+    for fmt in ("%Y-%m-%d", "%Y%m%d"):
+        try:
+            return dt.datetime.strptime(value, fmt).date()
+        except ValueError:
+            pass
+    raise UsageError(f"{option}={text!r} is not a date; use YYYY-MM-DD, e.g. 2026-11-01")
+
+
+def parse_when(text: str, now: dt.datetime, option: str = "--since") -> dt.datetime:
+    """A point in (naive, local) time: a date, a date and time, or a duration ago."""
+    value = (text or "").strip()
+    lowered = value.lower()
+    if lowered in ("today", "yesterday"):
+        midnight = dt.datetime.combine(now.date(), dt.time())
+        return midnight - dt.timedelta(days=1 if lowered == "yesterday" else 0)
+    if re.fullmatch(r"(?:\d+(?:\.\d+)?\s*[smhdw]\s*)+", lowered):
+        return now - parse_duration(value, option)
+    try:
+        return dt.datetime.fromisoformat(value.replace(" ", "T", 1) if " " in value else value)
+    except ValueError:
+        pass
+    try:
+        return dt.datetime.combine(parse_date(value, option), dt.time())
+    except UsageError:
+        raise UsageError(
+            f"{option}={text!r} is neither a date (2026-11-01, 2026-11-01T18:00) nor a duration (30d, 12h)"
+        ) from None
+
+
+def as_local_datetime(now) -> dt.datetime:
+    if now is None:
+        return dt.datetime.now()
+    if isinstance(now, (int, float)):
+        return dt.datetime.fromtimestamp(now)
+    if now.tzinfo is not None:
+        return now.astimezone().replace(tzinfo=None)
+    return now
+
+
+def _timestamp(moment: dt.datetime) -> float:
+    return time.mktime(moment.timetuple()) + moment.microsecond / 1e6
+
+
+# -- the selection ---------------------------------------------------------------------
+
+
+@dataclass
+class Selection:
+    rules: FilterRules | None = None
+    files: frozenset | None = None
+    since: dt.datetime | None = None  # naive local time
+    on_date: dt.date | None = None
+    template: PathTemplate | None = None
+    where: list[WhereClause] = field(default_factory=list)
+
+    def matches(self, entry: Entry) -> bool:
+        path = entry.path
+        if self.files is not None and not self._listed(path):
+            return False
+        if self.rules is not None and not self.rules.allows(path):
+            return False
+        values = None
+        if self.template is not None:
+            values = self.template.parse(path)
+            if values is None:
+                return False
+            if not all(clause.allows(values) for clause in self.where):
+                return False
+        if self.since is None and self.on_date is None:
+            return True
+        if self.template is not None and self.template.date_fields:
+            return self._period_selected(self.template.period(values))
+        return self._mtime_selected(entry.mtime)
+
+    def fields_of(self, path: str) -> dict[str, str] | None:
+        return self.template.parse(path) if self.template is not None else None
+
+    def _listed(self, path: str) -> bool:
+        if path in self.files:
+            return True
+        parts = path.split("/")
+        return any("/".join(parts[:depth]) in self.files for depth in range(1, len(parts)))
+
+    def _period_selected(self, period) -> bool:
+        if period is None:
+            return False  # the date fields do not form a real date
+        start, end = period
+        if self.on_date is not None and not (start <= self.on_date < end):
+            return False
+        if self.since is not None and dt.datetime.combine(end, dt.time()) <= self.since:
+            return False
+        return True
+
+    def _mtime_selected(self, mtime: float) -> bool:
+        if self.since is not None and mtime < _timestamp(self.since):
+            return False
+        if self.on_date is not None and dt.datetime.fromtimestamp(mtime).date() != self.on_date:
+            return False
+        return True
+
+    def filter(self, entries):
+        return [e for e in entries if self.matches(e)]
+
+
+SELECTION_OPTIONS = (
+    "--include", "--exclude", "--files-from", "--since", "--max-age", "--date", "--template", "--where", "--profile",
+)
+
+
+def build_selection(opts: dict, now=None, argv: list[str] | None = None) -> Selection | None:
+    """The selection the command line asks for, or None when it asks for none.
+
+    ``opts`` is the docopt dict; ``now`` (datetime or epoch seconds) fixes the
+    clock for tests; ``argv`` restores the relative order of --include and
+    --exclude, which the docopt dict does not keep (without it, all includes
+    are tried before all excludes).
+    """
+    if not any(opts.get(name) for name in SELECTION_OPTIONS):
+        return None
+    now_local = as_local_datetime(now)
+    profile = load_profile(opts["--profile"], opts) if opts.get("--profile") else {}
+    selection = Selection()
+    selection.rules = _rules(opts, profile, argv)
+    if opts.get("--files-from"):
+        selection.files = read_files_from(opts["--files-from"])
+    selection.since = _cutoff(opts, now_local)
+    if opts.get("--date"):
+        selection.on_date = parse_date(opts["--date"])
+    selection.template, selection.where = template_and_where(opts, profile)
+    return selection
+
+
+def _rules(opts: dict, profile: dict, argv) -> FilterRules | None:
+    includes = list(opts.get("--include") or [])
+    excludes = list(opts.get("--exclude") or [])
+    order = command_line_order(includes, excludes, argv)
+    # The profile's rules come after the command line's, so the user's own rules win.
+    order += [(True, p) for p in profile.get("include", [])] + [(False, p) for p in profile.get("exclude", [])]
+    return FilterRules([compile_rule(p, inc) for inc, p in order]) if order else None
+
+
+def command_line_order(includes: list[str], excludes: list[str], argv) -> list[tuple[bool, str]]:
+    """--include/--exclude in the order typed. docopt keeps two separate lists,
+    so the order comes from ``argv`` (or sys.argv when it holds the same
+    rules); failing both, includes are tried before excludes."""
+    wanted = sorted([(True, p) for p in includes] + [(False, p) for p in excludes])
+    for candidate in (argv, sys.argv[1:]):
+        if candidate is not None:
+            order = rule_order(list(candidate))
+            if sorted(order) == wanted:
+                return order
+    return [(True, p) for p in includes] + [(False, p) for p in excludes]
+
+
+def _cutoff(opts: dict, now: dt.datetime) -> dt.datetime | None:
+    cutoffs = []
+    if opts.get("--since"):
+        cutoffs.append(parse_when(opts["--since"], now))
+    if opts.get("--max-age"):
+        cutoffs.append(now - parse_duration(opts["--max-age"]))
+    return max(cutoffs) if cutoffs else None
+
+
+def template_and_where(opts: dict, profile: dict | None = None) -> tuple[PathTemplate | None, list[WhereClause]]:
+    """The template (command line over profile) and the --where clauses; a
+    command-line clause on a field replaces the profile's clauses on it."""
+    profile = profile if profile is not None else (load_profile(opts["--profile"], opts) if opts.get("--profile") else {})
+    text = opts.get("--template") or profile.get("template")
+    clauses = [parse_where(w) for w in opts.get("--where") or []]
+    if profile:
+        given = {c.field for c in clauses}
+        clauses = [c for c in profile_where(profile) if c.field not in given] + clauses
+    if not text:
+        if clauses:
+            raise UsageError("--where needs a --template (or a --profile with one) to name the fields")
+        return None, []
+    template = compile_template(text, profile.get("fields"))
+    for clause in clauses:
+        if clause.field not in template.fields:
+            fields = ", ".join(template.fields) or "none"
+            raise UsageError(f"{clause.source}: the template {text!r} has no field {clause.field!r} (fields: {fields})")
+    return template, clauses

@@ -1,0 +1,373 @@
+"""SSH connections through paramiko, the way OpenSSH's client would make them.
+
+What is honoured from ``~/.ssh/config``: Host aliases (HostName), User, Port,
+IdentityFile, ProxyJump (hops through gateways), ProxyCommand and
+UserKnownHostsFile. Authentication tries the SSH agent, then key files, then
+a password. A key passphrase or password comes from FITSYNC_SSH_PASSPHRASE /
+FITSYNC_SSH_PASSWORD or, only when stdin is a terminal, from a prompt; never
+from the command line, and never logged.
+
+Host keys are checked against known_hosts. An unknown key is refused unless
+``--accept-new-host-key`` is given (trust on first use: the key is then
+recorded); a key that differs from the recorded one is always refused.
+
+One connection per (user, host, port, route) is kept and shared by every
+remote that needs it; each thread gets its own SFTP channel on it.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import logging
+import os
+import socket
+import sys
+import threading
+from dataclasses import dataclass, field
+
+import paramiko
+
+from fitsync.errors import AuthenticationFailed, ConnectionFailed, HostKeyRejected
+
+log = logging.getLogger(__name__)
+
+PASSWORD_ENV = "FITSYNC_SSH_PASSWORD"
+PASSPHRASE_ENV = "FITSYNC_SSH_PASSPHRASE"
+CONNECT_TIMEOUT = 20.0
+DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
+# Large windows and packets: paramiko's per-packet cost in Python is what
+# limits throughput, so fewer, bigger packets go faster.
+WINDOW_SIZE = 64 << 20
+MAX_PACKET = 1 << 18
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where and as whom to connect, after ~/.ssh/config is applied."""
+
+    alias: str  # the name the user wrote
+    hostname: str
+    port: int = 22
+    user: str = ""
+    identity_files: tuple = ()
+    proxy_jump: str = ""  # comma-separated hops, OpenSSH syntax
+    proxy_command: str = ""
+    known_hosts: tuple = ()  # files checked, the first one is written to
+    accept_new_host_key: bool = False
+    password_env: str = field(default=PASSWORD_ENV, compare=False)
+
+    @property
+    def known_hosts_name(self) -> str:
+        """The name OpenSSH records in known_hosts: host, or [host]:port."""
+        return self.hostname if self.port == 22 else f"[{self.hostname}]:{self.port}"
+
+    def describe(self) -> str:
+        return f"{self.user}@{self.hostname}:{self.port}"
+
+
+def _ssh_config() -> paramiko.SSHConfig:
+    path = os.path.expanduser("~/.ssh/config")
+    if os.path.exists(path):
+        try:
+            return paramiko.SSHConfig.from_path(path)
+        except Exception as exc:  # paramiko raises assorted errors on odd syntax
+            raise ConnectionFailed(f"cannot parse {path}: {exc}; fix the file") from None
+    return paramiko.SSHConfig()
+
+
+def resolve_target(host: str, *, user: str | None = None, port: int | None = None,
+                   identity_file: str | None = None, accept_new_host_key: bool = False,
+                   known_hosts: str | None = None) -> SshTarget:
+    """Apply ~/.ssh/config to ``host``; explicit arguments win over the file."""
+    conf = _ssh_config().lookup(host)
+    hostname = conf.get("hostname", host)
+    identity = [identity_file] if identity_file else list(conf.get("identityfile", []))
+    known = ([known_hosts] if known_hosts else
+             [os.path.expanduser(p) for p in conf.get("userknownhostsfile", "").split()] or
+             [os.path.expanduser("~/.ssh/known_hosts")])
+    return SshTarget(
+        alias=host,
+        hostname=hostname,
+        port=int(port or conf.get("port", 22)),
+        user=user or conf.get("user") or getpass.getuser(),
+        identity_files=tuple(os.path.expanduser(p) for p in identity),
+        proxy_jump="" if conf.get("proxyjump", "none") == "none" else conf.get("proxyjump", ""),
+        proxy_command="" if conf.get("proxycommand", "none") == "none" else conf.get("proxycommand", ""),
+        known_hosts=tuple(known),
+        accept_new_host_key=accept_new_host_key,
+    )
+
+
+def parse_jump(hop: str) -> tuple[str | None, str, int | None]:
+    """``[user@]host[:port]`` of a ProxyJump hop -> (user, host, port)."""
+    hop = hop.strip()
+    if hop.startswith("ssh://"):
+        hop = hop[len("ssh://"):]
+    user, _, rest = hop.rpartition("@")
+    host, port = rest, None
+    if rest.startswith("["):
+        host, _, tail = rest[1:].partition("]")
+        port = int(tail[1:]) if tail.startswith(":") else None
+    elif rest.count(":") == 1:
+        host, port_text = rest.split(":")
+        port = int(port_text)
+    return user or None, host, port
+
+
+# -- host keys -------------------------------------------------------------
+
+def fingerprint(key: paramiko.PKey) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _known_keys(target: SshTarget) -> dict:
+    """keytype -> key recorded for the target in any known_hosts file."""
+    found: dict = {}
+    for path in list(target.known_hosts) + ["/etc/ssh/ssh_known_hosts"]:
+        if not os.path.exists(path):
+            continue
+        keys = paramiko.HostKeys()
+        try:
+            keys.load(path)
+        except (OSError, paramiko.SSHException) as exc:
+            raise HostKeyRejected(f"cannot read known hosts file {path}: {exc}") from None
+        for name in {target.known_hosts_name, target.hostname if target.port == 22 else None} - {None}:
+            entry = keys.lookup(name)
+            if entry:
+                for kind in entry.keys():
+                    found.setdefault(kind, entry[kind])
+    return found
+
+
+def check_host_key(target: SshTarget, key: paramiko.PKey) -> None:
+    """Raise HostKeyRejected unless ``key`` is the recorded one (or TOFU applies)."""
+    known = _known_keys(target)
+    name = target.known_hosts_name
+    kind = key.get_name()
+    if kind in known:
+        if known[kind].asbytes() != key.asbytes():
+            raise HostKeyRejected(
+                f"the host key of {name} has CHANGED ({kind} {fingerprint(key)}); refusing to connect. "
+                f"If the change is expected, remove the old key with: ssh-keygen -R '{name}'")
+        return
+    if known:
+        raise HostKeyRejected(
+            f"{name} presented a {kind} key but known_hosts records only {', '.join(sorted(known))}; "
+            f"refusing to connect (check the host, then update known_hosts)")
+    if not target.accept_new_host_key:
+        raise HostKeyRejected(
+            f"the host key of {name} is unknown ({kind} {fingerprint(key)}); check it and pass "
+            f"--accept-new-host-key to record it in {target.known_hosts[0]}")
+    _record_host_key(target.known_hosts[0], name, key)
+    log.warning("recorded new host key for %s (%s %s) in %s", name, kind, fingerprint(key),
+                target.known_hosts[0])
+
+
+def _record_host_key(path: str, name: str, key: paramiko.PKey) -> None:
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    with open(path, "a", encoding="ascii") as f:
+        f.write(f"{name} {key.get_name()} {key.get_base64()}\n")
+
+
+# -- authentication ----------------------------------------------------------
+
+def _secret(env_name: str, prompt: str) -> str | None:
+    """A secret from the environment, else from a prompt when a person is there."""
+    value = os.environ.get(env_name)
+    if value is not None:
+        return value
+    if sys.stdin is not None and sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    return None
+
+
+def _load_key(path: str) -> paramiko.PKey | None:
+    try:
+        return paramiko.PKey.from_path(path)
+    except paramiko.PasswordRequiredException:
+        passphrase = _secret(PASSPHRASE_ENV, f"Passphrase for {path}: ")
+        if passphrase is None:
+            log.info("skipping encrypted key %s: no passphrase (set %s)", path, PASSPHRASE_ENV)
+            return None
+        try:
+            return paramiko.PKey.from_path(path, passphrase=passphrase)
+        except paramiko.SSHException:
+            raise AuthenticationFailed(f"wrong passphrase for key {path}") from None
+    except (OSError, paramiko.SSHException, ValueError) as exc:
+        log.info("skipping key %s: %s", path, exc)
+        return None
+
+
+def _candidate_keys(target: SshTarget):
+    """Agent keys first, then key files (those configured, else the defaults)."""
+    if os.environ.get("SSH_AUTH_SOCK"):
+        try:
+            yield from paramiko.Agent().get_keys()
+        except paramiko.SSHException as exc:
+            log.info("ssh agent not usable: %s", exc)
+    paths = target.identity_files or tuple(os.path.expanduser(f"~/.ssh/{n}") for n in DEFAULT_KEYS)
+    for path in paths:
+        if os.path.exists(path):
+            key = _load_key(path)
+            if key is not None:
+                yield key
+
+
+def authenticate(transport: paramiko.Transport, target: SshTarget) -> None:
+    user = target.user
+    for key in _candidate_keys(target):
+        try:
+            if not transport.auth_publickey(user, key):
+                return  # no further methods required
+        except paramiko.AuthenticationException:
+            continue
+        if transport.is_authenticated():
+            return
+    password = _secret(target.password_env, f"Password for {target.describe()}: ")
+    if password is not None:
+        try:
+            transport.auth_password(user, password)
+        except paramiko.AuthenticationException:
+            pass
+        if transport.is_authenticated():
+            return
+    raise AuthenticationFailed(
+        f"authentication to {target.describe()} failed: no key in the SSH agent or "
+        f"{', '.join(target.identity_files) or '~/.ssh/id_*'} was accepted; add a key "
+        f"(IdentityFile in ~/.ssh/config) or set {target.password_env}")
+
+
+# -- connecting ---------------------------------------------------------------
+
+def _open_socket(target: SshTarget, via: "SshConnection | None"):
+    if via is not None:
+        try:
+            return via.transport.open_channel("direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0),
+                                              timeout=CONNECT_TIMEOUT)
+        except (paramiko.SSHException, OSError) as exc:
+            raise ConnectionFailed(f"jump host {via.target.describe()} cannot reach "
+                                   f"{target.hostname}:{target.port}: {exc}") from None
+    if target.proxy_command:
+        command = target.proxy_command.replace("%h", target.hostname).replace("%p", str(target.port)) \
+            .replace("%r", target.user)
+        return paramiko.ProxyCommand(command)
+    try:
+        sock = socket.create_connection((target.hostname, target.port), timeout=CONNECT_TIMEOUT)
+    except OSError as exc:
+        raise ConnectionFailed(f"cannot connect to {target.hostname}:{target.port}: "
+                               f"{exc.strerror or exc}") from None
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _preferred_key_types(transport: paramiko.Transport, target: SshTarget) -> None:
+    """Ask first for host key types already recorded, as OpenSSH does, so a
+    known host is not reported as presenting an unknown type."""
+    known = list(_known_keys(target))
+    if not known:
+        return
+    options = transport.get_security_options()
+    current = list(options.key_types)
+    first = [k for k in current if k in known or (k.startswith("rsa-sha2") and "ssh-rsa" in known)]
+    options.key_types = tuple(first + [k for k in current if k not in first])
+
+
+class SshConnection:
+    """An authenticated transport, shared; one SFTP channel per thread."""
+
+    def __init__(self, target: SshTarget, via: "SshConnection | None" = None):
+        self.target = target
+        self.via = via
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.transport = self._connect()
+
+    def _connect(self) -> paramiko.Transport:
+        sock = _open_socket(self.target, self.via)
+        transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET)
+        _preferred_key_types(transport, self.target)
+        try:
+            transport.start_client(timeout=CONNECT_TIMEOUT)
+            check_host_key(self.target, transport.get_remote_server_key())
+            authenticate(transport, self.target)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            transport.close()
+            raise ConnectionFailed(f"SSH handshake with {self.target.describe()} failed: {exc}") from None
+        except BaseException:
+            transport.close()
+            raise
+        transport.set_keepalive(30)
+        self.generation = getattr(self, "generation", 0) + 1
+        return transport
+
+    def alive(self) -> bool:
+        return self.transport.is_active()
+
+    def reconnect(self, generation: int) -> None:
+        """Replace a dead transport (once, however many threads ask)."""
+        with self._lock:
+            if self.generation != generation:
+                return  # another thread already reconnected
+            self.transport.close()
+            if self.via is not None and not self.via.alive():
+                self.via.reconnect(self.via.generation)
+            self.transport = self._connect()
+
+    def sftp(self) -> paramiko.SFTPClient:
+        """This thread's SFTP client, on a channel with a large window."""
+        client = getattr(self._local, "sftp", None)
+        if client is not None and getattr(self._local, "generation", None) == self.generation \
+                and not client.sock.closed:
+            return client
+        try:
+            channel = self.transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
+            channel.invoke_subsystem("sftp")
+            client = paramiko.SFTPClient(channel)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise ConnectionFailed(f"cannot open an SFTP session on {self.target.describe()}: {exc}") from None
+        self._local.sftp = client
+        self._local.generation = self.generation
+        return client
+
+    def exec(self, command: str) -> paramiko.Channel:
+        """A channel running ``command`` remotely (stdin/stdout are the channel)."""
+        channel = self.transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
+        channel.exec_command(command)
+        return channel
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+_POOL: dict = {}
+_POOL_LOCK = threading.Lock()
+
+
+def connect(target: SshTarget) -> SshConnection:
+    """The shared connection for ``target`` (through its ProxyJump hops)."""
+    key = (target.user, target.hostname, target.port, target.proxy_jump, target.proxy_command)
+    with _POOL_LOCK:
+        conn = _POOL.get(key)
+        if conn is not None and conn.alive():
+            return conn
+        via = None
+        if target.proxy_jump:
+            for hop in target.proxy_jump.split(","):
+                user, host, port = parse_jump(hop)
+                hop_target = resolve_target(host, user=user, port=port,
+                                            accept_new_host_key=target.accept_new_host_key)
+                via = SshConnection(hop_target, via)
+        conn = SshConnection(target, via)
+        _POOL[key] = conn
+        return conn
+
+
+def close_all() -> None:
+    with _POOL_LOCK:
+        for conn in _POOL.values():
+            conn.close()
+        _POOL.clear()

@@ -1,0 +1,361 @@
+"""The mirror engine: list both sides, decide per file, transfer, delete.
+
+Decisions come from ``plan.decide`` (pure); bytes are written only by
+``transfer``. This module orchestrates: listing, content comparison, FITS
+checks of sources, the worker pool, retries, the lock and the summary.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from fitsync import transfer
+from fitsync.errors import (
+    BadInput,
+    ConnectionFailed,
+    FitsyncError,
+    NotFound,
+    SourceChanged,
+    TransferFailed,
+    VerificationFailed,
+)
+from fitsync.lock import DirectoryLock
+from fitsync.plan import Action, Item, decide, deletions, itemize_line
+from fitsync.progress import Reporter
+from fitsync.remotes.base import Capability, Entry, Remote
+from fitsync.remotes.local import LocalRemote
+from fitsync.scan import common_algorithm, digest_entries
+
+log = logging.getLogger("fitsync")
+
+# Counters and failure lists are updated from the worker threads.
+_COUNTER_LOCK = threading.RLock()
+
+RETRYABLE = (SourceChanged, VerificationFailed, ConnectionFailed, TimeoutError, ConnectionError)
+
+
+@dataclass
+class MirrorOptions:
+    checksum: bool = False
+    delete: bool = False
+    dry_run: bool = False
+    manifest: object | None = None  # fitsync.manifest.Manifest of the source
+    jobs: int = 2
+    retries: int = 3
+    fits_check: bool = True
+    selection: object | None = None  # anything with matches(Entry) -> bool
+    only_paths: set[str] | None = None  # mirror exactly these (dataset subsets)
+    retry_delay: float = 0.5
+
+
+@dataclass
+class MirrorResult:
+    files_total: int = 0
+    files_new: int = 0
+    files_updated: int = 0
+    files_repaired: int = 0
+    files_unchanged: int = 0
+    files_deleted: int = 0
+    files_failed: int = 0
+    files_incomplete: int = 0
+    bytes_total: int = 0
+    bytes_transferred: int = 0
+    bytes_reused: int = 0
+    seconds: float = 0.0
+    failures: list = field(default_factory=list)
+    incomplete: list = field(default_factory=list)
+    dry_run: bool = False
+
+    def to_json(self) -> dict:
+        data = dict(self.__dict__)
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
+
+def check_locations(src: Remote, dst: Remote) -> None:
+    """Refuse a missing source and a destination inside a local source."""
+    if not src.exists():
+        raise NotFound(f"source {src.url} does not exist; check the path")
+    if isinstance(src, LocalRemote) and isinstance(dst, LocalRemote):
+        s, d = os.path.realpath(src.root), os.path.realpath(dst.root)
+        if d == s or d.startswith(s + os.sep):
+            raise BadInput(f"destination {dst.root} is inside the source {src.root}; choose a destination outside it")
+
+
+def prepare_local_destination(dst: LocalRemote) -> None:
+    try:
+        os.makedirs(dst.root, exist_ok=True)
+        dst.state_dir()
+    except PermissionError:
+        raise BadInput(f"destination {dst.root} is not writable; check its permissions") from None
+    except FileExistsError:
+        raise BadInput(f"destination {dst.root} exists and is not a directory") from None
+    if not os.access(dst.root, os.W_OK):
+        raise BadInput(f"destination {dst.root} is not writable; check its permissions")
+
+
+def list_selected(remote: Remote, options: MirrorOptions) -> dict[str, Entry]:
+    entries = {}
+    for entry in remote.list():
+        if options.only_paths is not None and entry.path not in options.only_paths:
+            continue
+        if options.selection is not None and not options.selection.matches(entry):
+            continue
+        entries[entry.path] = entry
+    return entries
+
+
+class Mirror:
+    def __init__(self, src: Remote, dst: Remote, options: MirrorOptions, reporter: Reporter | None = None):
+        self.src = src
+        self.dst = dst
+        self.options = options
+        self.reporter = reporter or Reporter()
+        self.result = MirrorResult(dry_run=options.dry_run)
+        self.resolution = max(src.mtime_resolution, dst.mtime_resolution)
+
+    # -- the run -------------------------------------------------------
+    def run(self) -> MirrorResult:
+        started = time.monotonic()
+        check_locations(self.src, self.dst)
+        local_dst = isinstance(self.dst, LocalRemote)
+        if local_dst and not self.options.dry_run:
+            prepare_local_destination(self.dst)
+        lock = DirectoryLock(self.dst.state_dir()) if local_dst and not self.options.dry_run else None
+        if lock:
+            lock.acquire()
+        try:
+            items = self.plan()
+            self.execute(items)
+        finally:
+            self.reporter.close_phase()
+            if lock:
+                lock.release()
+            if local_dst and not self.options.dry_run:
+                self.dst.tidy_state_dir()
+        self.result.seconds = time.monotonic() - started
+        return self.result
+
+    def plan(self) -> list[Item]:
+        src_entries = list_selected(self.src, self.options)
+        dst_entries = list_selected(self.dst, self.options) if self.dst.exists() else {}
+        self.result.files_total = len(src_entries)
+        self.result.bytes_total = sum(e.size for e in src_entries.values())
+        differs, reasons, expected = self.compare_contents(src_entries, dst_entries)
+        states = self.source_fits_states(src_entries, dst_entries, differs)
+        items = []
+        for path, entry in src_entries.items():
+            items.append(decide(
+                entry,
+                dst_entries.get(path),
+                mtime_resolution=self.resolution,
+                content_differs=differs.get(path),
+                content_reason=reasons.get(path, "content differs"),
+                source_state=states.get(path),
+                expected_digest=expected.get(path),
+            ))
+        if self.options.delete:
+            items.extend(deletions(set(src_entries), dst_entries))
+        return items
+
+    def compare_contents(self, src_entries, dst_entries):
+        """With --checksum or --manifest, find same-size-and-mtime pairs whose content differs."""
+        differs: dict[str, bool] = {}
+        reasons: dict[str, str] = {}
+        expected: dict[str, str] = {}
+        manifest = self.options.manifest
+        if manifest is not None:
+            for path, m in manifest.entries.items():
+                expected[path] = m.blake3
+        if not (self.options.checksum or manifest is not None):
+            return differs, reasons, expected
+        pairs = [
+            (src_entries[p], dst_entries[p]) for p in src_entries
+            if p in dst_entries and src_entries[p].size == dst_entries[p].size
+        ]
+        if not pairs:
+            return differs, reasons, expected
+        algo = common_algorithm(self.src, self.dst)
+        total = sum(s.size for s, _ in pairs) * (1 if manifest is not None and algo == "blake3" else 2)
+        self.reporter.phase("scan", total)
+        dst_digests, dst_errors = digest_entries(
+            self.dst, [d for _, d in pairs], algo=algo, jobs=self.options.jobs,
+            on_done=lambda e: self.reporter.advance(e.size))
+        if manifest is not None and algo == "blake3":
+            src_digests = {s.path: expected[s.path] for s, _ in pairs if s.path in expected}
+            missing = [s for s, _ in pairs if s.path not in expected]
+        else:
+            src_digests, missing = {}, [s for s, _ in pairs]
+        computed, src_errors = digest_entries(
+            self.src, missing, algo=algo, jobs=self.options.jobs,
+            on_done=lambda e: self.reporter.advance(e.size))
+        src_digests.update(computed)
+        for path, error in {**src_errors, **dst_errors}.items():
+            differs[path] = True
+            reasons[path] = f"could not compare ({error})"
+        for s, _ in pairs:
+            if s.path in differs:
+                continue
+            a, b = src_digests.get(s.path), dst_digests.get(s.path)
+            differs[s.path] = a != b
+            if manifest is not None and s.path in expected and b != expected[s.path]:
+                reasons[s.path] = "does not match the manifest"
+            else:
+                reasons[s.path] = "content differs"
+        self.reporter.close_phase()
+        return differs, reasons, expected
+
+    def source_fits_states(self, src_entries, dst_entries, differs) -> dict[str, tuple[str, str]]:
+        """FITS structure check of local source files about to be transferred."""
+        if not self.options.fits_check or Capability.LOCAL not in self.src.capabilities:
+            return {}
+        from fitsync import fitsaudit
+
+        states = {}
+        for path, entry in src_entries.items():
+            dst = dst_entries.get(path)
+            unchanged = (
+                dst is not None and dst.size == entry.size
+                and abs(dst.mtime - entry.mtime) < max(self.resolution, 1e-6) and not differs.get(path)
+            )
+            if unchanged:
+                continue
+            states[path] = self._fits_state(fitsaudit, path)
+        return {p: s for p, s in states.items() if s is not None}
+
+    def _fits_state(self, fitsaudit, path: str):
+        local = self.src.local_path(path)
+        try:
+            with open(local, "rb") as f:
+                head = f.read(16)
+        except OSError:
+            return None
+        if not fitsaudit.is_fits_candidate(path, head):
+            return None
+        state, reason = fitsaudit.quick_state(local)
+        return (state, reason)
+
+    # -- execution ----------------------------------------------------------
+    def execute(self, items: list[Item]) -> None:
+        transfers = [i for i in items if i.transfers]
+        for item in items:
+            if item.action == Action.UNCHANGED:
+                self.result.files_unchanged += 1
+                self.reporter.line(itemize_line(item))
+            elif item.action == Action.INCOMPLETE:
+                self.record_incomplete(item, item.reason)
+        if self.options.dry_run:
+            for item in items:
+                if item.transfers or item.action == Action.DELETE:
+                    self.reporter.line(itemize_line(item))
+                    self._count(item.action)
+            return
+        self.reporter.phase("transfer", sum(i.src.size for i in transfers))
+        with cf.ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
+            futures = {pool.submit(self.transfer_with_retries, item): item for item in transfers}
+            for future in cf.as_completed(futures):
+                future.result()
+        self.reporter.close_phase()
+        doomed = [i for i in items if i.action == Action.DELETE]
+        if doomed and self.result.files_failed:
+            log.warning("not deleting %d destination files because %d transfers failed",
+                        len(doomed), self.result.files_failed)
+            return
+        for item in doomed:
+            self.delete(item)
+
+    def record_incomplete(self, item: Item, reason: str) -> None:
+        self.result.files_incomplete += 1
+        self.result.incomplete.append({"path": item.path, "reason": reason})
+        self.reporter.line(f"{'incomplete':<10} {item.path}  ({reason}; skipped)")
+        log.warning("%s: source is incomplete (%s); skipped", item.path, reason)
+
+    def _count(self, action: Action) -> None:
+        field_name = {
+            Action.NEW: "files_new", Action.DELTA: "files_updated",
+            Action.REPAIR: "files_repaired", Action.DELETE: "files_deleted",
+        }[action]
+        setattr(self.result, field_name, getattr(self.result, field_name) + 1)
+
+    def transfer_with_retries(self, item: Item) -> None:
+        attempt = 0
+        while True:
+            try:
+                moved = self.transfer_one(item)
+            except RETRYABLE as exc:
+                attempt += 1
+                if isinstance(exc, SourceChanged):
+                    item = self.refresh_source(item)
+                    if item is None or item.action == Action.INCOMPLETE:
+                        return
+                if attempt > self.options.retries:
+                    self.fail(item, exc)
+                    return
+                delay = min(self.options.retry_delay * 2 ** (attempt - 1), 30.0)
+                log.warning("%s: %s; retry %d of %d in %.1f s", item.path, exc, attempt, self.options.retries, delay)
+                time.sleep(delay)
+                continue
+            except (FitsyncError, OSError) as exc:
+                self.fail(item, exc)
+                return
+            with _COUNTER_LOCK:
+                self._count(item.action)
+                self.result.bytes_transferred += moved.transferred
+                self.result.bytes_reused += moved.reused
+            self.reporter.line(itemize_line(item))
+            return
+
+    def transfer_one(self, item: Item) -> transfer.Moved:
+        advance = self.reporter.advance
+        if isinstance(self.dst, LocalRemote):
+            if item.action == Action.NEW or item.dst is None:
+                return transfer.pull_new(self.src, self.dst, item, advance)
+            return transfer.pull_delta(self.src, self.dst, item, advance)
+        return transfer.push(self.src, self.dst, item, advance)
+
+    def refresh_source(self, item: Item) -> Item | None:
+        """After the source changed under us: look again, and re-check FITS completeness."""
+        try:
+            entry = self.src.stat(item.path)
+        except NotFound:
+            self.fail(item, TransferFailed(f"{item.path} disappeared from the source during the run"))
+            return None
+        refreshed = Item(item.path, item.action, item.reason, entry, item.dst, item.expected_digest)
+        if self.options.fits_check and Capability.LOCAL in self.src.capabilities:
+            from fitsync import fitsaudit
+
+            state = self._fits_state(fitsaudit, item.path)
+            if state is not None and state[0] == "incomplete":
+                with _COUNTER_LOCK:
+                    self.record_incomplete(refreshed, state[1])
+                return Item(item.path, Action.INCOMPLETE, state[1], entry, item.dst)
+        return refreshed
+
+    def fail(self, item: Item, exc: BaseException) -> None:
+        reason = str(exc) if isinstance(exc, FitsyncError) else _describe_os_error(exc)
+        with _COUNTER_LOCK:
+            self.result.files_failed += 1
+            self.result.failures.append({"path": item.path, "reason": reason})
+        log.error("%s: %s", item.path, reason)
+
+    def delete(self, item: Item) -> None:
+        try:
+            self.dst.delete(item.path)
+        except (FitsyncError, OSError) as exc:
+            self.fail(item, exc)
+            return
+        self._count(Action.DELETE)
+        self.reporter.line(itemize_line(item))
+
+
+def _describe_os_error(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or exc.__class__.__name__}{where}"
+    return str(exc)
+

@@ -1,0 +1,296 @@
+"""Per-file transfers: the only code that writes files into a destination.
+
+Every strategy writes to a temporary file inside the destination's state
+directory, verifies it, sets the mtime and renames it into place, so no
+reader ever sees a partial file under its final name.
+
+Pull into a local destination:
+  * new file: streamed in chunks to ``.fitsync/partial/<key>.part`` with a
+    journal of chunk hashes. An interrupted copy resumes after the last chunk
+    whose hash still matches; the key is the source file's identity (path,
+    size, mtime), so bytes of an older version are never reused.
+  * changed file: the zsync direction. The source's block signature (computed
+    locally, or by the remote itself) is matched against the old local copy;
+    only unmatched ranges are read from the source.
+Push to a remote destination:
+  * a remote that can patch gets the rsync direction: its old file's
+    signature comes back, the new local file is scanned, and only literals go
+    up. Otherwise the file is streamed to ``write_atomic``.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass
+
+import xxhash
+
+from fitsync.errors import SourceChanged, VerificationFailed
+from fitsync.hashes import file_digest, new_hasher
+from fitsync.plan import Item
+from fitsync.remotes.base import Capability, Remote
+from fitsync.remotes.local import LocalRemote, finish_file
+
+CHUNK = 8 << 20
+JOURNAL_DIGEST = 16  # xxh3-128 per chunk
+
+
+@dataclass
+class Moved:
+    """Bytes a transfer read from the source vs took from existing destination data."""
+
+    transferred: int = 0
+    reused: int = 0
+
+
+def _identity_key(item: Item) -> str:
+    import blake3
+
+    src = item.src
+    ident = f"{src.path}\0{src.size}\0{src.mtime!r}\0{sorted(src.hashes.items())}"
+    return blake3.blake3(ident.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def _check_source_unchanged(src: Remote, item: Item) -> None:
+    """A local source that changed while we read it must not be recorded as verified."""
+    if Capability.LOCAL not in src.capabilities:
+        return
+    now = src.stat(item.path)
+    if now.size != item.src.size or abs(now.mtime - item.src.mtime) > 1e-6:
+        raise SourceChanged(f"{item.path} changed while it was being copied; it will be retried")
+
+
+def _trusted_digest(item: Item) -> str | None:
+    return item.expected_digest or item.src.hashes.get("blake3")
+
+
+# -- pull: new file with resumable partial -----------------------------------
+
+def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None) -> Moved:
+    partial_dir = dst.state_dir("partial")
+    key = _identity_key(item)
+    part = os.path.join(partial_dir, key + ".part")
+    journal = os.path.join(partial_dir, key + ".journal")
+    resume_at = _validated_prefix(part, journal)
+    moved = Moved(reused=resume_at)
+    received = None if resume_at else new_hasher("blake3")
+    with open(part, "r+b" if resume_at else "wb") as out, open(journal, "r+b" if resume_at else "wb") as jour:
+        out.truncate(resume_at)
+        out.seek(resume_at)
+        jour.truncate(resume_at // CHUNK * JOURNAL_DIGEST)
+        jour.seek(0, os.SEEK_END)
+        for chunk in _read_from(src, item.path, resume_at, item.src.size):
+            out.write(chunk)
+            if received is not None:
+                received.update(chunk)
+            if len(chunk) == CHUNK:
+                out.flush()  # the journal must never vouch for bytes still in a buffer
+                jour.write(xxhash.xxh3_128_digest(chunk))
+            moved.transferred += len(chunk)
+            if on_bytes:
+                on_bytes(len(chunk))
+    _check_source_unchanged(src, item)
+    trusted = _trusted_digest(item)
+    if trusted is None and resume_at and (Capability.DIGEST in src.capabilities or Capability.LOCAL in src.capabilities):
+        trusted = src.digest(item.path)
+    if trusted is None and received is not None:
+        trusted = received.hexdigest()
+    _verify_file(part, journal, item, trusted)
+    finish_file(part, dst.path_of(item.path), item.src.mtime)
+    os.unlink(journal)
+    return moved
+
+
+def _read_from(src: Remote, path: str, offset: int, size: int):
+    """Chunks of exactly CHUNK bytes (the last may be shorter) from ``offset``."""
+    if offset >= size:
+        return
+    with src.open_read(path) as f:
+        if offset:
+            if hasattr(f, "seek") and f.seekable():
+                f.seek(offset)
+            else:
+                yield from _range_chunks(src, path, offset, size)
+                return
+        pos = offset
+        while pos < size:
+            chunk = _read_exact(f, min(CHUNK, size - pos))
+            if not chunk:
+                raise SourceChanged(f"{path} is shorter than listed ({pos} of {size} bytes); it will be retried")
+            pos += len(chunk)
+            yield chunk
+
+
+def _range_chunks(src: Remote, path: str, offset: int, size: int):
+    ranges = [(o, min(CHUNK, size - o)) for o in range(offset, size, CHUNK)]
+    yield from src.read_ranges(path, ranges)
+
+
+def _read_exact(f, n: int) -> bytes:
+    parts = []
+    while n:
+        data = f.read(n)
+        if not data:
+            break
+        parts.append(data)
+        n -= len(data)
+    return b"".join(parts)
+
+
+def _validated_prefix(part: str, journal: str) -> int:
+    """Length of the partial file's prefix whose chunk hashes match the journal."""
+    try:
+        with open(part, "rb") as p, open(journal, "rb") as j:
+            hashes = j.read()
+            good = 0
+            for i in range(len(hashes) // JOURNAL_DIGEST):
+                chunk = p.read(CHUNK)
+                if len(chunk) < CHUNK or xxhash.xxh3_128_digest(chunk) != hashes[i * JOURNAL_DIGEST:(i + 1) * JOURNAL_DIGEST]:
+                    break
+                good += CHUNK
+            return good
+    except FileNotFoundError:
+        return 0
+
+
+def _verify_file(part: str, journal: str | None, item: Item, trusted: str | None) -> None:
+    """Re-read what is on disk: size, journal chunk hashes, and every digest we trust."""
+    size = os.path.getsize(part)
+    if size != item.src.size:
+        raise VerificationFailed(f"{item.path}: wrote {size} bytes, expected {item.src.size}")
+    other = {algo: h for algo, h in item.src.hashes.items() if algo != "blake3"}
+    hashers = {algo: new_hasher(algo) for algo in other}
+    hashers["blake3"] = new_hasher("blake3")
+    expected_chunks = b""
+    if journal is not None:
+        with open(journal, "rb") as j:
+            expected_chunks = j.read()
+    with open(part, "rb") as f:
+        index = 0
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            for hasher in hashers.values():
+                hasher.update(chunk)
+            if len(chunk) == CHUNK and (index + 1) * JOURNAL_DIGEST <= len(expected_chunks):
+                if xxhash.xxh3_128_digest(chunk) != expected_chunks[index * JOURNAL_DIGEST:(index + 1) * JOURNAL_DIGEST]:
+                    raise VerificationFailed(f"{item.path}: data on disk differs from the data received")
+            index += 1
+    if trusted is not None and hashers["blake3"].hexdigest() != trusted:
+        raise VerificationFailed(f"{item.path}: BLAKE3 of the copy does not match the source")
+    for algo, value in other.items():
+        if hashers[algo].hexdigest() != value:
+            raise VerificationFailed(f"{item.path}: {algo} hash of the copy does not match the source's")
+
+
+# -- pull: changed file by delta ---------------------------------------------
+
+def source_signature(src: Remote, path: str):
+    """The source file's block signature, computed where it is cheap, else None."""
+    if Capability.LOCAL in src.capabilities:
+        from fitsync.signature import signature_of_file
+
+        return signature_of_file(src.local_path(path))
+    if Capability.SIGNATURE in src.capabilities:
+        return src.block_signature(path)
+    return None
+
+
+def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None) -> Moved:
+    """Update the local copy of ``item`` using what it already holds."""
+    sig = source_signature(src, item.path)
+    basis_path = dst.path_of(item.path)
+    if sig is None or item.dst is None or item.dst.size == 0:
+        return pull_new(src, dst, item, on_bytes)
+    from fitsync.delta import apply_recipe, fetch_recipe
+
+    trusted = _trusted_digest(item)
+    if trusted is not None and sig.digest.hex() != trusted:
+        raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
+    tmp_dir = dst.state_dir("tmp")
+    tmp = os.path.join(tmp_dir, _identity_key(item) + ".delta")
+    with open(basis_path, "rb") as basis:
+        with mmap.mmap(basis.fileno(), 0, access=mmap.ACCESS_READ) as basis_map:
+            recipe = fetch_recipe(sig, basis_map)
+        fetched = [0]
+
+        def read_source(ranges):
+            for data in src.read_ranges(item.path, ranges):
+                fetched[0] += len(data)
+                if on_bytes:
+                    on_bytes(len(data))
+                yield data
+
+        try:
+            with open(tmp, "wb") as out:
+                apply_recipe(recipe, basis.fileno(), read_source, out.fileno())
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+    try:
+        _check_source_unchanged(src, item)
+        finish_file(tmp, basis_path, item.src.mtime)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    if on_bytes:
+        on_bytes(recipe.basis_bytes)
+    return Moved(transferred=fetched[0], reused=recipe.basis_bytes)
+
+
+# -- push ------------------------------------------------------------------
+
+def push(src: Remote, dst: Remote, item: Item, on_bytes=None) -> Moved:
+    local = src.local_path(item.path) if Capability.LOCAL in src.capabilities else None
+    can_patch = {Capability.SIGNATURE, Capability.PATCH} <= dst.capabilities
+    if local is not None and can_patch and item.dst is not None and item.dst.size > 0:
+        return _push_delta(local, dst, item, on_bytes)
+    digest = _trusted_digest(item)
+    if digest is None and local is not None:
+        digest = file_digest(local)
+    moved = Moved()
+
+    def chunks():
+        for chunk in _read_from(src, item.path, 0, item.src.size):
+            moved.transferred += len(chunk)
+            if on_bytes:
+                on_bytes(len(chunk))
+            yield chunk
+
+    dst.write_atomic(item.path, chunks(), mtime=item.src.mtime, expected_digest=digest)
+    _check_source_unchanged(src, item)
+    return moved
+
+
+def _push_delta(local: str, dst: Remote, item: Item, on_bytes=None) -> Moved:
+    from fitsync.delta import delta_recipe
+
+    sig = dst.block_signature(item.path)
+    with open(local, "rb") as f:
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if item.src.size else _EmptyMap() as data:
+            recipe = delta_recipe(sig, data)
+            if item.expected_digest and recipe.digest != item.expected_digest:
+                raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
+
+            def literals():
+                for offset, length in recipe.source_ranges():
+                    if on_bytes:
+                        on_bytes(length)
+                    yield bytes(data[offset:offset + length])
+
+            dst.apply_recipe(item.path, recipe, literals(), mtime=item.src.mtime, expected_digest=recipe.digest)
+    return Moved(transferred=recipe.source_bytes, reused=recipe.basis_bytes)
+
+
+class _EmptyMap(bytes):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

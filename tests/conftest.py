@@ -1,0 +1,60 @@
+"""Shared fixtures: run the CLI in-process, build small trees, find the real H.E.S.S. release."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fitsync.cli.main import main
+
+HESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hess-dl3-dr1"
+SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "archive"
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+    def json(self):
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``fitsync ARGS`` in this process; return exit code, stdout, stderr."""
+
+    def run(*args) -> CliResult:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def write_tree(root: Path, files: dict[str, bytes], mtime: float = 1_700_000_000.0) -> None:
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        os.utime(path, (mtime, mtime))
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    """Every file under root except fitsync's own state directory."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and not rel.startswith(".fitsync"):
+            out[rel] = path.read_bytes()
+    return out
+
+
+@pytest.fixture
+def hess() -> Path:
+    if not HESS.is_dir():
+        pytest.fail(f"the H.E.S.S. DL3 DR1 release is expected at {HESS} (../shared beside the repo)")
+    return HESS

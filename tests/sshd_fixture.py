@@ -1,0 +1,179 @@
+"""A real OpenSSH sshd on 127.0.0.1 for tests and benchmarks.
+
+``SshServer`` writes a temporary host key, a client key and authorized_keys,
+an sshd_config listening on a free loopback port, and starts ``sshd -D`` as
+the current user (root in CI: PermitRootLogin and StrictModes no are set).
+Besides ``port`` it listens on ``sftp_only_port``, where ``Match LocalPort``
+forces ``ForceCommand internal-sftp`` so that exec requests (and so the
+fitsync agent) are refused the way a locked-down account refuses them, and
+on ``readonly_port``, where internal-sftp runs with ``-R``: every write is
+answered "permission denied" by the server, even for root.
+
+``client_env`` gives a HOME with ~/.ssh/config, known_hosts and the client key,
+so that tests exercise the same ~/.ssh handling a user gets.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
+SFTP_SERVER_CANDIDATES = ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server",
+                          "/usr/libexec/sftp-server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def keygen(path: Path, kind: str = "ed25519", passphrase: str = "") -> Path:
+    """Write a key pair at ``path`` (kept if it already exists)."""
+    if path.exists():
+        return path
+    subprocess.run([SSH_KEYGEN, "-q", "-t", kind, "-N", passphrase, "-f", str(path), "-C", "fitsync-test"],
+                   check=True, stdin=subprocess.DEVNULL)
+    return path
+
+
+def _sftp_server() -> str:
+    for candidate in SFTP_SERVER_CANDIDATES:
+        if os.path.exists(candidate):
+            return candidate
+    return "internal-sftp"
+
+
+class SshServer:
+    """One sshd process; start() / stop(); host_key_line() for known_hosts."""
+
+    def __init__(self, workdir: Path, *, host_key: Path | None = None,
+                 authorized: list[Path] | None = None, extra: str = ""):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.sftp_only_port = free_port()
+        self.readonly_port = free_port()
+        self.host_key = host_key or keygen(self.dir / "host_ed25519")
+        self.client_key = keygen(self.dir / "client_ed25519")
+        keys = [self.client_key] + list(authorized or [])
+        self.authorized_keys = self.dir / "authorized_keys"
+        self.authorized_keys.write_text("".join(Path(str(k) + ".pub").read_text() for k in keys))
+        self.extra = extra
+        self.process: subprocess.Popen | None = None
+        self.log = self.dir / "sshd.log"
+
+    def config_text(self) -> str:
+        lines = [
+            f"Port {self.port}",
+            f"Port {self.sftp_only_port}",
+            f"Port {self.readonly_port}",
+            "ListenAddress 127.0.0.1",
+            f"HostKey {self.host_key}",
+            f"AuthorizedKeysFile {self.authorized_keys}",
+            f"PidFile {self.dir / 'sshd.pid'}",
+            "PermitRootLogin yes",
+            "StrictModes no",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            "PubkeyAuthentication yes",
+            "MaxStartups 50",
+            "MaxSessions 50",
+            "LogLevel ERROR",
+            f"Subsystem sftp {_sftp_server()}",
+        ]
+        lines += [self.extra,
+                  f"Match LocalPort {self.sftp_only_port}", "  ForceCommand internal-sftp",
+                  f"Match LocalPort {self.readonly_port}", "  ForceCommand internal-sftp -R"]
+        return "\n".join(lines) + "\n"
+
+    def start(self) -> "SshServer":
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation dir sshd insists on
+        config = self.dir / "sshd_config"
+        config.write_text(self.config_text())
+        subprocess.run([SSHD, "-t", "-f", str(config)], check=True)
+        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
+                                        stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    if s.recv(4).startswith(b"SSH-"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"sshd did not start on port {self.port}: {self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def session_pids(self) -> list[int]:
+        """PIDs of the per-connection sshd children (the listener's descendants)."""
+        if self.process is None:
+            return []
+        out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
+        children: dict[int, list[int]] = {}
+        for line in out.splitlines():
+            pid, ppid = (int(x) for x in line.split())
+            children.setdefault(ppid, []).append(pid)
+        found, todo = [], [self.process.pid]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                found.append(child)
+                todo.append(child)
+        return found
+
+    def kill_sessions(self) -> int:
+        """Kill every live SSH session (not the listener): a dropped connection."""
+        pids = self.session_pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return len(pids)
+
+    def host_key_line(self, port: int | None = None) -> str:
+        kind, blob = Path(str(self.host_key) + ".pub").read_text().split()[:2]
+        return "".join(f"[127.0.0.1]:{p} {kind} {blob}\n"
+                       for p in ([port] if port else [self.port, self.sftp_only_port, self.readonly_port]))
+
+    def client_home(self, home: Path, *, known: bool = True, alias: str = "testhost") -> Path:
+        """A HOME whose ~/.ssh has the client key, a Host alias and (optionally) known_hosts."""
+        ssh = home / ".ssh"
+        ssh.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (ssh / "config").write_text(
+            f"Host {alias}\n  HostName 127.0.0.1\n  Port {self.port}\n  User {getpass.getuser()}\n"
+            f"  IdentityFile {self.client_key}\n"
+            f"Host 127.0.0.1\n  IdentityFile {self.client_key}\n"
+        )
+        key = ssh / "id_ed25519"  # the default key name, for scp-form URLs without ~/.ssh/config
+        if not key.exists():
+            shutil.copy(self.client_key, key)
+            os.chmod(key, 0o600)
+        known_hosts = ssh / "known_hosts"
+        known_hosts.write_text(self.host_key_line() if known else "")
+        return home
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
