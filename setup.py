@@ -3,11 +3,8 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 extensions = [
-    Extension(
-        "fitsync._native",
-        sources=["ext/_native.pyx"],
-        extra_compile_args=["-O3"],
-    )
+    Extension("fitsync._native", sources=["ext/_native.pyx"], extra_compile_args=["-O3"]),
+    Extension("fitsync._walk", sources=["ext/_walk.pyx"], extra_compile_args=["-O3"]),
 ]
 
 setup(

@@ -131,19 +131,301 @@ def hash_blocks(object buffer, const int64_t[::1] offsets not None, const int64_
                 Py_ssize_t strong_len):
     """Weak and strong sums of blocks of ``buffer`` (offsets relative to it).
 
-    The weak sums run without the GIL; ``strong_fn`` (xxhash.xxh3_128_digest,
-    which releases the GIL while hashing) is called once per block."""
+    One block at a time, weak then strong, so the strong digest reads the
+    block from cache instead of memory. The weak sum runs without the GIL;
+    ``strong_fn`` (xxhash.xxh3_128_digest, which releases the GIL while
+    hashing) is called once per block."""
     cdef const uint8_t[::1] data = buffer
     cdef Py_ssize_t nb = offsets.shape[0], k
-    if strong_out.shape[0] < nb * strong_len:
-        raise ValueError("strong output too short")
-    block_weak_sums(data, offsets, lengths, weak_out)
-    view = memoryview(buffer).cast("B") if not isinstance(buffer, memoryview) else buffer
+    cdef Py_ssize_t size = data.shape[0]
+    if lengths.shape[0] != nb or weak_out.shape[0] < nb or strong_out.shape[0] < nb * strong_len:
+        raise ValueError("offsets, lengths and outputs differ in length")
+    for k in range(nb):
+        if offsets[k] < 0 or lengths[k] <= 0 or offsets[k] + lengths[k] > size:
+            raise ValueError(f"block {k} lies outside the buffer")
+    view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    cdef const uint8_t* p = &data[0] if size else NULL
     cdef bytes digest
-    cdef int64_t o
+    cdef int64_t o, n
     for k in range(nb):
         o = offsets[k]
-        digest = strong_fn(view[o:o + lengths[k]])
+        n = lengths[k]
+        with nogil:
+            weak_out[k] = _weak_block(p + o, <size_t>n)
+        digest = strong_fn(view[o:o + n])
         if len(digest) != strong_len:
             raise ValueError("strong digest has the wrong length")
         memcpy(&strong_out[k * strong_len], <const char*>digest, strong_len)
+
+
+# ---------------------------------------------------------------------------
+# Matching: find blocks of a signature at any byte offset of a buffer
+# (rsync's match.c idea: rolling weak sum, hash table, strong confirm)
+# ---------------------------------------------------------------------------
+
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcmp, memset
+
+import numpy as np
+
+cdef enum:
+    MAX_CHAIN = 256  # bucket entries examined per weak hit (bounds adversarial cost)
+    MAX_STRONG_LEN = 64
+    NO_BLOCK = -1
+
+cdef uint32_t GOLDEN = 0x9E3779B1u  # Fibonacci hashing spreads the weak sums
+
+
+cdef struct MatchList:
+    int64_t* pos
+    int64_t* blk
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef int _push(MatchList* m, int64_t pos, int64_t blk) except -1 nogil:
+    cdef Py_ssize_t cap
+    cdef int64_t* p
+    cdef int64_t* b
+    if m.n == m.cap:
+        cap = m.cap * 2 if m.cap else 1024
+        p = <int64_t*>realloc(m.pos, cap * sizeof(int64_t))
+        if p == NULL:
+            with gil:
+                raise MemoryError()
+        m.pos = p
+        b = <int64_t*>realloc(m.blk, cap * sizeof(int64_t))
+        if b == NULL:
+            with gil:
+                raise MemoryError()
+        m.blk = b
+        m.cap = cap
+    m.pos[m.n] = pos
+    m.blk[m.n] = blk
+    m.n += 1
+    return 0
+
+
+cdef void _copy_out(int64_t[::1] dest, const int64_t* src, Py_ssize_t n) noexcept:
+    if n:
+        memcpy(&dest[0], src, n * sizeof(int64_t))
+
+
+cdef class BlockIndex:
+    """The blocks of one signature, hashed by weak sum for lookups.
+
+    Only blocks of the full block size go into the table (they are the ones a
+    fixed rolling window can find at any offset); shorter blocks (segment and
+    file tails, small FITS headers) are found through their neighbours: the
+    block after a match is tried first, and a match after literal bytes is
+    extended backwards."""
+
+    cdef object _keep  # arrays whose memory the pointers below use
+    cdef const uint32_t* weak
+    cdef const uint8_t* strong
+    cdef const int64_t* lengths
+    cdef Py_ssize_t nblocks
+    cdef Py_ssize_t strong_len
+    cdef Py_ssize_t block_size
+    cdef int table_bits
+    cdef int filter_bits
+    cdef uint32_t[::1] heads
+    cdef uint32_t[::1] order
+    cdef uint64_t[::1] filter
+
+    def __init__(self, const uint32_t[::1] weak not None, const uint8_t[::1] strong not None,
+                 const int64_t[::1] lengths not None, Py_ssize_t block_size, Py_ssize_t strong_len):
+        cdef Py_ssize_t n = weak.shape[0], k, nfull = 0
+        if lengths.shape[0] != n or strong.shape[0] != n * strong_len:
+            raise ValueError("weak, strong and lengths describe different block counts")
+        if strong_len <= 0 or strong_len > MAX_STRONG_LEN or block_size <= 0:
+            raise ValueError("bad strong length or block size")
+        self._keep = (weak, strong, lengths)
+        self.nblocks = n
+        self.strong_len = strong_len
+        self.block_size = block_size
+        self.weak = &weak[0] if n else NULL
+        self.strong = &strong[0] if n else NULL
+        self.lengths = &lengths[0] if n else NULL
+        for k in range(n):
+            if lengths[k] <= 0:
+                raise ValueError("block lengths must be positive")
+            if lengths[k] == block_size:
+                nfull += 1
+        # table with at least 2 slots per block; filter bitmap with 16 bits per block
+        self.table_bits = 4
+        while (<Py_ssize_t>1 << self.table_bits) < 2 * nfull and self.table_bits < 30:
+            self.table_bits += 1
+        self.filter_bits = min(self.table_bits + 3, 31)
+        cdef Py_ssize_t tsize = <Py_ssize_t>1 << self.table_bits
+        self.heads = np.zeros(tsize + 1, dtype=np.uint32)
+        self.order = np.zeros(max(nfull, 1), dtype=np.uint32)
+        self.filter = np.zeros(max((<Py_ssize_t>1 << self.filter_bits) // 64, 1), dtype=np.uint64)
+        cdef uint32_t h, f
+        # counting sort of the full blocks by bucket; stable, so lower block
+        # numbers come first within a bucket
+        for k in range(n):
+            if lengths[k] == block_size:
+                h = self._bucket(weak[k])
+                self.heads[h + 1] += 1
+                f = self._filter_slot(weak[k])
+                self.filter[f >> 6] |= (<uint64_t>1) << (f & 63)
+        for k in range(tsize):
+            self.heads[k + 1] += self.heads[k]
+        cdef uint32_t[::1] fill = np.array(self.heads[:tsize], dtype=np.uint32)
+        for k in range(n):
+            if lengths[k] == block_size:
+                h = self._bucket(weak[k])
+                self.order[fill[h]] = <uint32_t>k
+                fill[h] += 1
+
+    cdef inline uint32_t _bucket(self, uint32_t w) noexcept nogil:
+        return (w * GOLDEN) >> (32 - self.table_bits)
+
+    cdef inline uint32_t _filter_slot(self, uint32_t w) noexcept nogil:
+        return (w * GOLDEN) >> (32 - self.filter_bits)
+
+    cdef inline bint _maybe(self, uint32_t w) noexcept nogil:
+        cdef uint32_t f = self._filter_slot(w)
+        return (self.filter[f >> 6] >> (f & 63)) & 1
+
+    cdef int _strong_of(self, object view, object strong_fn, int64_t pos, int64_t length,
+                        uint8_t* out) except -1 with gil:
+        digest = strong_fn(view[pos:pos + length])
+        if len(digest) != self.strong_len:
+            raise ValueError("strong digest has the wrong length")
+        memcpy(out, <const char*>(<bytes>digest), self.strong_len)
+        return 0
+
+    cdef int _confirm(self, const uint8_t* p, object view, object strong_fn, int64_t pos,
+                      Py_ssize_t j, uint8_t* scratch) except -1 nogil:
+        """1 when block j is at pos (weak and strong sums agree), else 0."""
+        cdef int64_t length = self.lengths[j]
+        if _weak_block(p + pos, <size_t>length) != self.weak[j]:
+            return 0
+        self._strong_of(view, strong_fn, pos, length, scratch)
+        return memcmp(scratch, self.strong + j * self.strong_len, self.strong_len) == 0
+
+    cdef Py_ssize_t _lookup(self, object view, object strong_fn, uint32_t w, int64_t pos,
+                            uint8_t* scratch) except -2 nogil:
+        """A full-size block whose sums match the window at pos, or NO_BLOCK."""
+        cdef uint32_t h = self._bucket(w)
+        cdef uint32_t k = self.heads[h], end = self.heads[h + 1]
+        cdef bint have_strong = False
+        cdef Py_ssize_t j
+        if end - k > MAX_CHAIN:
+            end = k + MAX_CHAIN
+        while k < end:
+            j = self.order[k]
+            k += 1
+            if self.weak[j] != w:
+                continue
+            if not have_strong:
+                self._strong_of(view, strong_fn, pos, self.block_size, scratch)
+                have_strong = True
+            if memcmp(scratch, self.strong + j * self.strong_len, self.strong_len) == 0:
+                return j
+        return NO_BLOCK
+
+    def scan(self, object buffer, object strong_fn, Py_ssize_t start=0, Py_ssize_t stop=-1,
+             Py_ssize_t expect_first=0):
+        """Find blocks in buffer[start:stop], left to right, without overlaps.
+
+        Returns (positions, blocks) as int64 arrays sorted by position. At
+        every position the block following the previous match is tried
+        first (``expect_first`` is the block expected at ``start``, -1 for
+        none); otherwise the rolling weak sum of a full-size window is looked
+        up. A match found after literal bytes is extended backwards over the
+        blocks that precede it in the signature."""
+        cdef const uint8_t[::1] data = buffer
+        view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        cdef Py_ssize_t size = data.shape[0]
+        if stop < 0 or stop > size:
+            stop = size
+        if start < 0 or start > stop:
+            raise ValueError("bad scan range")
+        cdef MatchList found
+        cdef MatchList back
+        memset(&found, 0, sizeof(found))
+        memset(&back, 0, sizeof(back))
+        try:
+            if self.nblocks and stop > start:
+                self._scan(&data[0], view, strong_fn, start, stop, expect_first, &found, &back)
+            positions = np.empty(found.n, dtype=np.int64)
+            blocks = np.empty(found.n, dtype=np.int64)
+            _copy_out(positions, found.pos, found.n)
+            _copy_out(blocks, found.blk, found.n)
+            return positions, blocks
+        finally:
+            free(found.pos)
+            free(found.blk)
+            free(back.pos)
+            free(back.blk)
+
+    cdef int _scan(self, const uint8_t* p, object view, object strong_fn, Py_ssize_t start,
+                   Py_ssize_t stop, Py_ssize_t expect_first, MatchList* found, MatchList* back) except -1:
+        cdef uint8_t scratch[MAX_STRONG_LEN]
+        cdef Py_ssize_t bs = self.block_size
+        cdef Py_ssize_t n = self.nblocks
+        cdef int64_t pos = start, lit_start = start, q
+        cdef Py_ssize_t nxt = expect_first, j, k
+        cdef int64_t length
+        cdef bint rolling = False
+        cdef uint32_t s1 = 0, s2 = 0, w, x_out
+        with nogil:
+            while pos < stop:
+                # 1. the block after the previous match, whatever its length
+                if 0 <= nxt < n:
+                    length = self.lengths[nxt]
+                    if pos + length <= stop and self._confirm(p, view, strong_fn, pos, nxt, scratch):
+                        _push(found, pos, nxt)
+                        pos += length
+                        lit_start = pos
+                        nxt += 1
+                        rolling = False
+                        continue
+                nxt = NO_BLOCK
+                # 2. roll a full-size window until the table knows it
+                if pos + bs > stop:
+                    break
+                if not rolling:
+                    _rollsum_init(p + pos, <size_t>bs, &s1, &s2)
+                    rolling = True
+                j = NO_BLOCK
+                while True:
+                    w = _weak_of(s1, s2)
+                    if self._maybe(w):
+                        j = self._lookup(view, strong_fn, w, pos, scratch)
+                        if j != NO_BLOCK:
+                            break
+                    if pos + bs >= stop:
+                        break
+                    x_out = p[pos]
+                    s1 += p[pos + bs] - x_out
+                    s2 += s1 - <uint32_t>bs * (x_out + CHAR_OFFSET)
+                    pos += 1
+                if j == NO_BLOCK:
+                    break
+                # 3. blocks just before the match may sit in the literal bytes
+                back.n = 0
+                k = j - 1
+                q = pos
+                while k >= 0 and q - self.lengths[k] >= lit_start:
+                    if not self._confirm(p, view, strong_fn, q - self.lengths[k], k, scratch):
+                        break
+                    q -= self.lengths[k]
+                    _push(back, q, k)
+                    k -= 1
+                while back.n:
+                    back.n -= 1
+                    _push(found, back.pos[back.n], back.blk[back.n])
+                _push(found, pos, j)
+                pos += bs
+                lit_start = pos
+                nxt = j + 1
+                rolling = False
+        return 0

@@ -10,7 +10,7 @@ and makes its own CA with ``cryptography``; clients trust it through
 
 The server keeps real bytes and answers with real content hashes. It counts
 requests per route and content (download) requests, and can inject faults:
-429 with Retry-After, 5xx, a download cut mid-stream. Shared links may carry
+429 with Retry-After, 5xx, a download cut mid-stream, a corrupted body. Shared links may carry
 a password; every wrong password is counted, as a real link would count
 them towards locking.
 """
@@ -147,7 +147,7 @@ class SharedLink:
 @dataclass
 class Fault:
     route: str
-    kind: str  # "429", "500", "503", "cut"
+    kind: str  # "429", "500", "503", "cut" (after cut_after bytes), "corrupt" (first byte flipped)
     remaining: int
     retry_after: int = 1
     cut_after: int = 0  # bytes sent before a "cut"
@@ -316,6 +316,9 @@ class _Handler(BaseHTTPRequestHandler):
     tls: ssl.SSLContext
 
     def setup(self):
+        # No Nagle: headers and body are separate writes, and waiting for the
+        # client's delayed ACK would add 40 ms to every response.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # TLS handshake in the worker thread, not the accept loop.
         self.request = self.tls.wrap_socket(self.request, server_side=True)
         super().setup()
@@ -339,7 +342,7 @@ class _Handler(BaseHTTPRequestHandler):
             st.auth_headers.append(self.headers.get("Authorization", ""))
         try:
             fault = st._take_fault(route)
-            if fault is not None and fault.kind != "cut":
+            if fault is not None and fault.kind not in ("cut", "corrupt"):
                 self._inject(fault)
                 return
             handler = ROUTES.get(route)
@@ -427,6 +430,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "cut":
             payload = payload[:fault.cut_after]
             self.close_connection = True
+        elif fault is not None and fault.kind == "corrupt" and payload:
+            payload = bytes([payload[0] ^ 0xFF]) + payload[1:]
         self.wfile.write(payload)
         self.wfile.flush()
         with self.state.lock:
@@ -535,7 +540,9 @@ def _link_metadata(h: _Handler, body: bytes, fault) -> None:
 
 
 def _link_meta(st: DropboxServer, url: str, found) -> dict:
-    perms = {"can_revoke": False}
+    perms = {"can_revoke": False, "visibility_policies": [], "can_set_expiry": False,
+             "can_remove_expiry": False, "allow_download": True, "can_allow_download": False,
+             "can_disallow_download": False, "allow_comments": False, "team_restricts_comments": False}
     if isinstance(found, str):
         return {".tag": "folder", "url": url, "name": st.folders[found].rsplit("/", 1)[1] or "root",
                 "link_permissions": perms}
@@ -641,6 +648,9 @@ def _delete(h: _Handler, body: bytes, fault) -> None:
     arg = h._arg(body, "rpc")
     lower = _clean(arg.get("path"))
     with st.lock:
+        if lower not in st.files and lower not in st.folders:
+            raise _route_error({".tag": "path_lookup", "path_lookup": {".tag": "not_found"}},
+                               "path_lookup/not_found")
         found = h._lookup(lower)
         if isinstance(found, str):
             meta = st.folder_meta(found)

@@ -15,6 +15,9 @@ must survive:
   after each request.
 - ``drop_after``: the first GET of each file is cut off after that many body
   bytes, as a dropped connection would, to exercise resume.
+- ``fail_first``: the first N requests get 503 Service Unavailable.
+- ``honor_if_match=False``: If-Match is ignored, as many servers do, so the
+  client must notice a changed file from the validators alone.
 
 Servers count requests and the bytes they send, so tests can assert what a
 transfer really cost. Threads are daemons with socket timeouts and a bounded
@@ -24,6 +27,7 @@ number of concurrent connections; ``close()`` stops everything.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import email.utils
 import html
 import ipaddress
@@ -102,9 +106,11 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.counters.lock:
             self.server.counters.header_bytes += header_len
 
+    # Bytes are counted before they are handed to the socket: a client that
+    # has received them may look at the counters at once.
     def _write_body(self, req: Request, data: bytes) -> None:
-        self.wfile.write(data)
         self._count(req, len(data))
+        self.wfile.write(data)
 
     def _count(self, req: Request, n: int) -> None:
         req.body_bytes += n
@@ -125,12 +131,17 @@ class _Handler(BaseHTTPRequestHandler):
                     chunk = f.read(min(left, 1 << 20))
                     if not chunk:
                         break
+                    self._count(req, len(chunk))
                     self.connection.sendall(chunk)
                     left -= len(chunk)
-                    self._count(req, len(chunk))
             else:
-                sent = self.connection.sendfile(f, offset, count)
-                self._count(req, sent)
+                self._count(req, count)
+                sent = 0
+                try:
+                    sent = self.connection.sendfile(f, offset, count)
+                finally:
+                    if sent != count:
+                        self._count(req, sent - count)
 
     def _simple(self, req: Request, status: int, text: str, extra: dict | None = None) -> None:
         body = (text + "\n").encode()
@@ -146,6 +157,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         req = self._record()
+        if self.server.take_failure():
+            self._simple(req, 503, "try again later", {"Retry-After": "0"})
+            return
         target = self.server.resolve(req.path)
         if target is None:
             self._simple(req, 404, "not found")
@@ -176,7 +190,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_content(self, req, content, etag, mtime, content_type="application/octet-stream") -> None:
         size = len(content) if isinstance(content, (bytes, bytearray)) else os.path.getsize(content)
         validators = {"ETag": etag, "Last-Modified": email.utils.formatdate(mtime, usegmt=True)}
-        if_match = self.headers.get("If-Match")
+        if_match = self.headers.get("If-Match") if self.server.honor_if_match else None
         if if_match and if_match.strip() != "*" and etag not in [t.strip() for t in if_match.split(",")]:
             self._simple(req, 412, "precondition failed", validators)
             return
@@ -328,6 +342,8 @@ class _Server(ThreadingHTTPServer):
         self.autoindex = kw.get("autoindex", "nginx")
         self.versions = dict(kw.get("versions") or {})  # url path -> [bytes, ...]
         self.drop_after = kw.get("drop_after")
+        self.fail_first = kw.get("fail_first", 0)
+        self.honor_if_match = kw.get("honor_if_match", True)
         self.counters = Counters()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._served = {}
@@ -385,11 +401,17 @@ class _Server(ThreadingHTTPServer):
                 self._served[url_path] = n + 1
             versions = self.versions[url_path]
             data = versions[min(n, len(versions) - 1)]
-            index = min(n, len(versions) - 1)
-            mtime = 1_700_000_000 + 60 * index
-            return data, f'"v{index}-{len(data):x}"', mtime
+            first = versions.index(data)  # the same bytes keep the same validators
+            return data, f'"{hashlib.md5(data).hexdigest()[:16]}"', 1_700_000_000 + 60 * first
         st = os.stat(full)
         return full, f'"{st.st_mtime_ns:x}-{st.st_size:x}"', st.st_mtime
+
+    def take_failure(self) -> bool:
+        with self._state_lock:
+            if self.fail_first > 0:
+                self.fail_first -= 1
+                return True
+        return False
 
     def take_drop(self, url_path: str) -> int | None:
         if self.drop_after is None:
@@ -463,8 +485,7 @@ class TlsMaterial:
             .issuer_name(ca_name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                        x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)

@@ -15,11 +15,13 @@ A reply is {"ok": ...} or {"error": kind, "msg": text}; streamed replies send
 
 Hashes: blake3 and xxhash are used when importable; otherwise the client
 and agent agree on hashlib algorithms during "hello" (see fitsync.remotes.sftp).
-Nothing here may import fitsync: the remote host need not have it. The FITS
-header walker is fitsync.fits, shipped alongside as an embedded module.
+Nothing here may import fitsync: the remote host need not have it, so the
+few lines of FITS header walking that block layouts need are repeated here
+(tests/test_sftp_agent.py holds them equal to fitsync.fits.segment_boundaries).
 """
 
 import hashlib
+import itertools
 import json
 import os
 import stat
@@ -33,8 +35,6 @@ STATE_DIR = ".fitsync"
 HEADER = struct.Struct(">I")
 MAX_HEADER = 64 << 20
 
-# Set by the client's bootstrap when it embeds fitsync.fits (walk_hdus etc.).
-fits = None
 
 
 # -- framing ----------------------------------------------------------------
@@ -161,6 +161,7 @@ class Agent:
     def __init__(self, chan):
         self.chan = chan
         self.hashes = Hashes()
+        self.signature = None
 
     def serve(self):
         while True:
@@ -181,8 +182,11 @@ class Agent:
                 self.chan.send({"error": "io", "msg": str(exc)})
 
     def op_hello(self, req, body):
-        self.hashes = Hashes(req.get("avoid", ()))
+        avoid = req.get("avoid", ())
+        self.hashes = Hashes(avoid)
+        self.signature = signature_kind(self.hashes, avoid)
         return {"ok": True, "protocol": AGENT_PROTOCOL, "hashes": self.hashes.available(),
+                "signature": self.signature,
                 "python": sys.version.split()[0], "home": os.path.expanduser("~")}
 
     def op_list(self, req, body):
@@ -225,10 +229,11 @@ class Agent:
     def op_signature(self, req, body):
         path = req["path"]
         try:
-            with open(path, "rb") as f:
-                sig = signature_of(f, os.fstat(f.fileno()).st_size, req, self.hashes)
+            sig = signature_of(path, req, self)
         except OSError as exc:
             raise _os_error(exc, path)
+        except Exception as exc:  # fitsync's own errors (NotFound, SourceChanged) when it is installed here
+            raise AgentError("io", "%s: %s" % (path, exc))
         self.chan.send({"ok": True}, sig)
 
     def op_patch(self, req, body):
@@ -383,26 +388,177 @@ def _take(literals, pending, length):
 
 
 # -- block signatures ---------------------------------------------------------------
-# These mirror fitsync.signature exactly (docs/signature-format.md); the client's
-# tests compare the bytes produced here with signature_of_file(...).to_bytes().
+# The bytes must equal fitsync.signature.Signature.to_bytes() (docs/signature-format.md):
+# librsync's rollsum per block, xxh3-128 per block, BLAKE3 of the file, xxh3-64 trailer.
+# With fitsync importable on this host its compiled code is used; otherwise the
+# stdlib computes the rollsum (slow: ~50 ns per byte) and xxhash/blake3 must exist.
 
-def signature_of(f, size, req, hashes):
-    from_client = req.get("layout")
-    block_size = req.get("block_size") or default_block_size(size)
-    boundaries = [0]
-    if req.get("fits", True) and fits is not None:
-        boundaries = fits.segment_boundaries(lambda off, n: os.pread(f.fileno(), n, off), size)
-    if from_client:
-        boundaries = from_client
-    return encode_signature(f, size, block_size, boundaries, req, hashes)
+SIG_MAGIC = b"FSYNCSIG"
+SIG_FORMAT_VERSION = 1
+SIG_HEADER = struct.Struct("<8sHBBIQIIQ32s")
+FITS_RECORD = 2880
+MIN_BLOCK_RECORDS, MAX_BLOCK_RECORDS = 4, 64
+CHAR_OFFSET = 31
 
 
-def encode_signature(f, size, block_size, boundaries, req, hashes):  # replaced by the format-specific code below
-    raise AgentError("bad", "block signatures are not available in this agent")
+def signature_kind(hashes, avoid=()):
+    """'fitsync' (compiled, fast), 'python' (stdlib rollsum) or None."""
+    if "fitsync" not in avoid:
+        try:
+            from fitsync import signature
+            if signature.FORMAT_VERSION == SIG_FORMAT_VERSION:
+                return "fitsync"
+        except Exception:  # not installed, or broken: fall back to our own code
+            pass
+    if hashes.xxhash and hashes.blake3:
+        return "python"
+    return None
 
 
 def default_block_size(file_size):
-    raise AgentError("bad", "block signatures are not available in this agent")
+    import math
+    records = round(math.sqrt(max(file_size, 0)) / 2 / FITS_RECORD)
+    return min(max(records, MIN_BLOCK_RECORDS), MAX_BLOCK_RECORDS) * FITS_RECORD
+
+
+def block_layout(file_size, block_size, boundaries):
+    ends = list(boundaries[1:]) + [file_size]
+    for start, end in zip(boundaries, ends):
+        for offset in range(start, end, block_size):
+            yield offset, min(block_size, end - offset)
+
+
+def rollsum(block):
+    """librsync's weak sum: s1 = sum(x+31), s2 = sum((n-i)(x+31)), mod 2**16."""
+    n = len(block)
+    s1 = (sum(block) + CHAR_OFFSET * n) & 0xFFFF
+    s2 = (sum(itertools.accumulate(block)) + CHAR_OFFSET * (n * (n + 1) // 2)) & 0xFFFF
+    return (s2 << 16) | s1
+
+
+def signature_of(path, req, agent):
+    kind = agent.signature
+    if kind is None:
+        raise AgentError("bad", "this host cannot compute block signatures (needs xxhash and blake3)")
+    if kind == "fitsync":
+        from fitsync import signature
+        return signature.signature_of_file(path, req.get("block_size"), req.get("fits", True)).to_bytes()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        boundaries = [0]
+        if req.get("fits", True):
+            boundaries = fits_boundaries(lambda off, n: os.pread(f.fileno(), n, off), size)
+        block_size = req.get("block_size") or default_block_size(size)
+        return python_signature(f, size, block_size, boundaries, agent.hashes)
+
+
+def python_signature(f, size, block_size, boundaries, hashes):
+    xxh = hashes.xxhash
+    digest = hashes.blake3.blake3()
+    weak = []
+    strong = []
+    f.seek(0)
+    for offset, length in block_layout(size, block_size, boundaries):
+        block = f.read(length)
+        if len(block) != length:
+            raise AgentError("io", "file shrank while its signature was computed")
+        digest.update(block)
+        weak.append(rollsum(block))
+        strong.append(xxh.xxh3_128_digest(block))
+    header = SIG_HEADER.pack(SIG_MAGIC, SIG_FORMAT_VERSION, 1, 1, block_size, size, len(boundaries), 0,
+                             len(weak), digest.digest())
+    body = b"".join([header, struct.pack("<%dQ" % len(boundaries), *boundaries),
+                     struct.pack("<%dI" % len(weak), *weak), b"".join(strong)])
+    return body + struct.pack("<Q", xxh.xxh3_64_intdigest(body))
+
+
+# -- FITS layout (the rules of fitsync.fits.segment_boundaries) ---------------------------
+
+FITS_BLOCK = 2880
+VALID_BITPIX = (8, 16, 32, 64, -32, -64)
+
+
+class NotFits(ValueError):
+    pass
+
+
+def _card_value(raw):
+    text = raw.split("/", 1)[0].strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise NotFits("not an integer: %r" % text)
+
+
+def _hdu_header(read_at, offset, size):
+    """(structural keyword values, header size) of the header at ``offset``."""
+    values = {}
+    pos = offset
+    while True:
+        if pos + FITS_BLOCK > size:
+            raise NotFits("truncated header")
+        record = read_at(pos, FITS_BLOCK)
+        if len(record) < FITS_BLOCK:
+            raise NotFits("truncated header")
+        pos += FITS_BLOCK
+        for i in range(0, FITS_BLOCK, 80):
+            card = record[i:i + 80]
+            if card[:8] == b"END     ":
+                return values, pos - offset
+            text = card.decode("ascii", "replace")
+            keyword = text[:8].rstrip()
+            if text[8:10] == "= " and keyword not in values:
+                values[keyword] = text[10:]
+
+
+def _data_size(values):
+    try:
+        bitpix = _card_value(values["BITPIX"])
+        naxis = _card_value(values["NAXIS"])
+    except KeyError:
+        raise NotFits("no BITPIX or NAXIS")
+    if bitpix not in VALID_BITPIX or not 0 <= naxis <= 999:
+        raise NotFits("bad BITPIX or NAXIS")
+    if naxis == 0:
+        return 0
+    try:
+        dims = [_card_value(values["NAXIS%d" % i]) for i in range(1, naxis + 1)]
+    except KeyError:
+        raise NotFits("missing NAXISn")
+    pcount = _card_value(values["PCOUNT"]) if "PCOUNT" in values else 0
+    gcount = _card_value(values["GCOUNT"]) if "GCOUNT" in values else 1
+    gcount = gcount or 1
+    if min(dims) < 0 or pcount < 0 or gcount < 0:
+        raise NotFits("negative axis")
+    if dims and dims[0] == 0 and naxis > 1:  # random groups
+        dims = dims[1:]
+    product = 1
+    for d in dims:
+        product *= d
+    return abs(bitpix) // 8 * gcount * (pcount + product)
+
+
+def fits_boundaries(read_at, size):
+    """Every header start and non-empty data unit start; [0] when the file is
+    not a complete, well-formed FITS file."""
+    if size < FITS_BLOCK or read_at(0, 9) != b"SIMPLE  =":
+        return [0]
+    bounds = []
+    offset = 0
+    try:
+        while offset < size:
+            values, header_size = _hdu_header(read_at, offset, size)
+            data = _data_size(values)
+            padded = -(-data // FITS_BLOCK) * FITS_BLOCK
+            if offset + header_size + padded > size:
+                return [0]
+            bounds.append(offset)
+            if padded:
+                bounds.append(offset + header_size)
+            offset += header_size + padded
+    except NotFits:
+        return [0]
+    return bounds
 
 
 def main():

@@ -28,6 +28,7 @@ import logging
 import posixpath
 import sys
 import urllib.parse
+import zlib
 from dataclasses import dataclass, field
 
 import blake3
@@ -117,9 +118,15 @@ def read_bytes(remote: Remote, path: str, limit: int = MAX_INDEX_BYTES) -> bytes
     entry = remote.stat(path)
     if entry.size > limit:
         raise BadInput(f"{path} is {entry.size} bytes, larger than an index file can be ({limit}); refusing it")
+    parts, total = [], 0
     with remote.open_read(path) as f:
-        data = f.read(limit + 1)
-    return data
+        # A raw reader may return short reads: read until end of file.
+        for chunk in iter(lambda: f.read(COPY_CHUNK), b""):
+            parts.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise BadInput(f"{path} grew past {limit} bytes while being read; refusing it")
+    return b"".join(parts)
 
 
 def _exists(remote: Remote, path: str) -> bool:
@@ -135,7 +142,7 @@ def read_index_table(remote: Remote, path: str):
     from astropy.io import fits
     from astropy.table import Table
 
-    data = read_bytes(remote, path)
+    data = gunzip_bounded(read_bytes(remote, path), path)
     try:
         with fits.open(io.BytesIO(data), memmap=False) as hdul:
             tables = [h for h in hdul if isinstance(h, fits.BinTableHDU)]
@@ -149,6 +156,21 @@ def read_index_table(remote: Remote, path: str):
     if "OBS_ID" not in table.colnames:
         raise BadInput(f"{path} has no OBS_ID column; it is not an HDU or observation index")
     return table
+
+
+def gunzip_bounded(data: bytes, path: str, limit: int = 4 * MAX_INDEX_BYTES) -> bytes:
+    """Uncompress gzip data (an index may be .fits.gz) without letting a
+    hostile file expand past ``limit``."""
+    if not data.startswith(b"\x1f\x8b"):
+        return data
+    inflater = zlib.decompressobj(wbits=47)  # 32 + 15: gzip or zlib header
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise BadInput(f"{path} is not valid gzip data: {exc}") from None
+    if len(out) > limit:
+        raise BadInput(f"{path} expands past {limit} bytes; refusing it as an index file")
+    return out
 
 
 def table_bytes(table, gzip_it: bool) -> bytes:
@@ -304,7 +326,7 @@ class Locator:
             prefix, path = split_location(root, relative_to=self.prefix)
             if prefix != self.prefix:
                 raise UsageError(f"--allow-root={root} is not on the same host as the store {store_spec}")
-            self.allowed.append((prefix + path if prefix else path, path))
+            self.allowed.append((join_location(prefix, path), path))
         self._remotes: dict[str, Remote] = {}
 
     def locate(self, row, production: Production) -> Location:
@@ -330,11 +352,11 @@ class Locator:
     def base_dir(self, row, index_dir: str) -> str:
         """Absolute directory FILE_DIR is relative to: BASE_DIR if the table
         sets it (absolute, or relative to the index file), else the index file's."""
-        base = getattr(row, "meta", {}).get("BASE_DIR") if hasattr(row, "meta") else None
+        base = str(row.meta.get("BASE_DIR", "") or "").strip()
         here = posixpath.join(self.store_path, index_dir)
-        if base:
-            return posixpath.join(here, str(base))  # join keeps an absolute BASE_DIR as is
-        return here
+        if "\x00" in base or "\\" in base:
+            raise UnsafePath(f"BASE_DIR {base!r} of the HDU index is not a usable path; refusing it")
+        return posixpath.join(here, base) if base else here  # join keeps an absolute BASE_DIR as is
 
     def root_remote(self, spec: str) -> Remote:
         if spec not in self._remotes:
@@ -392,6 +414,13 @@ def split_location(spec: str, relative_to: str | None = None) -> tuple[str, str]
     return head + ":", posixpath.normpath(path)
 
 
+def join_location(prefix: str, path: str) -> str:
+    """Inverse of split_location."""
+    if prefix.endswith(":") and "://" not in prefix and path.startswith("/~/"):
+        return prefix + path[3:]
+    return prefix + path
+
+
 def allowed_roots(opts: dict) -> list[str]:
     value = opts.get("--allow-root") or []
     return [value] if isinstance(value, str) else list(value)
@@ -423,6 +452,13 @@ def read_runlist(path: str) -> list[int]:
 # -- copying a production ------------------------------------------------------------
 
 
+def rows_with_obs_ids(table, ids: set[int], keep: bool = True):
+    import numpy as np
+
+    mask = np.array([(int(v) in ids) == keep for v in table["OBS_ID"]], dtype=bool)
+    return table[mask]
+
+
 @dataclass
 class SubsetPlan:
     production: Production
@@ -449,8 +485,8 @@ def plan_subset(src: Remote, production: Production, opts: dict, locator: Locato
         kept_local = [i for i in wanted if i in present]
         wanted = [i for i in wanted if i not in present]
     wanted_set = set(wanted)
-    hdu_rows = hdu[[int(v) in wanted_set for v in hdu["OBS_ID"]]]
-    obs_rows = obs[[int(v) in wanted_set for v in obs["OBS_ID"]]]
+    hdu_rows = rows_with_obs_ids(hdu, wanted_set)
+    obs_rows = rows_with_obs_ids(obs, wanted_set)
     rows_by_obs: dict[int, list[Location]] = {}
     for row in hdu_rows:
         rows_by_obs.setdefault(int(row["OBS_ID"]), []).append(locator.locate(row, production))
@@ -490,7 +526,8 @@ def mirror_production(src_remote: Remote, dst_remote: Remote, opts: dict, mirror
             code = max(code, _copy_outside_files(plan, locator, dst_remote))
         complete, incomplete = _complete_observations(plan, dst_remote, dry_run)
         if incomplete:
-            code = max(code, EXIT_FAILED if any(r == "not copied" for r in incomplete.values()) else EXIT_DIFFERENCES)
+            failed = any(reason.endswith("not copied") for reason in incomplete.values())
+            code = max(code, EXIT_FAILED if failed else EXIT_DIFFERENCES)
             for obs_id, reason in sorted(incomplete.items()):
                 log.warning("OBS_ID %d: %s; its index rows are not written", obs_id, reason)
         if not dry_run:
@@ -583,9 +620,10 @@ def _complete_observations(plan: SubsetPlan, dst: Remote, dry_run: bool) -> tupl
             status[location] = None if same else "not copied"
     complete, incomplete = [], {}
     for obs_id in plan.wanted:
-        problems = [status[loc] for loc in plan.rows_by_obs.get(obs_id, []) if status[loc]]
+        problems = [(loc, status[loc]) for loc in plan.rows_by_obs.get(obs_id, []) if status[loc]]
         if problems:
-            incomplete[obs_id] = "a file is " + problems[0] if problems[0] != "not copied" else "not copied"
+            location, reason = problems[0]
+            incomplete[obs_id] = f"{location.display} is {reason}"
         else:
             complete.append(obs_id)
     return complete, incomplete
@@ -608,7 +646,7 @@ def write_subset_indexes(dst: Remote, plan: SubsetPlan, complete: list[int], dst
     production = plan.production
     chosen = set(complete)
     hdu = _rewrite_file_dirs(plan, chosen)
-    obs = plan.obs[[int(v) in chosen for v in plan.obs["OBS_ID"]]]
+    obs = rows_with_obs_ids(plan.obs, chosen)
     hdu = merge_by_obs_id(dst_hdu, hdu, keep_local)
     obs = merge_by_obs_id(existing_table(dst, production.obs_index), obs, keep_local)
     _write_table(dst, production.hdu_index, hdu)
@@ -619,8 +657,7 @@ def write_subset_indexes(dst: Remote, plan: SubsetPlan, complete: list[int], dst
 def _rewrite_file_dirs(plan: SubsetPlan, chosen: set[int]):
     """FILE_DIR of each row relative to the index file's place in DST, so the
     destination store works without BASE_DIR or paths outside it."""
-    table = plan.hdu[[int(v) in chosen for v in plan.hdu["OBS_ID"]]]
-    table = table.copy(copy_data=True)
+    table = rows_with_obs_ids(plan.hdu, chosen).copy(copy_data=True)
     table.meta.pop("BASE_DIR", None)
     index_dir = posixpath.dirname(plan.production.hdu_index) or "."
     order = {}
@@ -653,10 +690,10 @@ def merge_by_obs_id(existing, incoming, keep_local: bool):
         incoming_ids = {int(v) for v in incoming["OBS_ID"]}
         existing_ids = {int(v) for v in existing["OBS_ID"]}
         if keep_local:
-            incoming = incoming[[int(v) not in existing_ids for v in incoming["OBS_ID"]]]
+            incoming = rows_with_obs_ids(incoming, existing_ids, keep=False)
             kept = existing
         else:
-            kept = existing[[int(v) not in incoming_ids for v in existing["OBS_ID"]]]
+            kept = rows_with_obs_ids(existing, incoming_ids, keep=False)
         merged = vstack([kept, incoming], join_type="outer", metadata_conflicts="silent")
         merged.meta = dict(incoming.meta or existing.meta)
     merged = merged.copy()

@@ -336,6 +336,27 @@ def find_end_card(record: bytes) -> int | None:
 # ---------------------------------------------------------------------------
 
 
+def recorded_datasum(info: HeaderInfo) -> int | None:
+    """The DATASUM keyword's value as a number, or None (absent, not a number)."""
+    try:
+        return int(str(info.value("DATASUM")).strip()) if "DATASUM" in info.values else None
+    except ValueError:
+        return None
+
+
+def header_problem(info: HeaderInfo) -> Problem | None:
+    """Check the header alone, before any data is read: CHECKSUM was made
+    from the header and the data sum that DATASUM records, so the header plus
+    DATASUM must sum to -0. This catches a changed header even when the data
+    unit is cut short (a changed NAXIS2 looks like a truncation otherwise)."""
+    recorded = recorded_datasum(info)
+    if "CHECKSUM" not in info.values or recorded is None:
+        return None
+    if checksum_ok(datasum(info.header), recorded):
+        return None
+    return Problem(BROKEN, "checksum-bad", f"header of HDU at offset {info.offset} was changed: its CHECKSUM does not match the header and DATASUM", info.offset)
+
+
 def datasum_status(info: HeaderInfo, data_sum: int) -> tuple[str, Problem | None]:
     """DATASUM holds the ones'-complement sum of the data unit as a decimal string."""
     if "DATASUM" not in info.values:
@@ -344,7 +365,7 @@ def datasum_status(info: HeaderInfo, data_sum: int) -> tuple[str, Problem | None
     if datasum_ok(recorded, data_sum):
         return OK, None
     return BAD, Problem(
-        BROKEN, "datasum-bad", f"DATASUM of HDU at offset {info.offset} is {recorded!r}, its data sums to {data_sum}", info.offset
+        BROKEN, "datasum-bad", f"data of HDU at offset {info.offset} was changed: DATASUM is {recorded!r}, the data sums to {data_sum}", info.offset
     )
 
 
@@ -523,8 +544,14 @@ class HduWalker:
         info = describe_header(header, end_card, self._header_start, index)
         hdu = HduResult(index, self._header_start, len(header), info.data_size, info.kind, info.name, problems=list(info.problems), info=info)
         self.hdus.append(hdu)
+        changed_header = header_problem(info)
+        if changed_header is not None:
+            hdu.problems.append(changed_header)
+            hdu.checksum = BAD
         if info.data_size is None:  # cannot tell where the next HDU starts
-            hdu.checksum = hdu.datasum = UNCHECKED if info.has_sums else ABSENT
+            if hdu.checksum != BAD:
+                hdu.checksum = UNCHECKED if "CHECKSUM" in info.values else ABSENT
+            hdu.datasum = UNCHECKED if "DATASUM" in info.values else ABSENT
             self.state = _LOST
             return
         self._hdu = hdu
@@ -557,8 +584,14 @@ class HduWalker:
         if self._sum is not None:
             data_sum = self._sum.digest()
             hdu.datasum, bad_data = datasum_status(info, data_sum)
+            header_known_bad = hdu.checksum == BAD
             hdu.checksum, bad_hdu = checksum_status(info, data_sum)
-            hdu.problems.extend(p for p in (bad_hdu, bad_data) if p is not None)
+            # One finding per change: a changed header or changed data is
+            # already named; a bad CHECKSUM then says nothing new.
+            if bad_data is not None:
+                hdu.problems.append(bad_data)
+            elif bad_hdu is not None and not header_known_bad:
+                hdu.problems.append(bad_hdu)
         else:
             hdu.checksum = hdu.datasum = ABSENT
         hdu.zhecksum = UNCHECKED if "ZHECKSUM" in info.values else ABSENT
@@ -611,7 +644,8 @@ class HduWalker:
             Problem(INCOMPLETE, "truncated", f"HDU {hdu.index}: {what} is truncated at offset {self.pos}: {missing} bytes missing", self.pos, missing)
         )
         hdu.problems.extend(self._padding.problems(hdu.index))
-        hdu.checksum = UNCHECKED if "CHECKSUM" in hdu.info.values else ABSENT
+        if hdu.checksum != BAD:
+            hdu.checksum = UNCHECKED if "CHECKSUM" in hdu.info.values else ABSENT
         hdu.datasum = UNCHECKED if "DATASUM" in hdu.info.values else ABSENT
 
     def _report_short_header(self) -> None:

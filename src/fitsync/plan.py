@@ -47,16 +47,13 @@ def decide(
     mtime_resolution: float,
     content_differs: bool | None = None,
     content_reason: str = "content differs",
-    source_state: tuple[str, str] | None = None,
     expected_digest: str | None = None,
 ) -> Item:
     """Decide for one source file.
 
     ``content_differs`` is None when content was not compared (no --checksum,
-    no manifest); ``source_state`` is the FITS check of the source, if made.
+    no manifest).
     """
-    if source_state is not None and source_state[0] == "incomplete":
-        return Item(src.path, Action.INCOMPLETE, source_state[1], src, dst, expected_digest)
     if dst is None:
         return Item(src.path, Action.NEW, "not in destination", src, dst, expected_digest)
     if src.size != dst.size:

@@ -16,7 +16,9 @@ log = logging.getLogger("fitsync")
 def setup_logging(log_file: str | None, quiet: bool, verbose: bool = False) -> None:
     """Errors to stderr (always); a timestamped log appended to ``log_file``."""
     root = logging.getLogger("fitsync")
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Without a log file nothing below WARNING is shown: keep the level there so
+    # that per-file records are not even built (they cost ~50 us each).
+    root.setLevel((logging.DEBUG if verbose else logging.INFO) if log_file else logging.WARNING)
     root.handlers.clear()
     root.propagate = False
     console = logging.StreamHandler(sys.stderr)
@@ -43,9 +45,10 @@ class Reporter:
         self._bar = None
         self._lock = threading.Lock()
 
-    def line(self, text: str) -> None:
-        """A result line (itemize, dry-run)."""
-        log.info(text)
+    def line(self, text: str, level: int = logging.INFO) -> None:
+        """A result line (itemize, dry-run), also logged when a log file is kept."""
+        if log.isEnabledFor(level):
+            log.log(level, text)
         if self.itemize:
             with self._lock:
                 if self._bar is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from fitsync.errors import FitsyncError
 from fitsync.remotes.base import Capability, Entry, Remote
@@ -17,6 +17,23 @@ from fitsync.remotes.base import Capability, Entry, Remote
 
 def default_jobs() -> int:
     return max(2, os.cpu_count() or 2)
+
+
+BATCH_BYTES = 32 << 20
+BATCH_FILES = 256
+
+
+def batches(entries: list[Entry]) -> Iterator[list[Entry]]:
+    """Group small files so that each pool task hashes enough to outweigh its overhead."""
+    batch, size = [], 0
+    for entry in entries:
+        batch.append(entry)
+        size += entry.size
+        if size >= BATCH_BYTES or len(batch) >= BATCH_FILES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def digest_entries(
@@ -43,21 +60,26 @@ def digest_entries(
         else:
             todo.append(entry)
 
-    def work(entry: Entry) -> str:
-        return remote.digest(entry.path, algo)
-
-    with cf.ThreadPoolExecutor(max_workers=jobs or default_jobs()) as pool:
-        futures = {pool.submit(work, e): e for e in todo}
-        for future in cf.as_completed(futures):
-            entry = futures[future]
+    def work(batch: list[Entry]) -> list[tuple[Entry, str | None, str | None]]:
+        out = []
+        for entry in batch:
             try:
-                digests[entry.path] = future.result()
+                out.append((entry, remote.digest(entry.path, algo), None))
             except FitsyncError as exc:
-                errors[entry.path] = str(exc)
+                out.append((entry, None, str(exc)))
             except OSError as exc:
-                errors[entry.path] = f"cannot read: {exc.strerror or exc}"
+                out.append((entry, None, f"cannot read: {exc.strerror or exc}"))
             if on_done:
                 on_done(entry)
+        return out
+
+    with cf.ThreadPoolExecutor(max_workers=jobs or default_jobs()) as pool:
+        for results in pool.map(work, batches(todo)):
+            for entry, digest, error in results:
+                if error is None:
+                    digests[entry.path] = digest
+                else:
+                    errors[entry.path] = error
     return digests, errors
 
 

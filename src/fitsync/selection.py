@@ -57,11 +57,15 @@ class FilterRule:
     regex: re.Pattern
     directory_only: bool
     whole_path: bool  # matched against the path (else against the last name)
+    leading_slash: bool = False  # matched against "/" + path (a pattern starting with "**")
 
     def matches(self, path: str, is_dir: bool) -> bool:
         if self.directory_only and not is_dir:
             return False
-        subject = path if self.whole_path else path.rsplit("/", 1)[-1]
+        if self.leading_slash:
+            subject = "/" + path
+        else:
+            subject = path if self.whole_path else path.rsplit("/", 1)[-1]
         return self.regex.search(subject) is not None
 
 
@@ -80,11 +84,14 @@ def compile_rule(pattern: str, include: bool) -> FilterRule:
     core = glob_to_regex(body)
     if subtree:
         core += r"(?:/.*)?"
-    if whole_path:
-        regex = ("^" if anchored else "(?:^|/)") + core + r"\Z"
+    # rsync matches an unanchored pattern that starts with "**" against the
+    # path with a "/" in front, so "**/a" also matches a top-level "a".
+    leading_slash = not anchored and body.startswith("**")
+    if whole_path and not anchored and not leading_slash:
+        regex = "(?:^|/)" + core + r"\Z"
     else:
         regex = "^" + core + r"\Z"
-    return FilterRule(include, pattern, re.compile(regex, re.DOTALL), directory_only, whole_path)
+    return FilterRule(include, pattern, re.compile(regex, re.DOTALL), directory_only, whole_path, leading_slash)
 
 
 def glob_to_regex(glob: str) -> str:
@@ -336,7 +343,7 @@ def build_selection(opts: dict, now=None, argv: list[str] | None = None) -> Sele
     if not any(opts.get(name) for name in SELECTION_OPTIONS):
         return None
     now_local = as_local_datetime(now)
-    profile = load_profile(opts["--profile"], opts) if opts.get("--profile") else {}
+    profile = load_profile(opts["--profile"]) if opts.get("--profile") else {}
     selection = Selection()
     selection.rules = _rules(opts, profile, argv)
     if opts.get("--files-from"):
@@ -382,7 +389,7 @@ def _cutoff(opts: dict, now: dt.datetime) -> dt.datetime | None:
 def template_and_where(opts: dict, profile: dict | None = None) -> tuple[PathTemplate | None, list[WhereClause]]:
     """The template (command line over profile) and the --where clauses; a
     command-line clause on a field replaces the profile's clauses on it."""
-    profile = profile if profile is not None else (load_profile(opts["--profile"], opts) if opts.get("--profile") else {})
+    profile = profile if profile is not None else (load_profile(opts["--profile"]) if opts.get("--profile") else {})
     text = opts.get("--template") or profile.get("template")
     clauses = [parse_where(w) for w in opts.get("--where") or []]
     if profile:

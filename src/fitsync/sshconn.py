@@ -57,6 +57,7 @@ class SshTarget:
     known_hosts: tuple = ()  # files checked, the first one is written to
     accept_new_host_key: bool = False
     password_env: str = field(default=PASSWORD_ENV, compare=False)
+    password: str = field(default="", compare=False, repr=False)  # from a private remotes file only
 
     @property
     def known_hosts_name(self) -> str:
@@ -84,7 +85,7 @@ def resolve_target(host: str, *, user: str | None = None, port: int | None = Non
     conf = _ssh_config().lookup(host)
     hostname = conf.get("hostname", host)
     identity = [identity_file] if identity_file else list(conf.get("identityfile", []))
-    known = ([known_hosts] if known_hosts else
+    known = ([os.path.expanduser(known_hosts)] if known_hosts else
              [os.path.expanduser(p) for p in conf.get("userknownhostsfile", "").split()] or
              [os.path.expanduser("~/.ssh/known_hosts")])
     return SshTarget(
@@ -187,14 +188,14 @@ def _secret(env_name: str, prompt: str) -> str | None:
 def _load_key(path: str) -> paramiko.PKey | None:
     try:
         return paramiko.PKey.from_path(path)
-    except paramiko.PasswordRequiredException:
+    except (paramiko.PasswordRequiredException, TypeError):  # cryptography says TypeError for new-format keys
         passphrase = _secret(PASSPHRASE_ENV, f"Passphrase for {path}: ")
         if passphrase is None:
             log.info("skipping encrypted key %s: no passphrase (set %s)", path, PASSPHRASE_ENV)
             return None
         try:
-            return paramiko.PKey.from_path(path, passphrase=passphrase)
-        except paramiko.SSHException:
+            return paramiko.PKey.from_path(path, passphrase.encode())
+        except (paramiko.SSHException, ValueError, TypeError):
             raise AuthenticationFailed(f"wrong passphrase for key {path}") from None
     except (OSError, paramiko.SSHException, ValueError) as exc:
         log.info("skipping key %s: %s", path, exc)
@@ -226,7 +227,7 @@ def authenticate(transport: paramiko.Transport, target: SshTarget) -> None:
             continue
         if transport.is_authenticated():
             return
-    password = _secret(target.password_env, f"Password for {target.describe()}: ")
+    password = target.password or _secret(target.password_env, f"Password for {target.describe()}: ")
     if password is not None:
         try:
             transport.auth_password(user, password)

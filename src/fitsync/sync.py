@@ -25,7 +25,7 @@ from fitsync.errors import (
     VerificationFailed,
 )
 from fitsync.lock import DirectoryLock
-from fitsync.plan import Action, Item, decide, deletions, itemize_line
+from fitsync.plan import Action, Item, decide, deletions, itemize_line, same_mtime
 from fitsync.progress import Reporter
 from fitsync.remotes.base import Capability, Entry, Remote
 from fitsync.remotes.local import LocalRemote
@@ -142,26 +142,40 @@ class Mirror:
         return self.result
 
     def plan(self) -> list[Item]:
-        src_entries = list_selected(self.src, self.options)
-        dst_entries = list_selected(self.dst, self.options) if self.dst.exists() else {}
+        src_entries, dst_entries = self.list_both()
         self.result.files_total = len(src_entries)
         self.result.bytes_total = sum(e.size for e in src_entries.values())
         differs, reasons, expected = self.compare_contents(src_entries, dst_entries)
-        states = self.source_fits_states(src_entries, dst_entries, differs)
         items = []
+        unchanged_lines = self.reporter.itemize
         for path, entry in src_entries.items():
+            dst = dst_entries.get(path)
+            if (dst is not None and path not in differs and dst.size == entry.size
+                    and same_mtime(dst.mtime, entry.mtime, self.resolution)):
+                # The common case of a large no-op run, kept free of per-file objects.
+                self.result.files_unchanged += 1
+                if unchanged_lines:
+                    self.reporter.line(itemize_line(Item(path, Action.UNCHANGED, "same size and mtime")))
+                continue
             items.append(decide(
-                entry,
-                dst_entries.get(path),
+                entry, dst,
                 mtime_resolution=self.resolution,
                 content_differs=differs.get(path),
                 content_reason=reasons.get(path, "content differs"),
-                source_state=states.get(path),
                 expected_digest=expected.get(path),
             ))
+        items = self.hold_back_incomplete_sources(items)
         if self.options.delete:
             items.extend(deletions(set(src_entries), dst_entries))
         return items
+
+    def list_both(self) -> tuple[dict[str, Entry], dict[str, Entry]]:
+        """List source and destination at once (local listings release the GIL)."""
+        with cf.ThreadPoolExecutor(max_workers=2) as pool:
+            src_future = pool.submit(list_selected, self.src, self.options)
+            dst_future = pool.submit(
+                lambda: list_selected(self.dst, self.options) if self.dst.exists() else {})
+            return src_future.result(), dst_future.result()
 
     def compare_contents(self, src_entries, dst_entries):
         """With --checksum or --manifest, find same-size-and-mtime pairs whose content differs."""
@@ -210,23 +224,22 @@ class Mirror:
         self.reporter.close_phase()
         return differs, reasons, expected
 
-    def source_fits_states(self, src_entries, dst_entries, differs) -> dict[str, tuple[str, str]]:
-        """FITS structure check of local source files about to be transferred."""
+    def hold_back_incomplete_sources(self, items: list[Item]) -> list[Item]:
+        """A local source FITS file about to be transferred whose structure is
+        incomplete is still being written: skip it (and keep the destination's copy)."""
         if not self.options.fits_check or Capability.LOCAL not in self.src.capabilities:
-            return {}
+            return items
+        if not any(item.transfers for item in items):
+            return items
         from fitsync import fitsaudit
 
-        states = {}
-        for path, entry in src_entries.items():
-            dst = dst_entries.get(path)
-            unchanged = (
-                dst is not None and dst.size == entry.size
-                and abs(dst.mtime - entry.mtime) < max(self.resolution, 1e-6) and not differs.get(path)
-            )
-            if unchanged:
-                continue
-            states[path] = self._fits_state(fitsaudit, path)
-        return {p: s for p, s in states.items() if s is not None}
+        checked = []
+        for item in items:
+            state = self._fits_state(fitsaudit, item.path) if item.transfers else None
+            if state is not None and state[0] == "incomplete":
+                item = Item(item.path, Action.INCOMPLETE, state[1], item.src, item.dst, item.expected_digest)
+            checked.append(item)
+        return checked
 
     def _fits_state(self, fitsaudit, path: str):
         local = self.src.local_path(path)

@@ -18,9 +18,10 @@ The date fields ``{yyyy}``, ``{mm}``, ``{dd}``, ``{mmdd}``, ``{yyyymmdd}`` and
 --max-age and --date compare against (see fitsync.selection).
 
 Named profiles bundle a template with field patterns and default filters. The
-shipped ones are TOML files in ``fitsync/profiles``; users add their own under
-``[profiles.NAME]`` in the config file. Both are data: nothing in this module
-knows about any particular survey.
+shipped ones are TOML files in ``fitsync/profiles``; users add their own as
+``[NAME]`` tables in ``profiles.toml`` beside the remotes config file (or the
+file named by $FITSYNC_PROFILES). Both are data: nothing in this module knows
+about any particular survey.
 """
 
 from __future__ import annotations
@@ -309,6 +310,7 @@ def _pick_column(header: list[str], wanted: str, explicit: bool) -> int | None:
 
 
 # -- profiles ---------------------------------------------------------------
+PROFILES_ENV = "FITSYNC_PROFILES"
 PROFILE_KEYS = {"description", "template", "fields", "where", "include", "exclude", "example"}
 
 
@@ -320,11 +322,11 @@ def shipped_profile_names() -> list[str]:
         return []
 
 
-def load_profile(name: str, opts: dict | None = None) -> dict:
+def load_profile(name: str) -> dict:
     """A profile by name: the user's config first, then the shipped examples."""
     if not _PROFILE_NAME.match(name or ""):
         raise UsageError(f"--profile={name!r} is not a profile name (letters, digits, '-', '_', '.')")
-    user = user_profiles(opts or {})
+    user = user_profiles()
     if name in user:
         return _checked_profile(name, user[name], "your config")
     resource = resources.files("fitsync") / "profiles" / f"{name}.toml"
@@ -353,37 +355,30 @@ def _checked_profile(name: str, data: dict, origin: str) -> dict:
     return data
 
 
-def user_profiles(opts: dict) -> dict:
-    """``[profiles.NAME]`` tables of the user's config file, if there is one."""
-    path = user_config_path(opts)
-    if path is None or not os.path.isfile(path):
-        return {}
+def user_profiles() -> dict:
+    """The user's profiles: every table of ``profiles.toml`` in fitsync's
+    config directory (beside the remotes file), or of $FITSYNC_PROFILES."""
+    path = user_profiles_path()
     try:
         with open(path, "rb") as f:
-            config = tomllib.load(f)
+            profiles = tomllib.load(f)
+    except FileNotFoundError:
+        return {}
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise BadInput(f"config file {path} cannot be read: {exc}") from None
-    profiles = config.get("profiles", {})
-    if not isinstance(profiles, dict):
-        raise BadInput(f"config file {path}: [profiles] must be a table of tables")
+        raise BadInput(f"profiles file {path} cannot be read: {exc}; fix the file") from None
+    for name, table in profiles.items():
+        if not isinstance(table, dict):
+            raise BadInput(f"profiles file {path}: {name!r} must be a [table] holding a profile")
     return profiles
 
 
-def user_config_path(opts: dict) -> str | None:
-    """The config file fitsync.config reads (the --config option, $FITSYNC_CONFIG or the XDG default)."""
-    try:
-        from fitsync import config as config_module  # the ssh helper's module, when present
-    except ImportError:
-        config_module = None
-    finder = getattr(config_module, "config_path", None)
-    if callable(finder):
-        found = finder(opts)
-        return os.fspath(found) if found else None
-    explicit = opts.get("--config") or os.environ.get("FITSYNC_CONFIG")
+def user_profiles_path() -> str:
+    explicit = os.environ.get(PROFILES_ENV)
     if explicit:
         return os.path.expanduser(explicit)
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "fitsync", "config.toml")
+    from fitsync.config import config_path  # the remotes file; profiles live beside it
+
+    return os.path.join(os.path.dirname(config_path()), "profiles.toml")
 
 
 def profile_where(profile: dict) -> list[WhereClause]:
@@ -398,3 +393,78 @@ def profile_where(profile: dict) -> list[WhereClause]:
             text = f"{name}={value}"
         clauses.append(parse_where(text, option="profile where"))
     return clauses
+
+
+# -- expected sets (fitsync missing) ------------------------------------------------
+@dataclass
+class MissingReport:
+    key_fields: tuple[str, ...]
+    expect_field: str
+    expected: list[str]
+    keys: list[tuple[str, ...]]  # every key checked, in order
+    missing: dict  # key -> the expected values it lacks
+
+    @property
+    def complete(self) -> int:
+        return len(self.keys) - len(self.missing)
+
+    def key_text(self, key: tuple[str, ...]) -> str:
+        return "\t".join(key)  # one field: the value as listed, ready for --where=FIELD=@file
+
+
+def find_missing(paths, template: PathTemplate, where: list[WhereClause], expect: WhereClause) -> MissingReport:
+    """Which keys lack a file for some expected value of ``expect.field``.
+
+    The keys are the values of the fields given by positive --where lists
+    (all their combinations); without such a list, the keys are those seen in
+    ``paths``. Paths that do not fit the template or the --where clauses are
+    ignored.
+    """
+    if expect.field not in template.fields:
+        raise UsageError(f"--expect: the template {template.text!r} has no field {expect.field!r}")
+    if not expect.is_value_list:
+        raise UsageError("--expect takes a list of values (FIELD=v1,v2 or FIELD=@file), not a pattern or !=")
+    listed = [c for c in where if c.is_value_list and c.field != expect.field]
+    key_fields = tuple(dict.fromkeys(c.field for c in listed)) or tuple(
+        f for f in template.fields if f != expect.field
+    )
+    present: dict[tuple, set] = {}
+    for path in paths:
+        values = template.parse(path)
+        if values is None or not all(c.allows(values) for c in where):
+            continue
+        value = expect.values.canonical(values[expect.field])
+        key = tuple(_canonical_key(f, values[f], listed) for f in key_fields)
+        present.setdefault(key, set())
+        if value is not None:
+            present[key].add(value)
+    keys = _universe(key_fields, listed) if listed else sorted(present)
+    expected = expect.values.values
+    missing = {}
+    for key in keys:
+        lacking = [v for v in expected if v not in present.get(key, ())]
+        if lacking:
+            missing[key] = lacking
+    return MissingReport(key_fields, expect.field, list(expected), keys, missing)
+
+
+def _canonical_key(field_name: str, value: str, listed: list[WhereClause]) -> str:
+    for clause in listed:
+        if clause.field == field_name:
+            canonical = clause.values.canonical(value)
+            if canonical is not None:
+                return canonical
+    return value
+
+
+def _universe(key_fields: tuple[str, ...], listed: list[WhereClause]) -> list[tuple[str, ...]]:
+    import itertools
+
+    lists = []
+    for name in key_fields:
+        values: list[str] = []
+        for clause in listed:
+            if clause.field == name:
+                values = [v for v in clause.values.values if not values or v in values]
+        lists.append(values)
+    return [tuple(k) for k in itertools.product(*lists)]

@@ -73,7 +73,9 @@ def build_options(opts: dict) -> MirrorOptions:
 def run(opts: dict) -> int:
     setup_logging(opts["--log-file"], opts["--quiet"], opts.get("--verbose", False))
     options = build_options(opts)
-    reporter = Reporter(itemize=opts["--itemize"] or options.dry_run, quiet=opts["--quiet"])
+    # With --json, stdout carries only the summary object; itemized lines go to stderr.
+    reporter = Reporter(itemize=opts["--itemize"] or options.dry_run, quiet=opts["--quiet"],
+                        out=sys.stderr if opts["--json"] else None)
     with open_remote(opts["SRC"], opts) as src, open_remote(opts["DST"], opts) as dst:
         if opts["--production"]:
             from fitsync.datastore import mirror_production

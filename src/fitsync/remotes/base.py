@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import io
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
+from types import MappingProxyType
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator, Mapping
 
 from fitsync.errors import FitsyncError
 from fitsync.hashes import hash_stream
@@ -39,15 +39,34 @@ class Capability:
     PATCH = "patch"  # apply_recipe() builds a new file remotely from a basis and literals
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One file in a listing. ``path`` is a validated relative POSIX path."""
+_NO_HASHES: Mapping[str, str] = MappingProxyType({})
 
-    path: str
-    size: int
-    mtime: float
-    # Digests the backend knows without reading the data, e.g. {"dropbox": hex}.
-    hashes: dict = field(default_factory=dict, compare=False, hash=False)
+
+class Entry:
+    """One file in a listing. ``path`` is a validated relative POSIX path.
+
+    A plain slotted class rather than a dataclass: a no-op mirror of a large
+    tree builds tens of thousands of these, and this __init__ is the cheapest.
+    """
+
+    __slots__ = ("path", "size", "mtime", "hashes")
+
+    def __init__(self, path: str, size: int, mtime: float, hashes: Mapping[str, str] = _NO_HASHES):
+        self.path = path
+        self.size = size
+        self.mtime = mtime
+        # Digests the backend knows without reading the data, e.g. {"dropbox": hex}.
+        self.hashes = hashes
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Entry):
+            return NotImplemented
+        return (self.path, self.size, self.mtime) == (other.path, other.size, other.mtime)
+
+    __hash__ = None  # mutable
+
+    def __repr__(self) -> str:
+        return f"Entry({self.path!r}, size={self.size}, mtime={self.mtime})"
 
 
 class ReadOnlyRemote(FitsyncError):

@@ -28,6 +28,9 @@ class LocalRemote(Remote):
         super().__init__(url)
         path = url[len("file://"):] if url.startswith("file://") else url
         self.root = os.path.abspath(os.path.expanduser(path))
+        # Parent directories already checked not to lead outside the root through
+        # a symlink: realpath() costs a syscall per component, too much per file.
+        self._safe_dirs: set[str] = set()
 
     @classmethod
     def from_url(cls, url: str, options: dict) -> "LocalRemote":
@@ -38,26 +41,25 @@ class LocalRemote(Remote):
         return os.path.isdir(self.root)
 
     def list(self) -> Iterator[Entry]:
+        from fitsync._walk import scan_tree
+
         if not os.path.isdir(self.root):
             raise NotFound(f"{self.root} does not exist or is not a directory")
-        yield from self._walk(self.root, "")
-
-    def _walk(self, directory: str, prefix: str) -> Iterator[Entry]:
         try:
-            entries = list(os.scandir(directory))
-        except PermissionError:
-            raise FitsyncError(f"cannot read directory {directory}: permission denied") from None
-        entries.sort(key=lambda e: e.name)
-        for entry in entries:
-            if not prefix and entry.name == STATE_DIR:
-                continue
-            rel = prefix + entry.name
-            # Symlinks are not followed: a link must never lead a read outside the root.
-            if entry.is_dir(follow_symlinks=False):
-                yield from self._walk(entry.path, rel + "/")
-            elif entry.is_file(follow_symlinks=False):
-                st = entry.stat(follow_symlinks=False)
-                yield Entry(rel, st.st_size, st.st_mtime_ns / 1e9)
+            found, error = scan_tree(self.root, STATE_DIR)
+        except OSError as exc:
+            raise FitsyncError(f"cannot read directory {self.root}: {exc.strerror}") from None
+        if error is not None:
+            errno_value, where = error
+            raise FitsyncError(
+                f"cannot read directory {os.path.join(self.root, where)}: {os.strerror(errno_value)}; "
+                "fix its permissions or exclude it"
+            )
+        found.sort()
+        for path, size, mtime_ns in found:
+            # Symlinks are never listed (the walker does not follow them), so no
+            # read can be led outside the root.
+            yield Entry(path, size, mtime_ns / 1e9)
 
     def stat(self, path: str) -> Entry:
         full = self.path_of(path)
@@ -70,7 +72,14 @@ class LocalRemote(Remote):
         return Entry(safe_relpath(path), st.st_size, st.st_mtime_ns / 1e9)
 
     def path_of(self, path: str) -> str:
-        return join_under(self.root, path)
+        """The OS path of a relative path, refusing anything that would leave the root."""
+        rel = safe_relpath(path)
+        parent = rel.rpartition("/")[0]
+        if parent in self._safe_dirs:
+            return os.path.join(self.root, rel)
+        full = join_under(self.root, rel)
+        self._safe_dirs.add(parent)
+        return full
 
     def local_path(self, path: str) -> str:
         return self.path_of(path)

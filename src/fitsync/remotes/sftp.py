@@ -21,7 +21,7 @@ A dropped connection is re-established and the operation retried (up to
 from __future__ import annotations
 
 import base64
-import errno
+import dataclasses
 import hashlib
 import json
 import logging
@@ -198,19 +198,8 @@ def write_pipelined(sftp: paramiko.SFTPClient, handle: bytes, chunks: Iterable[b
 # -- the agent, client side ---------------------------------------------------------
 
 def agent_payload() -> bytes:
-    """fitsync.agent with fitsync.fits embedded: what the remote host runs."""
-    agent_src = resources.files("fitsync").joinpath("agent.py").read_text("utf-8")
-    fits_src = resources.files("fitsync").joinpath("fits.py").read_text("utf-8")
-    embed = (
-        "\n\ndef _embed_fits(source):\n"
-        "    import types\n"
-        "    module = types.ModuleType('fitsync_agent_fits')\n"
-        "    sys.modules[module.__name__] = module\n"
-        "    exec(compile(source, 'fitsync/fits.py', 'exec'), module.__dict__)\n"
-        "    return module\n\n\n"
-        f"fits = _embed_fits({fits_src!r})\n"
-    )
-    return (agent_src + embed).encode("utf-8")
+    """The text of fitsync.agent: what the remote host runs."""
+    return resources.files("fitsync").joinpath("agent.py").read_bytes()
 
 
 _BOOTSTRAP = """\
@@ -281,14 +270,15 @@ class AgentClient:
             self.info = self.call({"op": "hello", "avoid": list(avoid)})
         except (socket.timeout, EOFError, OSError, paramiko.SSHException) as exc:
             self.close()
-            raise AgentUnavailable(f"the agent did not start ({exc})") from None
+            raise AgentUnavailable(f"the agent did not start ({exc}; {self._why_not()})") from None
         except AgentUnavailable:
             self.close()
             raise
         self.hashes = set(self.info.get("hashes", ()))
 
     def _why_not(self) -> str:
-        status = self.channel.recv_exit_status() if self.channel.exit_status_ready() or self.channel.closed else -1
+        self.channel.status_event.wait(2.0)  # the exit status follows the close closely
+        status = self.channel.exit_status if self.channel.exit_status_ready() else "unknown"
         err = b""
         while self.channel.recv_stderr_ready():
             err += self.channel.recv_stderr(4096)
@@ -386,6 +376,7 @@ class SftpRemote(Remote):
         self._local = threading.local()
         self._agent_state: bool | None = None  # None = not probed yet
         self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
 
     # -- construction -----------------------------------------------------------
     @classmethod
@@ -406,16 +397,21 @@ class SftpRemote(Remote):
                                 identity_file=conf.get("key_file"),
                                 known_hosts=conf.get("known_hosts"),
                                 accept_new_host_key=bool(options.get("--accept-new-host-key")))
-        if conf.get("password_env"):
-            target = SshTarget(**{**target.__dict__, "password_env": conf["password_env"]})
+        secrets = {k: conf[k] for k in ("password_env", "password") if conf.get(k)}
+        if secrets:
+            target = dataclasses.replace(target, **secrets)
         return cls(f"{name}:{path}", target, root, options=options, conf=conf)
 
     # -- connection, retries ------------------------------------------------------
     def connection(self) -> SshConnection:
+        """The shared connection, re-established if it died since last use."""
         with self._lock:
             if self._conn is None:
                 self._conn = connect(self.target)
-            return self._conn
+            conn = self._conn
+        if not conn.alive():
+            conn.reconnect(conn.generation)
+        return conn
 
     @property
     def root(self) -> str:
@@ -456,7 +452,15 @@ class SftpRemote(Remote):
         """Run ``fn(conn)``; on a lost connection reconnect and run it again."""
         attempt = 0
         while True:
-            conn = self.connection()
+            try:
+                conn = self.connection()
+            except ConnectionFailed as exc:
+                if type(exc) is not ConnectionFailed or attempt >= self.retries:
+                    raise  # host key and authentication failures are not retried
+                attempt += 1
+                log.warning("cannot reach %s (%s); retry %d/%d", self.target.describe(), exc, attempt, self.retries)
+                time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
+                continue
             generation = conn.generation
             try:
                 return fn(conn)
@@ -485,15 +489,18 @@ class SftpRemote(Remote):
         client = getattr(self._local, "agent", None)
         if client is not None and client.generation == conn.generation and not client.channel.closed:
             return client
-        try:
-            client = AgentClient(conn, self.python, self.agent_avoid)
-        except AgentUnavailable as exc:
-            if self._agent_state is None:
-                self._agent_state = False
-                self._warn_no_agent(str(exc))
+        with self._probe_lock:  # the first start decides, once, whether this host has an agent
+            if self._agent_state is False:
                 return None
-            raise TransferFailed(f"the fitsync agent on {self.target.describe()} stopped: {exc}") from None
-        self._agent_state = True
+            try:
+                client = AgentClient(conn, self.python, self.agent_avoid)
+            except AgentUnavailable as exc:
+                if self._agent_state is None:
+                    self._agent_state = False
+                    self._warn_no_agent(str(exc))
+                    return None
+                raise TransferFailed(f"the fitsync agent on {self.target.describe()} stopped: {exc}") from None
+            self._agent_state = True
         self._local.agent = client
         return client
 
@@ -510,8 +517,11 @@ class SftpRemote(Remote):
     @property
     def capabilities(self) -> frozenset:  # type: ignore[override]
         caps = {Capability.READ_RANGE, Capability.WRITE, Capability.DELETE}
-        if self._call("start the agent", lambda conn: self.agent()) is not None:
-            caps |= {Capability.SIGNATURE, Capability.DIGEST, Capability.PATCH}
+        agent = self._call("start the agent", lambda conn: self.agent())
+        if agent is not None:
+            caps.add(Capability.DIGEST)
+            if agent.info.get("signature"):
+                caps |= {Capability.SIGNATURE, Capability.PATCH}
         return frozenset(caps)
 
     @property
@@ -581,13 +591,29 @@ class SftpRemote(Remote):
         return b"".join(self.read_ranges(path, [(offset, length)]))
 
     def read_ranges(self, path: str, ranges) -> Iterator[bytes]:
+        """Stream the ranges in order, pipelined; after a lost connection the
+        ranges not yet yielded are asked for again."""
         ranges = list(ranges)
         full = self.remote_path(path)
-
-        def once(conn):
-            with conn.sftp().open(full, "rb") as f:
-                return list(read_pipelined(conn.sftp(), f.handle, ranges))
-        return iter(self._call(f"read {full}", once))
+        done = 0
+        attempt = 0
+        while done < len(ranges):
+            conn = self.connection()
+            generation = conn.generation
+            try:
+                sftp = conn.sftp()
+                with sftp.open(full, "rb") as f:
+                    for data in read_pipelined(sftp, f.handle, ranges[done:]):
+                        done += 1
+                        attempt = 0
+                        yield data
+            except FitsyncError:
+                raise
+            except Exception as exc:
+                if not self._lost(exc, conn):
+                    raise self._sftp_error(exc, f"read {full}") from None
+                attempt += 1
+                self._recover(conn, generation, attempt, f"read of {full}", exc)
 
     def open_read(self, path: str):
         return SftpReader(self, path)
@@ -602,20 +628,15 @@ class SftpRemote(Remote):
     def block_signature(self, path: str):
         full = self.remote_path(path)
         agent = self._call("start the agent", lambda conn: self.agent())
-        if agent is None:
+        if agent is None or not agent.info.get("signature"):
             return super().block_signature(path)
         from fitsync.signature import Signature
 
         def once(conn):
             client = self.agent()
-            client.send(self._signature_request(full, client))
+            client.send({"op": "signature", "path": full, "fits": True})
             return client.finish()[1]
         return Signature.from_bytes(self._call(f"signature of {full}", once))
-
-    def _signature_request(self, full: str, agent: AgentClient) -> dict:
-        return {"op": "signature", "path": full, "fits": True,
-                "strong": "xxh3_128" if "xxh3_128" in agent.hashes else "blake2b128",
-                "digest": "blake3" if "blake3" in agent.hashes else "sha256"}
 
     # -- writing ------------------------------------------------------------------------
     def _temp_path(self, path: str) -> str:
@@ -635,9 +656,13 @@ class SftpRemote(Remote):
         for d in reversed(missing):
             try:
                 sftp.mkdir(d)
-            except OSError:
-                if not stat_mod.S_ISDIR(sftp.stat(d).st_mode):
-                    raise
+            except OSError as exc:
+                try:  # another writer may have made it meanwhile
+                    made = stat_mod.S_ISDIR(sftp.stat(d).st_mode)
+                except OSError:
+                    made = False
+                if not made:
+                    raise exc
 
     def write_atomic(self, path, chunks: Iterable[bytes], *, mtime=None, expected_digest=None) -> None:
         """Upload to a temporary name, verify, set mtime, rename. ``chunks``
@@ -773,6 +798,7 @@ class SftpReader:
         self._closed = False
 
     def _open_stream(self, conn: SshConnection) -> None:
+        self.close_handle()
         sftp = conn.sftp()
         self._file = sftp.open(self.full, "rb")
         pieces = ((offset, min(REQUEST_SIZE, self.entry.size - offset))
@@ -834,8 +860,24 @@ class SftpReader:
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.entry.size}[whence]
+        self.pos = self._received = max(0, base + offset)
+        self._buffer = b""
+        self._chunks = None  # the next read starts a new pipeline there
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
     def close(self) -> None:
         self._closed = True
+        self.close_handle()
+
+    def close_handle(self) -> None:
         if self._file is not None:
             try:
                 self._file.close()

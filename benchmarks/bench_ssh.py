@@ -1,0 +1,247 @@
+"""SSH transfers: bytes on the wire and wall time, fitsync vs rsync/scp/rclone.
+
+Run by hand (root, sshd installed):  PYTHONPATH=src python3 benchmarks/bench_ssh.py [--size-mib=1024]
+    [--repeat=3] [--only=full|delta]
+
+A real sshd on 127.0.0.1 is reached through a small counting TCP relay, so
+bytes are counted on the wire, independently of any tool's own counters.
+
+- delta: a FITS file of --size-mib with three edits (a header value changed;
+  the header grown by one 2880-byte record; 1 MiB overwritten mid-data),
+  each pulled and pushed by `fitsync mirror` and by `rsync -e ssh`
+  (interleaved, medians of --repeat).
+- full: the whole file copied by fitsync (mirror, and the bare SftpRemote
+  stream), scp, `rsync -W -e ssh`, and rclone over sftp.
+
+Results go to stdout as a table and to benchmarks/work/bench_ssh.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+from sshd_fixture import SshServer  # noqa: E402
+
+WORK = HERE / "work" / "ssh"
+
+
+class CountingRelay:
+    """127.0.0.1:port -> target, counting bytes in each direction."""
+
+    def __init__(self, target_port: int):
+        self.target = ("127.0.0.1", target_port)
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.port = self.server.getsockname()[1]
+        self.up = self.down = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.up = self.down = 0
+
+    @property
+    def total(self) -> int:
+        return self.up + self.down
+
+    def _accept(self) -> None:
+        while True:
+            client, _ = self.server.accept()
+            upstream = socket.create_connection(self.target)
+            for a, b, direction in ((client, upstream, "up"), (upstream, client, "down")):
+                threading.Thread(target=self._pump, args=(a, b, direction), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, direction: str) -> None:
+        try:
+            while True:
+                data = src.recv(1 << 20)
+                if not data:
+                    break
+                dst.sendall(data)
+                with self._lock:
+                    setattr(self, direction, getattr(self, direction) + len(data))
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+
+def fits_file(path: Path, size: int) -> None:
+    """One primary HDU with a header of 36 cards and `size` bytes of 8-bit data."""
+    cards = ["SIMPLE  =                    T", "BITPIX  =                    8", "NAXIS   =                    1",
+             f"NAXIS1  = {size:20d}", "OBJECT  = 'PKS 2155-304'"] + [f"HISTORY bench {i}" for i in range(30)]
+    header = "".join(c.ljust(80) for c in cards + ["END"]).ljust(2880).encode()
+    with open(path, "wb") as f:
+        f.write(header)
+        left = size
+        while left:
+            n = min(left, 64 << 20)
+            f.write(os.urandom(n))
+            left -= n
+        f.write(b"\0" * (-size % 2880))
+
+
+def edit(path: Path, case: str) -> None:
+    data = bytearray(path.read_bytes()[:2880])
+    if case == "header-value":
+        data[4 * 80:5 * 80] = "OBJECT  = 'PKS 2155-305'".ljust(80).encode()
+        with open(path, "r+b") as f:
+            f.write(data)
+    elif case == "header-grown":
+        new_cards = [f"HISTORY added {i}" for i in range(36)]
+        body = path.read_bytes()
+        end = body.index(b"END" + b" " * 77)
+        extra = "".join(c.ljust(80) for c in new_cards).encode()
+        path.write_bytes(body[:end] + extra + body[end:])  # the header grows by one record
+    elif case == "data-1mib":
+        with open(path, "r+b") as f:
+            f.seek(os.path.getsize(path) // 2)
+            f.write(os.urandom(1 << 20))
+    os.utime(path, (time.time() + 100, time.time() + 100))
+
+
+class Bench:
+    def __init__(self, size_mib: int, repeat: int):
+        self.size = size_mib << 20
+        self.repeat = repeat
+        if WORK.exists():
+            shutil.rmtree(WORK)
+        WORK.mkdir(parents=True)
+        self.sshd = SshServer(WORK / "sshd").start()
+        self.relay = CountingRelay(self.sshd.port)
+        home = self.sshd.client_home(WORK / "home")
+        with open(home / ".ssh" / "known_hosts", "a") as f:
+            f.write(self.sshd.host_key_line(self.sshd.port).replace(f":{self.sshd.port}", f":{self.relay.port}"))
+        self.env = dict(os.environ, HOME=str(home))
+        self.ssh_cmd = (f"ssh -p {self.relay.port} -i {self.sshd.client_key} -o StrictHostKeyChecking=no "
+                        f"-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
+        self.results: dict = {}
+
+    def url(self, path: Path) -> str:
+        return f"sftp://127.0.0.1:{self.relay.port}{path}"
+
+    def measure(self, name: str, argv: list[str], env=None) -> tuple[float, int]:
+        self.relay.reset()
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, env=env or self.env, capture_output=True, text=True)
+        elapsed = time.perf_counter() - t0
+        time.sleep(0.2)  # let the relay count the last packets
+        if proc.returncode != 0:
+            raise RuntimeError(f"{name} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        self.results.setdefault(name, []).append((elapsed, self.relay.total))
+        return elapsed, self.relay.total
+
+    def fitsync(self, *args) -> list[str]:
+        return [sys.executable, "-m", "fitsync", *map(str, args), "--quiet"]
+
+    # -- full copy ----------------------------------------------------------------------
+    def full(self) -> None:
+        src = WORK / "full-src"
+        src.mkdir()
+        fits_file(src / "big.fits", self.size)
+        stream = [sys.executable, "-c", (
+            "import sys,time\nfrom fitsync.remotes import open_remote\n"
+            f"r=open_remote({self.url(src)!r},{{}})\nf=r.open_read('big.fits')\n"
+            "while f.read(8<<20): pass\n")]
+        rclone_env = dict(self.env, RCLONE_CONFIG_BENCH_TYPE="sftp", RCLONE_CONFIG_BENCH_HOST="127.0.0.1",
+                          RCLONE_CONFIG_BENCH_PORT=str(self.relay.port), RCLONE_CONFIG_BENCH_USER="root",
+                          RCLONE_CONFIG_BENCH_KEY_FILE=str(self.sshd.client_key))
+        for _ in range(self.repeat):
+            for name, make in (
+                ("fitsync mirror", lambda d: self.fitsync("mirror", self.url(src), d)),
+                ("fitsync stream", lambda d: stream),
+                ("scp", lambda d: ["scp", "-q", "-P", str(self.relay.port), "-i", str(self.sshd.client_key),
+                                   "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                                   f"root@127.0.0.1:{src}/big.fits", str(d)]),
+                ("rsync -W", lambda d: ["rsync", "-a", "-W", "-e", self.ssh_cmd, f"root@127.0.0.1:{src}/", f"{d}/"]),
+                ("rclone sftp", lambda d: ["rclone", "copy", f"bench:{src}", str(d)]),
+            ):
+                dst = WORK / "full-dst"
+                shutil.rmtree(dst, ignore_errors=True)
+                dst.mkdir()
+                self.measure(f"full: {name}", make(dst), env=rclone_env if "rclone" in name else None)
+        shutil.rmtree(WORK / "full-dst", ignore_errors=True)
+        shutil.rmtree(src)
+
+    # -- deltas ---------------------------------------------------------------------------
+    def delta(self) -> None:
+        base = WORK / "base.fits"
+        fits_file(base, self.size)
+        for case in ("header-value", "header-grown", "data-1mib"):
+            for _ in range(self.repeat):
+                for tool in ("fitsync", "rsync"):
+                    for direction in ("pull", "push"):
+                        self._delta_once(base, case, tool, direction)
+        base.unlink()
+
+    def _delta_once(self, base: Path, case: str, tool: str, direction: str) -> None:
+        new_side, old_side = WORK / "new", WORK / "old"
+        for d in (new_side, old_side):
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir()
+        shutil.copy2(base, old_side / "f.fits")
+        shutil.copy2(base, new_side / "f.fits")
+        edit(new_side / "f.fits", case)
+        # pull: the remote holds the new version; push: the local side does
+        if direction == "pull":
+            remote, local = new_side, old_side
+            argv = (self.fitsync("mirror", self.url(remote), local) if tool == "fitsync" else
+                    ["rsync", "-a", "--no-W", "-e", self.ssh_cmd, f"root@127.0.0.1:{remote}/", f"{local}/"])
+        else:
+            local, remote = new_side, old_side
+            argv = (self.fitsync("mirror", local, self.url(remote)) if tool == "fitsync" else
+                    ["rsync", "-a", "--no-W", "-e", self.ssh_cmd, f"{local}/", f"root@127.0.0.1:{remote}/"])
+        self.measure(f"{case} {direction}: {tool}", argv)
+        if (new_side / "f.fits").read_bytes() != (old_side / "f.fits").read_bytes():
+            raise RuntimeError(f"{tool} {direction} {case}: the copy differs from the source")
+
+    def report(self) -> None:
+        rows = {}
+        for name, runs in self.results.items():
+            secs = statistics.median(r[0] for r in runs)
+            wire = statistics.median(r[1] for r in runs)
+            rows[name] = {"seconds": round(secs, 3), "wire_bytes": int(wire), "runs": len(runs),
+                          "GB_per_s": round(self.size / secs / 1e9, 3)}
+        print(f"{'case':40s} {'median s':>9s} {'wire bytes':>14s} {'GB/s':>7s}")
+        for name, row in rows.items():
+            print(f"{name:40s} {row['seconds']:9.3f} {row['wire_bytes']:14,d} {row['GB_per_s']:7.3f}")
+        (HERE / "work" / "bench_ssh.json").write_text(json.dumps({"size": self.size, "rows": rows}, indent=2))
+
+    def close(self) -> None:
+        self.sshd.stop()
+
+
+def main(argv: list[str]) -> int:
+    opts = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
+    bench = Bench(int(opts.get("size-mib", 1024)), int(opts.get("repeat", 3)))
+    try:
+        if opts.get("only") in (None, "full"):
+            bench.full()
+        if opts.get("only") in (None, "delta"):
+            bench.delta()
+    finally:
+        bench.report()
+        bench.close()
+        shutil.rmtree(WORK, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,43 @@
+"""List the productions of an IACT data store, with figures read from its index tables.
+
+Usage:
+  fitsync datasets STORE [--json] [--allow-root=DIR]... [--accept-new-host-key] [--ca-bundle=FILE]
+                         [--dropbox-config=FILE]
+  fitsync datasets --help
+
+Options:
+  --json                 Print the productions as JSON.
+  --allow-root=DIR       Also accept index paths (FILE_DIR) inside DIR, outside the store.
+  --accept-new-host-key  Trust and record an SSH host key seen for the first time.
+  --ca-bundle=FILE       CA certificates for HTTPS.
+  --dropbox-config=FILE  Dropbox INI config ([dropbox] shared_url, password, access_token).
+
+STORE holds a ctools master.json naming each production's hdu-index and
+obs-index (or just hdu-index.fits.gz and obs-index.fits.gz). Observations,
+events, livetime and disk size come from the index tables and the files they
+list; where master.json states other totals, both are shown.
+"""
+
+from __future__ import annotations
+
+from fitsync.cli.common import print_json
+from fitsync.datastore import Locator, allowed_roots, format_summary, read_master, summarize
+from fitsync.errors import EXIT_DIFFERENCES, EXIT_OK, NotFound
+from fitsync.remotes import open_remote
+
+
+def run(opts: dict) -> int:
+    locator = Locator(opts["STORE"], allowed_roots(opts), opts)
+    try:
+        with open_remote(opts["STORE"], opts) as store:
+            if not store.exists():
+                raise NotFound(f"{opts['STORE']} does not exist; check the path")
+            summaries = [summarize(store, production, locator) for production in read_master(store)]
+    finally:
+        locator.close()
+    if opts["--json"]:
+        print_json([s.to_json() for s in summaries])
+    else:
+        print("\n\n".join(format_summary(s) for s in summaries))
+    # Files the index lists but the store lacks are a finding, as in audit.
+    return EXIT_DIFFERENCES if any(s.missing_files for s in summaries) else EXIT_OK

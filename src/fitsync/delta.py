@@ -1,0 +1,490 @@
+"""Deltas between two versions of a file, in both directions, and patching.
+
+Matching finds every block of a signature (version X) at any byte offset of
+the bytes of version Y, with librsync's rolling weak sum, a hash table, and
+the strong digest confirming weak hits only (ext/_native.pyx, BlockIndex).
+The matches become a ``Recipe``: the target file as a sequence of runs, each
+either bytes of the BASIS (the old file, already at the destination) or bytes
+of the SOURCE (the new file, to be sent). The same matcher serves:
+
+- rsync direction (``delta_recipe``): the destination sends the signature of
+  its old file; the side holding the new file scans it and sends literals.
+- zsync direction (``fetch_recipe``): the source publishes the signature of
+  the new file; the destination scans its old copy and fetches only the
+  byte ranges of the new file that it lacks.
+
+``apply_recipe`` builds the target by streaming: BASIS runs are copied
+in the kernel (``os.copy_file_range``), SOURCE runs are written from the
+supplied reader, and the result is read back and checked against the
+recipe's BLAKE3 digest while it is written. A mismatch raises
+``VerificationFailed``; the caller discards the temporary file.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import stat as stat_mod
+import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import blake3
+import numpy as np
+import xxhash
+
+from fitsync import _native
+from fitsync.errors import BadInput, NotFound, TransferFailed, VerificationFailed
+from fitsync.signature import STRONG_LEN, Signature, buffer_digest, strong_digest
+
+BASIS = 0
+SOURCE = 1
+
+COPY_CHUNK = 64 << 20  # a BASIS run is copied in pieces this large, so verification can follow
+VERIFY_CHUNK = 32 << 20
+
+MAGIC = b"FSYNCRCP"
+FORMAT_VERSION = 1
+UNKNOWN_SIZE = (1 << 64) - 1
+_HEADER = struct.Struct("<8sHHIQQQ32s")  # magic version 0 0 n_ops target_size basis_size digest
+_OP = np.dtype([("kind", "u1"), ("offset", "<u8"), ("length", "<u8")])  # packed: 17 bytes
+_TRAILER = struct.Struct("<Q")  # xxh3-64 of everything before it
+MAX_OFFSET = 1 << 62  # no file offset or length beyond this is plausible
+
+ReadSource = Callable[[list], Iterable[bytes]]
+
+
+@dataclass
+class Recipe:
+    """How to build a target file: ``ops`` are (kind, offset, length) runs in
+    target order; BASIS runs come from the basis (old) file at ``offset``,
+    SOURCE runs from the source (new) file at ``offset``. ``digest`` is the
+    hex BLAKE3 of the target."""
+
+    ops: list
+    target_size: int
+    digest: str
+    basis_size: int | None = None  # size of the basis the recipe was made for, when known
+    basis_bytes: int = field(init=False)
+    source_bytes: int = field(init=False)
+
+    def __post_init__(self):
+        self.ops = [(int(k), int(o), int(n)) for k, o, n in self.ops]
+        self.basis_bytes = sum(n for k, _, n in self.ops if k == BASIS)
+        self.source_bytes = sum(n for k, _, n in self.ops if k == SOURCE)
+
+    @classmethod
+    def whole(cls, size: int, digest: str) -> "Recipe":
+        """The recipe for a file with no usable basis: all of it is SOURCE."""
+        return cls([(SOURCE, 0, size)] if size else [], size, digest)
+
+    def source_ranges(self) -> list[tuple[int, int]]:
+        """(offset, length) of the source bytes to fetch, in order, adjacent
+        ranges merged."""
+        ranges: list[tuple[int, int]] = []
+        for kind, offset, length in self.ops:
+            if kind != SOURCE:
+                continue
+            if ranges and ranges[-1][0] + ranges[-1][1] == offset:
+                ranges[-1] = (ranges[-1][0], ranges[-1][1] + length)
+            else:
+                ranges.append((offset, length))
+        return ranges
+
+    def __repr__(self) -> str:
+        return (
+            f"Recipe(target_size={self.target_size}, ops={len(self.ops)}, "
+            f"basis_bytes={self.basis_bytes}, source_bytes={self.source_bytes}, digest={self.digest[:16]}...)"
+        )
+
+    # -- wire format (docs/signature-format.md) ------------------------
+    def to_bytes(self) -> bytes:
+        ops = np.array(self.ops, dtype=_OP) if self.ops else np.zeros(0, dtype=_OP)
+        basis_size = UNKNOWN_SIZE if self.basis_size is None else self.basis_size
+        body = _HEADER.pack(
+            MAGIC, FORMAT_VERSION, 0, 0, len(self.ops), self.target_size, basis_size,
+            bytes.fromhex(self.digest),
+        ) + ops.tobytes()
+        return body + _TRAILER.pack(xxhash.xxh3_64_intdigest(body))
+
+    @classmethod
+    def from_bytes(cls, data) -> "Recipe":
+        """Parse ``to_bytes`` output; raise BadInput on anything else."""
+        data = bytes(data)
+        if len(data) < _HEADER.size + _TRAILER.size or not data.startswith(MAGIC):
+            raise BadInput("not a fitsync recipe (bad magic or too short)")
+        _, version, _, _, n_ops, target_size, basis_size, digest = _HEADER.unpack_from(data)
+        if version != FORMAT_VERSION:
+            raise BadInput(f"recipe format version {version} is not supported (this fitsync reads {FORMAT_VERSION})")
+        expected = _HEADER.size + n_ops * _OP.itemsize + _TRAILER.size
+        if expected != len(data):
+            raise BadInput(f"recipe is {len(data)} bytes; its header promises {expected}")
+        (check,) = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
+        if check != xxhash.xxh3_64_intdigest(memoryview(data)[: len(data) - _TRAILER.size]):
+            raise BadInput("recipe is damaged (integrity check failed)")
+        ops = np.frombuffer(data, dtype=_OP, count=n_ops, offset=_HEADER.size)
+        basis = None if basis_size == UNKNOWN_SIZE else basis_size
+        _check_ops(ops, target_size, basis)
+        return cls(ops.tolist(), target_size, digest.hex(), basis)
+
+
+def _check_ops(ops: np.ndarray, target_size: int, basis_size: int | None) -> None:
+    if target_size > MAX_OFFSET or (basis_size is not None and basis_size > MAX_OFFSET):
+        raise BadInput("recipe sizes are implausibly large")
+    if len(ops) == 0:
+        if target_size:
+            raise BadInput("recipe has no runs for a non-empty target")
+        return
+    kinds = ops["kind"]
+    offsets = ops["offset"].astype(np.uint64)
+    lengths = ops["length"].astype(np.uint64)
+    if not np.isin(kinds, (BASIS, SOURCE)).all():
+        raise BadInput("recipe has a run of unknown kind")
+    if (lengths == 0).any() or (lengths > MAX_OFFSET).any() or (offsets > MAX_OFFSET).any():
+        raise BadInput("recipe has an empty or implausibly long run")
+    if int(lengths.sum(dtype=np.uint64)) != target_size:
+        raise BadInput("recipe runs do not add up to the target size")
+    ends = offsets + lengths
+    source = kinds == SOURCE
+    if (ends[source] > np.uint64(target_size)).any():
+        raise BadInput("recipe reads source bytes beyond the target size")
+    if basis_size is not None and (ends[~source] > np.uint64(basis_size)).any():
+        raise BadInput("recipe reads basis bytes beyond the basis size")
+
+
+# ---------------------------------------------------------------------------
+# Matching
+# ---------------------------------------------------------------------------
+
+
+def block_index(sig: Signature) -> "_native.BlockIndex":
+    """The hash table over a signature's full-size blocks."""
+    return _native.BlockIndex(sig.weak, np.frombuffer(sig.strong, dtype=np.uint8),
+                              sig.block_lengths(), sig.block_size, STRONG_LEN)
+
+
+def find_blocks(sig: Signature, buffer) -> tuple[np.ndarray, np.ndarray]:
+    """Non-overlapping occurrences of ``sig``'s blocks in ``buffer``:
+    (positions, block numbers), sorted by position. Runs without the GIL
+    except to compute a strong digest on a weak hit."""
+    view = _byte_view(buffer)
+    if len(sig) == 0 or len(view) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    return block_index(sig).scan(view, strong_digest, 0, len(view), 0)
+
+
+def _byte_view(buffer) -> memoryview:
+    view = memoryview(buffer)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def _scan_and_digest(sig: Signature, buffer) -> tuple[np.ndarray, np.ndarray, bytes]:
+    """find_blocks and the BLAKE3 of the buffer, computed side by side."""
+    view = _byte_view(buffer)
+    with ThreadPoolExecutor(1) as pool:
+        digesting = pool.submit(buffer_digest, view)
+        positions, blocks = find_blocks(sig, view)
+        return positions, blocks, digesting.result()
+
+
+def delta_recipe(basis_sig: Signature, source_buffer) -> Recipe:
+    """rsync direction: the recipe for the source (new) bytes, given the
+    signature of the basis (old file at the destination)."""
+    view = _byte_view(source_buffer)
+    positions, blocks, digest = _scan_and_digest(basis_sig, view)
+    ops = _ops_from_matches(positions, blocks, basis_sig.block_offsets(), basis_sig.block_lengths(), len(view))
+    return Recipe(ops, len(view), digest.hex(), basis_sig.file_size)
+
+
+def _ops_from_matches(positions, blocks, basis_offsets, basis_lengths, target_size) -> list:
+    """Matches (target position, basis block) -> runs: consecutive matches
+    that are also consecutive in the basis merge into one BASIS run, and the
+    gaps between matches become SOURCE runs."""
+    ops = []
+    if len(positions):
+        starts_in_basis = basis_offsets[blocks]
+        lengths = basis_lengths[blocks]
+        ends = positions + lengths
+        joined = (positions[1:] == ends[:-1]) & (starts_in_basis[1:] == starts_in_basis[:-1] + lengths[:-1])
+        run_starts = np.flatnonzero(np.concatenate(([True], ~joined)))
+        run_ends = np.append(run_starts[1:], len(positions)) - 1
+        cursor = 0
+        for first, last in zip(run_starts.tolist(), run_ends.tolist()):
+            target_pos = int(positions[first])
+            if target_pos > cursor:
+                ops.append((SOURCE, cursor, target_pos - cursor))
+            length = int(ends[last]) - target_pos
+            ops.append((BASIS, int(starts_in_basis[first]), length))
+            cursor = target_pos + length
+    else:
+        cursor = 0
+    if cursor < target_size:
+        ops.append((SOURCE, cursor, target_size - cursor))
+    return ops
+
+
+def fetch_recipe(source_sig: Signature, basis_buffer) -> Recipe:
+    """zsync direction: the recipe for the source file described by
+    ``source_sig``, reusing whatever blocks of it the local basis (old copy)
+    already holds; SOURCE runs are the byte ranges to fetch."""
+    view = _byte_view(basis_buffer)
+    positions, blocks = find_blocks(source_sig, view)
+    offsets, lengths = source_sig.block_offsets(), source_sig.block_lengths()
+    found = np.full(len(source_sig), -1, dtype=np.int64)
+    if len(blocks):
+        # Blocks with equal strong digests are the same bytes: one found is all found.
+        keys = np.frombuffer(source_sig.strong, dtype="<u8").reshape(-1, STRONG_LEN // 8)
+        _, same_as = np.unique(keys, axis=0, return_inverse=True)
+        same_as = same_as.reshape(-1)
+        where_class = np.full(int(same_as.max()) + 1, -1, dtype=np.int64)
+        where_class[same_as[blocks[::-1]]] = positions[::-1]  # first occurrence wins
+        found = where_class[same_as]
+    ops = _ops_from_found(found, offsets, lengths)
+    return Recipe(ops, source_sig.file_size, source_sig.digest.hex(), len(view))
+
+
+def _ops_from_found(found, offsets, lengths) -> list:
+    """Per target block: BASIS at its found position, or SOURCE; adjacent
+    runs of the same kind that continue each other merge."""
+    if len(found) == 0:
+        return []
+    kinds = np.where(found >= 0, BASIS, SOURCE)
+    starts = np.where(found >= 0, found, offsets)
+    joined = (kinds[1:] == kinds[:-1]) & (starts[1:] == starts[:-1] + lengths[:-1])
+    run_starts = np.flatnonzero(np.concatenate(([True], ~joined)))
+    run_lengths = np.add.reduceat(lengths, run_starts)
+    return list(zip(kinds[run_starts].tolist(), starts[run_starts].tolist(), run_lengths.tolist()))
+
+
+def delta_recipe_for_file(basis_sig: Signature, source_path) -> Recipe:
+    """delta_recipe over a local source file (mmap)."""
+    with _mapped(source_path) as view:
+        return delta_recipe(basis_sig, view)
+
+
+def fetch_recipe_for_file(source_sig: Signature, basis_path) -> Recipe:
+    """fetch_recipe over a local basis file (mmap)."""
+    with _mapped(basis_path) as view:
+        return fetch_recipe(source_sig, view)
+
+
+class _mapped:
+    """Context manager: a read-only memoryview of a whole local file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self) -> memoryview:
+        try:
+            self._file = open(self.path, "rb")
+        except FileNotFoundError:
+            raise NotFound(f"{self.path} does not exist") from None
+        size = os.fstat(self._file.fileno()).st_size
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        self._view = memoryview(self._map) if self._map is not None else memoryview(b"")
+        return self._view
+
+    def __exit__(self, *exc):
+        self._view.release()
+        if self._map is not None:
+            self._map.close()
+        self._file.close()
+
+
+# ---------------------------------------------------------------------------
+# Patching
+# ---------------------------------------------------------------------------
+
+
+class _SourceBytes:
+    """Exact-length pieces cut from the chunks ``read_source`` yields."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._chunks = iter(chunks)
+        self._current = memoryview(b"")
+
+    def take(self, length: int):
+        while length:
+            if not self._current:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    raise TransferFailed("the source sent fewer bytes than the recipe needs")
+                self._current = memoryview(chunk).cast("B")
+                continue
+            piece = self._current[:length]
+            self._current = self._current[len(piece):]
+            length -= len(piece)
+            yield piece
+
+    def finish(self) -> None:
+        if self._current or next(self._chunks, None):
+            raise TransferFailed("the source sent more bytes than the recipe needs")
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+class _Verifier(threading.Thread):
+    """Hashes the output file as it is written, following a watermark, so
+    reading it back overlaps with writing it."""
+
+    def __init__(self, read_fd: int, base: int, size: int):
+        super().__init__(name="fitsync-verify", daemon=True)
+        self._fd = read_fd
+        self._base = base
+        self._size = size
+        self._written = 0
+        self._aborted = False
+        self._cond = threading.Condition()
+        self.hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        self.error: BaseException | None = None
+
+    def advance(self, written: int) -> None:
+        with self._cond:
+            self._written = written
+            self._cond.notify()
+
+    def abort(self) -> None:
+        with self._cond:
+            self._aborted = True
+            self._cond.notify()
+
+    def run(self) -> None:
+        done = 0
+        try:
+            while done < self._size:
+                with self._cond:
+                    while not self._aborted and self._written - done < min(VERIFY_CHUNK, self._size - done):
+                        self._cond.wait()
+                    if self._aborted:
+                        return
+                    upto = self._written
+                done = self._hash(done, upto)
+        except BaseException as exc:  # reported by apply_recipe
+            self.error = exc
+
+    def _hash(self, start: int, end: int) -> int:
+        begin = self._base + start
+        aligned = begin - begin % mmap.ALLOCATIONGRANULARITY
+        with mmap.mmap(self._fd, self._base + end - aligned, access=mmap.ACCESS_READ, offset=aligned) as mapped:
+            with memoryview(mapped) as view:
+                self.hasher.update(view[begin - aligned :])
+        return end
+
+
+def _reader_for(out_fd: int) -> int | None:
+    """A readable descriptor of the same file as ``out_fd`` (which may be
+    write-only), or None when out_fd is not a regular file."""
+    if not stat_mod.S_ISREG(os.fstat(out_fd).st_mode):
+        return None
+    try:
+        return os.open(f"/proc/self/fd/{out_fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF, errno.ETXTBSY}
+
+
+class _Copier:
+    """Copies basis ranges to the output: in the kernel when it can, else
+    through a buffer (other file systems, pipes)."""
+
+    def __init__(self, basis_fd: int | None, out_fd: int, hasher=None):
+        self._basis = basis_fd
+        self._out = out_fd
+        self._hasher = hasher  # set when the output cannot be read back
+        self._kernel = hasher is None and hasattr(os, "copy_file_range")
+
+    def copy(self, offset: int, length: int) -> None:
+        if self._basis is None:
+            raise BadInput("the recipe copies from a basis file but none was given")
+        while length:
+            if self._kernel:
+                try:
+                    n = os.copy_file_range(self._basis, self._out, length, offset)
+                except OSError as exc:
+                    if exc.errno not in _NO_KERNEL_COPY:
+                        raise
+                    self._kernel = False
+                    continue
+            else:
+                data = os.pread(self._basis, min(length, 8 << 20), offset)
+                n = len(data)
+                if n:
+                    if self._hasher is not None:
+                        self._hasher.update(data)
+                    _write_all(self._out, data)
+            if n == 0:
+                raise VerificationFailed(
+                    f"the basis file ends before offset {offset + length}; it changed since the recipe was made"
+                )
+            offset += n
+            length -= n
+
+
+def apply_recipe(recipe: Recipe, basis_fd: int | None, read_source: ReadSource, out_fd: int) -> None:
+    """Write the target described by ``recipe`` to ``out_fd`` (a new, empty
+    file; written from its current position), copying BASIS runs from
+    ``basis_fd`` and SOURCE runs from ``read_source(recipe.source_ranges())``,
+    an iterable of bytes covering those ranges in order. The written bytes
+    are read back and their BLAKE3 compared with ``recipe.digest``; raise
+    VerificationFailed on a mismatch (the caller deletes the file)."""
+    if recipe.basis_bytes + recipe.source_bytes != recipe.target_size:
+        raise BadInput("recipe runs do not add up to the target size")
+    source = _SourceBytes(read_source(recipe.source_ranges()) if recipe.source_bytes else ())
+    read_fd = _reader_for(out_fd)
+    base = os.lseek(out_fd, 0, os.SEEK_CUR) if read_fd is not None else 0
+    verifier = _Verifier(read_fd, base, recipe.target_size) if read_fd is not None else None
+    inline_hasher = None if verifier else blake3.blake3(max_threads=blake3.blake3.AUTO)
+    copier = _Copier(basis_fd, out_fd, inline_hasher)
+    written = 0
+    if verifier:
+        verifier.start()
+    try:
+        for kind, offset, length in recipe.ops:
+            if kind == BASIS:
+                for piece in range(0, length, COPY_CHUNK):
+                    step = min(COPY_CHUNK, length - piece)
+                    copier.copy(offset + piece, step)
+                    written += step
+                    if verifier:
+                        verifier.advance(written)
+            else:
+                for piece in source.take(length):
+                    if inline_hasher is not None:
+                        inline_hasher.update(piece)
+                    _write_all(out_fd, piece)
+                    written += len(piece)
+                if verifier:
+                    verifier.advance(written)
+        source.finish()
+    except BaseException:
+        if verifier:
+            verifier.abort()
+            verifier.join()
+            os.close(read_fd)
+        raise
+    if verifier:
+        verifier.join()
+        os.close(read_fd)
+        if verifier.error is not None:
+            raise TransferFailed(f"cannot read back the written file to verify it: {verifier.error}")
+        got = verifier.hasher.hexdigest()
+    else:
+        got = inline_hasher.hexdigest()
+    if got != recipe.digest:
+        raise VerificationFailed(
+            f"the patched file's BLAKE3 {got[:16]}... differs from the expected {recipe.digest[:16]}...; "
+            "the basis or the source changed during the transfer, try again"
+        )

@@ -1,0 +1,167 @@
+"""--extract: unpack downloaded tar archives next to where they landed.
+
+Each ``.tar``, ``.tgz`` or ``.tar.gz`` among the mirrored paths is unpacked
+into its own directory, as ``tar xf`` run there would, with three refusals:
+a member whose name would leave the destination (absolute, ``..``), a link
+(symbolic or hard: it could point anywhere), and a device, FIFO or other
+special file. An archive with any such member is refused whole, before a
+byte of it is written.
+
+Every member is written to a temporary file in the destination's state
+directory and renamed into place, with the member's mtime. A re-run skips an
+archive whose size and mtime match the record of its last extraction (in
+``.fitsync/extracted.json``) when all its members are still there with the
+recorded sizes and mtimes; a member that differs is extracted again.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tarfile
+import tempfile
+import zlib
+
+from fitsync.errors import BadInput, UnsafePath
+from fitsync.paths import join_under, safe_relpath
+from fitsync.remotes.local import STATE_DIR, finish_file
+
+ARCHIVE_SUFFIXES = (".tar", ".tgz", ".tar.gz")
+STATE_FILE = "extracted.json"
+COPY_CHUNK = 4 << 20
+
+
+def is_archive(path: str) -> bool:
+    return path.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def extract_archives(dst_root: str, relpaths) -> list[str]:
+    """Unpack the archives among ``relpaths`` (relative to ``dst_root``);
+    return the relative paths of the files written or already up to date."""
+    state = _load_state(dst_root)
+    produced: list[str] = []
+    for relpath in sorted(p for p in relpaths if is_archive(p)):
+        relpath = safe_relpath(relpath)
+        archive = join_under(dst_root, relpath)
+        st = os.stat(archive)
+        record = state.get(relpath)
+        if record and _still_extracted(dst_root, record, st):
+            produced.extend(m[0] for m in record["members"])
+            continue
+        members = extract_one(dst_root, relpath)
+        state[relpath] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "members": members}
+        _save_state(dst_root, state)
+        produced.extend(m[0] for m in members)
+    return list(dict.fromkeys(produced))
+
+
+def extract_one(dst_root: str, relpath: str) -> list[list]:
+    """Unpack one archive into its directory; [[path, size, mtime_ns], ...] of its files."""
+    archive = join_under(dst_root, relpath)
+    base = os.path.dirname(relpath)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            plan = [(m, _target(base, m, relpath)) for m in tar.getmembers()]  # refuse before writing
+            written = []
+            for member, target in plan:
+                if member.isdir():
+                    if target:
+                        os.makedirs(join_under(dst_root, target), exist_ok=True)
+                    continue
+                written.append(_write_member(dst_root, tar, member, target))
+            return written
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise BadInput(f"{relpath} is not a readable tar archive ({exc}); download it again") from None
+
+
+def _target(base: str, member: tarfile.TarInfo, archive: str) -> str:
+    if member.issym() or member.islnk():
+        raise UnsafePath(f"{archive}: member {member.name!r} is a link; refusing to extract the archive")
+    if not (member.isreg() or member.isdir()):
+        raise UnsafePath(f"{archive}: member {member.name!r} is a device or special file; refusing to extract the archive")
+    name = member.name
+    if member.isdir() and set(name.split("/")) <= {".", ""}:
+        return base  # the archive's own top directory, "./"
+    if name.startswith("/") or name.startswith("\\"):
+        raise UnsafePath(f"{archive}: member {name!r} has an absolute path; refusing to extract the archive")
+    try:
+        inner = safe_relpath(name, what=f"{archive}: member")
+    except UnsafePath:
+        raise UnsafePath(
+            f"{archive}: member {name!r} would be written outside the destination; refusing to extract the archive"
+        ) from None
+    return safe_relpath(f"{base}/{inner}" if base else inner)
+
+
+def _write_member(dst_root: str, tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> list:
+    final = join_under(dst_root, target)
+    mtime_ns = int(member.mtime) * 1_000_000_000
+    try:
+        st = os.stat(final, follow_symlinks=False)
+        if os.path.isfile(final) and not os.path.islink(final) and st.st_size == member.size and st.st_mtime_ns == mtime_ns:
+            return [target, member.size, mtime_ns]  # already extracted
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    tmp_dir = os.path.join(dst_root, STATE_DIR, "tmp")
+    os.makedirs(tmp_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="extract-", dir=tmp_dir)
+    try:
+        source = tar.extractfile(member)
+        with os.fdopen(fd, "wb") as out:
+            written = 0
+            for chunk in iter(lambda: source.read(COPY_CHUNK), b""):
+                out.write(chunk)
+                written += len(chunk)
+        if written != member.size:
+            raise BadInput(f"member {member.name!r} is truncated ({written} of {member.size} bytes)")
+        os.chmod(tmp, 0o644 | (member.mode & 0o111))
+        finish_file(tmp, final, mtime_ns / 1e9)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return [target, member.size, mtime_ns]
+
+
+def _still_extracted(dst_root: str, record: dict, st: os.stat_result) -> bool:
+    if record.get("size") != st.st_size or record.get("mtime_ns") != st.st_mtime_ns:
+        return False
+    for path, size, mtime_ns in record.get("members", []):
+        try:
+            m = os.stat(join_under(dst_root, path), follow_symlinks=False)
+        except (FileNotFoundError, UnsafePath):
+            return False
+        if m.st_size != size or m.st_mtime_ns != mtime_ns:
+            return False
+    return True
+
+
+def extracted_paths(dst_root: str) -> set[str]:
+    """Files --extract put in ``dst_root``: not in the source, so --delete must spare them."""
+    return {m[0] for record in _load_state(dst_root).values() for m in record.get("members", [])}
+
+
+def _state_path(dst_root: str) -> str:
+    return os.path.join(dst_root, STATE_DIR, STATE_FILE)
+
+
+def _load_state(dst_root: str) -> dict:
+    try:
+        with open(_state_path(dst_root), encoding="utf-8") as f:
+            state = json.load(f)
+        return state if isinstance(state, dict) else {}
+    except (FileNotFoundError, ValueError):
+        return {}  # no record (or a damaged one): archives are simply checked again
+
+
+def _save_state(dst_root: str, state: dict) -> None:
+    directory = os.path.join(dst_root, STATE_DIR)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="extracted-", dir=directory)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=1, sort_keys=True)
+    os.replace(tmp, _state_path(dst_root))

@@ -1,0 +1,191 @@
+"""The delta scenario: a FITS release is revised; a mirror of the old release
+updates through the HTTP remote, fetching only the changed blocks.
+
+The release has five files: one with a header value edited, one whose header
+grew by a 2880-byte record, one with an HDU appended, one replaced by another
+file, one unchanged. Bytes are counted by the server.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from fitsync.delta import apply_recipe, fetch_recipe
+from fitsync.manifest import DEFAULT_NAME
+from fitsync.remotes.base import Capability
+from fitsync.remotes.http import HttpRemote
+from http_fixture import HttpFixture
+
+SLACK = 1.05  # the target: at most the changed blocks + 5 %
+
+
+def _fits(seed: int, *, hdus: int = 1, object_name: str = "Crab", history: int = 0, origin: str = "HESS") -> bytes:
+    rng = np.random.default_rng(seed)
+    primary = fits.PrimaryHDU(rng.normal(size=(200, 200)).astype(np.float32))
+    primary.header["OBJECT"] = object_name
+    for i in range(history):
+        primary.header.add_history(f"reprocessing step {i}")
+    extensions = [
+        fits.ImageHDU(rng.integers(0, 30_000, size=(120, 150)).astype(np.int16), name=f"EXT{i}")
+        for i in range(1, hdus)
+    ]
+    for ext in extensions:
+        ext.header["ORIGIN"] = origin
+    out = io.BytesIO()
+    fits.HDUList([primary, *extensions]).writeto(out)
+    return out.getvalue()
+
+
+def _releases() -> tuple[dict[str, bytes], dict[str, bytes]]:
+    old = {
+        "obs/header_edit.fits": _fits(1, hdus=2),
+        "obs/header_grown.fits": _fits(2, hdus=2),
+        "obs/appended.fits": _fits(3, hdus=2),
+        "obs/replaced.fits": _fits(4, hdus=2),
+        "index/unchanged.fits": _fits(5),
+    }
+    new = dict(old)
+    # Two headers edited, far apart: the update needs two ranges (one multi-range request).
+    new["obs/header_edit.fits"] = _fits(1, hdus=2, object_name="Crab Nebula", origin="H.E.S.S.")
+    new["obs/header_grown.fits"] = _fits(2, hdus=2, history=40)
+    new["obs/appended.fits"] = _fits(3, hdus=3)
+    new["obs/replaced.fits"] = _fits(40, hdus=2)
+    assert len(new["obs/header_edit.fits"]) == len(old["obs/header_edit.fits"])
+    assert len(new["obs/header_grown.fits"]) - len(old["obs/header_grown.fits"]) == 2880
+    return old, new
+
+
+OLD, NEW = _releases()
+CHANGED = sorted(p for p in NEW if NEW[p] != OLD[p])
+
+
+def _publish(root, files: dict[str, bytes], mtime: float, cli) -> None:
+    for rel, data in files.items():
+        path = root / rel
+        if path.exists() and path.read_bytes() == data:
+            continue  # an unchanged file keeps its mtime, as in a real revision
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        os.utime(path, (mtime, mtime))
+    result = cli("manifest", root, "--blocks", "--no-fits", "--quiet", f"--output={root / DEFAULT_NAME}")
+    assert result.code == 0, result.err
+
+
+def _changed_block_bytes(sig, old: bytes, new: bytes) -> int:
+    """Bytes of the new file's blocks that occur nowhere in the old file: what
+    an ideal block-matching update must download."""
+    offsets, lengths = sig.layout()
+    missing = 0
+    for offset, length in zip(offsets.tolist(), lengths.tolist()):
+        if old.find(new[offset:offset + length]) < 0:
+            missing += length
+    return missing
+
+
+def _data_bytes(srv: HttpFixture) -> int:
+    """Body bytes the server sent for data files (not the manifest)."""
+    with srv.counters.lock:
+        return sum(r.body_bytes for r in srv.counters.requests if DEFAULT_NAME not in r.path)
+
+
+@pytest.fixture
+def site(tmp_path, cli):
+    root = tmp_path / "site" / "release"
+    _publish(root, OLD, 1_700_000_000.0, cli)
+    return root
+
+
+def _ideal(remote: HttpRemote) -> dict[str, int]:
+    return {p: _changed_block_bytes(remote.block_signature(p), OLD[p], NEW[p]) for p in CHANGED}
+
+
+def test_release_revision_updates_an_old_copy_at_the_remote_level(site, tmp_path, cli):
+    """Remote + fitsync.delta, as the mirror engine drives them."""
+    _publish(site, NEW, 1_700_086_400.0, cli)
+    with HttpFixture(str(site.parent)) as srv, HttpRemote(srv.url + "/release/") as remote:
+        assert Capability.SIGNATURE in remote.capabilities
+        ideal = _ideal(remote)
+        srv.counters.reset()
+        for path in CHANGED:
+            basis = tmp_path / "basis"
+            basis.write_bytes(OLD[path])
+            out = tmp_path / "out"
+            sig = remote.block_signature(path)
+            with open(basis, "rb") as b, mmap.mmap(b.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                recipe = fetch_recipe(sig, view)
+            with open(basis, "rb") as b, open(out, "wb") as o:
+                apply_recipe(recipe, b.fileno(), lambda ranges: remote.read_ranges(path, ranges), o.fileno())
+            assert out.read_bytes() == NEW[path], path
+        fetched = _data_bytes(srv)
+    assert fetched <= SLACK * sum(ideal.values()), (fetched, ideal)
+    # Far less than downloading the changed files whole.
+    assert fetched < 0.5 * sum(len(NEW[p]) for p in CHANGED)
+
+
+def test_mirror_of_old_release_updates_by_delta(site, tmp_path, cli):
+    dst = tmp_path / "mirror"
+    with HttpFixture(str(site.parent)) as srv:
+        first = cli("mirror", srv.url + "/release/", dst, "--json")
+        assert first.code == 0, first.err
+        _publish(site, NEW, 1_700_086_400.0, cli)
+        srv.counters.reset()
+        second = cli("mirror", srv.url + "/release/", dst, "--json")
+        assert second.code == 0, second.err
+        fetched = _data_bytes(srv)
+        with HttpRemote(srv.url + "/release/") as remote:
+            ideal = _ideal(remote)
+    summary = second.json()
+    assert summary["files_updated"] == len(CHANGED) + 1  # and the manifest itself
+    assert summary["files_unchanged"] == 1
+    for rel, data in NEW.items():
+        assert (dst / rel).read_bytes() == data, rel
+    assert (dst / DEFAULT_NAME).read_bytes() == (site / DEFAULT_NAME).read_bytes()
+    assert fetched <= SLACK * sum(ideal.values()), (fetched, ideal)
+    assert summary["bytes_reused"] > 0
+
+
+@pytest.mark.parametrize("behaviour, extra", [
+    ("ignore-range", {}),
+    ("broken-multirange", {"broken_multirange": "garbled"}),
+])
+def test_misbehaving_servers_still_give_a_byte_identical_mirror(site, tmp_path, cli, behaviour, extra):
+    dst = tmp_path / "mirror"
+    with HttpFixture(str(site.parent)) as srv:
+        assert cli("mirror", srv.url + "/release/", dst).code == 0
+    _publish(site, NEW, 1_700_086_400.0, cli)
+    with HttpFixture(str(site.parent), behaviour, **extra) as srv:
+        result = cli("mirror", srv.url + "/release/", dst, "--json")
+        assert result.code == 0, result.err
+        data_requests = [r for r in srv.counters.requests if DEFAULT_NAME not in r.path]
+        fetched = _data_bytes(srv)
+    for rel, data in NEW.items():
+        assert (dst / rel).read_bytes() == data, rel
+    whole = sum(len(NEW[p]) for p in CHANGED)
+    if behaviour == "ignore-range":
+        # Detected on the first answer: every later file is one plain GET, nothing fetched twice over.
+        assert len(data_requests) <= len(CHANGED) + 1
+        assert fetched <= whole + max(len(NEW[p]) for p in CHANGED)
+    else:
+        assert len([r for r in data_requests if r.range and "," in r.range]) == 1
+        assert fetched < whole
+
+
+def test_index_listed_release_mirrors_without_manifest(tmp_path, cli):
+    root = tmp_path / "site" / "plain"
+    for rel, data in OLD.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    dst = tmp_path / "mirror"
+    with HttpFixture(str(root.parent), autoindex="apache") as srv:
+        result = cli("mirror", srv.url + "/plain/", dst, "--json")
+        assert result.code == 0, result.err
+        again = cli("mirror", srv.url + "/plain/", dst, "--json")
+    for rel, data in OLD.items():
+        assert (dst / rel).read_bytes() == data
+    assert again.json()["files_unchanged"] == len(OLD)  # Last-Modified kept as the mtime

@@ -1,0 +1,348 @@
+"""SftpRemote and sshconn against a real OpenSSH sshd on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import blake3
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fitsync import sshconn
+from fitsync.errors import (AuthenticationFailed, HostKeyRejected, NotFound, TransferFailed, UsageError,
+                            VerificationFailed)
+from fitsync.remotes import Capability, open_remote
+from fitsync.remotes import sftp as sftp_mod
+from fitsync.remotes.sftp import SftpRemote, parse_ssh_location
+from sshd_fixture import SshServer, keygen
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    server = SshServer(tmp_path_factory.mktemp("sshd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def home(sshd, tmp_path, monkeypatch):
+    """A HOME with ~/.ssh/config (alias 'testhost'), the client key and known_hosts."""
+    h = sshd.client_home(tmp_path / "home")
+    monkeypatch.setenv("HOME", str(h))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    for var in ("FITSYNC_SSH_PASSWORD", "FITSYNC_SSH_PASSPHRASE", "FITSYNC_AGENT_AVOID", "FITSYNC_SSH_AGENT"):
+        monkeypatch.delenv(var, raising=False)
+    sftp_mod._WARNED_NO_AGENT.clear()
+    yield h
+    sshconn.close_all()
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "remote"
+    files = {"a.txt": b"hello\n", "sub/b.bin": os.urandom(3_000_001), "sub/deep/c.fits": b"SIMPLE  =" * 400,
+             "empty": b""}
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    (root / ".fitsync").mkdir()
+    (root / ".fitsync" / "ignored").write_bytes(b"state")
+    os.symlink("/etc/passwd", root / "link")  # never followed out of the root
+    return root, files
+
+
+def url(sshd, root, port=None):
+    return f"sftp://127.0.0.1:{port or sshd.port}{root}"
+
+
+# -- locations ------------------------------------------------------------------------
+
+def test_location_forms():
+    assert parse_ssh_location("sftp://bob@example.org:2222/data/x") == ("bob", "example.org", 2222, "/data/x")
+    assert parse_ssh_location("sftp://example.org/~/rel") == (None, "example.org", None, "rel")
+    assert parse_ssh_location("sftp://example.org") == (None, "example.org", None, ".")
+    assert parse_ssh_location("sftp://[::1]:22/d") == (None, "::1", 22, "/d")
+    assert parse_ssh_location("alice@mountain:data/night") == ("alice", "mountain", None, "data/night")
+    assert parse_ssh_location("mountain:/abs") == (None, "mountain", None, "/abs")
+    with pytest.raises(UsageError):
+        parse_ssh_location("no-colon-here")
+
+
+@settings(max_examples=200, deadline=None)
+@given(user=st.none() | st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True),
+       host=st.from_regex(r"[a-z][a-z0-9.-]{0,20}", fullmatch=True),
+       port=st.none() | st.integers(1, 65535),
+       path=st.from_regex(r"(/[A-Za-z0-9._ -]{1,10}){1,4}", fullmatch=True))
+def test_sftp_url_roundtrip(user, host, port, path):
+    text = "sftp://" + (f"{user}@" if user else "") + host + (f":{port}" if port else "") + path
+    assert parse_ssh_location(text) == (user, host, port, path)
+    scp = (f"{user}@" if user else "") + f"{host}:{path}"
+    assert parse_ssh_location(scp) == (user, host, None, path)
+
+
+# -- reading and writing, with and without the agent ---------------------------------------
+
+@pytest.fixture(params=["agent", "sftp-only"])
+def remote(request, sshd, home, tree):
+    root, files = tree
+    port = sshd.port if request.param == "agent" else sshd.sftp_only_port
+    r = open_remote(url(sshd, root, port), {})
+    yield r, root, files, request.param
+    r.close()
+
+
+def test_list_stat_read(remote):
+    r, root, files, kind = remote
+    entries = {e.path: e for e in r.list()}
+    assert sorted(entries) == sorted(files)  # no .fitsync, no symlink
+    for rel, data in files.items():
+        assert entries[rel].size == len(data)
+        expected_mtime = os.stat(root / rel).st_mtime
+        tolerance = 1e-6 if kind == "agent" else 1.0
+        assert abs(entries[rel].mtime - expected_mtime) < tolerance
+        assert r.stat(rel).size == len(data)
+    big = files["sub/b.bin"]
+    with r.open_read("sub/b.bin") as f:
+        assert f.read() == big
+    assert r.read_range("sub/b.bin", 1000, 5) == big[1000:1005]
+    ranges = [(0, 10), (len(big) - 3, 100), (500_000, 700_000), (len(big) + 10, 5), (7, 0)]
+    assert list(r.read_ranges("sub/b.bin", ranges)) == [big[o:o + n] for o, n in ranges]
+    assert r.digest("sub/b.bin") == blake3.blake3(big).hexdigest()
+    assert r.digest("sub/b.bin", "sha256") == hashlib.sha256(big).hexdigest()
+    expect = {Capability.SIGNATURE, Capability.DIGEST, Capability.PATCH}
+    assert (expect <= r.capabilities) == (kind == "agent")
+
+
+def test_write_atomic_and_delete(remote):
+    r, root, files, kind = remote
+    data = os.urandom(1_500_000)
+    r.write_atomic("new/dir/x.bin", [data[:7], data[7:]], mtime=1_600_000_000.25,
+                   expected_digest=blake3.blake3(data).hexdigest())
+    target = root / "new/dir/x.bin"
+    assert target.read_bytes() == data
+    assert abs(os.stat(target).st_mtime - 1_600_000_000.25) < (1e-6 if kind == "agent" else 1.0)
+    assert not any((root / ".fitsync" / "tmp").iterdir())
+    r.write_atomic("a.txt", [b"replaced"])  # overwrite
+    assert (root / "a.txt").read_bytes() == b"replaced"
+    r.delete("new/dir/x.bin")
+    assert not (root / "new").exists()  # emptied directories are pruned
+    r.delete("does/not/exist")  # deleting what is gone is fine
+
+
+def test_write_atomic_refuses_mismatched_digest(remote):
+    r, root, files, kind = remote
+    with pytest.raises(VerificationFailed):
+        r.write_atomic("bad.bin", [b"abc"], expected_digest=blake3.blake3(b"abd").hexdigest())
+    assert not (root / "bad.bin").exists()
+    assert not any((root / ".fitsync" / "tmp").iterdir())
+
+
+def test_missing_paths(remote, sshd):
+    r, root, files, kind = remote
+    with pytest.raises(NotFound):
+        r.stat("nope.fits")
+    with pytest.raises(NotFound):
+        r.read_range("nope.fits", 0, 10)
+    with pytest.raises(NotFound):
+        r.open_read("nope.fits")
+    missing = open_remote(url(sshd, root / "absent"), {})
+    assert not missing.exists()
+    with pytest.raises(NotFound):
+        list(missing.list())
+
+
+def test_permission_denied_on_remote_side(sshd, home, tree):
+    root, files = tree
+    r = open_remote(url(sshd, root, sshd.readonly_port), {})  # sftp-server -R refuses writes
+    assert r.read_range("a.txt", 0, 5) == b"hello"
+    with pytest.raises(TransferFailed, match="permission denied"):
+        r.write_atomic("blocked.txt", [b"x"])
+    with pytest.raises(TransferFailed, match="permission denied"):
+        r.delete("a.txt")
+    assert not (root / "blocked.txt").exists() and (root / "a.txt").exists()
+
+
+def test_sftp_only_warns_once(sshd, home, tree, caplog):
+    root, files = tree
+    caplog.set_level(logging.WARNING, logger="fitsync.remotes.sftp")
+    for _ in range(2):
+        r = open_remote(url(sshd, root, sshd.sftp_only_port), {})
+        assert Capability.PATCH not in r.capabilities
+        assert r.mtime_resolution == 1.0
+    warnings = [rec for rec in caplog.records if "cannot run the fitsync agent" in rec.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_agent_cache_is_verified_before_use(sshd, home, tree):
+    root, files = tree
+    r = open_remote(url(sshd, root), {})
+    assert Capability.DIGEST in r.capabilities
+    payload = sftp_mod.agent_payload()
+    digest = hashlib.sha256(payload).hexdigest()
+    from fitsync import __version__
+    cached = Path(r.agent().info["home"]) / ".cache" / "fitsync" / f"agent-{__version__}-{digest[:16]}.py"
+    assert cached.read_bytes() == payload
+    cached.write_bytes(b"import os; os.system('touch /tmp/fitsync-pwned')\n")  # tampered cache
+    r.close()
+    r2 = open_remote(url(sshd, root), {})
+    assert r2.digest("a.txt") == blake3.blake3(b"hello\n").hexdigest()
+    assert cached.read_bytes() == payload  # replaced by the verified copy
+    r2.close()
+
+
+def test_agent_without_blake3_or_xxhash_agrees_on_hashlib(sshd, home, tree, monkeypatch):
+    root, files = tree
+    monkeypatch.setenv("FITSYNC_AGENT_AVOID", "blake3,xxhash")
+    r = open_remote(url(sshd, root), {})
+    agent = r.agent()
+    assert "blake3" not in agent.hashes and "xxh3_128" not in agent.hashes
+    assert r.digest_algo() == "sha256"
+    assert r.digest("sub/b.bin", "sha256") == hashlib.sha256(files["sub/b.bin"]).hexdigest()
+    # an upload is still verified remotely, by sha256 instead of BLAKE3
+    data = os.urandom(100_000)
+    r.write_atomic("up.bin", [data], expected_digest=blake3.blake3(data).hexdigest())
+    assert (root / "up.bin").read_bytes() == data
+
+
+def test_parallel_readers_share_one_connection(sshd, home, tree):
+    root, files = tree
+    r = open_remote(url(sshd, root), {})
+    other = open_remote(f"testhost:{root}", {})
+    assert r.connection() is other.connection()
+    results, errors = {}, []
+
+    def read(i):
+        try:
+            with r.open_read("sub/b.bin") as f:
+                results[i] = f.read()
+        except Exception as exc:  # reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and all(v == files["sub/b.bin"] for v in results.values()) and len(results) == 4
+    assert r.connection() is other.connection()
+
+
+# -- host keys and authentication ---------------------------------------------------------
+
+def test_unknown_host_key_is_refused_then_accepted_on_request(sshd, home, tree):
+    root, _ = tree
+    known = home / ".ssh" / "known_hosts"
+    known.write_text("")
+    with pytest.raises(HostKeyRejected, match="--accept-new-host-key"):
+        open_remote(url(sshd, root), {}).stat("a.txt")
+    r = open_remote(url(sshd, root), {"--accept-new-host-key": True})
+    assert r.stat("a.txt").size == 6
+    assert known.read_text() == sshd.host_key_line(sshd.port)
+    sshconn.close_all()
+    assert open_remote(url(sshd, root), {}).stat("a.txt").size == 6  # recorded: no flag needed now
+
+
+def test_changed_host_key_is_always_refused(sshd, home, tree, tmp_path):
+    root, _ = tree
+    other = keygen(tmp_path / "other_host_key")
+    kind, blob = Path(str(other) + ".pub").read_text().split()[:2]
+    known = home / ".ssh" / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{sshd.port} {kind} {blob}\n")
+    for options in ({}, {"--accept-new-host-key": True}):
+        with pytest.raises(HostKeyRejected, match="CHANGED"):
+            open_remote(url(sshd, root), options).stat("a.txt")
+    assert known.read_text() == f"[127.0.0.1]:{sshd.port} {kind} {blob}\n"
+
+
+def test_wrong_key_fails_authentication(sshd, home, tree, tmp_path):
+    root, _ = tree
+    stranger = keygen(tmp_path / "stranger")
+    (home / ".ssh" / "config").write_text(f"Host *\n  IdentityFile {stranger}\n")
+    os.unlink(home / ".ssh" / "id_ed25519")
+    with pytest.raises(AuthenticationFailed, match="authentication to"):
+        open_remote(url(sshd, root), {}).stat("a.txt")
+
+
+def test_encrypted_key_passphrase_from_environment(sshd, home, tree, tmp_path, monkeypatch):
+    root, _ = tree
+    locked = tmp_path / "locked_key"
+    shutil.copy(sshd.client_key, locked)
+    import subprocess
+    subprocess.run(["ssh-keygen", "-q", "-p", "-N", "s3cret", "-f", str(locked)], check=True,
+                   stdin=subprocess.DEVNULL)
+    (home / ".ssh" / "config").write_text(f"Host locked\n  HostName 127.0.0.1\n  Port {sshd.port}\n"
+                                          f"  IdentityFile {locked}\n")
+    with pytest.raises(AuthenticationFailed):  # stdin is not a terminal: no prompt, no key
+        open_remote(f"locked:{root}", {}).stat("a.txt")
+    monkeypatch.setenv("FITSYNC_SSH_PASSPHRASE", "s3cret")
+    assert open_remote(f"locked:{root}", {}).stat("a.txt").size == 6
+
+
+def test_proxyjump_through_a_gateway(sshd, home, tree):
+    root, files = tree
+    with open(home / ".ssh" / "config", "a") as f:
+        f.write(f"Host behind\n  HostName 127.0.0.1\n  Port {sshd.port}\n  ProxyJump testhost\n")
+    r = open_remote(f"behind:{root}", {})
+    assert r.read_range("sub/b.bin", 0, 100) == files["sub/b.bin"][:100]
+    assert r.connection().via is not None
+
+
+# -- dropped connections ------------------------------------------------------------------
+
+@pytest.fixture
+def big_file(tree):
+    root, files = tree
+    data = os.urandom(24 << 20)
+    (root / "big.bin").write_bytes(data)
+    return root, data
+
+
+def test_read_resumes_after_connection_killed(sshd, home, big_file, caplog):
+    root, data = big_file
+    caplog.set_level(logging.WARNING)
+    r = open_remote(url(sshd, root, sshd.sftp_only_port), {"--retries": "3"})
+    got = bytearray()
+    with r.open_read("big.bin") as f:
+        got += f.read(4 << 20)
+        assert sshd.kill_sessions() > 0
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+    assert bytes(got) == data
+    assert any("lost during read" in rec.getMessage() for rec in caplog.records)
+
+
+def test_write_interrupted_leaves_no_file_under_final_name(sshd, home, big_file):
+    root, data = big_file
+    r = open_remote(url(sshd, root), {"--retries": "1"})
+
+    def chunks():
+        for i in range(0, len(data), 1 << 20):
+            if i == 8 << 20:
+                sshd.kill_sessions()
+            yield data[i:i + (1 << 20)]
+    with pytest.raises(TransferFailed):
+        r.write_atomic("copy.bin", chunks(), expected_digest=blake3.blake3(data).hexdigest())
+    assert not (root / "copy.bin").exists()
+    r.write_atomic("copy.bin", [data], expected_digest=blake3.blake3(data).hexdigest())  # the retry
+    assert (root / "copy.bin").read_bytes() == data
+
+
+def test_gives_up_with_one_line_error_when_server_is_gone(tmp_path, home):
+    server = SshServer(tmp_path / "short").start()
+    (home / ".ssh" / "known_hosts").write_text(server.host_key_line())
+    (home / ".ssh" / "config").write_text(f"Host *\n  IdentityFile {server.client_key}\n")
+    r = open_remote(url(server, tmp_path), {"--retries": "1"})
+    assert r.exists()
+    server.kill_sessions()
+    server.stop()
+    with pytest.raises((TransferFailed, sshconn.ConnectionFailed)) as info:
+        list(r.list())
+    assert "\n" not in str(info.value)

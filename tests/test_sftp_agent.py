@@ -1,0 +1,210 @@
+"""fitsync.agent: byte-for-byte agreement with fitsync.signature and fitsync.fits,
+the frame protocol, and patching with verify-and-rename (run as a local
+subprocess here; over SSH in test_sftp.py and test_sftp_mirror.py)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import blake3
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fitsync import agent as agent_mod
+from fitsync.fits import segment_boundaries
+from fitsync.signature import signature_of_file
+
+HESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hess-dl3-dr1"
+
+
+def fits_bytes(hdus):
+    """A FITS file from (header cards, data bytes) pairs."""
+    out = b""
+    for i, (cards, data) in enumerate(hdus):
+        head = "".join(c.ljust(80) for c in cards + ["END"])
+        head = head.ljust(-(-len(head) // 2880) * 2880)
+        out += head.encode() + data + b"\0" * (-len(data) % 2880)
+    return out
+
+
+def image(n_bytes, extra_cards=0, first=True):
+    cards = (["SIMPLE  =                    T"] if first else ["XTENSION= 'IMAGE   '"]) + [
+        "BITPIX  =                    8", "NAXIS   =                    1", f"NAXIS1  = {n_bytes:20d}"]
+    if not first:
+        cards += ["PCOUNT  =                    0", "GCOUNT  =                    1"]
+    cards += [f"COMMENT filler {i}" for i in range(extra_cards)]
+    return cards, os.urandom(n_bytes)
+
+
+def real_files():
+    if not HESS.is_dir():
+        return []
+    return sorted(p for p in HESS.rglob("*.fits*") if p.is_file())[:6]
+
+
+@pytest.mark.parametrize("data", [
+    b"",
+    b"x" * 10,
+    os.urandom(300_000),
+    fits_bytes([image(0), image(100_000, first=False)]),
+    fits_bytes([image(50_000, extra_cards=40), image(1, first=False), image(3_000_000, first=False)]),
+    fits_bytes([image(20_000)])[:-100],  # truncated: fixed layout
+], ids=["empty", "tiny", "binary", "fits", "fits-3hdu", "truncated"])
+def test_python_signature_equals_core_signature(tmp_path, data):
+    path = tmp_path / "f.fits"
+    path.write_bytes(data)
+    ours = agent_mod.signature_of(str(path), {"fits": True}, _FakeAgent("python"))
+    assert ours == signature_of_file(path).to_bytes()
+    fixed = agent_mod.signature_of(str(path), {"fits": False, "block_size": 4096}, _FakeAgent("python"))
+    assert fixed == signature_of_file(path, block_size=4096, fits_aware=False).to_bytes()
+
+
+def test_python_signature_on_real_release_files():
+    files = real_files()
+    if not files:
+        pytest.fail(f"the H.E.S.S. release is expected at {HESS}")
+    for path in files[:3]:
+        assert agent_mod.signature_of(str(path), {}, _FakeAgent("python")) == signature_of_file(path).to_bytes()
+
+
+def test_fits_boundaries_agree_with_fitsync_fits():
+    samples = [fits_bytes([image(0), image(5000, first=False)]), b"SIMPLE  =" + b" " * 3000, b"not fits" * 500]
+    samples += [p.read_bytes() for p in real_files()]
+    for data in samples:
+        read_at = lambda o, n: data[o:o + n]  # noqa: E731
+        assert agent_mod.fits_boundaries(read_at, len(data)) == segment_boundaries(read_at, len(data))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(min_size=1, max_size=5000))
+def test_rollsum_matches_native(block):
+    from fitsync import _native
+    assert agent_mod.rollsum(block) == _native.weak_sum(block)
+
+
+@settings(max_examples=60, deadline=None)
+@given(size=st.integers(0, 1 << 40))
+def test_default_block_size_matches_core(size):
+    from fitsync.signature import default_block_size
+    assert agent_mod.default_block_size(size) == default_block_size(size)
+
+
+class _FakeAgent:
+    def __init__(self, kind):
+        self.signature = kind
+        self.hashes = agent_mod.Hashes()
+
+
+# -- the protocol, through a real agent process ----------------------------------------
+
+class LocalAgent:
+    """fitsync.agent in a subprocess speaking frames on stdin/stdout."""
+
+    def __init__(self, avoid=()):
+        self.proc = subprocess.Popen([sys.executable, "-c", "import fitsync.agent as a; a.main()"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+        self.hello = self.call({"op": "hello", "avoid": list(avoid)})
+
+    def send(self, header, body=None):
+        if body is not None:
+            header = dict(header, n=len(body))
+        raw = json.dumps(header).encode()
+        self.proc.stdin.write(struct.pack(">I", len(raw)) + raw + (body or b""))
+        self.proc.stdin.flush()
+
+    def recv(self):
+        (n,) = struct.unpack(">I", self.proc.stdout.read(4))
+        header = json.loads(self.proc.stdout.read(n))
+        body = self.proc.stdout.read(header["n"]) if "n" in header else None
+        return header, body
+
+    def call(self, header, body=None):
+        self.send(header, body)
+        while True:
+            reply, data = self.recv()
+            if "more" not in reply:
+                return reply
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def local_agent():
+    agent = LocalAgent()
+    yield agent
+    agent.close()
+
+
+def test_patch_builds_verifies_and_renames(tmp_path, local_agent):
+    basis = os.urandom(100_000)
+    new = basis[:40_000] + b"NEW DATA" + basis[50_000:]
+    (tmp_path / "f.bin").write_bytes(basis)
+    ops = [[0, 0, 40_000], [1, 0, 8], [0, 50_000, 50_000]]
+    req = {"op": "patch", "path": str(tmp_path / "f.bin"), "basis": str(tmp_path / "f.bin"),
+           "tmp": str(tmp_path / ".fitsync/tmp/f.part"), "ops": ops, "algo": "blake3",
+           "expected": blake3.blake3(new).hexdigest(), "mtime_ns": 1_500_000_000_123_456_789}
+    local_agent.send(req)
+    local_agent.send({"op": "data"}, b"NEW ")
+    local_agent.send({"op": "data"}, b"DATA")
+    local_agent.send({"op": "end"})
+    reply, _ = local_agent.recv()
+    assert reply["ok"] and (tmp_path / "f.bin").read_bytes() == new
+    assert os.stat(tmp_path / "f.bin").st_mtime_ns == 1_500_000_000_123_456_789
+    # a wrong digest: refused, the old file untouched, no temp left, and the channel still in step
+    req["expected"] = "0" * 64
+    local_agent.send(req)
+    local_agent.send({"op": "data"}, b"NEW DATA")
+    local_agent.send({"op": "end"})
+    reply, _ = local_agent.recv()
+    assert reply["error"] == "verify"
+    assert (tmp_path / "f.bin").read_bytes() == new
+    assert not list((tmp_path / ".fitsync/tmp").iterdir())
+    assert local_agent.call({"op": "stat", "path": str(tmp_path / "f.bin")})["size"] == len(new)
+
+
+def test_errors_are_replies_not_crashes(tmp_path, local_agent):
+    assert local_agent.call({"op": "stat", "path": str(tmp_path / "nope")})["error"] == "notfound"
+    assert local_agent.call({"op": "list", "root": str(tmp_path / "nope")})["error"] == "notfound"
+    assert local_agent.call({"op": "frobnicate"})["error"] == "bad"
+    assert local_agent.call({"op": "digest", "path": str(tmp_path), "algo": "sha256"})["error"] in ("notfound", "io")
+    assert local_agent.call({"op": "digest", "path": __file__, "algo": "nonesuch"})["error"] == "bad"
+
+
+def test_listing_streams_in_batches(tmp_path, local_agent):
+    for i in range(4500):
+        (tmp_path / f"d{i % 3}").mkdir(exist_ok=True)
+        (tmp_path / f"d{i % 3}" / f"f{i}").write_bytes(b"x" * (i % 7))
+    local_agent.send({"op": "list", "root": str(tmp_path)})
+    parts = []
+    while True:
+        reply, _ = local_agent.recv()
+        parts.append(reply)
+        if "more" not in reply:
+            break
+    entries = [e for part in parts for e in part["entries"]]
+    assert len(parts) >= 3 and len(entries) == 4500
+    assert entries == sorted(entries, key=lambda e: e[0].split("/"))
+
+
+def test_stdlib_only_host_offers_no_signature():
+    agent = LocalAgent(avoid=("fitsync", "blake3", "xxhash"))
+    try:
+        assert agent.hello["signature"] is None
+        assert "blake3" not in agent.hello["hashes"] and "sha256" in agent.hello["hashes"]
+    finally:
+        agent.close()
+    agent = LocalAgent(avoid=("fitsync",))
+    try:
+        assert agent.hello["signature"] == "python"
+    finally:
+        agent.close()

@@ -1,0 +1,153 @@
+"""End to end: `fitsync mirror/compare/manifest/audit` with sftp:// locations
+against a real sshd, with the agent and on an sftp-only account."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import blake3
+import pytest
+
+from conftest import read_tree, write_tree
+from fitsync import sshconn
+from fitsync.remotes import sftp as sftp_mod
+from sshd_fixture import SshServer
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    server = SshServer(tmp_path_factory.mktemp("sshd-e2e")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def home(sshd, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(sshd.client_home(tmp_path / "home")))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.delenv("FITSYNC_AGENT_AVOID", raising=False)
+    sftp_mod._WARNED_NO_AGENT.clear()
+    yield
+    sshconn.close_all()
+
+
+@pytest.fixture
+def wire_reads(monkeypatch):
+    """Counts file bytes read over SFTP (instrumentation around the real reader)."""
+    counted = {"bytes": 0}
+    real = sftp_mod.read_pipelined
+
+    def counting(*args, **kwargs):
+        for data in real(*args, **kwargs):
+            counted["bytes"] += len(data)
+            yield data
+    monkeypatch.setattr(sftp_mod, "read_pipelined", counting)
+    return counted
+
+
+FILES = {
+    "run001/events.fits": b"SIMPLE  =" + os.urandom(40_000),
+    "run001/irfs.fits": os.urandom(123_457),
+    "run002/events.fits": os.urandom(2_000_000),
+    "index.json": b"{}\n",
+}
+
+
+def summary_of(result) -> dict:
+    """The JSON summary at the end of stdout (a dry run itemizes before it)."""
+    out = result.out
+    return json.loads(out[out.index("\n{") + 1:] if not out.startswith("{") else out)
+
+
+def sftp_url(sshd, path, port=None):
+    return f"sftp://127.0.0.1:{port or sshd.port}{path}"
+
+
+@pytest.mark.parametrize("account", ["agent", "sftp-only"])
+def test_pull_new_dry_run_delete(sshd, home, tmp_path, cli, account):
+    port = sshd.port if account == "agent" else sshd.sftp_only_port
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    write_tree(remote, FILES)
+    result = cli("mirror", sftp_url(sshd, remote, port), local, "--json")
+    assert result.code == 0, result.err
+    summary = result.json()
+    assert summary["files_new"] == len(FILES) and summary["bytes_transferred"] == sum(map(len, FILES.values()))
+    assert read_tree(local) == FILES
+    assert os.stat(local / "index.json").st_mtime == os.stat(remote / "index.json").st_mtime
+    # again: nothing to do
+    again = cli("mirror", sftp_url(sshd, remote, port), local, "--json").json()
+    assert again["files_unchanged"] == len(FILES) and again["bytes_transferred"] == 0
+    # the remote changes; a dry run reports and touches nothing
+    os.unlink(remote / "index.json")
+    write_tree(remote, {"run003/new.fits": b"n" * 5000}, mtime=1_700_000_100.0)
+    dry = cli("mirror", sftp_url(sshd, remote, port), local, "--delete", "--dry-run", "--json")
+    assert dry.code == 0 and summary_of(dry)["dry_run"] is True and summary_of(dry)["files_new"] == 1
+    assert read_tree(local) == FILES
+    real = cli("mirror", sftp_url(sshd, remote, port), local, "--delete", "--json")
+    assert real.code == 0 and real.json()["files_deleted"] == 1
+    assert read_tree(local) == read_tree(remote)
+
+
+@pytest.mark.parametrize("account", ["agent", "sftp-only"])
+def test_push_update_delete(sshd, home, tmp_path, cli, account):
+    port = sshd.port if account == "agent" else sshd.sftp_only_port
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    write_tree(local, FILES)
+    result = cli("mirror", local, sftp_url(sshd, remote, port), "--json")
+    assert result.code == 0, result.err
+    assert read_tree(remote) == FILES
+    # a changed file and a remote extra
+    changed = dict(FILES, **{"run002/events.fits": os.urandom(2_000_000)})
+    write_tree(local, {"run002/events.fits": changed["run002/events.fits"]}, mtime=1_700_000_500.0)
+    write_tree(remote, {"stale.txt": b"old"})
+    result = cli("mirror", local, sftp_url(sshd, remote, port), "--delete", "--json")
+    assert result.code == 0, result.err
+    assert result.json()["files_deleted"] == 1
+    assert read_tree(remote) == changed
+    assert abs(os.stat(remote / "run002/events.fits").st_mtime - 1_700_000_500.0) < 1.0
+    assert not list((remote / ".fitsync" / "tmp").glob("*"))  # no temp file left behind
+
+
+def test_remote_to_remote(sshd, home, tmp_path, cli):
+    a, b = tmp_path / "siteA", tmp_path / "siteB"
+    write_tree(a, FILES)
+    result = cli("mirror", sftp_url(sshd, a), f"testhost:{b}", "--json")
+    assert result.code == 0, result.err
+    assert read_tree(b) == FILES
+
+
+def test_compare_and_manifest_run_remotely_without_reading_data(sshd, home, tmp_path, cli, wire_reads):
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_tree(a, FILES)
+    twisted = dict(FILES, **{"run001/irfs.fits": os.urandom(123_457)})  # same size and mtime, new bytes
+    write_tree(b, twisted)
+    plain = cli("compare", sftp_url(sshd, a), sftp_url(sshd, b))
+    assert plain.code == 0  # sizes and mtimes agree
+    deep = cli("compare", sftp_url(sshd, a), f"testhost:{b}", "--checksum", "--json")
+    assert deep.code == 1, deep.err
+    assert "run001/irfs.fits" in json.dumps(deep.json())
+    manifest = cli("manifest", sftp_url(sshd, a), "--no-fits")
+    assert manifest.code == 0, manifest.err
+    digests = {}
+    for line in manifest.out.splitlines():
+        record = json.loads(line)
+        if "path" in record:
+            digests[record["path"]] = record.get("blake3")
+    assert digests == {p: blake3.blake3(d).hexdigest() for p, d in FILES.items()}
+    assert wire_reads["bytes"] == 0  # every digest was computed by the agent, next to the data
+    out = tmp_path / "m.jsonl"
+    out.write_text(manifest.out)
+    audit = cli("audit", sftp_url(sshd, b), f"--manifest={out}")
+    assert audit.code == 1 and "run001/irfs.fits" in audit.out + audit.err
+    assert wire_reads["bytes"] == 0
+
+
+def test_cli_errors_are_one_line_with_exit_codes(sshd, home, tmp_path, cli):
+    (tmp_path / "home" / ".ssh" / "known_hosts").write_text("")
+    result = cli("mirror", sftp_url(sshd, tmp_path), tmp_path / "dst")
+    assert result.code == 4 and "--accept-new-host-key" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    accepted = cli("mirror", sftp_url(sshd, tmp_path / "absent"), tmp_path / "dst", "--accept-new-host-key")
+    assert accepted.code == 2 and "absent" in accepted.err
+    assert len(accepted.err.strip().splitlines()) == 1
