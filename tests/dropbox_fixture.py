@@ -132,6 +132,10 @@ class StoredFile:
     server_modified: float
     rev: str
     id: str
+    content_hash: str = ""
+
+    def __post_init__(self):
+        self.content_hash = content_hash(self.data)
 
     @property
     def name(self) -> str:
@@ -256,7 +260,7 @@ class DropboxServer:
             "client_modified": _stamp(rec.client_modified),
             "server_modified": _stamp(rec.server_modified),
             "rev": rec.rev, "size": len(rec.data), "is_downloadable": True,
-            "content_hash": content_hash(rec.data),
+            "content_hash": rec.content_hash,
         }
         if with_paths:
             meta["path_lower"] = rec.display.lower()

@@ -245,6 +245,7 @@ def fetch_recipe(source_sig: Signature, basis_buffer) -> Recipe:
         where_class = np.full(int(same_as.max()) + 1, -1, dtype=np.int64)
         where_class[same_as[blocks[::-1]]] = positions[::-1]  # first occurrence wins
         found = where_class[same_as]
+        found[blocks] = positions  # a block found itself keeps its own place: longer runs
     ops = _ops_from_found(found, offsets, lengths)
     return Recipe(ops, source_sig.file_size, source_sig.digest.hex(), len(view))
 

@@ -260,15 +260,19 @@ class ReleaseRemote(Remote):
 
 def release_source(remote: Remote, options: dict | None = None) -> Remote:
     """``remote`` as a mirror source: listed from its release manifest when
-    it has one and can read ranges (or when --verify-key demands one)."""
+    it has one, can read ranges and cannot compute signatures itself (Dropbox,
+    an sftp-only account), or whenever --verify-key demands a signed manifest."""
     options = options or {}
     if getattr(remote, "release_aware", False):
         return remote
     verify_key = options.get("--verify-key")
-    if Capability.LOCAL in remote.capabilities and not verify_key:
-        return remote  # a local tree is listed as it is; its manifest is just a file
-    if Capability.READ_RANGE not in remote.capabilities and not verify_key:
-        return remote
+    if not verify_key:
+        if Capability.LOCAL in remote.capabilities:
+            return remote  # a local tree is listed as it is; its manifest is just a file
+        if Capability.SIGNATURE in remote.capabilities:
+            return remote  # it computes signatures of the live files itself (the SSH agent)
+        if Capability.READ_RANGE not in remote.capabilities:
+            return remote  # without ranges there is no delta to gain
 
     def fetch(name: str) -> bytes | None:
         try:

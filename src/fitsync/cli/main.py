@@ -69,6 +69,8 @@ def dispatch(module, argv: list[str]) -> int:
     except DocoptExit as exc:
         print(str(exc).strip(), file=sys.stderr)
         return EXIT_USAGE
+    except SystemExit as exc:  # --help or --version, already printed by docopt
+        return exc.code if isinstance(exc.code, int) else 0
     try:
         return module.run(opts)
     except FitsyncError as exc:

@@ -367,7 +367,8 @@ class SftpRemote(Remote):
         self._root_spec = root
         self._root: str | None = None
         self.retries = _option_int(options, "--retries", DEFAULT_RETRIES)
-        self.python = conf.get("python", "python3")
+        # The interpreter (or command) that runs the agent, e.g. "env PYTHONPATH=/opt/fitsync python3".
+        self.python = conf.get("python") or os.environ.get("FITSYNC_SSH_PYTHON", "python3")
         self.use_agent = conf.get("agent", True) and os.environ.get("FITSYNC_SSH_AGENT", "1") != "0"
         # Hide remote modules (testing the stdlib-only path): "blake3,xxhash".
         self.agent_avoid = tuple(x for x in str(conf.get("agent_avoid", os.environ.get(

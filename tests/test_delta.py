@@ -1,0 +1,290 @@
+"""Deltas in both directions reproduce the new file byte for byte; patching
+verifies; recipes serialise safely."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import blake3
+import numpy as np
+import pytest
+from astropy.io import fits
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fitsync import reference
+from fitsync.delta import (
+    BASIS,
+    SOURCE,
+    Recipe,
+    apply_recipe,
+    delta_recipe,
+    delta_recipe_for_file,
+    fetch_recipe,
+    fetch_recipe_for_file,
+)
+from fitsync.errors import BadInput, TransferFailed, VerificationFailed
+from fitsync.signature import signature_of_buffer, signature_of_file
+
+BLOCK_SIZES = [1, 7, 64, 100, 2880]
+
+
+def _base(kind: str, size: int, rng) -> bytes:
+    if kind == "random":
+        return rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    if kind == "zeros":
+        return bytes(size)
+    if kind == "repeats":  # the same 300 bytes over and over: repeated blocks
+        return (rng.integers(0, 256, 300, dtype=np.uint8).tobytes() * (size // 300 + 1))[:size]
+    return bytes(rng.integers(0, 4, size, dtype=np.uint8))  # low entropy text-like
+
+
+def _edit(kind: str, data: bytes, rng) -> bytes:
+    at = int(rng.integers(0, len(data) + 1))
+    n = int(rng.integers(1, 5000))
+    noise = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+    if kind == "insert":
+        return data[:at] + noise + data[at:]
+    if kind == "delete":
+        return data[:at] + data[at + n :]
+    if kind == "overwrite":
+        return data[:at] + noise[: len(data) - at] + data[at + n :]
+    if kind == "shift1":
+        return noise[:1] + data
+    if kind == "shift2880":
+        return (noise * 3)[:2880] + data
+    if kind == "unshift1":
+        return data[1:]
+    if kind == "duplicate":
+        return data[:at] + data[at : at + n] + data[at:]
+    if kind == "truncate":
+        return data[:at]
+    if kind == "append":
+        return data + noise
+    if kind == "replace_all":
+        return rng.integers(0, 256, len(data), dtype=np.uint8).tobytes()
+    if kind == "empty":
+        return b""
+    return data  # identical
+
+
+EDITS = ["identical", "insert", "delete", "overwrite", "shift1", "shift2880", "unshift1", "duplicate",
+         "truncate", "append", "replace_all", "empty"]
+
+
+@st.composite
+def file_pairs(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    size = draw(st.sampled_from([0, 1, 5, 99, 2879, 2880, 2881, 10_000, 30_000]))
+    old = _base(draw(st.sampled_from(["random", "zeros", "repeats", "text"])), size, rng)
+    new = old
+    for kind in draw(st.lists(st.sampled_from(EDITS), min_size=1, max_size=3)):
+        new = _edit(kind, new, rng)
+    return old, new, draw(st.sampled_from(BLOCK_SIZES))
+
+
+def _check_recipe(recipe: Recipe, old: bytes, new: bytes) -> None:
+    assert reference.apply_ops(recipe.ops, old, new) == new
+    assert recipe.target_size == len(new)
+    assert recipe.digest == blake3.blake3(new).hexdigest()
+    assert recipe.basis_bytes + recipe.source_bytes == len(new)
+    assert sum(n for _, n in recipe.source_ranges()) == recipe.source_bytes
+    assert Recipe.from_bytes(recipe.to_bytes()) == recipe
+
+
+@settings(max_examples=250, deadline=None)
+@given(file_pairs())
+def test_rsync_direction_round_trip(pair):
+    old, new, block_size = pair
+    recipe = delta_recipe(signature_of_buffer(old, block_size, fits_aware=False), new)
+    _check_recipe(recipe, old, new)
+    if new == old and old:
+        assert recipe.ops == [(BASIS, 0, len(old))]
+
+
+@settings(max_examples=250, deadline=None)
+@given(file_pairs())
+def test_zsync_direction_round_trip(pair):
+    old, new, block_size = pair
+    recipe = fetch_recipe(signature_of_buffer(new, block_size, fits_aware=False), old)
+    _check_recipe(recipe, old, new)
+    if new == old and old:
+        assert recipe.ops == [(BASIS, 0, len(old))]
+
+
+@settings(max_examples=25, deadline=None)
+@given(file_pairs(), st.booleans())
+def test_patching_real_files_in_both_directions(tmp_path_factory, pair, zsync):
+    old, new, block_size = pair
+    tmp = tmp_path_factory.mktemp("patch")
+    (tmp / "old").write_bytes(old)
+    if zsync:
+        recipe = fetch_recipe_for_file(signature_of_buffer(new, block_size, False), tmp / "old")
+    else:
+        (tmp / "new").write_bytes(new)
+        recipe = delta_recipe_for_file(signature_of_file(tmp / "old", block_size, False), tmp / "new")
+    _patch(recipe, tmp / "old", new, tmp / "out")
+    assert (tmp / "out").read_bytes() == new
+
+
+def _patch(recipe, basis_path, new: bytes, out_path, flags=os.O_WRONLY, chunk=1000):
+    """apply_recipe with a reader that returns the source ranges in odd-sized chunks."""
+    requested = []
+
+    def read_source(ranges):
+        requested.extend(ranges)
+        for offset, length in ranges:
+            for at in range(offset, offset + length, chunk):
+                yield new[at : min(at + chunk, offset + length)]
+
+    basis = os.open(basis_path, os.O_RDONLY)
+    out = os.open(out_path, flags | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        apply_recipe(recipe, basis, read_source, out)
+    finally:
+        os.close(basis)
+        os.close(out)
+    assert requested == (recipe.source_ranges() if recipe.source_bytes else [])
+
+
+def _shifted_pair(rng, size=200_000):
+    old = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    return old, b"!" + old[:50_000] + old[52_880:]  # 1-byte insert, 2880 bytes deleted
+
+
+def test_literals_stay_small_for_shifts_insertions_and_deletions():
+    old, new = _shifted_pair(np.random.default_rng(4))
+    for recipe in (delta_recipe(signature_of_buffer(old, 2880, False), new),
+                   fetch_recipe(signature_of_buffer(new, 2880, False), old)):
+        _check_recipe(recipe, old, new)
+        assert recipe.source_bytes <= 1 + 2 * 2880
+
+
+def _fits(cards: dict, data) -> bytes:
+    hdu = fits.PrimaryHDU(data)
+    for key, value in cards.items():
+        hdu.header[key] = value
+    out = io.BytesIO()
+    fits.HDUList([hdu, fits.ImageHDU(data[:10] * 2)]).writeto(out)
+    return out.getvalue()
+
+
+def test_fits_edits_send_about_the_changed_bytes_only():
+    data = np.random.default_rng(5).standard_normal((1000, 1000)).astype(np.float32)
+    old = _fits({"OBJECT": "crab"}, data)
+    value_changed = _fits({"OBJECT": "vela"}, data)
+    header_grew = _fits({"OBJECT": "crab", **{f"K{i}": i for i in range(36)}}, data)
+    assert len(header_grew) == len(old) + 2880
+    mid = len(old) // 2
+    overwritten = old[:mid] + bytes(100_000) + old[mid + 100_000 :]
+    block = 14400
+    sig_old = signature_of_buffer(old, block)
+    for new, most in ((value_changed, 2880), (header_grew, 5760), (overwritten, 100_000 + 2 * block)):
+        recipe = delta_recipe(sig_old, new)
+        _check_recipe(recipe, old, new)
+        assert recipe.source_bytes <= most
+        zsync = fetch_recipe(signature_of_buffer(new, block), old)
+        _check_recipe(zsync, old, new)
+        assert zsync.source_bytes <= most
+
+
+def test_wrong_source_bytes_fail_verification(tmp_path):
+    old = bytes(range(256)) * 100
+    new = old[:1000] + b"changed" + old[1000:]
+    (tmp_path / "old").write_bytes(old)
+    recipe = delta_recipe(signature_of_buffer(old, 256, False), new)
+    with pytest.raises(VerificationFailed):
+        _patch(recipe, tmp_path / "old", new.replace(b"changed", b"CHANGED"), tmp_path / "out")
+    # a basis that changed since the recipe was made
+    (tmp_path / "old").write_bytes(old[::-1])
+    with pytest.raises(VerificationFailed):
+        _patch(recipe, tmp_path / "old", new, tmp_path / "out")
+    (tmp_path / "old").write_bytes(old[:300])
+    with pytest.raises(VerificationFailed):
+        _patch(recipe, tmp_path / "old", new, tmp_path / "out")
+
+
+def test_source_sending_too_few_or_too_many_bytes_is_a_transfer_failure(tmp_path):
+    old = bytes(range(256)) * 100
+    new = old + b"tail"
+    (tmp_path / "old").write_bytes(old)
+    recipe = delta_recipe(signature_of_buffer(old, 256, False), new)
+    for reader in (lambda ranges: [b"ta"], lambda ranges: [b"tail", b"more"]):
+        basis = os.open(tmp_path / "old", os.O_RDONLY)
+        out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        with pytest.raises(TransferFailed):
+            apply_recipe(recipe, basis, reader, out)
+        os.close(basis)
+        os.close(out)
+
+
+def test_patching_into_a_pipe_and_a_read_write_file(tmp_path):
+    old = np.random.default_rng(6).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    new = old[:1000] + b"x" * 10 + old[1000:]
+    (tmp_path / "old").write_bytes(old)
+    recipe = delta_recipe(signature_of_buffer(old, 2880, False), new)
+    _patch(recipe, tmp_path / "old", new, tmp_path / "rw", flags=os.O_RDWR)
+    assert (tmp_path / "rw").read_bytes() == new
+    read_end, write_end = os.pipe()
+    basis = os.open(tmp_path / "old", os.O_RDONLY)
+    received = bytearray()
+    import threading
+
+    def drain():
+        while chunk := os.read(read_end, 1 << 16):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    apply_recipe(recipe, basis, lambda ranges: [new[o : o + n] for o, n in ranges], write_end)
+    os.close(write_end)
+    reader.join()
+    os.close(read_end)
+    os.close(basis)
+    assert bytes(received) == new
+
+
+def test_whole_file_recipe_needs_no_basis(tmp_path):
+    data = b"brand new file" * 1000
+    recipe = Recipe.whole(len(data), blake3.blake3(data).hexdigest())
+    out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    apply_recipe(recipe, None, lambda ranges: [data], out)
+    os.close(out)
+    assert (tmp_path / "out").read_bytes() == data
+    assert Recipe.whole(0, blake3.blake3(b"").hexdigest()).ops == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400))
+def test_garbage_recipe_is_bad_input(blob):
+    with pytest.raises(BadInput):
+        Recipe.from_bytes(blob)
+
+
+def _forge(ops, target_size, basis_size=None) -> bytes:
+    return Recipe(ops, target_size, "00" * 32, basis_size).to_bytes()
+
+
+@pytest.mark.parametrize("ops,target,basis", [
+    ([(SOURCE, 0, 5)], 6, None),  # runs do not add up
+    ([(2, 0, 5)], 5, None),  # unknown kind
+    ([(SOURCE, 0, 0), (SOURCE, 0, 5)], 5, None),  # empty run
+    ([(SOURCE, 3, 5)], 5, None),  # source beyond the target
+    ([(BASIS, 90, 20)], 20, 100),  # basis beyond its size
+    ([(BASIS, 1 << 63, 5)], 5, None),  # implausible offset
+    ([], 5, None),
+])
+def test_inconsistent_recipes_are_bad_input(ops, target, basis):
+    with pytest.raises(BadInput):
+        Recipe.from_bytes(_forge(ops, target, basis))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 255))
+def test_damaged_recipe_is_bad_input(position, flip):
+    old = bytes(range(256)) * 40
+    blob = bytearray(delta_recipe(signature_of_buffer(old, 100, False), old[5:] + b"abc").to_bytes())
+    blob[position % len(blob)] ^= flip
+    with pytest.raises(BadInput):
+        Recipe.from_bytes(bytes(blob))
