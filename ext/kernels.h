@@ -1,9 +1,9 @@
 /* Vectorisable byte loops of fitsync._native.
  *
- * They are plain C so that GCC/Clang can build an AVX2 clone next to the
- * baseline SSE2 one (target_clones) and pick it at load time: both sums
- * are memory-speed loops whose speed doubles with 32-byte vectors.
- * Semantics are documented in ext/_native.pyx and fitsync/reference.py.
+ * They are plain C so that GCC can build an AVX2 clone next to the baseline
+ * SSE2 one (target_clones) and pick it at load time: both are memory-speed
+ * loops whose speed doubles with 32-byte vectors. Their meaning is spelled
+ * out in ext/_native.pyx and, as plain Python, in fitsync/reference.py.
  */
 #ifndef FITSYNC_KERNELS_H
 #define FITSYNC_KERNELS_H
@@ -57,15 +57,38 @@ static uint64_t fitsync_fits_sum_words(const uint8_t *p, size_t nwords)
     return total;
 }
 
-/* sum(x) and sum(i * x), i = 0..n-1, both modulo 2^16 (wrapping lanes). */
+/* sum(x) and sum(i * x), i = 0..n-1, both modulo 2^16.
+ *
+ * Adler-32's vector trick: bytes are added into LANES 16-bit lanes (vs), and
+ * before each LANES-byte chunk the running lanes are added into a second set
+ * (vps), which ends as the sum over chunks c of (C - 1 - c) * x[c][l]. Then
+ *   sum(i * x) = LANES * sum_l((C - 1) * vs[l] - vps[l]) + sum_l(l * vs[l]).
+ * Only the values modulo 2^16 matter, so the lanes may wrap freely and the
+ * loop is a few vector additions per chunk. */
+#define FITSYNC_LANES 32
+
 FITSYNC_CLONES
 static void fitsync_byte_moments(const uint8_t *p, size_t n, uint16_t *sum, uint16_t *weighted)
 {
-    uint16_t a = 0, b = 0, i16 = 0;
-    for (size_t i = 0; i < n; i++) {
+    uint16_t vs[FITSYNC_LANES] = {0}, vps[FITSYNC_LANES] = {0};
+    size_t chunks = n / FITSYNC_LANES;
+    for (size_t c = 0; c < chunks; c++) {
+        const uint8_t *q = p + c * FITSYNC_LANES;
+        for (int l = 0; l < FITSYNC_LANES; l++) {
+            vps[l] += vs[l];
+            vs[l] += q[l];
+        }
+    }
+    uint16_t a = 0, b = 0, last_chunk = (uint16_t)(chunks - 1);
+    if (chunks) {
+        for (int l = 0; l < FITSYNC_LANES; l++) {
+            a += vs[l];
+            b += (uint16_t)(FITSYNC_LANES * (uint16_t)(last_chunk * vs[l] - vps[l]) + l * vs[l]);
+        }
+    }
+    for (size_t i = chunks * FITSYNC_LANES; i < n; i++) {
         a += p[i];
-        b += (uint16_t)(i16 * p[i]);
-        i16++;
+        b += (uint16_t)((uint16_t)i * p[i]);
     }
     *sum = a;
     *weighted = b;

@@ -367,6 +367,8 @@ class _Server(ThreadingHTTPServer):
     def get_request(self):
         sock, addr = super().get_request()
         sock.settimeout(SOCKET_TIMEOUT)
+        # As nginx and Apache do: headers and body go out at once, not after a delayed ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.ssl_context is not None:
             # The handshake runs in the connection's own thread (finish_request),
             # so a client that stalls or rejects the certificate blocks no one.

@@ -358,3 +358,30 @@ def test_locations_split_for_every_kind_of_store():
     assert split_location("/data/x/../store") == ("", "/data/store")
     remote = Locator("sftp://h/data/cta/1dc/index", ["/data/cta/1dc"])
     assert remote.allowed == [("sftp://h/data/cta/1dc", "/data/cta/1dc")]
+
+
+def test_remote_store_over_http(cli, hess, tmp_path):
+    """STORE can be remote: the real release served over HTTP (index pages, HEAD, GET)."""
+    from http_fixture import HttpFixture
+
+    with HttpFixture(str(hess.parent), autoindex="apache") as server:
+        url = f"{server.url}/{hess.name}/"
+        listing = cli("datasets", url)
+        assert listing.code == 0, listing.err
+        assert "observations: 105 (master.json says 106)" in listing.out
+        runlist = write_runlist(tmp_path / "r.txt", RUNLIST_1)
+        copy = cli("mirror", url, tmp_path / "dst", "--production=hess_dl3_dr1", f"--runlist={runlist}")
+        assert copy.code == 0, copy.err
+    hdu, _, _ = store_rows(tmp_path / "dst")
+    assert sorted(set(int(x) for x in hdu["OBS_ID"])) == RUNLIST_1
+    for rel in data_files(tmp_path / "dst"):
+        assert (tmp_path / "dst" / rel).read_bytes() == (hess / rel).read_bytes()
+
+
+def test_dry_run_writes_nothing(cli, tmp_path):
+    store, dst = tmp_path / "store", tmp_path / "dst"
+    make_store(store, [1, 2])
+    result = cli("mirror", store, dst, "--production=synthetic", "--dry-run")
+    assert result.code == 0, result.err
+    assert "data/obs_1.fits" in result.out  # what a real run would copy
+    assert not dst.exists() or not any(p.is_file() and ".fitsync" not in p.parts for p in dst.rglob("*"))

@@ -520,3 +520,15 @@ def test_secrets_never_reach_the_log(dropbox_server, log):
     assert "rate limit" in text and "download cut" in text and "Request to files/list_folder" in text
     for secret in (PASSWORD, "wrong-pw-123", "good-token", "AAAsecretpart"):
         assert secret not in text
+
+
+def test_empty_file_round_trip(dropbox_server):
+    import blake3
+
+    srv = dropbox_server
+    r = remote(srv, "/e")
+    r.write_atomic("empty.fits", iter(()), mtime=1_600_000_000, expected_digest=blake3.blake3(b"").hexdigest())
+    (entry,) = r.list()
+    assert entry.size == 0 and entry.hashes["dropbox"] == content_hash(b"")
+    assert r.open_read("empty.fits").read() == b""
+    assert srv.content_requests == 0  # nothing to fetch

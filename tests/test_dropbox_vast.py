@@ -53,6 +53,13 @@ def vast_release() -> dict[str, bytes]:
     return files
 
 
+@pytest.fixture(autouse=True)
+def no_user_config(tmp_path, monkeypatch):
+    """`dropbox:` resolves through a remote named "dropbox" when one is configured:
+    keep the user's own remotes file out of these tests."""
+    monkeypatch.setenv("FITSYNC_CONFIG", str(tmp_path / "no-remotes.toml"))
+
+
 @pytest.fixture
 def release(dropbox_server, monkeypatch):
     """The release in the user's own Dropbox at /VAST, also behind a password-protected link."""
@@ -168,6 +175,7 @@ def test_expired_token_exits_4(cli, release, dropbox_server, tmp_path, monkeypat
     monkeypatch.setenv("FITSYNC_DROPBOX_TOKEN", "old-token")
     run = cli("mirror", "dropbox:/VAST", tmp_path / "d", "--ca-bundle", dropbox_server.ca_file)
     assert run.code == 4 and "has expired" in run.err and "old-token" not in run.err
+    assert len(run.err.strip().splitlines()) == 1
 
 
 def test_mirror_survives_429_and_5xx_and_a_cut(cli, release, dropbox_server, tmp_path):
@@ -319,3 +327,27 @@ def test_mirror_never_places_a_corrupt_download(cli, release, dropbox_server, tm
     (failure,) = run.json()["failures"]
     assert "content hash" in failure["reason"]
     assert not (dst / victim.rsplit("/", 1)[1]).exists()
+
+
+def test_interrupted_large_download_resumes_on_the_next_run(cli, dropbox_server, tmp_path, monkeypatch):
+    """A download that fails for good keeps its verified partial file; the next
+    run asks Dropbox only for the rest (HTTP Range from the last good chunk)."""
+    srv = dropbox_server
+    monkeypatch.setenv("FITSYNC_DROPBOX_TOKEN", "good-token")
+    data = random.Random(5).randbytes(20 << 20)
+    srv.put_file("/Big/cube.fits", data)
+    srv.inject("files/download", "cut", count=1, cut_after=9 << 20)
+    srv.inject("files/download", "cut", count=100, cut_after=0)
+    dst = tmp_path / "d"
+    ca = ["--ca-bundle", srv.ca_file]
+    run = cli("mirror", "dropbox:/Big", dst, "--retries=0", "--json", *ca)
+    assert run.code == 3 and run.json()["files_failed"] == 1
+    assert not (dst / "cube.fits").exists()
+    srv.faults.clear()
+    srv.reset_counters()
+    run = cli("mirror", "dropbox:/Big", dst, "--json", *ca)
+    assert run.code == 0, run.err
+    assert (dst / "cube.fits").read_bytes() == data
+    assert srv.range_requests == [f"bytes={8 << 20}-"]  # the journal vouches for the first 8 MiB chunk
+    assert srv.content_bytes == len(data) - (8 << 20)
+    assert run.json()["bytes_reused"] == 8 << 20

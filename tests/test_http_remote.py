@@ -313,3 +313,19 @@ def test_plain_http_client_against_tls_server_fails_clearly(site, tmp_path):
         with _remote(srv.url.replace("https://", "http://") + "/rel/", retries=0) as remote:
             with pytest.raises((ConnectionFailed, TransferFailed)):
                 list(remote.list())
+
+
+def test_html_page_where_the_manifest_should_be_is_not_a_manifest(site, caplog):
+    caplog.set_level(logging.INFO, logger="fitsync")
+    (site / "rel" / DEFAULT_NAME).write_text("<html><body>Not here</body></html>\n")  # a "soft 404"
+    with _serve(site) as srv, _remote(srv.url + "/rel/") as remote:
+        assert set(FILES) <= {e.path for e in remote.list()}
+    assert "from the server's index pages" in caplog.text
+
+
+def test_missing_root_does_not_exist(site, cli, tmp_path):
+    with _serve(site) as srv:
+        with _remote(srv.url + "/nowhere/") as remote:
+            assert not remote.exists()
+        result = cli("mirror", srv.url + "/nowhere/", tmp_path / "dst")
+    assert result.code == 2 and "does not exist" in result.err and "Traceback" not in result.err

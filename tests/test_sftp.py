@@ -302,9 +302,13 @@ def big_file(tree):
     return root, data
 
 
-def test_read_resumes_after_connection_killed(sshd, home, big_file, caplog):
+@pytest.mark.parametrize("lanes", [1, 3])
+def test_read_resumes_after_connection_killed(sshd, home, big_file, caplog, monkeypatch, lanes):
     root, data = big_file
     caplog.set_level(logging.WARNING)
+    monkeypatch.setenv("FITSYNC_SSH_CONNECTIONS", str(lanes))
+    monkeypatch.setattr(sftp_mod, "STRIPE_SIZE", 1 << 20)  # many stripes, so lanes interleave
+    monkeypatch.setattr(sftp_mod, "STRIPED_MIN_BYTES", 1 << 20)
     r = open_remote(url(sshd, root, sshd.sftp_only_port), {"--retries": "3"})
     got = bytearray()
     with r.open_read("big.bin") as f:
@@ -317,6 +321,24 @@ def test_read_resumes_after_connection_killed(sshd, home, big_file, caplog):
             got += chunk
     assert bytes(got) == data
     assert any("lost during read" in rec.getMessage() for rec in caplog.records)
+    if lanes > 1:  # the stream really was striped over several connections
+        assert r.lane_connection(2) is not r.connection()
+
+
+def test_striped_read_equals_file(sshd, home, big_file, monkeypatch):
+    root, data = big_file
+    monkeypatch.setattr(sftp_mod, "STRIPE_SIZE", 3 << 20)
+    monkeypatch.setattr(sftp_mod, "STRIPED_MIN_BYTES", 1 << 20)
+    r = open_remote(url(sshd, root), {})
+    with r.open_read("big.bin") as f:
+        assert f.read(1) == data[:1]
+        assert f.read(5 << 20) == data[1:1 + (5 << 20)]
+        f.seek(len(data) - (7 << 20))
+        assert f.read() == data[-(7 << 20):]
+    with r.open_read("big.bin") as f:
+        f.read(100)
+    # abandoned half-way: lane threads stop
+    assert not [t for t in threading.enumerate() if t.name.startswith("sftp-lane")]
 
 
 def test_write_interrupted_leaves_no_file_under_final_name(sshd, home, big_file):

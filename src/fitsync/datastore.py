@@ -25,6 +25,7 @@ import gzip
 import io
 import json
 import logging
+import os
 import posixpath
 import sys
 import urllib.parse
@@ -397,8 +398,6 @@ def split_location(spec: str, relative_to: str | None = None) -> tuple[str, str]
     """(prefix, absolute POSIX path) of a location: ``/data/x`` -> ("", "/data/x");
     ``sftp://h/data`` -> ("sftp://h", "/data"); ``dropbox:/x`` -> ("dropbox:", "/x");
     ``host:dir`` -> ("host:", "/~/dir") so relative scp paths still normalize."""
-    import os
-
     scheme, url = parse_location(spec)
     if scheme == "file" and not url.startswith("file://"):
         if relative_to:  # a bare path given for a remote store names a path on that host
@@ -530,7 +529,7 @@ def mirror_production(src_remote: Remote, dst_remote: Remote, opts: dict, mirror
             code = max(code, EXIT_FAILED if failed else EXIT_DIFFERENCES)
             for obs_id, reason in sorted(incomplete.items()):
                 log.warning("OBS_ID %d: %s; its index rows are not written", obs_id, reason)
-        if not dry_run:
+        if not dry_run and (complete or dst_hdu is not None):
             write_subset_indexes(dst_remote, plan, complete, dst_hdu, keep_local=bool(opts.get("--keep-local")))
         if plan.unknown:
             code = max(code, EXIT_DIFFERENCES)

@@ -34,11 +34,18 @@ from typing import Callable, Iterable
 
 import blake3
 import numpy as np
-import xxhash
 
 from fitsync import _native
 from fitsync.errors import BadInput, NotFound, TransferFailed, VerificationFailed
-from fitsync.signature import STRONG_LEN, Signature, buffer_digest, strong_digest
+from fitsync.signature import (
+    STRONG_LEN,
+    Signature,
+    buffer_digest,
+    check_length,
+    open_envelope,
+    seal,
+    strong_digest,
+)
 
 BASIS = 0
 SOURCE = 1
@@ -51,7 +58,7 @@ FORMAT_VERSION = 1
 UNKNOWN_SIZE = (1 << 64) - 1
 _HEADER = struct.Struct("<8sHHIQQQ32s")  # magic version 0 0 n_ops target_size basis_size digest
 _OP = np.dtype([("kind", "u1"), ("offset", "<u8"), ("length", "<u8")])  # packed: 17 bytes
-_TRAILER = struct.Struct("<Q")  # xxh3-64 of everything before it
+_TRAILER_SIZE = 8  # XXH3-64 of everything before it (signature.seal)
 MAX_OFFSET = 1 << 62  # no file offset or length beyond this is plausible
 
 ReadSource = Callable[[list], Iterable[bytes]]
@@ -108,23 +115,14 @@ class Recipe:
             MAGIC, FORMAT_VERSION, 0, 0, len(self.ops), self.target_size, basis_size,
             bytes.fromhex(self.digest),
         ) + ops.tobytes()
-        return body + _TRAILER.pack(xxhash.xxh3_64_intdigest(body))
+        return seal(body)
 
     @classmethod
     def from_bytes(cls, data) -> "Recipe":
         """Parse ``to_bytes`` output; raise BadInput on anything else."""
-        data = bytes(data)
-        if len(data) < _HEADER.size + _TRAILER.size or not data.startswith(MAGIC):
-            raise BadInput("not a fitsync recipe (bad magic or too short)")
-        _, version, _, _, n_ops, target_size, basis_size, digest = _HEADER.unpack_from(data)
-        if version != FORMAT_VERSION:
-            raise BadInput(f"recipe format version {version} is not supported (this fitsync reads {FORMAT_VERSION})")
-        expected = _HEADER.size + n_ops * _OP.itemsize + _TRAILER.size
-        if expected != len(data):
-            raise BadInput(f"recipe is {len(data)} bytes; its header promises {expected}")
-        (check,) = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
-        if check != xxhash.xxh3_64_intdigest(memoryview(data)[: len(data) - _TRAILER.size]):
-            raise BadInput("recipe is damaged (integrity check failed)")
+        data, fields = open_envelope(data, MAGIC, _HEADER, "recipe", FORMAT_VERSION)
+        _, _, _, _, n_ops, target_size, basis_size, digest = fields
+        check_length(data, _HEADER.size + n_ops * _OP.itemsize + _TRAILER_SIZE, "recipe")
         ops = np.frombuffer(data, dtype=_OP, count=n_ops, offset=_HEADER.size)
         basis = None if basis_size == UNKNOWN_SIZE else basis_size
         _check_ops(ops, target_size, basis)

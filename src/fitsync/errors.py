@@ -16,6 +16,9 @@ class FitsyncError(Exception):
     """Base of all user-facing errors; the message is one line."""
 
     exit_code = EXIT_USAGE
+    # Worth retrying: the same attempt may succeed later (network, a source
+    # being modified). A file that contradicts a signed manifest is not.
+    transient = False
 
 
 class UsageError(FitsyncError):
@@ -38,6 +41,7 @@ class NotFound(BadInput):
 
 class TransferFailed(FitsyncError):
     exit_code = EXIT_FAILED
+    transient = True
 
 
 class VerificationFailed(TransferFailed):
@@ -50,14 +54,16 @@ class SourceChanged(TransferFailed):
 
 class ConnectionFailed(FitsyncError):
     exit_code = EXIT_CONNECTION
+    transient = True
 
 
 class AuthenticationFailed(ConnectionFailed):
-    pass
+    # Retrying a wrong password can lock an account or a shared link.
+    transient = False
 
 
 class HostKeyRejected(ConnectionFailed):
-    pass
+    transient = False
 
 
 class Locked(FitsyncError):

@@ -24,6 +24,7 @@ import tempfile
 import zlib
 
 from fitsync.errors import BadInput, UnsafePath
+from fitsync.manifest import write_atomically
 from fitsync.paths import join_under, safe_relpath
 from fitsync.remotes.local import STATE_DIR, finish_file
 
@@ -159,9 +160,5 @@ def _load_state(dst_root: str) -> dict:
 
 
 def _save_state(dst_root: str, state: dict) -> None:
-    directory = os.path.join(dst_root, STATE_DIR)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="extracted-", dir=directory)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(state, f, indent=1, sort_keys=True)
-    os.replace(tmp, _state_path(dst_root))
+    os.makedirs(os.path.join(dst_root, STATE_DIR), exist_ok=True)
+    write_atomically(_state_path(dst_root), lambda out: json.dump(state, out, indent=1, sort_keys=True))

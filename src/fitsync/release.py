@@ -138,7 +138,20 @@ def load_release_manifest(fetch: Fetch, *, where: str, verify_key: str | None = 
         verify_manifest_bytes(raw, signature_raw, public_key, name=name, key_name=verify_key)
         verified_by = key_id(public_key)
     manifest = parse_manifest_bytes(raw, name)
+    mtime = mtime or _created(manifest)
     return ReleaseManifest(raw, manifest, signature_raw=signature_raw, verified_by=verified_by, mtime=mtime)
+
+
+def _created(manifest: Manifest) -> float:
+    """The manifest's creation time from its header: the mtime its mirrored copy gets
+    when the server tells no Last-Modified."""
+    import datetime as dt
+
+    try:
+        when = dt.datetime.strptime(str(manifest.header.get("created")), "%Y-%m-%dT%H:%M:%SZ")
+    except ValueError:
+        return 0.0
+    return when.replace(tzinfo=dt.timezone.utc).timestamp()
 
 
 def describe(release: ReleaseManifest) -> str:

@@ -84,10 +84,23 @@ def digest_entries(
 
 
 def common_algorithm(a: Remote, b: Remote) -> str:
-    """A digest both sides produce cheaply: one a side lists for free (Dropbox's
-    content hash) when the other side is local and can compute it, else BLAKE3."""
+    """A digest both sides produce without moving data: one a side lists for
+    free (Dropbox's content hash) when the other is local, else one both
+    compute where the data is (BLAKE3, or SHA-256 on hosts without blake3)."""
     for one, other in ((a, b), (b, a)):
         for algo in sorted(one.listed_hashes):
             if algo in other.listed_hashes or Capability.LOCAL in other.capabilities:
                 return algo
+    ca, cb = _remote_digests(a), _remote_digests(b)
+    for algo in ("blake3", "sha256"):
+        if (ca is None or algo in ca) and (cb is None or algo in cb):
+            return algo
     return "blake3"
+
+
+def _remote_digests(remote: Remote):
+    """Algorithms ``remote`` computes where its data is; None means any (local,
+    or a backend that declares nothing and reads the data to hash it)."""
+    if Capability.LOCAL in remote.capabilities:
+        return None
+    return getattr(remote, "remote_digests", None)

@@ -29,6 +29,7 @@ is True only when every given criterion holds:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import re
 import sys
@@ -42,6 +43,7 @@ from fitsync.templates_paths import (
     PathTemplate,
     WhereClause,
     compile_template,
+    glob_to_regex,
     load_profile,
     parse_where,
     profile_where,
@@ -94,58 +96,12 @@ def compile_rule(pattern: str, include: bool) -> FilterRule:
     return FilterRule(include, pattern, re.compile(regex, re.DOTALL), directory_only, whole_path, leading_slash)
 
 
-def glob_to_regex(glob: str) -> str:
-    """rsync wildcards: ``*`` and ``?`` stay within a name, ``**`` crosses ``/``,
-    ``[...]`` is a character class (``[!...]`` negated), ``\\`` escapes."""
-    out = []
-    i = 0
-    while i < len(glob):
-        c = glob[i]
-        if c == "\\" and i + 1 < len(glob):
-            out.append(re.escape(glob[i + 1]))
-            i += 2
-        elif glob.startswith("**", i):
-            while i < len(glob) and glob[i] == "*":
-                i += 1
-            out.append(".*")
-        elif c == "*":
-            out.append("[^/]*")
-            i += 1
-        elif c == "?":
-            out.append("[^/]")
-            i += 1
-        elif c == "[":
-            end = _class_end(glob, i)
-            if end < 0:
-                out.append(re.escape(c))
-                i += 1
-            else:
-                inner = glob[i + 1 : end]
-                if inner.startswith("!"):
-                    inner = "^" + inner[1:]
-                out.append("[" + inner.replace("\\", "\\\\") + "]")
-                i = end + 1
-        else:
-            out.append(re.escape(c))
-            i += 1
-    return "".join(out)
-
-
-def _class_end(glob: str, start: int) -> int:
-    j = start + 1
-    if j < len(glob) and glob[j] in "!^":
-        j += 1
-    if j < len(glob) and glob[j] == "]":
-        j += 1  # a leading ] is a literal member
-    end = glob.find("]", j)
-    return end
-
-
 class FilterRules:
     """Ordered include/exclude rules with rsync's first-match-wins semantics."""
 
     def __init__(self, rules: list[FilterRule]):
         self.rules = rules
+        self._directory_excluded: dict[str, bool] = {}  # listings revisit the same directories
 
     def first_match(self, path: str, is_dir: bool) -> FilterRule | None:
         for rule in self.rules:
@@ -158,11 +114,17 @@ class FilterRules:
         first rule matching the file itself (if any) includes it."""
         parts = path.split("/")
         for depth in range(1, len(parts)):
-            rule = self.first_match("/".join(parts[:depth]), is_dir=True)
-            if rule is not None and not rule.include:
+            if self._excluded_directory("/".join(parts[:depth])):
                 return False
         rule = self.first_match(path, is_dir=False)
         return rule is None or rule.include
+
+    def _excluded_directory(self, directory: str) -> bool:
+        verdict = self._directory_excluded.get(directory)
+        if verdict is None:
+            rule = self.first_match(directory, is_dir=True)
+            verdict = self._directory_excluded[directory] = rule is not None and not rule.include
+        return verdict
 
 
 def rule_order(argv: list[str]) -> list[tuple[bool, str]]:
@@ -241,7 +203,7 @@ def parse_when(text: str, now: dt.datetime, option: str = "--since") -> dt.datet
     if re.fullmatch(r"(?:\d+(?:\.\d+)?\s*[smhdw]\s*)+", lowered):
         return now - parse_duration(value, option)
     try:
-        return dt.datetime.fromisoformat(value.replace(" ", "T", 1) if " " in value else value)
+        return as_local_datetime(dt.datetime.fromisoformat(value.replace(" ", "T", 1) if " " in value else value))
     except ValueError:
         pass
     try:
@@ -297,9 +259,6 @@ class Selection:
             return self._period_selected(self.template.period(values))
         return self._mtime_selected(entry.mtime)
 
-    def fields_of(self, path: str) -> dict[str, str] | None:
-        return self.template.parse(path) if self.template is not None else None
-
     def _listed(self, path: str) -> bool:
         if path in self.files:
             return True
@@ -316,15 +275,16 @@ class Selection:
             return False
         return True
 
+    @functools.cached_property
+    def _since_timestamp(self) -> float | None:
+        return None if self.since is None else _timestamp(self.since)
+
     def _mtime_selected(self, mtime: float) -> bool:
-        if self.since is not None and mtime < _timestamp(self.since):
+        if self.since is not None and mtime < self._since_timestamp:
             return False
         if self.on_date is not None and dt.datetime.fromtimestamp(mtime).date() != self.on_date:
             return False
         return True
-
-    def filter(self, entries):
-        return [e for e in entries if self.matches(e)]
 
 
 SELECTION_OPTIONS = (
@@ -336,10 +296,12 @@ def build_selection(opts: dict, now=None, argv: list[str] | None = None) -> Sele
     """The selection the command line asks for, or None when it asks for none.
 
     ``opts`` is the docopt dict; ``now`` (datetime or epoch seconds) fixes the
-    clock for tests; ``argv`` restores the relative order of --include and
-    --exclude, which the docopt dict does not keep (without it, all includes
-    are tried before all excludes).
+    clock for tests; ``argv`` (or ``opts["ARGV"]``, or sys.argv) restores the
+    relative order of --include and --exclude, which the docopt dict does not
+    keep (without it, all includes are tried before all excludes).
     """
+    if argv is None:
+        argv = opts.get("ARGV")
     if not any(opts.get(name) for name in SELECTION_OPTIONS):
         return None
     now_local = as_local_datetime(now)

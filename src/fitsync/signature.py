@@ -57,6 +57,33 @@ _TRAILER = struct.Struct("<Q")  # xxh3-64 of everything before it
 MAX_SIGNATURE_BYTES = 1 << 34  # 16 GiB: refuse anything larger when parsing
 
 
+def seal(body: bytes) -> bytes:
+    """``body`` followed by its XXH3-64: the envelope of fitsync's byte formats."""
+    return body + _TRAILER.pack(xxhash.xxh3_64_intdigest(body))
+
+
+def open_envelope(data, magic: bytes, header: struct.Struct, what: str, version: int) -> tuple[bytes, tuple]:
+    """Check magic, size and XXH3-64 trailer of a sealed blob; return the
+    bytes and its unpacked header (whose field 1 is the format version)."""
+    data = bytes(data)
+    if len(data) < header.size + _TRAILER.size or not data.startswith(magic):
+        raise BadInput(f"not a fitsync {what} (bad magic or too short)")
+    if len(data) > MAX_SIGNATURE_BYTES:
+        raise BadInput(f"{what} is larger than any fitsync writes")
+    (check,) = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
+    if check != xxhash.xxh3_64_intdigest(memoryview(data)[: len(data) - _TRAILER.size]):
+        raise BadInput(f"{what} is damaged (integrity check failed)")
+    fields = header.unpack_from(data)
+    if fields[1] != version:
+        raise BadInput(f"{what} format version {fields[1]} is not supported (this fitsync reads {version})")
+    return data, fields
+
+
+def check_length(data: bytes, expected: int, what: str) -> None:
+    if expected != len(data):
+        raise BadInput(f"{what} is {len(data)} bytes; its header promises {expected}")
+
+
 def _cpu_count() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -188,28 +215,16 @@ class Signature:
             self.weak.astype("<u4").tobytes(),
             self.strong,
         ))
-        return body + _TRAILER.pack(xxhash.xxh3_64_intdigest(body))
+        return seal(body)
 
     @classmethod
     def from_bytes(cls, data) -> "Signature":
         """Parse ``to_bytes`` output; raise BadInput on anything else."""
-        data = bytes(data)
-        if len(data) < _HEADER.size + _TRAILER.size or not data.startswith(MAGIC):
-            raise BadInput("not a fitsync signature (bad magic or too short)")
-        if len(data) > MAX_SIGNATURE_BYTES:
-            raise BadInput("signature is larger than any fitsync writes")
-        (_, version, weak_id, strong_id, block_size, file_size, nbounds, _reserved, nblocks,
-         digest) = _HEADER.unpack_from(data)
-        if version != FORMAT_VERSION:
-            raise BadInput(f"signature format version {version} is not supported (this fitsync reads {FORMAT_VERSION})")
+        data, fields = open_envelope(data, MAGIC, _HEADER, "signature", FORMAT_VERSION)
+        _, _, weak_id, strong_id, block_size, file_size, nbounds, _reserved, nblocks, digest = fields
         if weak_id != WEAK_ROLLSUM or strong_id != STRONG_XXH3_128:
             raise BadInput("signature uses block sums this fitsync does not know")
-        expected = _HEADER.size + 8 * nbounds + (4 + STRONG_LEN) * nblocks + _TRAILER.size
-        if expected != len(data):
-            raise BadInput(f"signature is {len(data)} bytes; its header promises {expected}")
-        (check,) = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
-        if check != xxhash.xxh3_64_intdigest(memoryview(data)[: len(data) - _TRAILER.size]):
-            raise BadInput("signature is damaged (integrity check failed)")
+        check_length(data, _HEADER.size + 8 * nbounds + (4 + STRONG_LEN) * nblocks + _TRAILER.size, "signature")
         pos = _HEADER.size
         boundaries = np.frombuffer(data, dtype="<u8", count=nbounds, offset=pos).tolist()
         pos += 8 * nbounds

@@ -39,6 +39,7 @@ import tempfile
 import blake3
 
 from fitsync.errors import BadInput, NotFound, VerificationFailed
+from fitsync.manifest import write_atomically
 
 SIGNATURE_SUFFIX = ".sig"
 SIGNATURE_FORMAT = "fitsync-manifest-signature"
@@ -81,8 +82,8 @@ def generate_key_pair(keyfile: str, *, force: bool = False) -> tuple[str, str]:
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    _write_atomically(keyfile, private_pem, 0o600)
-    _write_atomically(pubfile, public_pem, 0o644)
+    _write_private(keyfile, private_pem)
+    write_atomically(pubfile, lambda out: out.write(public_pem.decode("ascii")))
     return keyfile, pubfile
 
 
@@ -238,7 +239,8 @@ def sign_manifest_file(manifest_path: str, keyfile: str) -> str:
     key = load_private_key(keyfile)
     manifest = _read_manifest_file(manifest_path)
     out = signature_path(manifest_path)
-    _write_atomically(out, sign_manifest_bytes(manifest, key), 0o644)
+    signature = sign_manifest_bytes(manifest, key).decode("ascii")
+    write_atomically(out, lambda stream: stream.write(signature))
     return out
 
 
@@ -278,19 +280,16 @@ def _read_manifest_file(path: str) -> bytes:
         raise BadInput(f"manifest {path} is a directory") from None
 
 
-def _write_atomically(path: str, data: bytes, mode: int) -> None:
+def _write_private(path: str, data: bytes) -> None:
+    """Write a private key atomically; the file is 0600 before any byte is in it."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fitsync-key-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".fitsync-key-", dir=directory)  # mkstemp creates it 0600
     try:
-        os.fchmod(fd, mode)  # before any byte is written: a private key is never readable by others
         with os.fdopen(fd, "wb") as out:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        os.unlink(tmp)
         raise

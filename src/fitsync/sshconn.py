@@ -348,9 +348,12 @@ _POOL: dict = {}
 _POOL_LOCK = threading.Lock()
 
 
-def connect(target: SshTarget) -> SshConnection:
-    """The shared connection for ``target`` (through its ProxyJump hops)."""
-    key = (target.user, target.hostname, target.port, target.proxy_jump, target.proxy_command)
+def connect(target: SshTarget, lane: int = 0) -> SshConnection:
+    """The shared connection for ``target`` (through its ProxyJump hops).
+    ``lane`` > 0 gives further connections to the same host, for striped
+    transfers: one paramiko connection is limited by one Python thread's
+    packet processing."""
+    key = (target.user, target.hostname, target.port, target.proxy_jump, target.proxy_command, lane)
     with _POOL_LOCK:
         conn = _POOL.get(key)
         if conn is not None and conn.alive():

@@ -50,6 +50,7 @@ class MirrorOptions:
     fits_check: bool = True
     selection: object | None = None  # anything with matches(Entry) -> bool
     only_paths: set[str] | None = None  # mirror exactly these (dataset subsets)
+    protected: set[str] = field(default_factory=set)  # never deleted (e.g. files unpacked by --extract)
     retry_delay: float = 0.5
 
 
@@ -117,6 +118,7 @@ class Mirror:
         self.options = options
         self.reporter = reporter or Reporter()
         self.result = MirrorResult(dry_run=options.dry_run)
+        self.aborted: FitsyncError | None = None  # a failure that ends the whole run
         self.resolution = max(src.mtime_resolution, dst.mtime_resolution)
 
     # -- the run -------------------------------------------------------
@@ -143,6 +145,9 @@ class Mirror:
 
     def plan(self) -> list[Item]:
         src_entries, dst_entries = self.list_both()
+        for path, reason in getattr(self.src, "rejected_names", ()):
+            # Names the source holds but this file system cannot (or must not) be given.
+            self.fail(Item(path, Action.NEW, reason), TransferFailed(reason))
         self.result.files_total = len(src_entries)
         self.result.bytes_total = sum(e.size for e in src_entries.values())
         differs, reasons, expected = self.compare_contents(src_entries, dst_entries)
@@ -166,7 +171,8 @@ class Mirror:
             ))
         items = self.hold_back_incomplete_sources(items)
         if self.options.delete:
-            items.extend(deletions(set(src_entries), dst_entries))
+            kept = {p: e for p, e in dst_entries.items() if p not in self.options.protected}
+            items.extend(deletions(set(src_entries), kept))
         return items
 
     def list_both(self) -> tuple[dict[str, Entry], dict[str, Entry]]:
@@ -274,6 +280,8 @@ class Mirror:
             for future in cf.as_completed(futures):
                 future.result()
         self.reporter.close_phase()
+        if self.aborted is not None:
+            raise self.aborted
         doomed = [i for i in items if i.action == Action.DELETE]
         if doomed and self.result.files_failed:
             log.warning("not deleting %d destination files because %d transfers failed",
@@ -296,11 +304,20 @@ class Mirror:
         setattr(self.result, field_name, getattr(self.result, field_name) + 1)
 
     def transfer_with_retries(self, item: Item) -> None:
+        if self.aborted is not None:
+            return
         attempt = 0
         while True:
             try:
                 moved = self.transfer_one(item)
             except RETRYABLE as exc:
+                if not getattr(exc, "transient", True):
+                    if isinstance(exc, ConnectionFailed):
+                        # Credentials or a host key: every other file would fail
+                        # the same way, and retrying could lock an account.
+                        self.aborted = exc
+                    self.fail(item, exc)
+                    return
                 attempt += 1
                 if isinstance(exc, SourceChanged):
                     item = self.refresh_source(item)

@@ -2,8 +2,9 @@
 
 A template such as ``{instrument}/{yyyy}/{mmdd}/{file}`` describes where files
 live. Each ``{name}`` matches one run of characters within a path component
-(no ``/``); ``{name:REGEX}`` gives the field its own pattern; ``*`` and ``**``
-are the usual globs; ``{{`` and ``}}`` are literal braces. A field named twice
+(no ``/``); ``{name:REGEX}`` gives the field its own pattern; the text
+between fields is an rsync glob (``*``, ``?``, ``**``, ``[...]``); ``{{`` and
+``}}`` are literal braces. A field named twice
 must have the same value both times. A template ending in ``/`` matches a
 directory: every file below a matching directory is selected.
 
@@ -93,34 +94,78 @@ def compile_template(text: str, field_patterns: dict[str, str] | None = None) ->
 
 
 def _translate(body: str, field_patterns: dict, original: str) -> tuple[list[str], list[str]]:
+    """Regex parts of a template: fields become groups, the text between
+    them is an rsync-style glob (``*``, ``?``, ``**``, ``[...]``)."""
     parts: list[str] = []
     names: list[str] = []
+    literal: list[str] = []
     i = 0
     while i < len(body):
         c = body[i]
         if body.startswith("{{", i) or body.startswith("}}", i):
-            parts.append(re.escape(c))
+            literal.append("\\" + c)
             i += 2
         elif c == "{":
+            parts.append(glob_to_regex("".join(literal)))
+            literal = []
             end = _closing_brace(body, i, original)
             name, _, own_pattern = body[i + 1 : end].partition(":")
             parts.append(_field_regex(name, own_pattern, field_patterns, names, original))
             i = end + 1
         elif c == "}":
             raise BadInput(f"template {original!r} has an unmatched '}}'; write '}}}}' for a literal brace")
-        elif body.startswith("**", i):
-            parts.append(".*")
+        else:
+            literal.append(c)
+            i += 1
+    parts.append(glob_to_regex("".join(literal)))
+    return parts, names
+
+
+def glob_to_regex(glob: str) -> str:
+    """rsync wildcards: ``*`` and ``?`` stay within a name, ``**`` crosses ``/``,
+    ``[...]`` is a character class (``[!...]`` negated), ``\\`` escapes."""
+    out = []
+    i = 0
+    while i < len(glob):
+        c = glob[i]
+        if c == "\\" and i + 1 < len(glob):
+            out.append(re.escape(glob[i + 1]))
             i += 2
+        elif glob.startswith("**", i):
+            while i < len(glob) and glob[i] == "*":
+                i += 1
+            out.append(".*")
         elif c == "*":
-            parts.append("[^/]*")
+            out.append("[^/]*")
             i += 1
         elif c == "?":
-            parts.append("[^/]")
+            out.append("[^/]")
             i += 1
+        elif c == "[":
+            end = _class_end(glob, i)
+            if end < 0:
+                out.append(re.escape(c))
+                i += 1
+            else:
+                inner = glob[i + 1 : end]
+                if inner.startswith("!"):
+                    inner = "^" + inner[1:]
+                out.append("[" + inner.replace("\\", "\\\\") + "]")
+                i = end + 1
         else:
-            parts.append(re.escape(c))
+            out.append(re.escape(c))
             i += 1
-    return parts, names
+    return "".join(out)
+
+
+def _class_end(glob: str, start: int) -> int:
+    j = start + 1
+    if j < len(glob) and glob[j] in "!^":
+        j += 1
+    if j < len(glob) and glob[j] == "]":
+        j += 1  # a leading ] is a literal member
+    end = glob.find("]", j)
+    return end
 
 
 def _closing_brace(body: str, start: int, original: str) -> int:

@@ -214,7 +214,9 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None) -> Move
         fetched = [0]
 
         def read_source(ranges):
-            for data in src.read_ranges(item.path, ranges):
+            # Bounded pieces: a replaced file is one huge SOURCE range, and
+            # backends return one bytes object per range.
+            for data in src.read_ranges(item.path, split_ranges(ranges, CHUNK)):
                 fetched[0] += len(data)
                 if on_bytes:
                     on_bytes(len(data))
@@ -235,6 +237,18 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None) -> Move
     if on_bytes:
         on_bytes(recipe.basis_bytes)
     return Moved(transferred=fetched[0], reused=recipe.basis_bytes)
+
+
+def split_ranges(ranges, limit: int) -> list[tuple[int, int]]:
+    """(offset, length) ranges cut into pieces of at most ``limit`` bytes, in order."""
+    pieces = []
+    for offset, length in ranges:
+        end = offset + length
+        while offset < end:
+            step = min(limit, end - offset)
+            pieces.append((offset, step))
+            offset += step
+    return pieces
 
 
 # -- push ------------------------------------------------------------------
@@ -277,7 +291,8 @@ def _push_delta(local: str, dst: Remote, item: Item, on_bytes=None) -> Moved:
                         on_bytes(length)
                     yield bytes(data[offset:offset + length])
 
-            dst.apply_recipe(item.path, recipe, literals(), mtime=item.src.mtime, expected_digest=recipe.digest)
+            dst.apply_recipe(item.path, recipe, literals(), mtime=item.src.mtime, expected_digest=recipe.digest,
+                             source_path=local)
     return Moved(transferred=recipe.source_bytes, reused=recipe.basis_bytes)
 
 

@@ -53,9 +53,9 @@ def run(opts: dict) -> int:
 
         local_root = os.path.abspath(opts["TARGET"])
         reports = fitsaudit.audit_tree(local_root, jobs=int_option(opts, "--jobs", 2, minimum=1))
-        fits_clean = all(r.ok for r in reports)
+        fits_clean = all(r.status == fitsaudit.STATUS_OK for r in reports)
         clean = clean and fits_clean
-        output["fits"] = [r.to_json() for r in reports]
+        output["fits"] = [r.to_dict() for r in reports]
         if not opts["--json"] and not opts["--quiet"]:
             print(fitsaudit.format_table(reports))
     if opts["--json"]:

@@ -49,3 +49,13 @@ def load_manifest(path: str | None, opts: dict):
     from fitsync.manifest import read_manifest
 
     return read_manifest(path)
+
+
+def open_source(spec: str, opts: dict):
+    """Open a location that is read from. A remote that can neither run code nor
+    is local, but publishes a release manifest, is listed and delta-served from
+    it; with --verify-key the manifest's signature must verify."""
+    from fitsync.release import release_source
+    from fitsync.remotes import open_remote
+
+    return release_source(open_remote(spec, opts), opts)

@@ -21,15 +21,14 @@ exits 1 when they differ.
 
 from __future__ import annotations
 
-from fitsync.cli.common import int_option, load_selection, print_json
+from fitsync.cli.common import int_option, load_selection, open_source, print_json
 from fitsync.compare import compare_trees
 from fitsync.errors import EXIT_DIFFERENCES, EXIT_OK, NotFound
 from fitsync.manifest import write_atomically
-from fitsync.remotes import open_remote
 
 
 def run(opts: dict) -> int:
-    with open_remote(opts["A"], opts) as a, open_remote(opts["B"], opts) as b:
+    with open_source(opts["A"], opts) as a, open_source(opts["B"], opts) as b:
         for side, name in ((a, opts["A"]), (b, opts["B"])):
             if not side.exists():
                 raise NotFound(f"{name} does not exist; check the path")

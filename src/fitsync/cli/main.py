@@ -71,6 +71,9 @@ def dispatch(module, argv: list[str]) -> int:
         return EXIT_USAGE
     except SystemExit as exc:  # --help or --version, already printed by docopt
         return exc.code if isinstance(exc.code, int) else 0
+    # docopt keeps --include and --exclude in separate lists; the filter rules
+    # need their command-line order (first match wins), so keep the words too.
+    opts["ARGV"] = argv
     try:
         return module.run(opts)
     except FitsyncError as exc:

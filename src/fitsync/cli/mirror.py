@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import sys
 
-from fitsync.cli.common import int_option, load_manifest, load_selection, print_json
+from fitsync.cli.common import int_option, load_manifest, load_selection, open_source, print_json
 from fitsync.errors import EXIT_FAILED, EXIT_OK
 from fitsync.progress import Reporter, setup_logging
 from fitsync.remotes import open_remote
@@ -76,20 +76,25 @@ def run(opts: dict) -> int:
     # With --json, stdout carries only the summary object; itemized lines go to stderr.
     reporter = Reporter(itemize=opts["--itemize"] or options.dry_run, quiet=opts["--quiet"],
                         out=sys.stderr if opts["--json"] else None)
-    with open_remote(opts["SRC"], opts) as src, open_remote(opts["DST"], opts) as dst:
+    with open_source(opts["SRC"], opts) as src, open_remote(opts["DST"], opts) as dst:
         if opts["--production"]:
             from fitsync.datastore import mirror_production
 
             def mirror_paths(paths):
                 options.only_paths = set(paths)
-                return Mirror(src, dst, options, reporter).run()
+                result = Mirror(src, dst, options, reporter).run()
+                report(result, opts)
+                return result
 
             return mirror_production(src, dst, opts, mirror_paths)
+        if opts["--extract"]:
+            from fitsync.extract import extract_archives, extracted_paths
+
+            # What earlier runs unpacked is not in the source; --delete must keep it.
+            options.protected = set(extracted_paths(dst.root))
         result = Mirror(src, dst, options, reporter).run()
         if opts["--extract"] and not options.dry_run:
-            from fitsync.extract import extract_archives
-
-            extract_archives(dst.root, [path for path in _archives(dst)])
+            extract_archives(dst.root, _archives(dst))
     report(result, opts)
     return EXIT_FAILED if result.files_failed else EXIT_OK
 

@@ -2,7 +2,8 @@
 
 Usage:
   fitsync missing SRC --expect=EXPR [--template=T] [--profile=NAME] [--where=EXPR]...
-                      [--output=FILE] [--report=FILE] [--quiet] [--include=PAT]... [--exclude=PAT]...
+                      [--output=FILE] [--report=FILE] [--log-file=FILE] [--quiet]
+                      [--include=PAT]... [--exclude=PAT]...
                       [--files-from=FILE] [--since=WHEN] [--max-age=DURATION] [--date=DAY]
                       [--accept-new-host-key] [--ca-bundle=FILE] [--dropbox-config=FILE]
   fitsync missing --help
@@ -16,6 +17,7 @@ Options:
   --output=FILE          Write the keys that lack files, one per line (an empty file
                          when none do); feed it back with --where=tile=@FILE.
   --report=FILE          Write every key with the expected values it lacks.
+  --log-file=FILE        Append a timestamped log to FILE.
   --quiet                Print nothing; the exit code tells.
 
 Keys are the values of the fields given by --where lists; without one, the
@@ -29,6 +31,7 @@ import sys
 
 from fitsync.errors import EXIT_DIFFERENCES, EXIT_OK, UsageError
 from fitsync.manifest import write_atomically
+from fitsync.progress import log, setup_logging
 from fitsync.remotes import open_remote
 from fitsync.selection import build_selection
 from fitsync.templates_paths import find_missing, parse_where
@@ -37,6 +40,7 @@ SHOWN = 50  # keys printed on the terminal; --report has them all
 
 
 def run(opts: dict) -> int:
+    setup_logging(opts["--log-file"], opts["--quiet"])
     if not (opts["--template"] or opts["--profile"]):
         raise UsageError("missing needs --template=T (or --profile=NAME) to find the keys in the paths")
     expect = parse_where(opts["--expect"], option="--expect")
@@ -49,6 +53,7 @@ def run(opts: dict) -> int:
             print(f"fitsync: {opts['SRC']} does not exist; every key is missing", file=sys.stderr)
             paths = []
     report = find_missing(paths, selection.template, selection.where, expect)
+    log.info("missing %s: %s", opts["SRC"], summary_line(report))
     if opts["--output"]:
         write_atomically(opts["--output"], lambda out: out.writelines(report.key_text(k) + "\n" for k in report.missing))
     if opts["--report"]:

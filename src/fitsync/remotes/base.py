@@ -130,8 +130,10 @@ class Remote(ABC):
         with self.open_read(path) as f:
             return hash_stream(f, algo, READ_CHUNK)
 
-    def block_signature(self, path: str) -> "Signature":
-        """Block signature of the file (backends with SIGNATURE compute it remotely)."""
+    def block_signature(self, path: str) -> "Signature | None":
+        """Block signature of the file (backends with SIGNATURE compute it remotely),
+        or None when there is none to be had cheaply (e.g. a release manifest
+        without blocks for this file); the engine then copies the whole file."""
         from fitsync.signature import signature_of_remote
 
         return signature_of_remote(self, path)
@@ -153,9 +155,11 @@ class Remote(ABC):
     def delete(self, path: str) -> None:
         raise ReadOnlyRemote(f"{self.url} is read-only; cannot delete {path}")
 
-    def apply_recipe(self, path: str, recipe, literals: Iterable[bytes], *, mtime: float, expected_digest: str) -> None:
+    def apply_recipe(self, path: str, recipe, literals: Iterable[bytes], *, mtime: float, expected_digest: str,
+                     source_path: str | None = None) -> None:
         """Build ``path`` remotely from its current content and literal bytes
-        (PATCH capability only)."""
+        (PATCH capability only). ``source_path`` is the local new file, for
+        backends that verify with a digest the remote side can compute."""
         raise NotImplementedError(f"{self.url} cannot apply patches remotely")
 
     # -- lifetime -----------------------------------------------------

@@ -58,10 +58,11 @@ from fitsync.paths import safe_relpath
 from fitsync.remotes.base import Capability, Entry, ReadOnlyRemote, Remote
 
 log = logging.getLogger("fitsync.dropbox")
-# The SDK logs one INFO line per request; over 42,000 files that drowns fitsync's
-# own log. Its warnings still come through.
+# The SDK logs one INFO line per request, which over 42,000 files drowns fitsync's
+# own log, and a WARNING when an expired token cannot be renewed, which fitsync
+# already reports as a one-line error. fitsync says what happened itself.
 if logging.getLogger("dropbox").level == logging.NOTSET:
-    logging.getLogger("dropbox").setLevel(logging.WARNING)
+    logging.getLogger("dropbox").setLevel(logging.ERROR)
 
 TOKEN_ENV = "FITSYNC_DROPBOX_TOKEN"
 LIST_PAGE = 2000  # entries per list_folder page (the API's maximum)
@@ -208,16 +209,6 @@ def _root_of(path: str) -> str:
     return "/" + safe_relpath(path.lstrip("/"), "Dropbox path")
 
 
-def _int_option(options: dict, name: str, default: int) -> int:
-    value = options.get(name)
-    if value in (None, ""):
-        return default
-    try:
-        return max(0, int(value))
-    except (TypeError, ValueError):
-        raise UsageError(f"{name} takes a whole number, not {value!r}") from None
-
-
 def _shown_link(url: str) -> str:
     """A shared link for messages: enough to recognise it, not enough to use it."""
     head, sep, tail = url.partition("://")
@@ -311,8 +302,10 @@ class DropboxRemote(Remote):
         chunk_mib = conf.get("upload_chunk_mib", UPLOAD_CHUNK >> 20)
         if not isinstance(chunk_mib, int) or not 1 <= chunk_mib <= 148:
             raise BadInput("upload_chunk_mib must be a whole number of MiB from 1 to 148")
-        retry = RetryPolicy(attempts=_int_option(options, "--retries", RetryPolicy.attempts))
-        return cls(url, path, creds, retry=retry, jobs=_int_option(options, "--jobs", 4) or 1,
+        from fitsync.cli.common import int_option
+
+        retry = RetryPolicy(attempts=int_option(options, "--retries", RetryPolicy.attempts))
+        return cls(url, path, creds, retry=retry, jobs=int_option(options, "--jobs", 4, minimum=1),
                    upload_chunk=chunk_mib << 20)
 
     # -- the SDK client and the one place its errors are handled -------------
@@ -499,7 +492,9 @@ class DropboxRemote(Remote):
             if isinstance(error, NotFound):
                 return False
             raise error from None
-        return isinstance(meta, files.FolderMetadata)
+        if not isinstance(meta, files.FolderMetadata):
+            raise BadInput(f"{self.url} is a file on Dropbox, not a folder; name the folder that holds it")
+        return True
 
     def list(self) -> Iterator[Entry]:
         self.rejected_names = []

@@ -179,18 +179,26 @@ class _Exchange:
             raise _Transient(f"connection lost while reading ({_describe(exc)})") from None
 
     def read_small(self, limit: int) -> bytes:
+        """The whole body of a response expected to be small (a manifest, an index page)."""
         length = self.resp.length
-        if length is not None and length > limit:
-            raise BadInput(f"{self.url} is {length} bytes; more than the {limit} expected")
-        try:
-            data = self.resp.read(limit + 1)
-        except (OSError, http.client.HTTPException) as exc:
-            raise _Transient(f"connection lost while reading ({_describe(exc)})") from None
-        if len(data) > limit:
-            raise BadInput(f"{self.url} is larger than the {limit} bytes expected")
-        if length is not None and len(data) < length:
-            raise _Transient(f"the server closed the connection after {len(data)} of {length} bytes")
-        return data
+        if length is not None:
+            if length > limit:
+                raise BadInput(f"{self.url} is {length} bytes; more than the {limit} expected")
+            data = bytearray(length)
+            self.read_exact_into(memoryview(data))
+            return bytes(data)
+        chunks, total = [], 0
+        while True:  # no Content-Length (chunked): read to the end, within the limit
+            try:
+                chunk = self.resp.read1(READ_CHUNK)
+            except (OSError, http.client.HTTPException) as exc:
+                raise _Transient(f"connection lost while reading ({_describe(exc)})") from None
+            if not chunk:
+                return b"".join(chunks)
+            total += len(chunk)
+            if total > limit:
+                raise BadInput(f"{self.url} is larger than the {limit} bytes expected")
+            chunks.append(chunk)
 
     def release(self) -> None:
         """Reuse the connection only when the response was read to its end."""
@@ -334,6 +342,10 @@ class HttpRemote(Remote):
                 return ex.status < 400
         except NotFound:
             return False
+        except AuthenticationFailed as exc:
+            if getattr(exc, "http_status", None) == 403:
+                return True  # there, but not listable: list() says what to do
+            raise
 
     def list(self) -> Iterator[Entry]:
         return iter(sorted(self._listing().values(), key=lambda e: e.path))
@@ -368,7 +380,7 @@ class HttpRemote(Remote):
 
                 release = load_release_manifest(fetch, where=self.base, verify_key=self.verify_key)
                 if release is not None:
-                    release.mtime = fetched_mtime[0]
+                    release.mtime = fetched_mtime[0] or release.mtime  # Last-Modified, else "created"
                     log.info("listing %s from %s", self.base, describe(release))
                 self._release = release
                 self._release_checked = True
@@ -400,7 +412,11 @@ class HttpRemote(Remote):
                 return None, 0.0
             with ex:
                 _check_status(ex, url)
-                return ex.read_small(MAX_MANIFEST_BYTES), _http_date(ex.header("Last-Modified"))
+                data = ex.read_small(MAX_MANIFEST_BYTES)
+                if data.lstrip()[:1] == b"<":  # a "soft 404": an HTML page where the file is not
+                    log.debug("%s is an HTML page, not a manifest; taken as absent", url)
+                    return None, 0.0
+                return data, _http_date(ex.header("Last-Modified"))
 
         return self._retrying("GET " + url, attempt)
 
@@ -433,7 +449,9 @@ class HttpRemote(Remote):
         def attempt():
             try:
                 ex = self._send("GET", url)
-            except AuthenticationFailed:
+            except AuthenticationFailed as exc:
+                if getattr(exc, "http_status", None) != 403:
+                    raise
                 raise BadInput(
                     f"{url}: the server does not list this directory (HTTP 403) and there is no "
                     f"{_manifest_name()} at {self.base}; ask the publisher for one ('fitsync manifest ROOT --blocks')"
@@ -739,16 +757,11 @@ class HttpRemote(Remote):
     def _exchange(self, pool: _Pool, method: str, target: str, headers: dict, url: str) -> _Exchange:
         for _ in range(2):
             conn, reused = pool.get()
+            connecting = conn.sock is None
             try:
-                if conn.sock is None:
+                if connecting:
                     conn.connect()
-            except ssl.SSLError as exc:
-                conn.close()
-                raise _tls_failure(exc, pool) from None
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                raise _Transient(f"{pool.host}:{pool.port}: {_describe(exc)}", connecting=True) from None
-            try:
+                    connecting = False
                 conn.request(method, target, headers=headers)
                 return _Exchange(url, conn, pool, conn.getresponse())
             except ssl.SSLError as exc:
@@ -756,9 +769,9 @@ class HttpRemote(Remote):
                 raise _tls_failure(exc, pool) from None
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                if reused:  # a keep-alive connection the server had already closed: try a fresh one
+                if reused and not connecting:  # a keep-alive connection the server had closed: use a fresh one
                     continue
-                raise _Transient(f"{pool.host}:{pool.port}: {_describe(exc)}") from None
+                raise _Transient(f"{pool.host}:{pool.port}: {_describe(exc)}", connecting=connecting) from None
         raise _Transient(f"{pool.host}:{pool.port}: connection closed by the server")
 
     def _classify(self, ex: _Exchange, method: str, url: str) -> _Exchange:
@@ -768,7 +781,9 @@ class HttpRemote(Remote):
             raise NotFound(f"{url} does not exist on the server (HTTP {status})")
         if status in (401, 403):
             ex.release()
-            raise AuthenticationFailed(f"{url}: access denied (HTTP {status}); check the URL and credentials")
+            denied = AuthenticationFailed(f"{url}: access denied (HTTP {status}); check the URL and credentials")
+            denied.http_status = status
+            raise denied
         if status in _RETRY_STATUSES:
             retry_after = _int_header(ex.header("Retry-After"))
             ex.release()

@@ -44,7 +44,7 @@ from paramiko.sftp import CMD_DATA, CMD_READ, CMD_WRITE, int64
 from fitsync import __version__
 from fitsync.errors import (BadInput, ConnectionFailed, FitsyncError, NotFound, SourceChanged,
                             TransferFailed, UsageError, VerificationFailed)
-from fitsync.hashes import new_hasher
+from fitsync.hashes import hash_stream, new_hasher
 from fitsync.paths import safe_relpath
 from fitsync.remotes.base import Capability, Entry, Remote
 from fitsync.sshconn import SshConnection, SshTarget, connect, resolve_target
@@ -57,6 +57,10 @@ STATE_DIR = ".fitsync"
 REQUEST_SIZE = 252 << 10
 MAX_OUTSTANDING = 32  # ~8 MiB in flight per stream
 DEFAULT_RETRIES = 3
+# Large sequential reads are striped over this many connections (1 = off).
+DEFAULT_LANES = 2
+STRIPE_SIZE = 8 << 20
+STRIPED_MIN_BYTES = 32 << 20
 AGENT_MAGIC = b"FSA1"  # also an absurd SFTP length: internal-sftp quits at once
 AGENT_START_TIMEOUT = 30.0
 AGENT_IO_TIMEOUT = 600.0
@@ -193,6 +197,59 @@ def write_pipelined(sftp: paramiko.SFTPClient, handle: bytes, chunks: Iterable[b
     while outstanding:
         replies.wait(outstanding.popleft())
     return offset
+
+
+def read_striped(remote: "SftpRemote", full: str, start: int, end: int) -> Iterator[bytes]:
+    """Yield bytes start..end of ``full`` in order, read by one thread per
+    connection lane: lane i reads stripes i, i+k, i+2k... (STRIPE_SIZE each)
+    with its own pipeline. Each lane holds at most two stripes ahead, so
+    memory stays bounded however slow the consumer is. A lane's error is
+    raised here, in order, so the caller can reconnect and resume."""
+    import queue
+
+    lanes = remote.lanes
+    stripes = [(o, min(STRIPE_SIZE, end - o)) for o in range(start, end, STRIPE_SIZE)]
+    queues = [queue.Queue(maxsize=2) for _ in range(lanes)]
+    stop = threading.Event()
+
+    def put(q, item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def lane_worker(lane: int) -> None:
+        try:
+            sftp = remote.lane_connection(lane).sftp()
+            with sftp.open(full, "rb") as f:
+                for offset, length in stripes[lane::lanes]:
+                    pieces = [(o, min(REQUEST_SIZE, offset + length - o))
+                              for o in range(offset, offset + length, REQUEST_SIZE)]
+                    data = b"".join(read_pipelined(sftp, f.handle, pieces))
+                    if not put(queues[lane], data):
+                        return
+        except BaseException as exc:  # handed to the consumer, which decides about retrying
+            put(queues[lane], exc)
+
+    threads = [threading.Thread(target=lane_worker, args=(i,), daemon=True, name=f"sftp-lane-{i}")
+               for i in range(min(lanes, len(stripes)))]
+    for t in threads:
+        t.start()
+    try:
+        for index in range(len(stripes)):
+            item = queues[index % lanes].get()
+            if isinstance(item, BaseException):
+                raise item
+            if len(item) < stripes[index][1]:
+                raise SourceChanged(f"{full} shrank while it was read")
+            yield item
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
 
 
 # -- the agent, client side ---------------------------------------------------------
@@ -373,6 +430,8 @@ class SftpRemote(Remote):
         # Hide remote modules (testing the stdlib-only path): "blake3,xxhash".
         self.agent_avoid = tuple(x for x in str(conf.get("agent_avoid", os.environ.get(
             "FITSYNC_AGENT_AVOID", ""))).split(",") if x)
+        self.lanes = max(1, int(conf.get("connections") or os.environ.get("FITSYNC_SSH_CONNECTIONS")
+                                or DEFAULT_LANES))
         self._conn: SshConnection | None = None
         self._local = threading.local()
         self._agent_state: bool | None = None  # None = not probed yet
@@ -410,6 +469,15 @@ class SftpRemote(Remote):
             if self._conn is None:
                 self._conn = connect(self.target)
             conn = self._conn
+        if not conn.alive():
+            conn.reconnect(conn.generation)
+        return conn
+
+    def lane_connection(self, lane: int) -> SshConnection:
+        """An extra connection to the same host (lane 0 is ``connection()``)."""
+        if lane == 0:
+            return self.connection()
+        conn = connect(self.target, lane)
         if not conn.alive():
             conn.reconnect(conn.generation)
         return conn
@@ -529,6 +597,12 @@ class SftpRemote(Remote):
     def mtime_resolution(self) -> float:
         """SFTP v3 carries whole seconds; the agent nanoseconds."""
         return 1e-9 if self._agent_state else 1.0
+
+    @property
+    def remote_digests(self) -> frozenset:
+        """Digest algorithms computed on the host, without moving data."""
+        agent = self._call("start the agent", lambda conn: self.agent())
+        return frozenset(agent.hashes) if agent is not None else frozenset()
 
     def digest_algo(self) -> str:
         """The whole-file digest both sides can compute here: blake3, else sha256."""
@@ -723,9 +797,11 @@ class SftpRemote(Remote):
             pass
 
     def apply_recipe(self, path: str, recipe, literals: Iterable[bytes], *, mtime: float, expected_digest: str,
-                     source_digests: dict | None = None) -> None:
+                     source_path: str | None = None) -> None:
         """Patch ``path`` remotely: basis runs are copied by the agent, literal
-        bytes go up the channel; the agent verifies and renames."""
+        bytes go up the channel; the agent verifies and renames. A host
+        without blake3 verifies with sha256, which is computed here from
+        ``source_path`` (the local new file)."""
         from fitsync.delta import BASIS
 
         agent = self._call("start the agent", lambda conn: self.agent())
@@ -733,9 +809,14 @@ class SftpRemote(Remote):
             raise TransferFailed(f"{self.url} cannot apply patches: no agent")
         final = self.remote_path(path)
         algo = "blake3" if "blake3" in agent.hashes else "sha256"
-        expected = expected_digest if algo == "blake3" else (source_digests or {}).get(algo)
-        if expected is None:
-            raise TransferFailed(f"{final}: the remote has no blake3 and no {algo} digest of the source was given")
+        if algo == "blake3":
+            expected = expected_digest
+        elif source_path is not None:
+            with open(source_path, "rb") as f:
+                expected = hash_stream(f, algo)
+        else:
+            raise TransferFailed(f"{final}: {self.target.hostname} has no blake3 module, and no local source "
+                                 f"was given to compute the {algo} digest that verifies the patch")
         ops = [[0 if kind == BASIS else 1, int(offset), int(length)] for kind, offset, length in recipe.ops]
         header = {"op": "patch", "path": final, "basis": final, "tmp": self._temp_path(path), "ops": ops,
                   "algo": algo, "expected": expected, "mtime_ns": int(round(mtime * 1e9))}
@@ -794,12 +875,16 @@ class SftpReader:
         self.pos = 0  # bytes handed to the caller
         self._received = 0  # bytes that arrived (pos + buffered)
         self._buffer = b""
+        self._offset = 0  # read position inside _buffer
         self._chunks: Iterator[bytes] | None = None
         self._file = None
         self._closed = False
 
     def _open_stream(self, conn: SshConnection) -> None:
         self.close_handle()
+        if self.remote.lanes > 1 and self.entry.size - self._received >= STRIPED_MIN_BYTES:
+            self._chunks = read_striped(self.remote, self.full, self._received, self.entry.size)
+            return
         sftp = conn.sftp()
         self._file = sftp.open(self.full, "rb")
         pieces = ((offset, min(REQUEST_SIZE, self.entry.size - offset))
@@ -819,17 +904,26 @@ class SftpReader:
                     raise SourceChanged(f"{self.full} shrank while it was read")
                 self._received += len(chunk)
                 return chunk
-            except FitsyncError:
-                raise
             except Exception as exc:
-                if not self.remote._lost(exc, conn):
+                # a striped lane that could not reconnect reports a plain ConnectionFailed: retry that too
+                retryable = type(exc) is ConnectionFailed or (not isinstance(exc, FitsyncError)
+                                                             and self.remote._lost(exc, conn))
+                if not retryable:
+                    if isinstance(exc, FitsyncError):
+                        raise
                     raise self.remote._sftp_error(exc, f"read {self.full}") from None
                 attempt += 1
-                self._chunks = self._file = None
+                self._drop_stream()
+                self._file = None  # its connection is gone
                 self.remote._recover(conn, generation, attempt, f"read of {self.full} at byte {self._received}",
                                      exc)
                 self._check_unchanged()
         return b""
+
+    def _drop_stream(self) -> None:
+        if self._chunks is not None and hasattr(self._chunks, "close"):
+            self._chunks.close()  # stops a striped read's lane threads
+        self._chunks = None
 
     def _check_unchanged(self) -> None:
         try:
@@ -843,13 +937,14 @@ class SftpReader:
         if self._closed:
             raise ValueError("read from a closed SftpReader")
         if size is None or size < 0:
-            parts = [self._buffer] + list(iter(self._next_chunk, b""))
-            self._buffer = b""
+            parts = [self._buffer[self._offset:]] + list(iter(self._next_chunk, b""))
+            self._buffer, self._offset = b"", 0
             data = b"".join(parts)
         else:
-            if not self._buffer:
-                self._buffer = self._next_chunk()
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
+            if self._offset >= len(self._buffer):
+                self._buffer, self._offset = self._next_chunk(), 0
+            data = self._buffer[self._offset:self._offset + size]
+            self._offset += len(data)
         self.pos += len(data)
         return data
 
@@ -867,8 +962,9 @@ class SftpReader:
     def seek(self, offset: int, whence: int = 0) -> int:
         base = {0: 0, 1: self.pos, 2: self.entry.size}[whence]
         self.pos = self._received = max(0, base + offset)
-        self._buffer = b""
-        self._chunks = None  # the next read starts a new pipeline there
+        self._buffer, self._offset = b"", 0
+        self._drop_stream()  # the next read starts a new pipeline there
+        self.close_handle()
         return self.pos
 
     def tell(self) -> int:
@@ -876,6 +972,7 @@ class SftpReader:
 
     def close(self) -> None:
         self._closed = True
+        self._drop_stream()
         self.close_handle()
 
     def close_handle(self) -> None:
