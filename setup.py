@@ -1,9 +1,11 @@
-"""Builds the compiled core (ext/_native.pyx) as the module fitsync._native."""
+"""Builds the compiled core from ext/: fitsync._native (hashing, matching, FITS sums) and
+fitsync._walk (directory listing)."""
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 extensions = [
-    Extension("fitsync._native", sources=["ext/_native.pyx"], extra_compile_args=["-O3"]),
+    Extension("fitsync._native", sources=["ext/_native.pyx"], depends=["ext/kernels.h"],
+              include_dirs=["ext"], extra_compile_args=["-O3"]),
     Extension("fitsync._walk", sources=["ext/_walk.pyx"], extra_compile_args=["-O3"]),
 ]
 

@@ -2,11 +2,12 @@
 """Benchmark of fitsync's compiled core against b3sum, xxhsum, zsyncmake and rsync.
 
 Usage:
-    bench_core.py [--size-mib=<n>] [--repeat=<n>]
+    bench_core.py [--size-mib=<n>] [--repeat=<n>] [--only=<sections>]
 
 Options:
-    --size-mib=<n>  Size of the FITS image in MiB [default: 1024].
-    --repeat=<n>    Timed runs of each contender [default: 5].
+    --size-mib=<n>       Size of the FITS image in MiB [default: 1024].
+    --repeat=<n>         Timed runs of each contender [default: 5].
+    --only=<sections>    Comma-separated: digest,signature,blocks,delta [default: digest,signature,blocks,delta].
 
 Run by hand (not in the test suite): python3 benchmarks/bench_core.py
 
@@ -21,6 +22,7 @@ reports medians.
 Compared:
   digest     fitsync.signature.file_digest      vs  b3sum
   signature  fitsync.signature.signature_of_file vs  xxhsum -H128, zsyncmake
+  blocks     signature_of_file by block size (wall and CPU seconds)
   delta      signature_of_file(old) + delta_recipe_for_file(new) + apply_recipe
              into a temporary file renamed over the destination
              vs  rsync --no-whole-file -I onto a hard link of the old file;
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -50,7 +53,7 @@ from fitsync.signature import file_digest, signature_of_file  # noqa: E402
 
 RECORD = 2880
 CARD = 80
-WORK = HERE / "work"
+WORK = HERE / "work" / "core"
 GIB = 1 << 30
 
 
@@ -205,21 +208,7 @@ def reset_destination(old: Path, dest: Path) -> None:
     os.link(old, dest)
 
 
-def main() -> None:
-    options = docopt(__doc__)
-    size_mib, repeat = int(options["--size-mib"]), int(options["--repeat"])
-    for tool in ("b3sum", "xxhsum", "zsyncmake", "rsync"):
-        if not shutil.which(tool):
-            sys.exit(f"bench_core: {tool} is not installed")
-
-    original, data_offset, data_size = make_image(size_mib)
-    edits = make_edits(original, data_offset, data_size)
-    size = original.stat().st_size
-    print(f"file: {original} ({size / GIB:.3f} GiB), repeat {repeat}, cpus {os.cpu_count()}, "
-          f"load {os.getloadavg()[0]:.2f}")
-    rows = []
-
-    # -- whole-file digest ---------------------------------------------
+def bench_digest(original: Path, repeat: int, rows: list) -> None:
     res = interleave(repeat, [original], {
         "fitsync": lambda: file_digest(original),
         "b3sum": lambda: run(["b3sum", "--no-names", str(original)]).strip(),
@@ -227,20 +216,42 @@ def main() -> None:
     assert res["fitsync"][0][1] == res["b3sum"][0][1], "digests differ"
     rows.append(("digest", "b3sum", median(res["fitsync"]), median(res["b3sum"]), ">= 0.95"))
 
-    # -- full signature ------------------------------------------------
+
+def bench_signature(original: Path, repeat: int, rows: list) -> None:
     zsync_out = WORK / "image.zsync"
     res = interleave(repeat, [original], {
         "fitsync": lambda: signature_of_file(original),
         "xxhsum": lambda: run(["xxhsum", "-H128", str(original)]),
         "zsyncmake": lambda: run(["zsyncmake", "-u", "x", "-o", str(zsync_out), str(original)]),
     })
+    zsync_out.unlink(missing_ok=True)
     ours = median(res["fitsync"])
     sig = res["fitsync"][0][1]
     rows.append(("signature", "xxhsum -H128", ours, median(res["xxhsum"]), "report"))
     rows.append(("signature", "zsyncmake", ours, median(res["zsyncmake"]), "report"))
-    sig_speed = size / ours / 1e9
+    size = original.stat().st_size
+    print(f"signature: {size / ours / 1e9:.2f} GB/s (target >= 3), {len(sig)} blocks of {sig.block_size} bytes, "
+          f"{len(sig.to_bytes()):,} bytes serialised")
 
-    # -- deltas -------------------------------------------------------
+
+def bench_block_sizes(original: Path, repeat: int) -> None:
+    """Signature time and CPU time by block size: the bounds of default_block_size."""
+    size = original.stat().st_size
+    print(f"\n{'block size':>12} {'records':>8} {'blocks':>9} {'wall s':>8} {'cpu s':>8} {'GB/s':>6} {'sig bytes':>11}")
+    for records in (1, 2, 4, 6, 8, 16, 32, 64, 128):
+        samples = []
+        for _ in range(repeat):
+            warm(original)
+            before = cpu_seconds()
+            wall, sig = timed(lambda: signature_of_file(original, records * RECORD))
+            samples.append((wall, cpu_seconds() - before))
+        wall = statistics.median(w for w, _ in samples)
+        cpu = statistics.median(c for _, c in samples)
+        print(f"{records * RECORD:12,} {records:8} {len(sig):9,} {wall:8.3f} {cpu:8.3f} {size / wall / 1e9:6.2f} "
+              f"{len(sig.to_bytes()):11,}")
+
+
+def bench_deltas(original: Path, edits: dict, repeat: int, rows: list) -> None:
     dest_dir = WORK / "dest"
     dest_dir.mkdir(exist_ok=True)
     dest = dest_dir / original.name
@@ -250,6 +261,7 @@ def main() -> None:
         for _ in range(repeat):
             for who in ("fitsync", "rsync"):
                 reset_destination(original, dest)
+                os.sync()  # start each run without another run's dirty pages to write back
                 warm(original, new)
                 if who == "fitsync":
                     res[who].append(timed(lambda: our_delta(original, new, dest)))
@@ -263,19 +275,44 @@ def main() -> None:
         zsync_literal = fetch_recipe_for_file(signature_of_file(new), original).source_bytes
         literal.append((name, ours_literal, zsync_literal, rsync_literal))
         rows.append((f"delta: {name}", "rsync", median(res["fitsync"]), median(res["rsync"]), "<= 0.5 time"))
-    dest.unlink()
-    zsync_out.unlink(missing_ok=True)
-
-    print()
-    print(f"{'measure':34} {'vs':14} {'fitsync s':>10} {'other s':>10} {'other/fitsync':>14}  target")
-    for measure, other, ours, theirs, target in rows:
-        print(f"{measure:34} {other:14} {ours:10.3f} {theirs:10.3f} {theirs / ours:14.2f}  {target}")
-    print(f"\nsignature throughput: {sig_speed:.2f} GB/s (target >= 3), {len(sig)} blocks of {sig.block_size} bytes, "
-          f"{len(sig.to_bytes())} bytes serialised")
+    shutil.rmtree(dest_dir)
     print(f"\n{'edit':28} {'fitsync literal':>16} {'zsync-dir fetch':>16} {'rsync literal':>14}  ok")
     for name, ours_literal, zsync_literal, rsync_literal in literal:
         ok = "yes" if ours_literal <= rsync_literal else "NO"
         print(f"{name:28} {ours_literal:16,} {zsync_literal:16,} {rsync_literal:14,}  {ok}")
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> None:
+    options = docopt(__doc__)
+    size_mib, repeat = int(options["--size-mib"]), int(options["--repeat"])
+    sections = set(options["--only"].split(","))
+    for tool in ("b3sum", "xxhsum", "zsyncmake", "rsync"):
+        if not shutil.which(tool):
+            sys.exit(f"bench_core: {tool} is not installed")
+
+    original, data_offset, data_size = make_image(size_mib)
+    edits = make_edits(original, data_offset, data_size)
+    size = original.stat().st_size
+    print(f"file: {original} ({size / GIB:.3f} GiB), repeat {repeat}, cpus {os.cpu_count()}, "
+          f"load {os.getloadavg()[0]:.2f}")
+    rows: list = []
+    if "digest" in sections:
+        bench_digest(original, repeat, rows)
+    if "signature" in sections:
+        bench_signature(original, repeat, rows)
+    if "blocks" in sections:
+        bench_block_sizes(original, repeat)
+    if "delta" in sections:
+        bench_deltas(original, edits, repeat, rows)
+    print(f"\n{'measure':34} {'vs':14} {'fitsync s':>10} {'other s':>10} {'other/fitsync':>14}  target")
+    for measure, other, ours, theirs, target in rows:
+        print(f"{measure:34} {other:14} {ours:10.3f} {theirs:10.3f} {theirs / ours:14.2f}  {target}")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ cdef extern from "kernels.h" nogil:
     uint64_t _fold32 "fitsync_fold32"(uint64_t s)
     uint64_t _fits_sum_words "fitsync_fits_sum_words"(const uint8_t* p, size_t nwords)
     void _byte_moments "fitsync_byte_moments"(const uint8_t* p, size_t n, uint16_t* total, uint16_t* weighted)
+    int _roll_to_hit "fitsync_roll_to_hit"(const uint8_t* p, int64_t* pos, int64_t stop, uint32_t bs,
+                                           uint32_t* s1, uint32_t* s2, const uint64_t* filter, int filter_bits)
 
 
 def fits_sum32(const uint8_t[::1] data not None, uint64_t seed=0):
@@ -287,10 +289,6 @@ cdef class BlockIndex:
     cdef inline uint32_t _filter_slot(self, uint32_t w) noexcept nogil:
         return (w * GOLDEN) >> (32 - self.filter_bits)
 
-    cdef inline bint _maybe(self, uint32_t w) noexcept nogil:
-        cdef uint32_t f = self._filter_slot(w)
-        return (self.filter[f >> 6] >> (f & 63)) & 1
-
     cdef int _strong_of(self, object view, object strong_fn, int64_t pos, int64_t length,
                         uint8_t* out) except -1 with gil:
         digest = strong_fn(view[pos:pos + length])
@@ -375,7 +373,7 @@ cdef class BlockIndex:
         cdef Py_ssize_t nxt = expect_first, j, k
         cdef int64_t length
         cdef bint rolling = False
-        cdef uint32_t s1 = 0, s2 = 0, w, x_out
+        cdef uint32_t s1 = 0, s2 = 0, x_out
         with nogil:
             while pos < stop:
                 # 1. the block after the previous match, whatever its length
@@ -396,15 +394,11 @@ cdef class BlockIndex:
                     _rollsum_init(p + pos, <size_t>bs, &s1, &s2)
                     rolling = True
                 j = NO_BLOCK
-                while True:
-                    w = _weak_of(s1, s2)
-                    if self._maybe(w):
-                        j = self._lookup(view, strong_fn, w, pos, scratch)
-                        if j != NO_BLOCK:
-                            break
-                    if pos + bs >= stop:
+                while _roll_to_hit(p, &pos, stop, <uint32_t>bs, &s1, &s2, &self.filter[0], self.filter_bits):
+                    j = self._lookup(view, strong_fn, _weak_of(s1, s2), pos, scratch)
+                    if j != NO_BLOCK or pos + bs >= stop:
                         break
-                    x_out = p[pos]
+                    x_out = p[pos]  # a false hit: roll on by one byte
                     s1 += p[pos + bs] - x_out
                     s2 += s1 - <uint32_t>bs * (x_out + CHAR_OFFSET)
                     pos += 1

@@ -93,3 +93,19 @@ def test_compare_missing_side_is_an_error(tmp_path, cli):
     write_tree(tmp_path / "A", FILES)
     result = cli("compare", tmp_path / "A", tmp_path / "nope")
     assert result.code == 2 and "does not exist" in result.err
+
+
+def test_audit_against_another_copy(tmp_path, cli):
+    ref, copy = tmp_path / "ref", tmp_path / "copy"
+    write_tree(ref, FILES)
+    write_tree(copy, FILES)
+    assert cli("audit", copy, f"--against={ref}").code == 0
+    (copy / "a/1.fits").write_bytes(b"X" * 3000)
+    os.unlink(copy / "b/4.txt")
+    write_tree(copy, {"new.txt": b"n"})
+    result = cli("audit", copy, f"--against={ref}", "--json")
+    assert result.code == 1
+    report = json.loads(result.out)["against"]
+    assert [c["path"] for c in report["corrupt"]] == ["a/1.fits"]
+    assert report["missing"] == ["b/4.txt"] and report["extra"] == ["new.txt"]
+    assert report["ok"] == ["a/2.fits", "b/3.txt"]

@@ -18,8 +18,11 @@ from astropy.io import fits
 
 from fitsync.delta import apply_recipe, fetch_recipe
 from fitsync.manifest import DEFAULT_NAME
+from fitsync.release import ReleaseRemote, release_source
 from fitsync.remotes.base import Capability
 from fitsync.remotes.http import HttpRemote
+from fitsync.remotes.local import LocalRemote
+from fitsync.sync import Mirror, MirrorOptions
 from http_fixture import HttpFixture
 
 SLACK = 1.05  # the target: at most the changed blocks + 5 %
@@ -189,3 +192,45 @@ def test_index_listed_release_mirrors_without_manifest(tmp_path, cli):
     for rel, data in OLD.items():
         assert (dst / rel).read_bytes() == data
     assert again.json()["files_unchanged"] == len(OLD)  # Last-Modified kept as the mtime
+
+
+class RangeOnlyRemote(LocalRemote):
+    """A remote that can read byte ranges and nothing more (like Dropbox or an
+    sftp-only account): no local paths, no signatures of its own. It counts
+    the bytes it is asked for."""
+
+    capabilities = frozenset({Capability.READ_RANGE})
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.bytes_read = 0
+
+    def local_path(self, path: str):
+        return None
+
+    def read_ranges(self, path, ranges):
+        for data in super().read_ranges(path, ranges):
+            self.bytes_read += len(data)
+            yield data
+
+    def open_read(self, path):
+        data = super().open_read(path).read()
+        self.bytes_read += len(data)
+        return io.BytesIO(data)
+
+
+def test_same_delta_path_for_any_remote_that_reads_ranges(site, tmp_path, cli):
+    dst = tmp_path / "mirror"
+    first = Mirror(release_source(RangeOnlyRemote(str(site))), LocalRemote(str(dst)), MirrorOptions()).run()
+    assert first.files_failed == 0
+    _publish(site, NEW, 1_700_086_400.0, cli)
+    remote = RangeOnlyRemote(str(site))
+    src = release_source(remote)
+    assert isinstance(src, ReleaseRemote) and Capability.SIGNATURE in src.capabilities
+    result = Mirror(src, LocalRemote(str(dst)), MirrorOptions()).run()
+    assert result.files_failed == 0 and result.files_updated == len(CHANGED) + 1
+    for rel, data in NEW.items():
+        assert (dst / rel).read_bytes() == data, rel
+    ideal = {p: _changed_block_bytes(src.block_signature(p), OLD[p], NEW[p]) for p in CHANGED}
+    manifest_reads = len((site / DEFAULT_NAME).read_bytes())  # read once to list, never again
+    assert remote.bytes_read - manifest_reads <= SLACK * sum(ideal.values())

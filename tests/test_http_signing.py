@@ -232,3 +232,15 @@ def test_release_source_wraps_a_plain_remote_when_a_key_is_given(release, keys):
     sign_manifest_file(str(release / DEFAULT_NAME), str(keys[1]))
     with pytest.raises(SignatureRejected):
         release_source(local, {"--verify-key": f"{keys[0]}.pub"})
+
+
+def test_audit_of_a_signed_mirror(release, keys, tmp_path, cli):
+    dst = tmp_path / "mirror"
+    with HttpFixture(str(release.parent)) as srv:
+        assert cli("mirror", srv.url + "/rel/", dst, f"--verify-key={keys[0]}.pub").code == 0
+    pub = f"--verify-key={keys[0]}.pub"
+    assert cli("audit", dst, pub).code == 0
+    (dst / "dir" / "c.dat").write_bytes(b"D" * 100)  # a file that no longer matches
+    assert cli("audit", dst, pub).code == 1
+    other = cli("audit", dst, f"--verify-key={keys[1]}.pub")
+    assert other.code == 2 and "another key" in other.err

@@ -186,7 +186,7 @@ def test_agent_cache_is_verified_before_use(sshd, home, tree):
     payload = sftp_mod.agent_payload()
     digest = hashlib.sha256(payload).hexdigest()
     from fitsync import __version__
-    cached = Path(r.agent().info["home"]) / ".cache" / "fitsync" / f"agent-{__version__}-{digest[:16]}.py"
+    cached = Path(r.agent_info()["home"]) / ".cache" / "fitsync" / f"agent-{__version__}-{digest[:16]}.py"
     assert cached.read_bytes() == payload
     cached.write_bytes(b"import os; os.system('touch /tmp/fitsync-pwned')\n")  # tampered cache
     r.close()
@@ -200,8 +200,8 @@ def test_agent_without_blake3_or_xxhash_agrees_on_hashlib(sshd, home, tree, monk
     root, files = tree
     monkeypatch.setenv("FITSYNC_AGENT_AVOID", "blake3,xxhash")
     r = open_remote(url(sshd, root), {})
-    agent = r.agent()
-    assert "blake3" not in agent.hashes and "xxh3_128" not in agent.hashes
+    hashes = r.agent_info()["hashes"]
+    assert "blake3" not in hashes and "xxh3_128" not in hashes
     assert r.digest_algo() == "sha256"
     assert r.digest("sub/b.bin", "sha256") == hashlib.sha256(files["sub/b.bin"]).hexdigest()
     # an upload is still verified remotely, by sha256 instead of BLAKE3

@@ -204,7 +204,7 @@ def test_remote_signature_equals_local_signature(sshd, home, tmp_path, monkeypat
     data = fits_file(1_000_000)
     write_tree(tmp_path / "r", {"x.fits": data, "y.bin": os.urandom(70_000)})
     remote = open_remote(sftp_url(sshd, tmp_path / "r"), {})
-    assert remote.agent().info["signature"] == "python"  # the remote python has no fitsync on its path
+    assert remote.agent_info()["signature"] == "python"  # the remote python has no fitsync on its path
     for name in ("x.fits", "y.bin"):
         assert remote.block_signature(name) == signature_of_file(tmp_path / "r" / name)
     # a host with fitsync installed: the agent uses its compiled code, same bytes
@@ -212,5 +212,54 @@ def test_remote_signature_equals_local_signature(sshd, home, tmp_path, monkeypat
     src = os.path.dirname(os.path.dirname(sftp_mod.__file__)).rsplit("/fitsync", 1)[0]
     monkeypatch.setenv("FITSYNC_SSH_PYTHON", f"env PYTHONPATH={src} python3")
     fast = open_remote(sftp_url(sshd, tmp_path / "r"), {})
-    assert fast.agent().info["signature"] == "fitsync"
+    assert fast.agent_info()["signature"] == "fitsync"
     assert fast.block_signature("x.fits") == signature_of_file(tmp_path / "r" / "x.fits")
+
+
+# -- a connection killed in the middle of a mirror ---------------------------------------------
+
+def kill_when_growing(sshd, directory, pattern, final, threshold=4 << 20):
+    """Start a thread that kills every SSH session once a temporary file matching
+    ``pattern`` under ``directory`` passes ``threshold`` bytes; it records whether
+    ``final`` ever existed before that (it must not)."""
+    import threading
+    import time
+    seen = {"killed": False, "final_early": False}
+
+    def watch():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not seen["killed"]:
+            for part in directory.glob(pattern) if directory.exists() else ():
+                try:
+                    size = part.stat().st_size
+                except FileNotFoundError:
+                    continue
+                if size >= threshold:
+                    seen["final_early"] = final.exists()
+                    sshd.kill_sessions()
+                    seen["killed"] = True
+                    return
+            time.sleep(0.002)
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread, seen
+
+
+@pytest.mark.parametrize("direction", ["pull", "push"])
+def test_connection_killed_mid_mirror_is_retried_and_verified(sshd, home, tmp_path, cli, direction):
+    data = os.urandom(64 << 20)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_tree(src, {"big.fits": data, "small.txt": b"small"})
+    if direction == "pull":
+        thread, seen = kill_when_growing(sshd, dst / ".fitsync" / "partial", "*.part", dst / "big.fits")
+        result = cli("mirror", sftp_url(sshd, src), dst, "--json", "--retries=3")
+    else:
+        thread, seen = kill_when_growing(sshd, dst / ".fitsync" / "tmp", "*.part", dst / "big.fits")
+        result = cli("mirror", src, sftp_url(sshd, dst), "--json", "--retries=3")
+    thread.join(70)
+    assert seen["killed"], "the transfer ended before the connection could be killed"
+    assert not seen["final_early"]
+    assert result.code == 0, result.err
+    assert "lost" in result.err  # the retry is reported
+    assert read_tree(dst) == {"big.fits": data, "small.txt": b"small"}
+    assert not list((dst / ".fitsync" / "tmp").glob("*.part")) if (dst / ".fitsync" / "tmp").exists() else True

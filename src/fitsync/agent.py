@@ -402,17 +402,29 @@ CHAR_OFFSET = 31
 
 
 def signature_kind(hashes, avoid=()):
-    """'fitsync' (compiled, fast), 'python' (stdlib rollsum) or None."""
+    """'fitsync' (compiled, fast), 'python' (stdlib rollsum) or None. fitsync
+    is only looked for here; it is imported at the first signature."""
     if "fitsync" not in avoid:
         try:
-            from fitsync import signature
-            if signature.FORMAT_VERSION == SIG_FORMAT_VERSION:
+            import importlib.util
+            if importlib.util.find_spec("fitsync.signature") is not None:
                 return "fitsync"
-        except Exception:  # not installed, or broken: fall back to our own code
+        except Exception:  # a broken installation: fall back to our own code
             pass
-    if hashes.xxhash and hashes.blake3:
-        return "python"
-    return None
+    return _python_kind(hashes)
+
+
+def _python_kind(hashes):
+    return "python" if hashes.xxhash and hashes.blake3 else None
+
+
+def _fitsync_signature():
+    """fitsync.signature when importable and writing our format, else None."""
+    try:
+        from fitsync import signature
+    except Exception:
+        return None
+    return signature if signature.FORMAT_VERSION == SIG_FORMAT_VERSION else None
 
 
 def default_block_size(file_size):
@@ -441,8 +453,12 @@ def signature_of(path, req, agent):
     if kind is None:
         raise AgentError("bad", "this host cannot compute block signatures (needs xxhash and blake3)")
     if kind == "fitsync":
-        from fitsync import signature
-        return signature.signature_of_file(path, req.get("block_size"), req.get("fits", True)).to_bytes()
+        signature = _fitsync_signature()
+        if signature is not None:
+            return signature.signature_of_file(path, req.get("block_size"), req.get("fits", True)).to_bytes()
+        kind = agent.signature = _python_kind(agent.hashes)
+        if kind is None:
+            raise AgentError("bad", "fitsync on this host cannot be imported, and xxhash/blake3 are missing")
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         boundaries = [0]

@@ -26,7 +26,7 @@ import zlib
 from fitsync.errors import BadInput, UnsafePath
 from fitsync.manifest import write_atomically
 from fitsync.paths import join_under, safe_relpath
-from fitsync.remotes.local import STATE_DIR, finish_file
+from fitsync.remotes.local import STATE_DIR, finish_file, unlink_quietly
 
 ARCHIVE_SUFFIXES = (".tar", ".tgz", ".tar.gz")
 STATE_FILE = "extracted.json"
@@ -120,10 +120,7 @@ def _write_member(dst_root: str, tar: tarfile.TarFile, member: tarfile.TarInfo, 
         os.chmod(tmp, 0o644 | (member.mode & 0o111))
         finish_file(tmp, final, mtime_ns / 1e9)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        unlink_quietly(tmp)
         raise
     return [target, member.size, mtime_ns]
 

@@ -354,8 +354,12 @@ def check_file(path: str, hasher=None, display_path: str | None = None) -> FileR
         raise NotFound(f"{path}: cannot open ({exc.strerror})") from None
     with f:
         size = os.fstat(f.fileno()).st_size
-        if os.pread(f.fileno(), 2, 0) == GZIP_MAGIC:
+        head = os.pread(f.fileno(), len(fits.FITS_MAGIC), 0)
+        if head.startswith(GZIP_MAGIC):
             report = _check_gzip_file(f, hasher)
+        elif size and path.lower().endswith(".gz") and not head.startswith(fits.FITS_MAGIC):
+            report = FileReport("", size, "gzip", [], [Problem(BROKEN, "gzip-header", "named .gz but starts with neither the gzip magic bytes nor a FITS header", 0)])
+            _hash_rest(f, hasher)
         else:
             report = _check_plain_file(f, size, hasher)
     report.path, report.size = shown, size
@@ -407,10 +411,15 @@ def _check_gzip_file(f, hasher) -> FileReport:
         if hasher is not None:
             hasher.update(view[:n])
         gz.feed(view[:n])
-    if hasher is not None and gz.failed:  # the digest still covers every byte
+    if gz.failed:  # the digest still covers every byte
+        _hash_rest(f, hasher)
+    return _gzip_report(gz, walker)
+
+
+def _hash_rest(f, hasher) -> None:
+    if hasher is not None:
         for chunk in iter(lambda: f.read(READ_CHUNK), b""):
             hasher.update(chunk)
-    return _gzip_report(gz, walker)
 
 
 def _gzip_report(gz: GzipChecker, walker: HduWalker) -> FileReport:

@@ -109,10 +109,9 @@ def write_atomically(path: str, write) -> None:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        from fitsync.remotes.local import unlink_quietly
+
+        unlink_quietly(tmp)
         raise
 
 

@@ -30,7 +30,7 @@ from fitsync.errors import SourceChanged, VerificationFailed
 from fitsync.hashes import file_digest, new_hasher
 from fitsync.plan import Item
 from fitsync.remotes.base import Capability, Remote
-from fitsync.remotes.local import LocalRemote, finish_file
+from fitsync.remotes.local import LocalRemote, finish_file, unlink_quietly
 
 CHUNK = 8 << 20
 JOURNAL_DIGEST = 16  # xxh3-128 per chunk
@@ -226,13 +226,13 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None) -> Move
             with open(tmp, "wb") as out:
                 apply_recipe(recipe, basis.fileno(), read_source, out.fileno())
         except BaseException:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
     try:
         _check_source_unchanged(src, item)
         finish_file(tmp, basis_path, item.src.mtime)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     if on_bytes:
         on_bytes(recipe.basis_bytes)
@@ -302,10 +302,3 @@ class _EmptyMap(bytes):
 
     def __exit__(self, *exc):
         return False
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -1,7 +1,7 @@
 """Audit a copy: against a manifest, or FITS files by their own structure and checksums.
 
 Usage:
-  fitsync audit TARGET [--manifest=FILE] [--fits] [--json] [--jobs=N] [--verify-key=PUBKEY]
+  fitsync audit TARGET [--manifest=FILE | --against=LOCATION] [--fits] [--json] [--jobs=N] [--verify-key=PUBKEY]
                        [--include=PAT]... [--exclude=PAT]... [--files-from=FILE] [--since=WHEN]
                        [--max-age=DURATION] [--date=DAY] [--template=T] [--profile=NAME] [--where=EXPR]...
                        [--accept-new-host-key] [--ca-bundle=FILE] [--dropbox-config=FILE] [--quiet]
@@ -9,6 +9,8 @@ Usage:
 
 Options:
   --manifest=FILE       The manifest to check against [default: TARGET/fitsync-manifest.jsonl].
+  --against=LOCATION    Check against another copy by content (a Dropbox folder's
+                        listed content hashes need no download).
   --fits                Also check every FITS file's structure, CHECKSUM/DATASUM and gzip CRC.
   --json                Print the per-file lists as JSON.
   --jobs=N              Files hashed at once [default: 2].
@@ -23,21 +25,29 @@ from __future__ import annotations
 import os
 import sys
 
-from fitsync.audit import audit_against_manifest
-from fitsync.cli.common import int_option, load_manifest, load_selection, print_json
-from fitsync.errors import EXIT_DIFFERENCES, EXIT_OK, UsageError
+from fitsync.audit import AuditReport, audit_against_manifest
+from fitsync.cli.common import int_option, load_manifest, load_selection, open_source, print_json
+from fitsync.compare import compare_trees
+from fitsync.errors import EXIT_DIFFERENCES, EXIT_OK, NotFound, UsageError
 from fitsync.manifest import DEFAULT_NAME
 from fitsync.remotes import open_remote
 
 
 def run(opts: dict) -> int:
-    manifest_path = _manifest_path(opts)
-    if manifest_path is None and not opts["--fits"]:
+    manifest_path = None if opts["--against"] else _manifest_path(opts)
+    if manifest_path is None and not opts["--against"] and not opts["--fits"]:
         raise UsageError(
-            f"no manifest for {opts['TARGET']}: pass --manifest=FILE, or --fits to check FITS files by their own structure"
+            f"no manifest for {opts['TARGET']}: pass --manifest=FILE, --against=LOCATION, "
+            "or --fits to check FITS files by their own structure"
         )
     output = {}
     clean = True
+    if opts["--against"]:
+        report = _audit_against(opts)
+        clean = report.clean
+        output["against"] = report.to_json()
+        if not opts["--json"] and not opts["--quiet"]:
+            _print_manifest_report(report)
     if manifest_path is not None:
         manifest = load_manifest(manifest_path, opts)
         with open_remote(opts["TARGET"], opts) as target:
@@ -62,6 +72,22 @@ def run(opts: dict) -> int:
         output["clean"] = clean
         print_json(output)
     return EXIT_OK if clean else EXIT_DIFFERENCES
+
+
+def _audit_against(opts: dict) -> AuditReport:
+    """Audit TARGET against another copy: compare by content, in audit's terms."""
+    with open_source(opts["--against"], opts) as reference, open_remote(opts["TARGET"], opts) as target:
+        for side, name in ((reference, opts["--against"]), (target, opts["TARGET"])):
+            if not side.exists():
+                raise NotFound(f"{name} does not exist; check the path")
+        diff = compare_trees(reference, target, checksum=True, selection=load_selection(opts),
+                             jobs=int_option(opts, "--jobs", 2, minimum=1))
+    return AuditReport(
+        ok=diff.identical,
+        missing=diff.only_a,
+        corrupt=diff.differ + diff.errors,
+        extra=diff.only_b,
+    )
 
 
 def _manifest_path(opts: dict) -> str | None:

@@ -130,7 +130,7 @@ class LocalRemote(Remote):
                 raise VerificationFailed(f"{path}: written bytes do not match the source digest")
             finish_file(tmp, final, mtime)
         except BaseException:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
 
     def delete(self, path: str) -> None:
@@ -153,7 +153,8 @@ def finish_file(tmp: str, final: str, mtime: float | None) -> None:
     os.replace(tmp, final)
 
 
-def _unlink_quietly(path: str) -> None:
+def unlink_quietly(path: str) -> None:
+    """Remove a temporary file that may already be gone."""
     try:
         os.unlink(path)
     except FileNotFoundError:

@@ -21,6 +21,7 @@ A dropped connection is re-established and the operation retried (up to
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -343,7 +344,12 @@ class AgentClient:
         return f"exit status {status}" + (f": {text[-1]}" if text else "")
 
     # -- framing --
+    # ``pending`` is True from a request until its final reply: an agent given
+    # back mid-request (an exception while streaming literals) is closed, not reused.
+    pending = False
+
     def send(self, header: dict, body: bytes | None = None) -> None:
+        self.pending = True
         if body is not None:
             header = dict(header, n=len(body))
         raw = json.dumps(header, separators=(",", ":")).encode()
@@ -365,6 +371,7 @@ class AgentClient:
         while True:
             header, body = self.recv()
             if "more" not in header:
+                self.pending = False
                 _raise_agent_error(header)
                 return header, body
 
@@ -377,6 +384,8 @@ class AgentClient:
         self.send(header)
         while True:
             reply, _ = self.recv()
+            if "more" not in reply:
+                self.pending = False
             _raise_agent_error(reply)
             yield reply
             if "more" not in reply:
@@ -387,10 +396,6 @@ class AgentClient:
             self.channel.close()
         except Exception:  # closing a dead channel: nothing left to do
             pass
-
-
-class AgentFailed(FitsyncError):
-    exit_code = TransferFailed.exit_code
 
 
 def _raise_agent_error(header: dict) -> None:
@@ -430,13 +435,15 @@ class SftpRemote(Remote):
         # Hide remote modules (testing the stdlib-only path): "blake3,xxhash".
         self.agent_avoid = tuple(x for x in str(conf.get("agent_avoid", os.environ.get(
             "FITSYNC_AGENT_AVOID", ""))).split(",") if x)
-        self.lanes = max(1, int(conf.get("connections") or os.environ.get("FITSYNC_SSH_CONNECTIONS")
-                                or DEFAULT_LANES))
+        lanes = conf.get("connections") or os.environ.get("FITSYNC_SSH_CONNECTIONS") or DEFAULT_LANES
+        self.lanes = max(1, _option_int({"connections": lanes}, "connections", DEFAULT_LANES))
         self._conn: SshConnection | None = None
-        self._local = threading.local()
         self._agent_state: bool | None = None  # None = not probed yet
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
+        self._agents_lock = threading.Lock()
+        self._idle: list[AgentClient] = []
+        self._agent_info: dict | None = None
 
     # -- construction -----------------------------------------------------------
     @classmethod
@@ -500,7 +507,12 @@ class SftpRemote(Remote):
         return posixpath.join(self.root, safe_relpath(path))
 
     def _lost(self, exc: BaseException, conn: SshConnection) -> bool:
-        return isinstance(exc, _CONNECTION_ERRORS) or not conn.alive()
+        """True when ``exc`` means the connection died (not an SFTP error status)."""
+        if isinstance(exc, _CONNECTION_ERRORS):
+            return True
+        if isinstance(exc, OSError) and exc.errno is None and "closed" in str(exc).lower():
+            return True  # paramiko's "Socket is closed", raised before the transport notices
+        return not conn.alive()
 
     def _recover(self, conn: SshConnection, generation: int, attempt: int, what: str, exc) -> None:
         if attempt > self.retries:
@@ -533,10 +545,11 @@ class SftpRemote(Remote):
             generation = conn.generation
             try:
                 return fn(conn)
-            except FitsyncError:
-                raise
             except Exception as exc:
-                if not self._lost(exc, conn):
+                # a plain ConnectionFailed (no SFTP channel on a dying connection) is retried too
+                if isinstance(exc, FitsyncError) and type(exc) is not ConnectionFailed:
+                    raise
+                if not isinstance(exc, FitsyncError) and not self._lost(exc, conn):
                     raise self._sftp_error(exc, what) from None
                 attempt += 1
                 self._recover(conn, generation, attempt, what, exc)
@@ -550,14 +563,32 @@ class SftpRemote(Remote):
         return TransferFailed(f"{what} on {where} failed: {exc}")
 
     # -- the agent ------------------------------------------------------------------
-    def agent(self) -> AgentClient | None:
-        """This thread's agent, started on first use; None on sftp-only hosts."""
+    # Agents are pooled: an operation checks one out, and a new one is started
+    # only when all are busy (so --jobs N hashes N files at once remotely).
+    @contextlib.contextmanager
+    def using_agent(self):
+        """An idle agent for one operation, or None on hosts without one."""
+        client = self._checkout()
+        try:
+            yield client
+        finally:
+            if client is not None:
+                if client.pending:
+                    client.close()  # stopped mid-request: its framing is out of step, never reuse it
+                else:
+                    with self._agents_lock:
+                        self._idle.append(client)
+
+    def _checkout(self) -> AgentClient | None:
         if not self.use_agent or self._agent_state is False:
             return None
         conn = self.connection()
-        client = getattr(self._local, "agent", None)
-        if client is not None and client.generation == conn.generation and not client.channel.closed:
-            return client
+        with self._agents_lock:
+            while self._idle:
+                client = self._idle.pop()
+                if client.generation == conn.generation and not client.channel.closed:
+                    return client
+                client.close()
         with self._probe_lock:  # the first start decides, once, whether this host has an agent
             if self._agent_state is False:
                 return None
@@ -570,8 +601,24 @@ class SftpRemote(Remote):
                     return None
                 raise TransferFailed(f"the fitsync agent on {self.target.describe()} stopped: {exc}") from None
             self._agent_state = True
-        self._local.agent = client
+            self._agent_info = client.info
         return client
+
+    def agent_info(self) -> dict | None:
+        """The agent's hello (hashes, signature code, home), starting it if
+        needed; None when the host cannot run it."""
+        if self._agent_state is None:
+            def probe(conn):
+                with self.using_agent():
+                    pass
+            self._call("start the agent", probe)
+        return self._agent_info if self._agent_state else None
+
+    def _agent_call(self, what: str, header: dict) -> dict:
+        def once(conn):
+            with self.using_agent() as agent:
+                return agent.call(header)
+        return self._call(what, once)
 
     def _warn_no_agent(self, why: str) -> None:
         key = self.target.describe()
@@ -580,16 +627,13 @@ class SftpRemote(Remote):
             log.warning("%s cannot run the fitsync agent (%s): whole-file transfers only, verified by "
                         "the digest of the bytes sent", key, why)
 
-    def _agent_call(self, what: str, header: dict, body: bytes | None = None) -> dict:
-        return self._call(what, lambda conn: self.agent().call(header, body))
-
     @property
     def capabilities(self) -> frozenset:  # type: ignore[override]
         caps = {Capability.READ_RANGE, Capability.WRITE, Capability.DELETE}
-        agent = self._call("start the agent", lambda conn: self.agent())
-        if agent is not None:
+        info = self.agent_info()
+        if info is not None:
             caps.add(Capability.DIGEST)
-            if agent.info.get("signature"):
+            if info.get("signature"):
                 caps |= {Capability.SIGNATURE, Capability.PATCH}
         return frozenset(caps)
 
@@ -601,15 +645,13 @@ class SftpRemote(Remote):
     @property
     def remote_digests(self) -> frozenset:
         """Digest algorithms computed on the host, without moving data."""
-        agent = self._call("start the agent", lambda conn: self.agent())
-        return frozenset(agent.hashes) if agent is not None else frozenset()
+        info = self.agent_info()
+        return frozenset(info["hashes"]) if info is not None else frozenset()
 
     def digest_algo(self) -> str:
         """The whole-file digest both sides can compute here: blake3, else sha256."""
-        agent = self._call("start the agent", lambda conn: self.agent())
-        if agent is None or "blake3" in agent.hashes:
-            return "blake3"
-        return "sha256"
+        info = self.agent_info()
+        return "blake3" if info is None or "blake3" in info["hashes"] else "sha256"
 
     # -- listing ------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -623,14 +665,14 @@ class SftpRemote(Remote):
         return iter(self._call(f"list {self.root}", self._list_once))
 
     def _list_once(self, conn: SshConnection) -> list[Entry]:
-        agent = self.agent()
-        if agent is None:
-            return list(self._walk_sftp(conn.sftp(), self.root, ""))
-        entries = []
-        for part in agent.stream({"op": "list", "root": self.root}):
-            for rel, size, mtime_ns in part.get("entries", ()):
-                entries.append(Entry(safe_relpath(rel, "remote listing path"), size, mtime_ns / 1e9))
-        return entries
+        with self.using_agent() as agent:
+            if agent is None:
+                return list(self._walk_sftp(conn.sftp(), self.root, ""))
+            entries = []
+            for part in agent.stream({"op": "list", "root": self.root}):
+                for rel, size, mtime_ns in part.get("entries", ()):
+                    entries.append(Entry(safe_relpath(rel, "remote listing path"), size, mtime_ns / 1e9))
+            return entries
 
     def _walk_sftp(self, sftp: paramiko.SFTPClient, directory: str, prefix: str) -> Iterator[Entry]:
         try:
@@ -651,10 +693,10 @@ class SftpRemote(Remote):
         full = self.remote_path(path)
 
         def once(conn):
-            agent = self.agent()
-            if agent is not None:
-                reply = agent.call({"op": "stat", "path": full})
-                return Entry(safe_relpath(path), reply["size"], reply["mtime_ns"] / 1e9)
+            with self.using_agent() as agent:
+                if agent is not None:
+                    reply = agent.call({"op": "stat", "path": full})
+                    return Entry(safe_relpath(path), reply["size"], reply["mtime_ns"] / 1e9)
             attr = conn.sftp().stat(full)
             if not stat_mod.S_ISREG(attr.st_mode):
                 raise NotFound(f"{full} on {self.target.hostname} is not a regular file")
@@ -695,22 +737,22 @@ class SftpRemote(Remote):
 
     def digest(self, path: str, algo: str = "blake3") -> str:
         full = self.remote_path(path)
-        agent = self._call("start the agent", lambda conn: self.agent())
-        if agent is not None and (algo in agent.hashes or algo in ("blake2b128",)):
+        info = self.agent_info()
+        if info is not None and algo in info["hashes"]:
             return self._agent_call(f"digest {full}", {"op": "digest", "path": full, "algo": algo})["hex"]
         return super().digest(path, algo)
 
     def block_signature(self, path: str):
         full = self.remote_path(path)
-        agent = self._call("start the agent", lambda conn: self.agent())
-        if agent is None or not agent.info.get("signature"):
+        info = self.agent_info()
+        if info is None or not info.get("signature"):
             return super().block_signature(path)
         from fitsync.signature import Signature
 
         def once(conn):
-            client = self.agent()
-            client.send({"op": "signature", "path": full, "fits": True})
-            return client.finish()[1]
+            with self.using_agent() as agent:
+                agent.send({"op": "signature", "path": full, "fits": True})
+                return agent.finish()[1]
         return Signature.from_bytes(self._call(f"signature of {full}", once))
 
     # -- writing ------------------------------------------------------------------------
@@ -761,19 +803,20 @@ class SftpRemote(Remote):
     def _upload(self, conn: SshConnection, tmp: str, chunks, expected_digest, mtime) -> None:
         sftp = conn.sftp()
         self._makedirs(sftp, posixpath.dirname(tmp))
-        agent = self.agent()
-        algo = "blake3" if agent is None or "blake3" in agent.hashes else "sha256"
+        algo = self.digest_algo()
         source_hash = new_hasher("blake3")
         hashers = [source_hash] + ([new_hasher(algo)] if algo != "blake3" else [])
         with sftp.open(tmp, "wb") as f:
             size = write_pipelined(sftp, f.handle, chunks, hashers)
         if expected_digest is not None and source_hash.hexdigest() != expected_digest:
             raise VerificationFailed(f"{tmp}: the bytes read from the source do not match its digest")
-        if agent is not None:
-            # The agent re-reads the file on the remote host: what landed is verified, not what was sent.
-            agent.call({"op": "rename", "tmp": tmp, "path": tmp, "algo": algo, "expected": hashers[-1].hexdigest(),
-                        "mtime_ns": None if mtime is None else int(round(mtime * 1e9))})
-            return
+        with self.using_agent() as agent:
+            if agent is not None:
+                # The agent re-reads the file on the remote host: what landed is verified, not what was sent.
+                agent.call({"op": "rename", "tmp": tmp, "path": tmp, "algo": algo,
+                            "expected": hashers[-1].hexdigest(),
+                            "mtime_ns": None if mtime is None else int(round(mtime * 1e9))})
+                return
         if sftp.stat(tmp).st_size != size:
             raise VerificationFailed(f"{tmp}: the remote size differs from the bytes sent")
         if mtime is not None:
@@ -804,11 +847,11 @@ class SftpRemote(Remote):
         ``source_path`` (the local new file)."""
         from fitsync.delta import BASIS
 
-        agent = self._call("start the agent", lambda conn: self.agent())
-        if agent is None:
+        info = self.agent_info()
+        if info is None:
             raise TransferFailed(f"{self.url} cannot apply patches: no agent")
         final = self.remote_path(path)
-        algo = "blake3" if "blake3" in agent.hashes else "sha256"
+        algo = self.digest_algo()
         if algo == "blake3":
             expected = expected_digest
         elif source_path is not None:
@@ -821,12 +864,13 @@ class SftpRemote(Remote):
         header = {"op": "patch", "path": final, "basis": final, "tmp": self._temp_path(path), "ops": ops,
                   "algo": algo, "expected": expected, "mtime_ns": int(round(mtime * 1e9))}
         try:
-            agent.send(header)
-            for chunk in literals:
-                for start in range(0, len(chunk), 1 << 20):
-                    agent.send({"op": "data"}, bytes(chunk[start:start + (1 << 20)]))
-            agent.send({"op": "end"})
-            agent.finish()
+            with self.using_agent() as agent:
+                agent.send(header)
+                for chunk in literals:
+                    for start in range(0, len(chunk), 1 << 20):
+                        agent.send({"op": "data"}, bytes(chunk[start:start + (1 << 20)]))
+                agent.send({"op": "end"})
+                agent.finish()
         except FitsyncError:
             raise
         except Exception as exc:
@@ -836,10 +880,10 @@ class SftpRemote(Remote):
         full = self.remote_path(path)
 
         def once(conn):
-            agent = self.agent()
-            if agent is not None:
-                agent.call({"op": "delete", "path": full, "root": self.root})
-                return
+            with self.using_agent() as agent:
+                if agent is not None:
+                    agent.call({"op": "delete", "path": full, "root": self.root})
+                    return
             try:
                 conn.sftp().remove(full)
             except FileNotFoundError:
@@ -856,10 +900,10 @@ class SftpRemote(Remote):
             directory = posixpath.dirname(directory)
 
     def close(self) -> None:
-        agent = getattr(self._local, "agent", None)
-        if agent is not None:
+        with self._agents_lock:
+            idle, self._idle = self._idle, []
+        for agent in idle:
             agent.close()
-            self._local.agent = None
 
 
 class SftpReader:
@@ -941,10 +985,17 @@ class SftpReader:
             self._buffer, self._offset = b"", 0
             data = b"".join(parts)
         else:
-            if self._offset >= len(self._buffer):
-                self._buffer, self._offset = self._next_chunk(), 0
-            data = self._buffer[self._offset:self._offset + size]
-            self._offset += len(data)
+            parts, wanted = [], size
+            while wanted > 0:  # full reads, like a buffered file: short only at the end
+                if self._offset >= len(self._buffer):
+                    self._buffer, self._offset = self._next_chunk(), 0
+                    if not self._buffer:
+                        break
+                part = self._buffer[self._offset:self._offset + wanted]
+                self._offset += len(part)
+                wanted -= len(part)
+                parts.append(part)
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
         self.pos += len(data)
         return data
 
