@@ -23,7 +23,8 @@ Compared:
   digest     fitsync.signature.file_digest      vs  b3sum
   signature  fitsync.signature.signature_of_file vs  xxhsum -H128, zsyncmake
   blocks     signature_of_file by block size (wall and CPU seconds)
-  delta      signature_of_file(old) + delta_recipe_for_file(new) + apply_recipe
+  delta      signature_of_file(old, digest=False) + delta_recipe_for_file(new)
+             (BLAKE3 of new) + apply_recipe (BLAKE3 of the output checked)
              into a temporary file renamed over the destination
              vs  rsync --no-whole-file -I onto a hard link of the old file;
              literal bytes vs rsync's "Literal data".
@@ -178,7 +179,10 @@ def median(samples) -> float:
 
 
 def our_delta(old: Path, new: Path, dest: Path):
-    sig = signature_of_file(old)
+    # The basis side needs block sums only, like rsync's generator: no
+    # whole-file digest of the old file. The recipe carries the new file's
+    # BLAKE3 and the patched file is checked against it.
+    sig = signature_of_file(old, digest=False)
     recipe = delta_recipe_for_file(sig, new)
     tmp = dest.with_name(dest.name + ".fitsync-tmp")
     basis = os.open(old, os.O_RDONLY)

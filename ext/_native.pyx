@@ -8,7 +8,10 @@ Pure-Python oracles of every function live in fitsync.reference.
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from libc.string cimport memcpy
+from libc.stdlib cimport realloc, free
+from libc.string cimport memcmp, memcpy, memset
+
+import numpy as np
 
 
 # ---------------------------------------------------------------------------
@@ -19,6 +22,7 @@ cdef extern from "kernels.h" nogil:
     uint64_t _fold32 "fitsync_fold32"(uint64_t s)
     uint64_t _fits_sum_words "fitsync_fits_sum_words"(const uint8_t* p, size_t nwords)
     void _byte_moments "fitsync_byte_moments"(const uint8_t* p, size_t n, uint16_t* total, uint16_t* weighted)
+    uint32_t GOLDEN "FITSYNC_GOLDEN"  # Fibonacci hashing spreads the weak sums
     int _roll_to_hit "fitsync_roll_to_hit"(const uint8_t* p, int64_t* pos, int64_t stop, uint32_t bs,
                                            uint32_t* s1, uint32_t* s2, const uint64_t* filter, int filter_bits)
 
@@ -167,17 +171,11 @@ def hash_blocks(object buffer, const int64_t[::1] offsets not None, const int64_
 # (rsync's match.c idea: rolling weak sum, hash table, strong confirm)
 # ---------------------------------------------------------------------------
 
-from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcmp, memset
-
-import numpy as np
-
 cdef enum:
     MAX_CHAIN = 256  # bucket entries examined per weak hit (bounds adversarial cost)
     MAX_STRONG_LEN = 64
     NO_BLOCK = -1
 
-cdef uint32_t GOLDEN = 0x9E3779B1u  # Fibonacci hashing spreads the weak sums
 
 
 cdef struct MatchList:
@@ -256,11 +254,12 @@ cdef class BlockIndex:
                 raise ValueError("block lengths must be positive")
             if lengths[k] == block_size:
                 nfull += 1
-        # table with at least 2 slots per block; filter bitmap with 16 bits per block
+        # table with at least 2 slots per block; filter bitmap with at least 64 bits
+        # per block: a false hit costs a branch miss and a table probe per byte
         self.table_bits = 4
         while (<Py_ssize_t>1 << self.table_bits) < 2 * nfull and self.table_bits < 30:
             self.table_bits += 1
-        self.filter_bits = min(self.table_bits + 3, 31)
+        self.filter_bits = min(self.table_bits + 5, 31)
         cdef Py_ssize_t tsize = <Py_ssize_t>1 << self.table_bits
         self.heads = np.zeros(tsize + 1, dtype=np.uint32)
         self.order = np.zeros(max(nfull, 1), dtype=np.uint32)

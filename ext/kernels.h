@@ -31,7 +31,7 @@ static inline int fitsync_roll_to_hit(const uint8_t *p, int64_t *pos_io, int64_t
     int hit = 0;
     for (;;) {
         uint32_t w = ((s2 & 0xFFFFu) << 16) | (s1 & 0xFFFFu);
-        uint32_t f = (w * 0x9E3779B1u) >> shift;
+        uint32_t f = (w * FITSYNC_GOLDEN) >> shift;
         if ((filter[f >> 6] >> (f & 63)) & 1) {
             hit = 1;
             break;
@@ -50,6 +50,10 @@ static inline int fitsync_roll_to_hit(const uint8_t *p, int64_t *pos_io, int64_t
 }
 
 #endif
+
+/* Fibonacci hashing: the top bits of weak * GOLDEN index the match table
+ * and its filter bitmap (BlockIndex in _native.pyx uses the same). */
+#define FITSYNC_GOLDEN 0x9E3779B1u
 
 static inline uint64_t fitsync_fold32(uint64_t s)
 {
@@ -142,7 +146,7 @@ static inline int fitsync_roll_to_hit(const uint8_t *p, int64_t *pos_io, int64_t
     int hit = 0;
     for (;;) {
         uint32_t w = ((s2 & 0xFFFFu) << 16) | (s1 & 0xFFFFu);
-        uint32_t f = (w * 0x9E3779B1u) >> shift;
+        uint32_t f = (w * FITSYNC_GOLDEN) >> shift;
         if ((filter[f >> 6] >> (f & 63)) & 1) {
             hit = 1;
             break;

@@ -264,7 +264,8 @@ class TrialResult:
 
     @property
     def resent_bytes(self) -> int:
-        return self.partial_bytes - self.reusable_bytes + self.tmp_bytes
+        """Bytes the killed run had received into partial downloads that the re-run fetched again."""
+        return self.partial_bytes - self.reusable_bytes
 
     @property
     def ok(self) -> bool:
@@ -299,25 +300,35 @@ def _wait_for_lock(proc, dst: Path, started: float, timeout: float = 60) -> floa
     return None
 
 
-def crash_trial(scenario: Scenario, work: Path, timing: Timing, rng: random.Random,
+def kill_plan(trials: int, rng: random.Random) -> list[tuple[str, float]]:
+    """When each trial's SIGKILL comes, as (anchor, fraction): a fifth of the
+    trials anywhere in the run ("start"), the rest in its working part, after
+    the destination lock appears ("lock"); fractions are stratified so a
+    short CI run still covers the whole working window."""
+    plan = []
+    for i in range(trials):
+        fraction = (i + rng.random()) / trials
+        plan.append(("start" if i % 5 == 4 else "lock", fraction))
+    rng.shuffle(plan)
+    return plan
+
+
+def crash_trial(scenario: Scenario, work: Path, timing: Timing, when: tuple[str, float],
                 src_snapshot: dict, dst_before: dict | None = None) -> TrialResult:
     result = TrialResult(scenario.name)
     dst = work / "dst"
     copy_tree(scenario.dst_template, dst)
     before = dst_before if dst_before is not None else snapshot(dst)
     after_src = src_snapshot
-    # Kill either anywhere in the run, or (mostly) somewhere in its working part.
     started = time.monotonic()
     proc = subprocess.Popen(fitsync_cmd("mirror", scenario.src, dst, *scenario.flags), env=fitsync_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
-        if rng.random() < 0.2:
-            delay = rng.uniform(0, timing.total)
-            _sleep_unless_done(proc, started + delay)
-        else:
-            lock_seen = _wait_for_lock(proc, dst, started)
-            if lock_seen is not None:
-                _sleep_unless_done(proc, time.monotonic() + rng.uniform(0, max(0.01, timing.total - timing.lock_at)))
+        anchor, fraction = when
+        if anchor == "start":
+            _sleep_unless_done(proc, started + fraction * timing.total)
+        elif _wait_for_lock(proc, dst, started) is not None:
+            _sleep_unless_done(proc, time.monotonic() + fraction * max(0.01, timing.total - timing.lock_at))
         result.kill_after = time.monotonic() - started
         if proc.poll() is None:
             result.killed = True
@@ -390,6 +401,7 @@ def summarize(results: list[TrialResult]) -> dict:
         "reruns_reusing_partial_data": sum(r.reusable_bytes > 0 for r in results),
         "partial_bytes_reused": sum(r.reusable_bytes for r in results),
         "bytes_resent": sum(r.resent_bytes for r in results),
+        "delta_tmp_bytes_discarded": sum(r.tmp_bytes for r in results),
         "rerun_bytes_transferred": sum(r.rerun_transferred for r in results),
         "rerun_bytes_reused": sum(r.rerun_reused for r in results),
         "trials_leaving_state_files": sum(r.leftover_state > 0 for r in results),
@@ -403,8 +415,8 @@ def run_crash_trials(name: str, base: Path, trials: int, seed: int = 0, scale: s
     src_snapshot = snapshot(scenario.src)
     dst_before = snapshot(scenario.dst_template)
     timing = calibrate(scenario, base)
-    rng = random.Random(f"kill-{name}-{seed}")
-    results = [crash_trial(scenario, base, timing, rng, src_snapshot, dst_before) for _ in range(trials)]
+    plan = kill_plan(trials, random.Random(f"kill-{name}-{seed}"))
+    results = [crash_trial(scenario, base, timing, when, src_snapshot, dst_before) for when in plan]
     summary = summarize(results)
     summary["scenario"] = name
     summary["flags"] = [f if "manifest" not in f else "--manifest=M" for f in scenario.flags]

@@ -16,6 +16,7 @@ must survive:
 - ``drop_after``: the first GET of each file is cut off after that many body
   bytes, as a dropped connection would, to exercise resume.
 - ``fail_first``: the first N requests get 503 Service Unavailable.
+- ``redirects``: {url path: Location} answered with 302 Found.
 - ``honor_if_match=False``: If-Match is ignored, as many servers do, so the
   client must notice a changed file from the validators alone.
 
@@ -159,6 +160,9 @@ class _Handler(BaseHTTPRequestHandler):
         req = self._record()
         if self.server.take_failure():
             self._simple(req, 503, "try again later", {"Retry-After": "0"})
+            return
+        if req.path in self.server.redirects:
+            self._simple(req, 302, "found", {"Location": self.server.redirects[req.path]})
             return
         target = self.server.resolve(req.path)
         if target is None:
@@ -344,6 +348,7 @@ class _Server(ThreadingHTTPServer):
         self.drop_after = kw.get("drop_after")
         self.fail_first = kw.get("fail_first", 0)
         self.honor_if_match = kw.get("honor_if_match", True)
+        self.redirects = dict(kw.get("redirects") or {})
         self.counters = Counters()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._served = {}

@@ -284,3 +284,25 @@ def test_damaged_recipe_is_bad_input(position, flip):
     blob[position % len(blob)] ^= flip
     with pytest.raises(BadInput):
         Recipe.from_bytes(bytes(blob))
+
+
+def test_known_source_digest_is_used_and_a_stale_one_fails_the_patch(tmp_path):
+    old = bytes(range(256)) * 100
+    new = old[:500] + b"edit" + old[500:]
+    (tmp_path / "old").write_bytes(old)
+    sig = signature_of_buffer(old, 256, False)
+    right = delta_recipe(sig, new, source_digest=blake3.blake3(new).hexdigest())
+    assert right == delta_recipe(sig, new)
+    stale = delta_recipe(sig, new, source_digest=blake3.blake3(old).hexdigest())
+    with pytest.raises(VerificationFailed):
+        _patch(stale, tmp_path / "old", new, tmp_path / "out")
+
+
+def test_digestless_signature_serves_the_rsync_direction_but_not_a_fetch():
+    old = np.random.default_rng(9).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+    new = old[:100] + b"+" + old[100:]
+    bare = signature_of_buffer(old, 2880, False, digest=False)
+    recipe = delta_recipe(bare, new)
+    _check_recipe(recipe, old, new)
+    with pytest.raises(BadInput):
+        fetch_recipe(signature_of_buffer(new, 2880, False, digest=False), old)

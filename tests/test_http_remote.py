@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 
 import pytest
@@ -66,6 +65,7 @@ def test_index_pages_list_every_file_with_exact_sizes(site, style, caplog):
         assert remote.capabilities == {Capability.READ_RANGE}  # no manifest: no signatures
         assert remote.listed_hashes == frozenset()
         assert remote.mtime_resolution == 1.0
+        assert remote.listed_from == "index pages"
     assert "from the server's index pages" in caplog.text
 
 
@@ -112,6 +112,7 @@ def test_manifest_listing_carries_digests_and_lists_itself(site, caplog):
         assert set(listed) == set(FILES) | {DEFAULT_NAME}
         assert listed["a.bin"].hashes["blake3"] == {e.path: e.blake3 for e in entries}["a.bin"]
         assert remote.listed_hashes == {"blake3"}
+        assert remote.listed_from == "release manifest"
         assert Capability.SIGNATURE not in remote.capabilities  # written without --blocks
         assert remote.block_signature("a.bin") is None
         with remote.open_read(DEFAULT_NAME) as f:  # served from the verified copy in memory
@@ -329,3 +330,20 @@ def test_missing_root_does_not_exist(site, cli, tmp_path):
             assert not remote.exists()
         result = cli("mirror", srv.url + "/nowhere/", tmp_path / "dst")
     assert result.code == 2 and "does not exist" in result.err and "Traceback" not in result.err
+
+
+def test_index_links_compare_names_unescaped():
+    page = '<a href="/rel/a(1).fits">abs</a><a href="b%281%29.fits">rel</a><a href="http://h/rel/c%20d/">dir</a>'
+    files, dirs = index_links(page, "http://h/rel/")
+    assert files == ["a(1).fits", "b(1).fits"] and dirs == ["c d"]
+
+
+def test_redirects_are_followed_but_never_to_plain_http(site, tmp_path):
+    with _serve(site, redirects={"/moved/a.bin": "/rel/a.bin"}) as srv:
+        with _remote(srv.url + "/moved/") as remote:
+            assert list(remote.read_ranges("a.bin", [(7, 5), (390_000, 5)])) == [BIG[7:12], BIG[390_000:390_005]]
+        tls = TlsMaterial(str(tmp_path / "tls"))
+        with _serve(site, tls=tls, redirects={"/rel/a.bin": srv.url + "/rel/a.bin"}) as secure:
+            with _remote(secure.url + "/rel/", ca_bundle=tls.ca_file) as remote:
+                with pytest.raises(ConnectionFailed, match="downgrade"):
+                    remote.read_range("a.bin", 0, 10)

@@ -7,6 +7,9 @@ import os
 import stat
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import write_tree
 from fitsync.errors import BadInput, VerificationFailed
@@ -19,10 +22,12 @@ from fitsync.signing import (
     generate_key_pair,
     load_private_key,
     sign_manifest_file,
+    verify_manifest_bytes,
     verify_manifest_file,
 )
 from http_fixture import HttpFixture
 
+_FUZZ_KEY = Ed25519PrivateKey.generate()  # the fuzz test's trusted key
 DATA = {"a.fits": b"A" * 20_000, "dir/b.dat": b"B" * 5_000, "dir/c.dat": b"C" * 100}
 
 
@@ -244,3 +249,17 @@ def test_audit_of_a_signed_mirror(release, keys, tmp_path, cli):
     assert cli("audit", dst, pub).code == 1
     other = cli("audit", dst, f"--verify-key={keys[1]}.pub")
     assert other.code == 2 and "another key" in other.err
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.one_of(
+    st.binary(max_size=300),
+    st.dictionaries(st.sampled_from(["format", "version", "algorithm", "signature", "key_id"]),
+                    st.one_of(st.text(max_size=90), st.integers(), st.none()), max_size=5)
+    .map(lambda d: json.dumps({"format": "fitsync-manifest-signature", **d}).encode()),
+))
+def test_any_signature_file_content_is_refused_cleanly(data):
+    """Whatever a hostile server puts in the .sig, the answer is a SignatureRejected, never a crash."""
+    key = _FUZZ_KEY.public_key()
+    with pytest.raises(SignatureRejected):
+        verify_manifest_bytes(b"{}\n", data, key)

@@ -368,3 +368,51 @@ def test_gives_up_with_one_line_error_when_server_is_gone(tmp_path, home):
     with pytest.raises((TransferFailed, sshconn.ConnectionFailed)) as info:
         list(r.list())
     assert "\n" not in str(info.value)
+
+
+# -- signatures by difference ------------------------------------------------------------------
+
+def _fits(n_data: int, obj: str = "A", history: int = 0) -> bytes:
+    cards = ["SIMPLE  =                    T", "BITPIX  =                    8", "NAXIS   =                    1",
+             f"NAXIS1  = {n_data:20d}", f"OBJECT  = '{obj}'"] + [f"HISTORY {i}" for i in range(history)]
+    head = "".join(c.ljust(80) for c in cards + ["END"])
+    return head.ljust(-(-len(head) // 2880) * 2880).encode()
+
+
+def _with_data(header: bytes, data: bytes) -> bytes:
+    return header + data + b"\0" * (-len(data) % 2880)
+
+
+@pytest.fixture
+def sig_pair(sshd, home, tmp_path):
+    """(remote, remote dir, local dir): put the new version remotely, the old locally."""
+    (tmp_path / "r").mkdir()
+    (tmp_path / "l").mkdir()
+    return open_remote(url(sshd, tmp_path / "r"), {}), tmp_path / "r", tmp_path / "l"
+
+
+_DATA = os.urandom(8 << 20)
+_OVERWRITTEN = _DATA[:4 << 20] + os.urandom(65536) + _DATA[(4 << 20) + 65536:]
+
+
+@pytest.mark.parametrize("old, new, most", [
+    (_with_data(_fits(len(_DATA)), _DATA), _with_data(_fits(len(_DATA), "B"), _DATA), 2_000),
+    (_with_data(_fits(len(_DATA)), _DATA), _with_data(_fits(len(_DATA), history=40), _DATA), 2_000),
+    (_with_data(_fits(len(_DATA)), _DATA), _with_data(_fits(len(_DATA)), _OVERWRITTEN), 20_000),
+    (_DATA[:6 << 20], _DATA, 70_000),  # not FITS, appended to: only the tail's sums
+    (os.urandom(1 << 20), _DATA, 10 ** 9),  # nothing in common: everything, still right
+], ids=["header-value", "header-grown", "data-overwritten", "appended", "unrelated"])
+def test_signature_by_difference_is_exact_and_small(sig_pair, old, new, most):
+    from fitsync.signature import signature_of_file
+
+    remote, rdir, ldir = sig_pair
+    (rdir / "f.fits").write_bytes(new)
+    (ldir / "f.fits").write_bytes(old)
+    full = signature_of_file(rdir / "f.fits")
+    with remote.using_agent() as agent:
+        before = agent.received
+        got = sftp_mod.signature_by_difference(agent, remote.remote_path("f.fits"), str(ldir / "f.fits"))
+        wire = agent.received - before
+    assert got == full
+    assert wire < min(most, len(full.to_bytes()) + 10_000), (wire, len(full.to_bytes()))
+    assert remote.block_signature("f.fits", like=str(ldir / "f.fits")) == full

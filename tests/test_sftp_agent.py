@@ -18,9 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fitsync import agent as agent_mod
+from fitsync import signature as core_signature
 from fitsync.fits import segment_boundaries
 from fitsync.signature import signature_of_file
 
+# what the client sends with every signature request (fitsync.remotes.sftp.signature_request)
+REQ = {"fits": True, "block_records": [core_signature.MIN_BLOCK_RECORDS, core_signature.MAX_BLOCK_RECORDS]}
 HESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hess-dl3-dr1"
 
 
@@ -60,7 +63,7 @@ def real_files():
 def test_python_signature_equals_core_signature(tmp_path, data):
     path = tmp_path / "f.fits"
     path.write_bytes(data)
-    ours = agent_mod.signature_of(str(path), {"fits": True}, _FakeAgent("python"))
+    ours = agent_mod.signature_of(str(path), REQ, _FakeAgent("python"))
     assert ours == signature_of_file(path).to_bytes()
     fixed = agent_mod.signature_of(str(path), {"fits": False, "block_size": 4096}, _FakeAgent("python"))
     assert fixed == signature_of_file(path, block_size=4096, fits_aware=False).to_bytes()
@@ -71,7 +74,7 @@ def test_python_signature_on_real_release_files():
     if not files:
         pytest.fail(f"the H.E.S.S. release is expected at {HESS}")
     for path in files[:3]:
-        assert agent_mod.signature_of(str(path), {}, _FakeAgent("python")) == signature_of_file(path).to_bytes()
+        assert agent_mod.signature_of(str(path), REQ, _FakeAgent("python")) == signature_of_file(path).to_bytes()
 
 
 def test_fits_boundaries_agree_with_fitsync_fits():
@@ -92,8 +95,9 @@ def test_rollsum_matches_native(block):
 @settings(max_examples=60, deadline=None)
 @given(size=st.integers(0, 1 << 40))
 def test_default_block_size_matches_core(size):
-    from fitsync.signature import default_block_size
-    assert agent_mod.default_block_size(size) == default_block_size(size)
+    from fitsync import signature
+    bounds = (signature.MIN_BLOCK_RECORDS, signature.MAX_BLOCK_RECORDS)
+    assert agent_mod.default_block_size(size, bounds) == signature.default_block_size(size)
 
 
 class _FakeAgent:

@@ -224,3 +224,24 @@ def test_damaged_or_truncated_signature_is_bad_input(position, flip):
         Signature.from_bytes(bytes(blob))
     with pytest.raises(BadInput):
         Signature.from_bytes(_small_signature().to_bytes()[:position])
+
+
+def test_signature_without_digest_has_the_same_blocks_and_round_trips(tmp_path):
+    rng = np.random.default_rng(8)
+    raw = _fits_bytes({"OBJECT": "nodigest"}, rng.standard_normal((2000, 3000)).astype(np.float32))
+    path = tmp_path / "x.fits"
+    path.write_bytes(raw)
+    full = signature_of_file(path)
+    bare = signature_of_file(path, digest=False)
+    assert bare.digest is None and bare.hexdigest is None
+    assert np.array_equal(bare.weak, full.weak) and bare.strong == full.strong
+    assert bare.boundaries == full.boundaries
+    blob = bare.to_bytes()
+    assert blob[28:32] == b"\x01\x00\x00\x00" and blob[40:72] == bytes(32)
+    assert Signature.from_bytes(blob) == bare
+    unknown_flag = bytearray(blob[:-8])
+    unknown_flag[28] = 3
+    import fitsync.signature as signature_module
+
+    with pytest.raises(BadInput):
+        Signature.from_bytes(signature_module.seal(bytes(unknown_flag)))

@@ -236,6 +236,53 @@ class Agent:
             raise AgentError("io", "%s: %s" % (path, exc))
         self.chan.send({"ok": True}, sig)
 
+    # A signature by difference: the client holds a file likely to share most
+    # blocks (the old copy in a pull, the new file in a push), so it asks for a
+    # summary, compares segment and group hashes with its own blocks, and
+    # fetches the sums of only the blocks it cannot reproduce. The full
+    # signature is computed here once and kept for the follow-up requests.
+    def _cached_signature(self, req):
+        path = req["path"]
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise _os_error(exc, path)
+        key = (path, st.st_size, st.st_mtime_ns, req.get("fits", True), req.get("block_size"))
+        if getattr(self, "_sig_key", None) != key:
+            try:
+                self._sig = ParsedSignature(signature_of(path, req, self))
+            except OSError as exc:
+                raise _os_error(exc, path)
+            self._sig_key = key
+        return self._sig
+
+    def op_sigsummary(self, req, body):
+        sig = self._cached_signature(req)
+        segments = [self.hashes.xxhash.xxh3_128_hexdigest(sig.strong_bytes(first, count))
+                    for first, count in sig.segment_blocks()]
+        return {"ok": True, "size": sig.file_size, "block_size": sig.block_size, "boundaries": sig.boundaries,
+                "digest": sig.digest.hex(), "check": sig.check, "nblocks": sig.nblocks, "segments": segments}
+
+    def op_sighashes(self, req, body):
+        """16-byte hashes of groups of ``group`` blocks' strong sums, per range."""
+        sig = self._cached_signature(req)
+        group = req["group"]
+        out = []
+        for first, count in req["ranges"]:
+            for start in range(first, first + count, group):
+                n = min(group, first + count - start)
+                out.append(self.hashes.xxhash.xxh3_128_digest(sig.strong_bytes(start, n)))
+        self.chan.send({"ok": True}, b"".join(out))
+
+    def op_sigblocks(self, req, body):
+        """Weak then strong sums of the blocks in each range, in order."""
+        sig = self._cached_signature(req)
+        out = []
+        for first, count in req["ranges"]:
+            out.append(sig.weak_bytes(first, count))
+            out.append(sig.strong_bytes(first, count))
+        self.chan.send({"ok": True}, b"".join(out))
+
     def op_patch(self, req, body):
         """Build ``path`` from ``basis`` and literal frames, verify, rename.
 
@@ -397,7 +444,7 @@ SIG_MAGIC = b"FSYNCSIG"
 SIG_FORMAT_VERSION = 1
 SIG_HEADER = struct.Struct("<8sHBBIQIIQ32s")
 FITS_RECORD = 2880
-MIN_BLOCK_RECORDS, MAX_BLOCK_RECORDS = 4, 64
+MIN_BLOCK_RECORDS, MAX_BLOCK_RECORDS = 2, 64  # the client's values come with each request
 CHAR_OFFSET = 31
 
 
@@ -427,10 +474,41 @@ def _fitsync_signature():
     return signature if signature.FORMAT_VERSION == SIG_FORMAT_VERSION else None
 
 
-def default_block_size(file_size):
+class ParsedSignature:
+    """Views into the serialized signature bytes (docs/signature-format.md)."""
+
+    def __init__(self, data):
+        fields = SIG_HEADER.unpack_from(data)
+        self.data = data
+        self.block_size, self.file_size, nbounds, self.nblocks, self.digest = (
+            fields[4], fields[5], fields[6], fields[8], fields[9])
+        pos = SIG_HEADER.size
+        self.boundaries = list(struct.unpack_from("<%dQ" % nbounds, data, pos))
+        self.weak_pos = pos + 8 * nbounds
+        self.strong_pos = self.weak_pos + 4 * self.nblocks
+        (self.check,) = struct.unpack_from("<Q", data, len(data) - 8)
+
+    def weak_bytes(self, first, count):
+        return self.data[self.weak_pos + 4 * first:self.weak_pos + 4 * (first + count)]
+
+    def strong_bytes(self, first, count):
+        return self.data[self.strong_pos + 16 * first:self.strong_pos + 16 * (first + count)]
+
+    def segment_blocks(self):
+        """(first block, block count) of each segment."""
+        ends = self.boundaries[1:] + [self.file_size]
+        first = 0
+        for start, end in zip(self.boundaries, ends):
+            count = -(-(end - start) // self.block_size)
+            yield first, count
+            first += count
+
+
+def default_block_size(file_size, bounds=(MIN_BLOCK_RECORDS, MAX_BLOCK_RECORDS)):
+    """fitsync.signature.default_block_size; the client sends its record bounds."""
     import math
     records = round(math.sqrt(max(file_size, 0)) / 2 / FITS_RECORD)
-    return min(max(records, MIN_BLOCK_RECORDS), MAX_BLOCK_RECORDS) * FITS_RECORD
+    return min(max(records, bounds[0]), bounds[1]) * FITS_RECORD
 
 
 def block_layout(file_size, block_size, boundaries):
@@ -464,7 +542,8 @@ def signature_of(path, req, agent):
         boundaries = [0]
         if req.get("fits", True):
             boundaries = fits_boundaries(lambda off, n: os.pread(f.fileno(), n, off), size)
-        block_size = req.get("block_size") or default_block_size(size)
+        block_size = req.get("block_size") or default_block_size(
+            size, req.get("block_records") or (MIN_BLOCK_RECORDS, MAX_BLOCK_RECORDS))
         return python_signature(f, size, block_size, boundaries, agent.hashes)
 
 

@@ -117,7 +117,7 @@ def checksum_value(header_sum_with_zero_checksum: int, data_sum: int) -> str:
 
 def checksum_of_hdu(header_bytes, data_sum: int) -> str:
     """CHECKSUM value for a header (as bytes, CHECKSUM zeroed) and its DATASUM."""
-    return encode_checksum(datasum(header_bytes, data_sum), complement=True)
+    return checksum_value(datasum(header_bytes), data_sum)
 
 
 def checksum_ok(header_sum: int, data_sum: int) -> bool:

@@ -182,22 +182,26 @@ def _byte_view(buffer) -> memoryview:
     return view
 
 
-def _scan_and_digest(sig: Signature, buffer) -> tuple[np.ndarray, np.ndarray, bytes]:
+def _scan_and_digest(sig: Signature, view: memoryview) -> tuple[np.ndarray, np.ndarray, str]:
     """find_blocks and the BLAKE3 of the buffer, computed side by side."""
-    view = _byte_view(buffer)
     with ThreadPoolExecutor(1) as pool:
         digesting = pool.submit(buffer_digest, view)
         positions, blocks = find_blocks(sig, view)
-        return positions, blocks, digesting.result()
+        return positions, blocks, digesting.result().hex()
 
 
-def delta_recipe(basis_sig: Signature, source_buffer) -> Recipe:
+def delta_recipe(basis_sig: Signature, source_buffer, source_digest: str | None = None) -> Recipe:
     """rsync direction: the recipe for the source (new) bytes, given the
-    signature of the basis (old file at the destination)."""
+    signature of the basis (old file at the destination). ``source_digest``
+    (hex BLAKE3 of the source, when the caller already knows it) saves one
+    pass over the source; a wrong one makes apply_recipe fail, never lie."""
     view = _byte_view(source_buffer)
-    positions, blocks, digest = _scan_and_digest(basis_sig, view)
+    if source_digest is None:
+        positions, blocks, source_digest = _scan_and_digest(basis_sig, view)
+    else:
+        positions, blocks = find_blocks(basis_sig, view)
     ops = _ops_from_matches(positions, blocks, basis_sig.block_offsets(), basis_sig.block_lengths(), len(view))
-    return Recipe(ops, len(view), digest.hex(), basis_sig.file_size)
+    return Recipe(ops, len(view), source_digest, basis_sig.file_size)
 
 
 def _ops_from_matches(positions, blocks, basis_offsets, basis_lengths, target_size) -> list:
@@ -231,6 +235,8 @@ def fetch_recipe(source_sig: Signature, basis_buffer) -> Recipe:
     """zsync direction: the recipe for the source file described by
     ``source_sig``, reusing whatever blocks of it the local basis (old copy)
     already holds; SOURCE runs are the byte ranges to fetch."""
+    if source_sig.digest is None:
+        raise BadInput("the source's signature was made without its file digest; it cannot drive a fetch")
     view = _byte_view(basis_buffer)
     positions, blocks = find_blocks(source_sig, view)
     offsets, lengths = source_sig.block_offsets(), source_sig.block_lengths()
@@ -241,7 +247,7 @@ def fetch_recipe(source_sig: Signature, basis_buffer) -> Recipe:
         _, same_as = np.unique(keys, axis=0, return_inverse=True)
         same_as = same_as.reshape(-1)
         where_class = np.full(int(same_as.max()) + 1, -1, dtype=np.int64)
-        where_class[same_as[blocks[::-1]]] = positions[::-1]  # first occurrence wins
+        where_class[same_as[blocks]] = positions  # any place one of them was found will do
         found = where_class[same_as]
         found[blocks] = positions  # a block found itself keeps its own place: longer runs
     ops = _ops_from_found(found, offsets, lengths)
@@ -261,10 +267,10 @@ def _ops_from_found(found, offsets, lengths) -> list:
     return list(zip(kinds[run_starts].tolist(), starts[run_starts].tolist(), run_lengths.tolist()))
 
 
-def delta_recipe_for_file(basis_sig: Signature, source_path) -> Recipe:
+def delta_recipe_for_file(basis_sig: Signature, source_path, source_digest: str | None = None) -> Recipe:
     """delta_recipe over a local source file (mmap)."""
     with _mapped(source_path) as view:
-        return delta_recipe(basis_sig, view)
+        return delta_recipe(basis_sig, view, source_digest)
 
 
 def fetch_recipe_for_file(source_sig: Signature, basis_path) -> Recipe:

@@ -92,7 +92,13 @@ def _target(base: str, member: tarfile.TarInfo, archive: str) -> str:
         raise UnsafePath(
             f"{archive}: member {name!r} would be written outside the destination; refusing to extract the archive"
         ) from None
-    return safe_relpath(f"{base}/{inner}" if base else inner)
+    target = safe_relpath(f"{base}/{inner}" if base else inner)
+    if target.split("/", 1)[0] == STATE_DIR:
+        # fitsync's own state (lock, partial downloads, this module's record):
+        # a member there could lock every later mirror out or poison a resume.
+        raise UnsafePath(f"{archive}: member {name!r} would be written into fitsync's state directory "
+                         f"{STATE_DIR}/; refusing to extract the archive")
+    return target
 
 
 def _write_member(dst_root: str, tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> list:

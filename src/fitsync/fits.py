@@ -27,7 +27,8 @@ CARD = 80
 CARDS_PER_BLOCK = BLOCK // CARD
 FITS_MAGIC = b"SIMPLE  ="
 XTENSION_MAGIC = b"XTENSION="
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fz")
+# Names audited as FITS (besides content starting with FITS_MAGIC).
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fz")
 END_KEYWORD = b"END     "
 
 # FITS 4.0 section 4.1.1: a header holds only ASCII text 0x20-0x7E.
@@ -103,6 +104,8 @@ def padded(size: int) -> int:
 
 
 def looks_like_fits(name: str, first_bytes: bytes) -> bool:
+    """A FITS name (gzipped or tile-compressed too), or content that starts
+    like a FITS primary header."""
     return name.lower().endswith(FITS_SUFFIXES) or first_bytes.startswith(FITS_MAGIC)
 
 
@@ -241,6 +244,7 @@ class HeaderInfo:
     """What a complete header says, and what is wrong with it."""
 
     offset: int
+    index: int  # position of the HDU in the file
     header: bytes  # every record, END card and fill included
     cards: list  # (keyword, raw value) before END
     values: dict  # first occurrence of each keyword with a value
@@ -274,18 +278,19 @@ def describe_header(header: bytes, end_card: int, offset: int, index: int) -> He
     for keyword, raw in cards:
         if raw is not None and keyword not in values:
             values[keyword] = raw
-    info = HeaderInfo(offset, header, cards, values, None)
+    info = HeaderInfo(offset, index, header, cards, values, None)
     problems = info.problems
     expected = "SIMPLE" if index == 0 else "XTENSION"
     if not cards or cards[0][0] != expected:
         problems.append(Problem(BROKEN, "bad-header", f"HDU {index} at offset {offset}: first keyword is not {expected}", offset))
-    illegal = _count_illegal(header)
+    cards_part = header[: end_card + 8]  # the fill after END is judged by its own rule
+    illegal = _count_illegal(cards_part)
     if illegal:
-        first = offset + _first_illegal(header)
+        first = offset + _first_illegal(cards_part)
         problems.append(
             Problem(BROKEN, "illegal-chars", f"HDU {index}: {illegal} illegal (non-ASCII-text) byte(s) in the header, first at offset {first}", first)
         )
-    problems.extend(_fill_problems(header[end_card + 8 :], offset + end_card + 8, index))
+    problems.extend(_fill_problems(header, end_card, offset, index))
     problems.extend(_keyword_problems(header[:end_card], offset, index))
     try:
         info.data_size = data_size(cards)
@@ -294,16 +299,27 @@ def describe_header(header: bytes, end_card: int, offset: int, index: int) -> He
     return info
 
 
-def _fill_problems(fill: bytes, offset: int, index: int) -> list[Problem]:
-    """The rest of the END card and of its record must be blanks. All-NUL
-    fill is a known writer bug (astropy warns about it too); anything mixed is
-    damage."""
-    if not fill.strip(b" "):
+def _fill_problems(header: bytes, end_card: int, offset: int, index: int) -> list[Problem]:
+    """The END card is blank after "END", and so is the rest of its record.
+    A record filled with NULs after the END card is a known writer bug
+    (astropy warns about it too); anything mixed is damage."""
+    end_rest = header[end_card + 8 : end_card + CARD]
+    after = header[end_card + CARD :]
+    if end_rest.strip(b" "):
+        first = offset + end_card + 8 + _first_other(end_rest, 0x20)
+    elif after.strip(b" ") and after.strip(b"\0"):
+        usual = 0 if after.count(0) * 2 > len(after) else 0x20
+        first = offset + end_card + CARD + _first_other(after, usual)
+    elif after.strip(b" "):
+        return [Problem(WARNING, "header-fill", f"HDU {index}: header is padded with NUL bytes instead of blanks after END", offset + end_card + CARD)]
+    else:
         return []
-    if not fill.strip(b"\0"):
-        return [Problem(WARNING, "header-fill", f"HDU {index}: header is padded with NUL bytes instead of blanks after END", offset)]
-    first = offset + next(i for i, b in enumerate(fill) if b != 0x20)
-    return [Problem(BROKEN, "header-fill", f"HDU {index}: non-blank byte after the END card at offset {first}", first)]
+    return [Problem(BROKEN, "header-fill", f"HDU {index}: unexpected byte after the END card at offset {first}", first)]
+
+
+def _first_other(data: bytes, expected: int) -> int:
+    """Index of the first byte of ``data`` that is not ``expected``."""
+    return next(i for i, b in enumerate(data) if b != expected)
 
 
 def _keyword_problems(cards_bytes: bytes, offset: int, index: int) -> list[Problem]:
@@ -354,7 +370,7 @@ def header_problem(info: HeaderInfo) -> Problem | None:
         return None
     if checksum_ok(datasum(info.header), recorded):
         return None
-    return Problem(BROKEN, "checksum-bad", f"header of HDU at offset {info.offset} was changed: its CHECKSUM does not match the header and DATASUM", info.offset)
+    return Problem(BROKEN, "checksum-bad", f"HDU {info.index}: the header was changed (offset {info.offset}): its CHECKSUM does not match the header and DATASUM", info.offset)
 
 
 def datasum_status(info: HeaderInfo, data_sum: int) -> tuple[str, Problem | None]:
@@ -365,7 +381,7 @@ def datasum_status(info: HeaderInfo, data_sum: int) -> tuple[str, Problem | None
     if datasum_ok(recorded, data_sum):
         return OK, None
     return BAD, Problem(
-        BROKEN, "datasum-bad", f"data of HDU at offset {info.offset} was changed: DATASUM is {recorded!r}, the data sums to {data_sum}", info.offset
+        BROKEN, "datasum-bad", f"HDU {info.index}: the data was changed: DATASUM is {recorded!r}, the data unit at offset {info.offset + len(info.header)} sums to {data_sum}", info.offset
     )
 
 
@@ -375,7 +391,7 @@ def checksum_status(info: HeaderInfo, data_sum: int) -> tuple[str, Problem | Non
         return ABSENT, None
     if checksum_ok(datasum(info.header), data_sum):
         return OK, None
-    return BAD, Problem(BROKEN, "checksum-bad", f"CHECKSUM of HDU at offset {info.offset} does not match its bytes", info.offset)
+    return BAD, Problem(BROKEN, "checksum-bad", f"HDU {info.index}: CHECKSUM does not match the bytes of the HDU at offset {info.offset}", info.offset)
 
 
 # ---------------------------------------------------------------------------
@@ -420,7 +436,7 @@ _HEADER, _DATA, _TRAILING, _LOST = "header", "data", "trailing", "lost"
 MAX_HEADER_BYTES = 64 << 20
 
 
-def _is_prefix_of(data: bytes, magic: bytes) -> bool:
+def is_prefix_of(data: bytes, magic: bytes) -> bool:
     n = min(len(data), len(magic))
     return data[:n] == magic[:n]
 
@@ -498,7 +514,7 @@ class HduWalker:
             self._record_start = self.pos
         take = min(BLOCK - len(self._record), len(view))
         self._record += view[:take]
-        if self.hdus and not self._header and not _is_prefix_of(self._record, XTENSION_MAGIC):
+        if self.hdus and not self._header and not is_prefix_of(self._record, XTENSION_MAGIC):
             self._begin_trailing(self._record_start)
         elif len(self._record) == BLOCK:
             record = bytes(self._record)
@@ -661,7 +677,7 @@ class HduWalker:
         if illegal:
             first = start + _first_illegal(partial)
             hdu.problems.append(Problem(BROKEN, "illegal-chars", f"HDU {index}: {illegal} illegal byte(s) in the header, first at offset {first}", first))
-        if index == 0 and not _is_prefix_of(partial, FITS_MAGIC):
+        if index == 0 and not is_prefix_of(partial, FITS_MAGIC):
             hdu.problems.append(Problem(BROKEN, "not-fits", "does not start with 'SIMPLE  =': not a FITS file", 0))
         self.hdus.append(hdu)
 
@@ -674,19 +690,17 @@ class _PaddingCheck:
     def __init__(self, fill: int):
         self.fill = fill
         self.other = 0x20 if fill == 0 else 0
-        self.count = 0
         self.odd = 0  # bytes that are not the expected fill
         self.not_other = 0  # bytes that are not the other fill either
         self.first_odd: int | None = None
 
     def update(self, data: bytes, offset: int) -> None:
-        self.count += len(data)
         odd = len(data.translate(None, bytes([self.fill])))
         self.not_other += len(data.translate(None, bytes([self.other])))
         if odd:
             self.odd += odd
             if self.first_odd is None:
-                self.first_odd = offset + next(i for i, b in enumerate(data) if b != self.fill)
+                self.first_odd = offset + _first_other(data, self.fill)
 
     def problems(self, index: int) -> list[Problem]:
         if not self.odd:
@@ -695,10 +709,3 @@ class _PaddingCheck:
             return [Problem(WARNING, "padding", f"HDU {index}: data unit is padded with {self.other:#04x} bytes instead of {self.fill:#04x}", self.first_odd)]
         return [Problem(BROKEN, "padding", f"HDU {index}: {self.odd} unexpected byte(s) in the data padding, first at offset {self.first_odd}", self.first_odd)]
 
-
-def walk_stream(chunks) -> tuple[list[HduResult], list[Problem]]:
-    """Check a FITS byte stream given as an iterable of byte chunks."""
-    walker = HduWalker()
-    for chunk in chunks:
-        walker.feed(chunk)
-    return walker.finish()

@@ -34,11 +34,11 @@ from fitsync.errors import NotFound, SourceChanged
 from fitsync.fits import ABSENT, BAD, BROKEN, INCOMPLETE, OK, UNCHECKED, WARNING, HduResult, HduWalker, Problem
 from fitsync.paths import join_under, safe_relpath
 
-FITS_NAME_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fz")
 GZIP_MAGIC = b"\x1f\x8b"
 STATE_DIR = ".fitsync"  # fitsync's own state inside a tree (see remotes.local)
 READ_CHUNK = 1 << 20  # compressed bytes per read
 MAX_OUTPUT = 4 << 20  # decompressed bytes per zlib call: bounds memory
+PREAD_CHUNK = 8 << 20  # bytes per read when a plain file is not memory-mapped
 
 STATUS_OK = "ok"
 STATUS_BROKEN = BROKEN
@@ -49,7 +49,7 @@ STATUS_NOT_FITS = "not-fits"
 def is_fits_candidate(name: str, first_bytes: bytes) -> bool:
     """True for FITS names (.fits .fit .fts, gzipped, .fz) or content that
     starts like a FITS primary header."""
-    return name.lower().endswith(FITS_NAME_SUFFIXES) or first_bytes.startswith(fits.FITS_MAGIC)
+    return fits.looks_like_fits(name, first_bytes)
 
 
 # ---------------------------------------------------------------------------
@@ -151,7 +151,9 @@ def parse_gzip_header(buf: bytes) -> tuple[int, list[Problem]]:
     problems = []
     if xfl not in KNOWN_XFL or os_byte not in KNOWN_OS:
         # No writer produces these; gzip ignores them, so the data may still be whole.
-        problems.append(Problem(WARNING, "gzip-header", f"gzip header has undefined XFL={xfl} or OS={os_byte}: it was altered"))
+        # No gzip writer produces these values (gzip itself ignores the
+        # bytes): the header was altered after it was written.
+        problems.append(Problem(BROKEN, "gzip-header", f"gzip header has undefined XFL={xfl} or OS={os_byte}: it was altered"))
     pos = 10
     if flags & FEXTRA:
         need(pos + 2)
@@ -197,7 +199,7 @@ class GzipChecker:
         view = memoryview(data).cast("B")
         while len(view) and not self.failed:
             if self._state == "deflate" and not self._buf:
-                used = self._inflate(view)
+                used = self._inflate(view, self.in_pos)
                 self.in_pos += used
                 view = view[used:]
             elif self._state == "trailing":
@@ -219,7 +221,7 @@ class GzipChecker:
             elif self._state == "deflate":
                 rest = bytes(self._buf)
                 self._buf.clear()
-                used = self._inflate(memoryview(rest))
+                used = self._inflate(memoryview(rest), self.in_pos - len(rest))
                 if used == len(rest):
                     return
                 self._buf += rest[used:]
@@ -261,10 +263,12 @@ class GzipChecker:
         self._state = "deflate"
         return True
 
-    def _inflate(self, view: memoryview) -> int:
-        """Decompress from ``view``; return how many of its bytes belong to
-        the deflate stream (all of them unless the stream ends inside)."""
+    def _inflate(self, view: memoryview, base: int) -> int:
+        """Decompress from ``view`` (at compressed offset ``base``); return
+        how many of its bytes belong to the deflate stream (all of them
+        unless the stream ends inside)."""
         d = self._d
+        before, emitted = d.copy(), self.out_size
         try:
             self._emit(d.decompress(view, MAX_OUTPUT))
             # Drain: input left over by the output limit, or output still pending.
@@ -273,13 +277,32 @@ class GzipChecker:
                 if not out and not d.unconsumed_tail:
                     break
                 self._emit(out)
-        except zlib.error as exc:
-            self._fail("gzip-corrupt", f"gzip data is corrupt near compressed offset {self.in_pos}: {exc}")
+        except zlib.error:
+            self._d = before
+            self._find_error(view, base, self.out_size - emitted)
             return len(view)
         if not d.eof:
             return len(view)
         self._state = "trailer"
         return len(view) - len(d.unused_data)
+
+    def _find_error(self, view: memoryview, base: int, already_emitted: int) -> None:
+        """Decode ``view`` again in small steps to emit everything before the
+        bad byte and name its offset, whatever the chunking was."""
+        pos, skip, error = 0, already_emitted, None
+        for step in (4096, 1):
+            while pos < len(view):
+                saved = self._d.copy()
+                try:
+                    out = self._d.decompress(view[pos : pos + step])
+                except zlib.error as exc:
+                    self._d, error = saved, exc
+                    break
+                cut = min(skip, len(out))
+                skip -= cut
+                self._emit(out[cut:])
+                pos += step
+        self._fail("gzip-corrupt", f"gzip data is corrupt at compressed offset {base + pos}: {error}")
 
     def _emit(self, out: bytes) -> None:
         if out:
@@ -341,9 +364,12 @@ class GzipChecker:
 # ---------------------------------------------------------------------------
 
 
-def check_file(path: str, hasher=None, display_path: str | None = None) -> FileReport:
+def check_file(path: str, hasher=None, display_path: str | None = None, mapped: bool = True) -> FileReport:
     """Check one local file. ``hasher`` (anything with ``update``) also sees
     every raw byte, so an audit against a manifest digest reads the file once.
+    ``mapped=False`` reads with pread instead of an mmap: slower, but safe for
+    a file that may be truncated while it is read (an mmap would then kill
+    the process with SIGBUS), such as a mirror's source.
     Raises NotFound when the file cannot be opened."""
     shown = display_path if display_path is not None else path
     try:
@@ -354,49 +380,78 @@ def check_file(path: str, hasher=None, display_path: str | None = None) -> FileR
         raise NotFound(f"{path}: cannot open ({exc.strerror})") from None
     with f:
         size = os.fstat(f.fileno()).st_size
-        head = os.pread(f.fileno(), len(fits.FITS_MAGIC), 0)
-        if head.startswith(GZIP_MAGIC):
+        kind = _format_of(path, os.pread(f.fileno(), len(fits.FITS_MAGIC), 0))
+        if kind == "gzip":
             report = _check_gzip_file(f, hasher)
-        elif size and path.lower().endswith(".gz") and not head.startswith(fits.FITS_MAGIC):
-            report = FileReport("", size, "gzip", [], [Problem(BROKEN, "gzip-header", "named .gz but starts with neither the gzip magic bytes nor a FITS header", 0)])
+        elif kind == "misnamed":
+            report = _misnamed_gzip_report()
             _hash_rest(f, hasher)
         else:
-            report = _check_plain_file(f, size, hasher)
+            report = _check_plain_file(f, size, hasher, mapped)
     report.path, report.size = shown, size
     if report.compression is None and any(_is_tile_compressed(h) for h in report.hdus):
         _check_tile_compressed(path, report)
     return report
 
 
-def _check_plain_file(f, size: int, hasher) -> FileReport:
+def _format_of(name: str, head: bytes) -> str:
+    """"gzip", "plain" (FITS, or anything to be judged as FITS) or
+    "misnamed" (a .gz name on bytes that are neither gzip nor FITS), from the
+    first 9 bytes (fewer only when that is the whole file)."""
+    if head.startswith(GZIP_MAGIC) or head == GZIP_MAGIC[:1]:
+        return "gzip"
+    if head and name.lower().endswith(".gz") and not fits.is_prefix_of(head, fits.FITS_MAGIC):
+        return "misnamed"
+    return "plain"
+
+
+def _misnamed_gzip_report() -> FileReport:
+    problem = Problem(BROKEN, "gzip-header", "named .gz but starts with neither the gzip magic bytes nor a FITS header", 0)
+    return FileReport("", 0, "gzip", [], [problem])
+
+
+def _check_plain_file(f, size: int, hasher, mapped: bool) -> FileReport:
     walker = HduWalker()
-    if size:
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            view = memoryview(mapped)
+    if size and mapped:
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapping:
+            view = memoryview(mapping)
             try:
                 if hasher is not None:
                     hasher.update(view)
-                _walk_mapped(walker, view)
+                _walk(walker, size, lambda pos, n: view[pos : pos + n], skip_data=True)
             finally:
                 view.release()
+    elif size:
+        buf = memoryview(bytearray(PREAD_CHUNK))
+
+        def read_at(pos: int, n: int) -> memoryview:
+            got = os.preadv(f.fileno(), [buf[: min(n, PREAD_CHUNK)]], pos)
+            if hasher is not None:
+                hasher.update(buf[:got])
+            return buf[:got]
+
+        _walk(walker, size, read_at, skip_data=hasher is None)
     hdus, problems = walker.finish()
     return FileReport("", size, None, hdus, problems)
 
 
-def _walk_mapped(walker: HduWalker, view: memoryview) -> None:
-    """Feed the walker from a mapped file, skipping data units it does not
-    need (no checksum keywords): those pages are never touched."""
-    size = len(view)
+def _walk(walker: HduWalker, size: int, read_at, skip_data: bool) -> None:
+    """Feed the walker the file's bytes, skipping data units it does not
+    need (no checksum keywords) unless ``skip_data`` is False: those pages
+    are never touched. Stops early if the file turns out shorter than
+    ``size`` (it shrank while being read)."""
     pos = 0
     while pos < size:
-        skip = min(walker.skippable(), size - pos)
+        skip = min(walker.skippable(), size - pos) if skip_data else 0
         if skip:
             walker.skip(skip)
             pos += skip
             continue
-        n = min(walker.wants() or size - pos, size - pos)
-        walker.feed(view[pos : pos + n])
-        pos += n
+        piece = read_at(pos, min(walker.wants() or size - pos, size - pos))
+        if not len(piece):
+            return
+        walker.feed(piece)
+        pos += len(piece)
 
 
 def _check_gzip_file(f, hasher) -> FileReport:
@@ -573,23 +628,41 @@ class StreamCheck:
         self.name = name
         self._walker = HduWalker()
         self._gz: GzipChecker | None = None
-        self._started = False
+        self._head: bytes | None = b""  # first bytes, until the format is known
+        self._misnamed = False
         self._size = 0
 
     def update(self, chunk) -> None:
-        if not self._started and len(chunk):
-            self._started = True
-            if bytes(chunk[:2]) == GZIP_MAGIC:
-                self._gz = GzipChecker(self._walker.feed)
         self._size += len(chunk)
-        if self._gz is not None:
-            if not self._gz.failed:
-                self._gz.feed(chunk)
-        else:
+        if self._head is not None:
+            self._head += bytes(chunk)
+            if len(self._head) >= len(fits.FITS_MAGIC):
+                self._start(self._head)
+            return
+        self._pass_on(chunk)
+
+    def _start(self, head: bytes) -> None:
+        self._head = None
+        kind = _format_of(self.name, head[: len(fits.FITS_MAGIC)])
+        self._misnamed = kind == "misnamed"
+        if kind == "gzip":
+            self._gz = GzipChecker(self._walker.feed)
+        self._pass_on(head)
+
+    def _pass_on(self, chunk) -> None:
+        if self._misnamed:
+            return
+        if self._gz is None:
             self._walker.feed(chunk)
+        elif not self._gz.failed:
+            self._gz.feed(chunk)
 
     def finish(self) -> FileReport:
-        if self._gz is not None:
+        if self._head is not None:
+            self._start(self._head)
+        if self._misnamed:
+            report = _misnamed_gzip_report()
+        elif self._gz is not None:
             report = _gzip_report(self._gz, self._walker)
         else:
             hdus, problems = self._walker.finish()
@@ -631,7 +704,7 @@ def quick_state(path: str) -> tuple[str, str]:
         return STATUS_BROKEN, f"cannot read {path}: {exc.strerror}"
     if not is_fits_candidate(os.path.basename(path), head):
         return STATUS_NOT_FITS, ""
-    report = check_file(path)
+    report = check_file(path, mapped=False)  # a source may shrink under us
     if report.status == STATUS_OK:
         return STATUS_OK, "checksum absent" if report.checksums == ABSENT else ""
     return report.status, report.first_problem()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 
-from fitsync.errors import Locked
+from fitsync.errors import Locked, TransferFailed
 
 LOCK_NAME = "lock"
 
@@ -31,19 +32,35 @@ class DirectoryLock:
         self.held = False
 
     def acquire(self) -> None:
-        me = f"{os.getpid()} {socket.gethostname()}\n"
         for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                if self._reclaim_if_stale():
-                    continue
-                raise Locked(self._held_message()) from None
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            self.held = True
-            return
+            if self._try_create():
+                self.held = True
+                return
+            if not self._reclaim_if_stale():
+                raise Locked(self._held_message())
         raise Locked(self._held_message())
+
+    def _try_create(self) -> bool:
+        """Create the lock with its content in one step: write ``pid host`` to a
+        private file, then link() it to the lock name, which fails if the lock
+        exists. A lock is therefore never seen empty (and taken for stale)."""
+        tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}"
+        try:
+            with open(tmp, "w") as f:
+                f.write(f"{os.getpid()} {socket.gethostname()}\n")
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise TransferFailed(
+                f"cannot write the lock {self.path}: {exc.strerror}; free space or fix the destination's permissions"
+            ) from None
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
     def _owner(self) -> tuple[int | None, str]:
         try:

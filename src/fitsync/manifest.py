@@ -11,6 +11,7 @@ import base64
 import datetime as _dt
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import IO, Iterable
@@ -22,7 +23,8 @@ from fitsync.paths import safe_relpath
 FORMAT_NAME = "fitsync-manifest"
 FORMAT_VERSION = 1
 DEFAULT_NAME = "fitsync-manifest.jsonl"
-MAX_LINE = 64 << 20  # a line with block signatures of a huge file stays far below this
+MAX_LINE = 64 << 20
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")  # a line with block signatures of a huge file stays far below this
 
 
 @dataclass
@@ -156,8 +158,9 @@ def _parse(stream, name: str) -> Manifest:
             continue
         try:
             record = json.loads(line)
-        except ValueError as exc:
-            raise BadInput(f"manifest {name} line {lineno}: not valid JSON ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:
+            reason = getattr(exc, "msg", exc.__class__.__name__)
+            raise BadInput(f"manifest {name} line {lineno}: not valid JSON ({reason})") from None
         if not isinstance(record, dict):
             raise BadInput(f"manifest {name} line {lineno}: expected a JSON object")
         if header is None:
@@ -205,18 +208,14 @@ def _entry_from(record: dict, name: str, lineno: int) -> ManifestEntry:
         raise BadInput(f"{where}: 'size' must be a non-negative integer")
     if not isinstance(mtime, (int, float)) or isinstance(mtime, bool):
         raise BadInput(f"{where}: 'mtime' must be a number")
-    if not isinstance(digest, str) or len(digest) != 64 or not _is_hex(digest):
+    if not isinstance(digest, str) or not _is_hex(digest):
         raise BadInput(f"{where}: 'blake3' must be 64 hex digits")
     extra = {k: v for k, v in record.items() if k not in ("path", "size", "mtime", "blake3")}
     return ManifestEntry(path, size, float(mtime), digest.lower(), extra)
 
 
 def _is_hex(text: str) -> bool:
-    try:
-        int(text, 16)
-    except ValueError:
-        return False
-    return True
+    return _HEX64.fullmatch(text) is not None
 
 
 # -- building ---------------------------------------------------------------

@@ -262,9 +262,9 @@ class ReleaseRemote(Remote):
     def digest(self, path: str, algo: str = "blake3") -> str:
         return self.inner.digest(path, algo)
 
-    def block_signature(self, path: str):
+    def block_signature(self, path: str, like: str | None = None):
         """The manifest's signature of ``path``; None for a file it has none for
-        (the mirror engine then downloads the file whole)."""
+        (the mirror engine then downloads the file whole). ``like`` is ignored."""
         return self.release.signature(path)
 
     def close(self) -> None:

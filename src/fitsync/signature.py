@@ -53,7 +53,8 @@ MAGIC = b"FSYNCSIG"
 FORMAT_VERSION = 1
 WEAK_ROLLSUM = 1  # algorithm ids in the serialised header
 STRONG_XXH3_128 = 1
-_HEADER = struct.Struct("<8sHBBIQIIQ32s")  # magic version weak strong bs size nbounds 0 nblocks digest
+_HEADER = struct.Struct("<8sHBBIQIIQ32s")  # magic version weak strong bs size nbounds flags nblocks digest
+FLAG_NO_DIGEST = 1  # the signature was made without the whole-file digest (digest is None)
 _TRAILER = struct.Struct("<Q")  # xxh3-64 of everything before it
 MAX_SIGNATURE_BYTES = 1 << 34  # 16 GiB: refuse anything larger when parsing
 
@@ -146,7 +147,9 @@ def block_layout(file_size: int, block_size: int, boundaries=(0,)) -> tuple[np.n
 
 
 class Signature:
-    """Blocks (weak + strong sums) and BLAKE3 digest of one file version."""
+    """Blocks (weak + strong sums) and BLAKE3 digest of one file version.
+    ``digest`` is None only for signatures built with ``digest=False``, which
+    serve matching alone (the basis side of the rsync direction)."""
 
     __slots__ = ("file_size", "block_size", "boundaries", "weak", "strong", "digest", "_layout")
 
@@ -156,9 +159,9 @@ class Signature:
         self.boundaries = [int(b) for b in boundaries]
         self.weak = np.ascontiguousarray(weak, dtype=np.uint32)
         self.strong = bytes(strong)
-        self.digest = bytes(digest)
+        self.digest = None if digest is None else bytes(digest)
         self._layout = None
-        if len(self.digest) != DIGEST_LEN:
+        if self.digest is not None and len(self.digest) != DIGEST_LEN:
             raise BadInput("a signature's digest must be 32 bytes")
         count = block_count(self.file_size, self.block_size, self.boundaries)
         if len(self.weak) != count or len(self.strong) != count * STRONG_LEN:
@@ -180,8 +183,8 @@ class Signature:
         return len(self.weak)
 
     @property
-    def hexdigest(self) -> str:
-        return self.digest.hex()
+    def hexdigest(self) -> str | None:
+        return None if self.digest is None else self.digest.hex()
 
     def strong_of(self, index: int) -> bytes:
         return self.strong[index * STRONG_LEN : (index + 1) * STRONG_LEN]
@@ -201,14 +204,15 @@ class Signature:
     def __repr__(self) -> str:
         return (
             f"Signature(file_size={self.file_size}, block_size={self.block_size}, "
-            f"blocks={len(self)}, segments={len(self.boundaries)}, digest={self.digest.hex()[:16]}...)"
+            f"blocks={len(self)}, segments={len(self.boundaries)}, digest={(self.hexdigest or 'none')[:16]})"
         )
 
     # -- wire format (docs/signature-format.md) ------------------------
     def to_bytes(self) -> bytes:
         header = _HEADER.pack(
             MAGIC, FORMAT_VERSION, WEAK_ROLLSUM, STRONG_XXH3_128, self.block_size,
-            self.file_size, len(self.boundaries), 0, len(self), self.digest,
+            self.file_size, len(self.boundaries), 0 if self.digest is not None else FLAG_NO_DIGEST, len(self),
+            self.digest if self.digest is not None else bytes(DIGEST_LEN),
         )
         body = b"".join((
             header,
@@ -222,7 +226,7 @@ class Signature:
     def from_bytes(cls, data) -> "Signature":
         """Parse ``to_bytes`` output; raise BadInput on anything else."""
         data, fields = open_envelope(data, MAGIC, _HEADER, "signature", FORMAT_VERSION)
-        _, _, weak_id, strong_id, block_size, file_size, nbounds, _reserved, nblocks, digest = fields
+        _, _, weak_id, strong_id, block_size, file_size, nbounds, flags, nblocks, digest = fields
         if weak_id != WEAK_ROLLSUM or strong_id != STRONG_XXH3_128:
             raise BadInput("signature uses block sums this fitsync does not know")
         check_length(data, _HEADER.size + 8 * nbounds + (4 + STRONG_LEN) * nblocks + _TRAILER.size, "signature")
@@ -232,16 +236,18 @@ class Signature:
         weak = np.frombuffer(data, dtype="<u4", count=nblocks, offset=pos).astype(np.uint32)
         pos += 4 * nblocks
         strong = data[pos : pos + STRONG_LEN * nblocks]
-        return cls(file_size, block_size, boundaries, weak, strong, digest)
+        if flags & ~FLAG_NO_DIGEST:
+            raise BadInput("signature has flags this fitsync does not know")
+        return cls(file_size, block_size, boundaries, weak, strong, None if flags & FLAG_NO_DIGEST else digest)
 
 
 class SignatureBuilder:
     """Builds a Signature from the file's bytes fed in order, in chunks of
     any size, so a file never has to fit in memory. Large chunks (an mmap
-    window) are hashed on all cores: BLAKE3 threads plus block hashing split
-    across threads, all outside the GIL."""
+    window) use two cores or more: BLAKE3 on its own threads while this
+    thread computes the block sums, both outside the GIL."""
 
-    def __init__(self, file_size: int, block_size: int | None = None, boundaries=(0,)):
+    def __init__(self, file_size: int, block_size: int | None = None, boundaries=(0,), digest: bool = True):
         self.file_size = int(file_size)
         self.block_size = int(block_size or default_block_size(self.file_size))
         self.boundaries = _check_layout_args(self.file_size, self.block_size, boundaries)
@@ -250,7 +256,7 @@ class SignatureBuilder:
         n = len(self._offsets)
         self._weak = np.zeros(n, dtype=np.uint32)
         self._strong = np.zeros(n * STRONG_LEN, dtype=np.uint8)
-        self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO) if digest else None
         self._received = 0
         self._next_block = 0
         self._partial = bytearray()  # the start of a block split across chunks
@@ -261,8 +267,11 @@ class SignatureBuilder:
         if start + len(view) > self.file_size:
             raise SourceChanged(f"file grew past its expected size of {self.file_size} bytes while being read")
         self._received += len(view)
-        if len(view) < PARALLEL_MIN_BYTES or THREADS < 2:
-            self._hasher.update(view)
+        if len(view) < PARALLEL_MIN_BYTES or THREADS < 2 or self._hasher is None:
+            # Block hashing stays on one thread: xxhash is called per block,
+            # and two threads taking turns at the GIL were measured slower.
+            if self._hasher is not None:
+                self._hasher.update(view)
             self._hash_blocks_in(view, start)
             return
         # BLAKE3 (on its own threads) and the block sums read the same
@@ -313,7 +322,7 @@ class SignatureBuilder:
             )
         return Signature(
             self.file_size, self.block_size, self.boundaries, self._weak,
-            self._strong.tobytes(), self._hasher.digest(),
+            self._strong.tobytes(), self._hasher.digest() if self._hasher else None,
         )
 
 
@@ -323,20 +332,25 @@ def fits_boundaries(read_at, file_size: int) -> list[int]:
     return segment_boundaries(read_at, file_size)
 
 
-def signature_of_buffer(buffer, block_size: int | None = None, fits_aware: bool = True) -> Signature:
-    """Signature of bytes in memory (bytes, mmap, memoryview)."""
+def signature_of_buffer(buffer, block_size: int | None = None, fits_aware: bool = True,
+                        digest: bool = True) -> Signature:
+    """Signature of bytes in memory (bytes, mmap, memoryview). With
+    ``digest=False`` the whole-file BLAKE3 is skipped (Signature.digest is
+    None): enough for matching, e.g. the basis side of the rsync direction."""
     view = memoryview(buffer).cast("B")
     size = len(view)
     boundaries = fits_boundaries(lambda o, n: bytes(view[o : o + n]), size) if fits_aware else [0]
-    builder = SignatureBuilder(size, block_size, boundaries)
+    builder = SignatureBuilder(size, block_size, boundaries, digest)
     for offset in range(0, size, FILE_WINDOW):
         builder.update(view[offset : offset + FILE_WINDOW])
     return builder.finish()
 
 
-def signature_of_file(path, block_size: int | None = None, fits_aware: bool = True) -> Signature:
+def signature_of_file(path, block_size: int | None = None, fits_aware: bool = True,
+                      digest: bool = True) -> Signature:
     """Signature of a local file, read through mmap in large windows and
-    hashed on all cores. Raises SourceChanged if the file changes meanwhile."""
+    hashed on all cores. Raises SourceChanged if the file changes meanwhile.
+    ``digest=False``: see signature_of_buffer."""
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -346,12 +360,12 @@ def signature_of_file(path, block_size: int | None = None, fits_aware: bool = Tr
     with f:
         before = os.fstat(f.fileno())
         if before.st_size == 0:
-            sig = SignatureBuilder(0, block_size).finish()
+            sig = SignatureBuilder(0, block_size, digest=digest).finish()
         else:
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                 view = memoryview(mapped)
                 try:
-                    sig = signature_of_buffer(view, block_size, fits_aware)
+                    sig = signature_of_buffer(view, block_size, fits_aware, digest)
                 finally:
                     view.release()
         after = os.fstat(f.fileno())

@@ -57,6 +57,8 @@ class SignatureRejected(BadInput):
 class NotInManifest(VerificationFailed):
     """A data file that does not match the verified manifest (exit 3)."""
 
+    transient = False  # downloading it again yields the same bytes
+
 
 # -- keys ---------------------------------------------------------------------
 

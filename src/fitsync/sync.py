@@ -131,9 +131,14 @@ class Mirror:
         lock = DirectoryLock(self.dst.state_dir()) if local_dst and not self.options.dry_run else None
         if lock:
             lock.acquire()
+            self.dst.clear_state("tmp")  # a killed run's temporaries; nothing there is reusable
         try:
             items = self.plan()
             self.execute(items)
+            if local_dst and not self.options.dry_run and not self.result.files_failed:
+                # Every transfer completed, so what is left in partial/ belongs to
+                # source versions that no longer exist.
+                self.dst.clear_state("partial")
         finally:
             self.reporter.close_phase()
             if lock:
@@ -333,6 +338,10 @@ class Mirror:
             except (FitsyncError, OSError) as exc:
                 self.fail(item, exc)
                 return
+            except Exception as exc:  # a bug must cost one file, not the run
+                log.debug("internal error on %s", item.path, exc_info=True)
+                self.fail(item, TransferFailed(f"internal error: {type(exc).__name__}: {exc}"))
+                return
             with _COUNTER_LOCK:
                 self._count(item.action)
                 self.result.bytes_transferred += moved.transferred
@@ -385,7 +394,8 @@ class Mirror:
 
 def _describe_os_error(exc: BaseException) -> str:
     if isinstance(exc, OSError):
-        where = f" ({exc.filename})" if exc.filename else ""
+        name = exc.filename2 or exc.filename  # for a rename, the destination
+        where = f" ({name})" if name else ""
         return f"{exc.strerror or exc.__class__.__name__}{where}"
     return str(exc)
 

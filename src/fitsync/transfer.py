@@ -52,12 +52,28 @@ def _identity_key(item: Item) -> str:
     return blake3.blake3(ident.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
-def _check_source_unchanged(src: Remote, item: Item) -> None:
+def source_identity(src: Remote, item: Item):
+    """What identifies a local source file's content version, taken before it is
+    read: inode and ctime catch a rewrite even when the writer restores the
+    mtime (touch -r, tar x), which size and mtime alone would miss."""
+    if Capability.LOCAL not in src.capabilities:
+        return None
+    try:
+        st = os.stat(src.local_path(item.path))
+    except FileNotFoundError:
+        raise SourceChanged(f"{item.path} disappeared from the source; it will be retried") from None
+    return (st.st_ino, st.st_ctime_ns, st.st_size, st.st_mtime_ns)
+
+
+def _check_source_unchanged(src: Remote, item: Item, before=None) -> None:
     """A local source that changed while we read it must not be recorded as verified."""
     if Capability.LOCAL not in src.capabilities:
         return
     now = src.stat(item.path)
-    if now.size != item.src.size or abs(now.mtime - item.src.mtime) > 1e-6:
+    changed = now.size != item.src.size or abs(now.mtime - item.src.mtime) > 1e-6
+    if before is not None and source_identity(src, item) != before:
+        changed = True
+    if changed:
         raise SourceChanged(f"{item.path} changed while it was being copied; it will be retried")
 
 
@@ -75,6 +91,34 @@ def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None) -> Moved:
     resume_at = _validated_prefix(part, journal)
     moved = Moved(reused=resume_at)
     received = None if resume_at else new_hasher("blake3")
+    before = source_identity(src, item)
+    try:
+        _receive(src, item, part, journal, resume_at, received, moved, on_bytes)
+    except BaseException:
+        _trim_partial(part, journal)
+        raise
+    _check_source_unchanged(src, item, before)
+    trusted = _trusted_digest(item)
+    if trusted is None and resume_at and (Capability.DIGEST in src.capabilities or Capability.LOCAL in src.capabilities):
+        trusted = src.digest(item.path)
+    if trusted is None and received is not None:
+        trusted = received.hexdigest()
+    try:
+        _verify_file(part, journal, item, trusted)
+    except VerificationFailed:
+        # The journal vouched for bytes that were wrong when received: resuming
+        # from them would fail forever. Start over next time.
+        unlink_quietly(part)
+        unlink_quietly(journal)
+        raise
+    finish_file(part, dst.path_of(item.path), item.src.mtime)
+    os.unlink(journal)
+    return moved
+
+
+def _receive(src: Remote, item: Item, part: str, journal: str, resume_at: int, received, moved: Moved,
+             on_bytes) -> None:
+    """Append the source's bytes from ``resume_at`` to the partial file, journalling each full chunk."""
     with open(part, "r+b" if resume_at else "wb") as out, open(journal, "r+b" if resume_at else "wb") as jour:
         out.truncate(resume_at)
         out.seek(resume_at)
@@ -90,16 +134,22 @@ def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None) -> Moved:
             moved.transferred += len(chunk)
             if on_bytes:
                 on_bytes(len(chunk))
-    _check_source_unchanged(src, item)
-    trusted = _trusted_digest(item)
-    if trusted is None and resume_at and (Capability.DIGEST in src.capabilities or Capability.LOCAL in src.capabilities):
-        trusted = src.digest(item.path)
-    if trusted is None and received is not None:
-        trusted = received.hexdigest()
-    _verify_file(part, journal, item, trusted)
-    finish_file(part, dst.path_of(item.path), item.src.mtime)
-    os.unlink(journal)
-    return moved
+
+
+def _trim_partial(part: str, journal: str) -> None:
+    """After a failed receive keep only what the journal vouches for, so a
+    resumed run never starts from unvouched bytes and an empty pair does not
+    hold space a re-run needs."""
+    try:
+        vouched = os.path.getsize(journal) // JOURNAL_DIGEST * CHUNK
+        vouched = min(vouched, os.path.getsize(part))
+    except OSError:
+        vouched = 0
+    if vouched:
+        os.truncate(part, vouched)
+    else:
+        unlink_quietly(part)
+        unlink_quietly(journal)
 
 
 def _read_from(src: Remote, path: str, offset: int, size: int):
@@ -197,6 +247,7 @@ def source_signature(src: Remote, path: str):
 
 def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None) -> Moved:
     """Update the local copy of ``item`` using what it already holds."""
+    before = source_identity(src, item)
     sig = source_signature(src, item.path)
     basis_path = dst.path_of(item.path)
     if sig is None or item.dst is None or item.dst.size == 0:
@@ -229,7 +280,7 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None) -> Move
             unlink_quietly(tmp)
             raise
     try:
-        _check_source_unchanged(src, item)
+        _check_source_unchanged(src, item, before)
         finish_file(tmp, basis_path, item.src.mtime)
     except BaseException:
         unlink_quietly(tmp)

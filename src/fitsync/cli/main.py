@@ -36,7 +36,7 @@ import importlib
 import sys
 
 from fitsync import __version__
-from fitsync.errors import EXIT_USAGE, FitsyncError
+from fitsync.errors import EXIT_FAILED, EXIT_USAGE, FitsyncError
 
 COMMANDS = ("mirror", "manifest", "audit", "compare", "datasets", "missing", "config", "keygen")
 
@@ -79,6 +79,11 @@ def dispatch(module, argv: list[str]) -> int:
     except FitsyncError as exc:
         print(f"fitsync: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # Last resort for a system error no layer translated: still one line.
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"fitsync: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("fitsync: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

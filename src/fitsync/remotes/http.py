@@ -27,7 +27,6 @@ import logging
 import os
 import random
 import re
-import socket
 import ssl
 import threading
 import time
@@ -242,20 +241,23 @@ def index_links(page: str, page_url: str) -> tuple[list[str], list[str]]:
     are dropped, as are names that would not be one path component."""
     parser = _LinkParser()
     parser.feed(page)
+    # Compared unescaped: servers escape names differently (nginx leaves "(" as is).
+    page_path = urllib.parse.unquote(urllib.parse.urlsplit(page_url).path)
+    page_origin = urllib.parse.urlsplit(page_url).netloc
     files, dirs = [], []
     for href in parser.hrefs:
         if href.startswith(("?", "#")):
             continue
-        target = urllib.parse.urljoin(page_url, href)
-        parts = urllib.parse.urlsplit(target)
-        if parts.query or parts.fragment:
+        parts = urllib.parse.urlsplit(urllib.parse.urljoin(page_url, href))
+        if parts.query or parts.fragment or parts.netloc != page_origin:
             continue
-        target = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-        if not target.startswith(page_url) or target == page_url:
+        # A name holding an escaped "/" (%2F) becomes two components here and is dropped below.
+        path = urllib.parse.unquote(parts.path)
+        if not path.startswith(page_path) or path == page_path:
             continue
-        rest = target[len(page_url):]
+        rest = path[len(page_path):]
         is_dir = rest.endswith("/")
-        name = urllib.parse.unquote(rest[:-1] if is_dir else rest)
+        name = rest[:-1] if is_dir else rest
         if not name or "/" in name or name in (".", ".."):
             continue
         (dirs if is_dir else files).append(name)
@@ -301,6 +303,8 @@ class HttpRemote(Remote):
         self.ranges_work = True  # False once the server answered a Range request with 200
         self.multirange_works = True  # False once a multi-range answer was unusable
         self._single_range_seen = False
+        # What the listing came from, for summaries: "release manifest" or "index pages".
+        self.listed_from: str | None = None
 
     @classmethod
     def from_url(cls, url: str, options: dict) -> "HttpRemote":
@@ -393,8 +397,10 @@ class HttpRemote(Remote):
                 return self._entries
         if release is not None:
             entries = {e.path: e for e in release.entries()}
+            self.listed_from = "release manifest"
         else:
             entries = self._list_index_pages()
+            self.listed_from = "index pages"
         with self._listing_lock:
             self._entries = entries
         return entries
@@ -502,9 +508,10 @@ class HttpRemote(Remote):
         return self._retrying("GET " + url, attempt)
 
     # -- reading -------------------------------------------------------------------
-    def block_signature(self, path: str):
+    def block_signature(self, path: str, like: str | None = None):
         """The manifest's block signature of ``path``; None for a file the
-        manifest has none for (the engine then downloads it whole)."""
+        manifest has none for (the engine then downloads it whole). ``like``
+        (a local file sharing blocks) changes nothing: the signature is already here."""
         release = self._release_manifest()
         return release.signature(safe_relpath(path)) if release is not None else None
 

@@ -10,7 +10,7 @@ from typing import BinaryIO, Iterable, Iterator
 import blake3
 
 from fitsync.hashes import file_digest
-from fitsync.errors import BadInput, FitsyncError, NotFound, VerificationFailed
+from fitsync.errors import BadInput, FitsyncError, NotFound, TransferFailed, UnsafePath, VerificationFailed
 from fitsync.paths import join_under, safe_relpath
 from fitsync.remotes.base import Capability, Entry, Remote
 
@@ -31,6 +31,9 @@ class LocalRemote(Remote):
         # Parent directories already checked not to lead outside the root through
         # a symlink: realpath() costs a syscall per component, too much per file.
         self._safe_dirs: set[str] = set()
+        # Names listed on disk that fitsync must not use (newline, backslash...):
+        # reported as failed files, never silently skipped.
+        self.rejected_names: list[tuple[str, str]] = []
 
     @classmethod
     def from_url(cls, url: str, options: dict) -> "LocalRemote":
@@ -56,9 +59,16 @@ class LocalRemote(Remote):
                 "fix its permissions or exclude it"
             )
         found.sort()
+        self.rejected_names = []
         for path, size, mtime_ns in found:
             # Symlinks are never listed (the walker does not follow them), so no
             # read can be led outside the root.
+            if _needs_check(path):
+                try:
+                    safe_relpath(path)
+                except UnsafePath as exc:
+                    self.rejected_names.append((path, str(exc)))
+                    continue
             yield Entry(path, size, mtime_ns / 1e9)
 
     def stat(self, path: str) -> Entry:
@@ -106,6 +116,16 @@ class LocalRemote(Remote):
         os.makedirs(d, exist_ok=True)
         return d
 
+    def clear_state(self, sub: str) -> None:
+        """Remove every file in one state subdirectory (caller holds the lock)."""
+        directory = os.path.join(self.root, STATE_DIR, sub)
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return
+        for name in names:
+            unlink_quietly(os.path.join(directory, name))
+
     def tidy_state_dir(self) -> None:
         """Remove fitsync's state directory when nothing in it is worth keeping
         (no partial downloads to resume, no lock)."""
@@ -142,6 +162,12 @@ class LocalRemote(Remote):
         _prune_empty_dirs(os.path.dirname(full), self.root)
 
 
+def _needs_check(path: str) -> bool:
+    """Cheap pre-test: only names with unusual characters or great length go
+    through the full safe_relpath check (a large tree lists tens of thousands)."""
+    return len(path) > 200 or not path.isprintable() or "\\" in path
+
+
 def finish_file(tmp: str, final: str, mtime: float | None) -> None:
     """Set the mtime of a verified temporary file and rename it into place."""
     if mtime is not None:
@@ -149,8 +175,11 @@ def finish_file(tmp: str, final: str, mtime: float | None) -> None:
         os.utime(tmp, ns=(ns, ns))
     if os.path.isdir(final) and not os.path.islink(final):
         raise BadInput(f"{final} is a directory in the destination but a file in the source")
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    os.replace(tmp, final)
+    try:
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.replace(tmp, final)
+    except PermissionError:
+        raise TransferFailed(f"cannot replace {final}: permission denied (is its directory read-only?)") from None
 
 
 def unlink_quietly(path: str) -> None:

@@ -355,6 +355,8 @@ class AgentClient:
         raw = json.dumps(header, separators=(",", ":")).encode()
         self.channel.sendall(_FRAME.pack(len(raw)) + raw + (body or b""))
 
+    received = 0  # bytes read from the agent (for tests and benchmarks)
+
     def recv(self) -> tuple[dict, bytes | None]:
         raw = self.rfile.read(_FRAME.size)
         if len(raw) != _FRAME.size:
@@ -364,6 +366,7 @@ class AgentClient:
         body = self.rfile.read(header["n"]) if "n" in header else None
         if body is not None and len(body) != header["n"]:
             raise EOFError("the agent closed its channel mid-reply")
+        self.received += _FRAME.size + length + (len(body) if body is not None else 0)
         return header, body
 
     def finish(self) -> tuple[dict, bytes | None]:
@@ -378,6 +381,11 @@ class AgentClient:
     def call(self, header: dict, body: bytes | None = None) -> dict:
         self.send(header, body)
         return self.finish()[0]
+
+    def call_body(self, header: dict) -> bytes:
+        """Send a request whose reply carries bytes; return them."""
+        self.send(header)
+        return self.finish()[1] or b""
 
     def stream(self, header: dict) -> Iterator[dict]:
         """Every part of a streamed reply, the final one included."""
@@ -410,6 +418,171 @@ def _raise_agent_error(header: dict) -> None:
     if kind == "bad":
         raise BadInput(message)
     raise TransferFailed(message)
+
+
+# -- signatures by difference ------------------------------------------------------------
+
+GROUP_BLOCKS = 64  # blocks per group hash: 16 bytes stand for ~1 MiB of blocks
+
+
+def signature_request(op: str, full: str) -> dict:
+    """A signature request with this fitsync's block-size policy, so the agent
+    (which cannot import it) lays blocks out exactly as fitsync.signature does."""
+    from fitsync import signature
+
+    return {"op": op, "path": full, "fits": True,
+            "block_records": [signature.MIN_BLOCK_RECORDS, signature.MAX_BLOCK_RECORDS]}
+
+
+def signature_by_difference(agent: AgentClient, full: str, like: str):
+    """Rebuild the remote file's Signature from a summary, group hashes, and
+    the sums of only those blocks ``like`` (a local file) cannot supply.
+    Returns None when the rebuilt signature fails the agent's checksum."""
+    import mmap
+
+    from fitsync.signature import Signature
+
+    summary = agent.call(signature_request("sigsummary", full))
+    layout = _RemoteLayout(summary)
+    with open(like, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        with (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else contextlib.nullcontext(b"")) as data:
+            local = _LocalSegments(data, layout.block_size)
+            partial = []
+            for j in range(len(layout.counts)):
+                k = local.find_segment(layout.lengths[j], summary["segments"][j], j)
+                if k is not None:
+                    layout.fill(layout.firsts[j], local.signature(k), 0, layout.counts[j])
+                else:
+                    k = local.counterpart(layout.lengths[j], j)
+                    if k is not None and layout.counts[j] >= 2 * GROUP_BLOCKS:
+                        partial.append((j, k))
+            if partial:
+                _fill_matching_groups(agent, full, layout, local, partial)
+    missing = layout.missing_ranges()
+    if missing:
+        body = agent.call_body(dict(signature_request("sigblocks", full), ranges=missing))
+        layout.fill_from_wire(missing, body)
+    sig = Signature(layout.file_size, layout.block_size, layout.boundaries, layout.weak, bytes(layout.strong),
+                    bytes.fromhex(summary["digest"]))
+    if struct.unpack("<Q", sig.to_bytes()[-8:])[0] != summary["check"]:
+        log.warning("%s: the signature rebuilt from local blocks did not check out; fetching it whole", full)
+        return None
+    return sig
+
+
+def _fill_matching_groups(agent: AgentClient, full: str, layout: "_RemoteLayout", local: "_LocalSegments",
+                          pairs: list) -> None:
+    """Compare group hashes of remote segment j with local segment k at the same
+    block positions; fill the groups that agree."""
+    import xxhash
+
+    ranges = [[layout.firsts[j], layout.counts[j]] for j, _ in pairs]
+    body = agent.call_body(dict(signature_request("sighashes", full), group=GROUP_BLOCKS, ranges=ranges))
+    pos = 0
+    for j, k in pairs:
+        sig = local.signature(k)
+        same_layout = layout.lengths[j] == local.length(k)
+        full_blocks = min(layout.lengths[j], local.length(k)) // layout.block_size
+        for g0 in range(0, layout.counts[j], GROUP_BLOCKS):
+            n = min(GROUP_BLOCKS, layout.counts[j] - g0)
+            remote_hash = body[pos:pos + 16]
+            pos += 16
+            comparable = g0 + n <= len(sig) and (same_layout or g0 + n <= full_blocks)
+            if comparable and xxhash.xxh3_128_digest(sig.strong[g0 * 16:(g0 + n) * 16]) == remote_hash:
+                layout.fill(layout.firsts[j] + g0, sig, g0, n)
+
+
+class _RemoteLayout:
+    """The remote signature being rebuilt: its layout, sums, and which are known."""
+
+    def __init__(self, summary: dict):
+        import numpy as np
+
+        self.file_size = summary["size"]
+        self.block_size = summary["block_size"]
+        self.boundaries = summary["boundaries"]
+        ends = self.boundaries[1:] + [self.file_size]
+        self.lengths = [e - b for b, e in zip(self.boundaries, ends)]
+        self.counts = [-(-n // self.block_size) for n in self.lengths]
+        self.firsts = [sum(self.counts[:j]) for j in range(len(self.counts))]
+        n = summary["nblocks"]
+        self.weak = np.zeros(n, dtype=np.uint32)
+        self.strong = bytearray(16 * n)
+        self.known = np.zeros(n, dtype=bool)
+
+    def fill(self, first: int, sig, start: int, count: int) -> None:
+        self.weak[first:first + count] = sig.weak[start:start + count]
+        self.strong[16 * first:16 * (first + count)] = sig.strong[16 * start:16 * (start + count)]
+        self.known[first:first + count] = True
+
+    def missing_ranges(self) -> list:
+        import numpy as np
+
+        unknown = np.flatnonzero(~self.known)
+        if not len(unknown):
+            return []
+        breaks = np.flatnonzero(np.diff(unknown) != 1) + 1
+        return [[int(run[0]), len(run)] for run in np.split(unknown, breaks)]
+
+    def fill_from_wire(self, ranges: list, body: bytes) -> None:
+        import numpy as np
+
+        pos = 0
+        for first, count in ranges:
+            self.weak[first:first + count] = np.frombuffer(body, dtype="<u4", count=count, offset=pos)
+            pos += 4 * count
+            self.strong[16 * first:16 * (first + count)] = body[pos:pos + 16 * count]
+            pos += 16 * count
+            self.known[first:first + count] = True
+        if pos != len(body):
+            raise TransferFailed("the agent sent block sums of an unexpected length")
+
+
+class _LocalSegments:
+    """The local file cut into its own FITS segments, with block signatures of
+    a segment computed on demand (same block size as the remote layout)."""
+
+    def __init__(self, data, block_size: int):
+        from fitsync.fits import segment_boundaries
+
+        self.data = data
+        self.block_size = block_size
+        size = len(data)
+        bounds = segment_boundaries(lambda o, n: bytes(data[o:o + n]), size) if size else [0]
+        self.segments = list(zip(bounds, bounds[1:] + [size]))
+        self._sigs: dict = {}
+
+    def length(self, k: int) -> int:
+        start, end = self.segments[k]
+        return end - start
+
+    def signature(self, k: int):
+        if k not in self._sigs:
+            from fitsync.signature import signature_of_buffer
+
+            start, end = self.segments[k]
+            self._sigs[k] = signature_of_buffer(memoryview(self.data)[start:end], self.block_size, fits_aware=False)
+        return self._sigs[k]
+
+    def find_segment(self, length: int, remote_hash: str, near: int) -> int | None:
+        """A local segment with the remote segment's content (its strong sums hash the same)."""
+        import xxhash
+
+        candidates = sorted((k for k in range(len(self.segments)) if self.length(k) == length),
+                            key=lambda k: abs(k - near))[:4]
+        for k in candidates:
+            if xxhash.xxh3_128_hexdigest(self.signature(k).strong) == remote_hash:
+                return k
+        return None
+
+    def counterpart(self, length: int, near: int) -> int | None:
+        """The local segment to compare group by group: same length nearest in
+        order, else the one at the same index."""
+        same = sorted((k for k in range(len(self.segments)) if self.length(k) == length), key=lambda k: abs(k - near))
+        if same:
+            return same[0]
+        return near if near < len(self.segments) else None
 
 
 # -- the remote ------------------------------------------------------------------------
@@ -599,6 +772,10 @@ class SftpRemote(Remote):
                     self._agent_state = False
                     self._warn_no_agent(str(exc))
                     return None
+                conn.transport.join(1.0)  # a dying connection ends its thread: then this is a retryable loss
+                if not conn.alive():
+                    raise ConnectionFailed(f"connection to {self.target.describe()} lost while starting "
+                                           f"the agent") from None
                 raise TransferFailed(f"the fitsync agent on {self.target.describe()} stopped: {exc}") from None
             self._agent_state = True
             self._agent_info = client.info
@@ -742,7 +919,12 @@ class SftpRemote(Remote):
             return self._agent_call(f"digest {full}", {"op": "digest", "path": full, "algo": algo})["hex"]
         return super().digest(path, algo)
 
-    def block_signature(self, path: str):
+    def block_signature(self, path: str, like: str | None = None):
+        """The file's block signature, computed by the agent. With ``like``
+        (a local file that probably shares most blocks: the old copy in a
+        pull, the new file in a push) only the sums of blocks that differ
+        cross the wire; the rest are computed here from ``like`` and the
+        result is checked against the agent's checksum of the real signature."""
         full = self.remote_path(path)
         info = self.agent_info()
         if info is None or not info.get("signature"):
@@ -751,9 +933,12 @@ class SftpRemote(Remote):
 
         def once(conn):
             with self.using_agent() as agent:
-                agent.send({"op": "signature", "path": full, "fits": True})
-                return agent.finish()[1]
-        return Signature.from_bytes(self._call(f"signature of {full}", once))
+                if like is not None and os.path.isfile(like):
+                    sig = signature_by_difference(agent, full, like)
+                    if sig is not None:
+                        return sig
+                return Signature.from_bytes(agent.call_body(signature_request("signature", full)))
+        return self._call(f"signature of {full}", once)
 
     # -- writing ------------------------------------------------------------------------
     def _temp_path(self, path: str) -> str:
