@@ -198,6 +198,34 @@ def flip_bits_keep_stat(path: Path, rng: random.Random, flips: int = 1) -> list[
     return offsets
 
 
+def affected_block_bytes(src_file: Path, offsets: list[int]) -> int:
+    """Bytes of the source's signature blocks that hold a flipped byte: all a repair may move."""
+    import numpy as np
+
+    from fitsync.signature import signature_of_file
+
+    starts, lengths = signature_of_file(str(src_file)).layout()
+    hit = {int(np.searchsorted(starts, at, side="right")) - 1 for at in offsets}
+    return int(sum(int(lengths[i]) for i in hit))
+
+
+def flip_random_bits(src: Path, dst: Path, flips: int, rng: random.Random) -> tuple[set, int]:
+    """``flips`` bit flips in random destination files (weighted by size);
+    returns (paths whose content now differs, bytes a block-level repair may move)."""
+    files = sorted(p for p in dst.rglob("*") if p.is_file() and p.stat().st_size and STATE_DIR not in p.parts)
+    weights = [p.stat().st_size for p in files]
+    touched: dict[Path, list[int]] = {}
+    for victim in rng.choices(files, weights=weights, k=flips):
+        touched.setdefault(victim, []).extend(flip_bits_keep_stat(victim, rng, 1))
+    corrupt, bound = set(), 0
+    for victim, offsets in touched.items():
+        rel = victim.relative_to(dst)
+        if victim.read_bytes() != (src / rel).read_bytes():
+            corrupt.add(rel.as_posix())
+            bound += affected_block_bytes(src / rel, offsets)
+    return corrupt, bound
+
+
 def make_manifest(src: Path, out: Path) -> None:
     proc = run_fitsync("manifest", src, f"--output={out}", "--no-fits", "--quiet")
     if proc.returncode != 0:

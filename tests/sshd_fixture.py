@@ -45,6 +45,17 @@ def keygen(path: Path, kind: str = "ed25519", passphrase: str = "") -> Path:
     return path
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the test process dies, so a
+    killed test run leaves no sshd listening (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def _sftp_server() -> str:
     for candidate in SFTP_SERVER_CANDIDATES:
         if os.path.exists(candidate):
@@ -101,7 +112,7 @@ class SshServer:
         config = self.dir / "sshd_config"
         config.write_text(self.config_text())
         subprocess.run([SSHD, "-t", "-f", str(config)], check=True)
-        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
+        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], preexec_fn=_die_with_parent,
                                         stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -125,23 +136,27 @@ class SshServer:
         self.process = None
 
     def session_pids(self) -> list[int]:
-        """PIDs of the per-connection sshd children (the listener's descendants)."""
+        """PIDs of the per-connection sshd processes under the listener. Only
+        sshd itself: a command it runs (a login shell in the middle of, say,
+        pyenv's rehash under a lock) must see its connection drop and exit on
+        its own, not be killed half-way and leave a stale lock behind."""
         if self.process is None:
             return []
-        out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
-        children: dict[int, list[int]] = {}
+        out = subprocess.run(["ps", "-eo", "pid=,ppid=,comm="], capture_output=True, text=True).stdout
+        children: dict[int, list[tuple[int, str]]] = {}
         for line in out.splitlines():
-            pid, ppid = (int(x) for x in line.split())
-            children.setdefault(ppid, []).append(pid)
+            pid, ppid, comm = line.split(None, 2)
+            children.setdefault(int(ppid), []).append((int(pid), comm.strip()))
         found, todo = [], [self.process.pid]
         while todo:
-            for child in children.get(todo.pop(), []):
-                found.append(child)
-                todo.append(child)
+            for child, comm in children.get(todo.pop(), []):
+                if comm == "sshd":
+                    found.append(child)
+                    todo.append(child)
         return found
 
     def kill_sessions(self) -> int:
-        """Kill every live SSH session (not the listener): a dropped connection."""
+        """Kill every live SSH session's sshd (not the listener): a dropped connection."""
         pids = self.session_pids()
         for pid in pids:
             try:

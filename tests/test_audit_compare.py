@@ -109,3 +109,26 @@ def test_audit_against_another_copy(tmp_path, cli):
     assert [c["path"] for c in report["corrupt"]] == ["a/1.fits"]
     assert report["missing"] == ["b/4.txt"] and report["extra"] == ["new.txt"]
     assert report["ok"] == ["a/2.fits", "b/3.txt"]
+
+
+def test_audit_with_manifest_and_fits_reads_once_and_reports_both(tmp_path, cli):
+    """A flipped data byte under DATASUM: the digest and the FITS check both see it."""
+    import shutil
+
+    from conftest import SAMPLE
+
+    copy = tmp_path / "copy"
+    shutil.copytree(SAMPLE, copy)
+    manifest = tmp_path / "m.jsonl"
+    assert cli("manifest", SAMPLE, f"--output={manifest}").code == 0
+    assert cli("audit", copy, f"--manifest={manifest}", "--fits").code == 0
+    victim = copy / "2026-11-02/sci_0001.fits"
+    data = bytearray(victim.read_bytes())
+    data[2880 + 100] ^= 0x01
+    victim.write_bytes(bytes(data))
+    result = cli("audit", copy, f"--manifest={manifest}", "--fits", "--json")
+    assert result.code == 1
+    report = json.loads(result.out)["manifest"]
+    assert [c["path"] for c in report["corrupt"]] == ["2026-11-02/sci_0001.fits"]
+    assert [p["path"] for p in report["fits_problems"]] == ["2026-11-02/sci_0001.fits"]
+    assert "DATASUM" in report["fits_problems"][0]["reason"] or "broken" in report["fits_problems"][0]["reason"]

@@ -169,3 +169,11 @@ def test_large_image_without_checksums_is_checked_from_headers(tmp_path):
     report = fitsaudit.check_file(str(path))
     assert report.status == "incomplete"
     assert report.hdus[0].problems[0].missing_bytes == 2880 * 3
+
+
+def test_audit_and_digest_reads_once_for_both(tree):
+    report, digest = fitsaudit.audit_and_digest(str(tree / "bad.fits"), display_path="bad.fits")
+    assert report.status == "broken" and report.path == "bad.fits"
+    assert digest == blake3.blake3((tree / "bad.fits").read_bytes()).hexdigest()
+    report, digest = fitsaudit.audit_and_digest(str(tree / "notes.txt"))
+    assert report is None and digest == blake3.blake3(b"not fits at all").hexdigest()

@@ -1,12 +1,15 @@
-"""Audit a copy against a manifest: ok, missing, corrupt, extra."""
+"""Audit a copy against a manifest: ok, missing, corrupt, extra; with --fits,
+also each FITS file's own structure and checksums, in the same read."""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 from dataclasses import dataclass, field
 
+from fitsync.errors import FitsyncError
 from fitsync.manifest import Manifest
-from fitsync.remotes.base import Remote
-from fitsync.scan import digest_entries
+from fitsync.remotes.base import Capability, Entry, Remote
+from fitsync.scan import batches, default_jobs, digest_entries
 
 
 @dataclass
@@ -15,13 +18,15 @@ class AuditReport:
     missing: list = field(default_factory=list)
     corrupt: list = field(default_factory=list)  # {"path", "reason"}
     extra: list = field(default_factory=list)
+    fits: list = field(default_factory=list)  # per-file FITS reports (dicts), with --fits
+    fits_problems: list = field(default_factory=list)  # {"path", "reason"}: broken, incomplete, regressions
 
     @property
     def clean(self) -> bool:
-        return not (self.missing or self.corrupt or self.extra)
+        return not (self.missing or self.corrupt or self.extra or self.fits_problems)
 
     def to_json(self) -> dict:
-        return {
+        data = {
             "clean": self.clean,
             "ok": sorted(self.ok),
             "missing": sorted(self.missing),
@@ -29,11 +34,16 @@ class AuditReport:
             "extra": sorted(self.extra),
             "counts": {k: len(getattr(self, k)) for k in ("ok", "missing", "corrupt", "extra")},
         }
+        if self.fits or self.fits_problems:
+            data["fits"] = sorted(self.fits, key=lambda r: r["path"])
+            data["fits_problems"] = sorted(self.fits_problems, key=lambda p: p["path"])
+        return data
 
 
 def audit_against_manifest(target: Remote, manifest: Manifest, *, ignore: set[str] = frozenset(),
-                           selection=None, jobs: int | None = None, on_done=None) -> AuditReport:
-    """Each file is read once (its digest); a size mismatch needs no read at all."""
+                           selection=None, jobs: int | None = None, fits: bool = False, on_done=None) -> AuditReport:
+    """Each file is read once (its digest, and its FITS checks with ``fits``);
+    a size mismatch needs no read at all."""
     report = AuditReport()
     listed = {e.path: e for e in target.list() if e.path not in ignore and (selection is None or selection.matches(e))}
     expected = {p: m for p, m in manifest.entries.items() if selection is None or p in listed or _selected(selection, m)}
@@ -47,7 +57,10 @@ def audit_against_manifest(target: Remote, manifest: Manifest, *, ignore: set[st
         else:
             to_hash.append(have)
     report.extra = [p for p in listed if p not in manifest.entries]
-    digests, errors = digest_entries(target, to_hash, jobs=jobs, on_done=on_done)
+    if fits and Capability.LOCAL in target.capabilities:
+        digests, errors = _digest_with_fits(target, to_hash, manifest, report, jobs)
+    else:
+        digests, errors = digest_entries(target, to_hash, jobs=jobs, on_done=on_done)
     for path, error in errors.items():
         report.corrupt.append({"path": path, "reason": error})
     for path, digest in digests.items():
@@ -58,7 +71,45 @@ def audit_against_manifest(target: Remote, manifest: Manifest, *, ignore: set[st
     return report
 
 
-def _selected(selection, manifest_entry) -> bool:
-    from fitsync.remotes.base import Entry
+def _digest_with_fits(target: Remote, entries: list[Entry], manifest: Manifest, report: AuditReport, jobs):
+    """Digest every file and check FITS files in the same read; collect FITS findings into ``report``."""
+    from fitsync import fitsaudit
 
+    def work(batch):
+        out = []
+        for entry in batch:
+            try:
+                fits_report, digest = fitsaudit.audit_and_digest(target.local_path(entry.path),
+                                                                 display_path=entry.path)
+                out.append((entry.path, digest, fits_report, None))
+            except (FitsyncError, OSError) as exc:
+                out.append((entry.path, None, None, str(exc) if isinstance(exc, FitsyncError) else
+                            f"cannot read: {exc.strerror or exc}"))
+        return out
+
+    digests, errors = {}, {}
+    with cf.ThreadPoolExecutor(max_workers=jobs or default_jobs()) as pool:
+        for results in pool.map(work, batches(entries)):
+            for path, digest, fits_report, error in results:
+                if error is not None:
+                    errors[path] = error
+                    continue
+                digests[path] = digest
+                if fits_report is not None:
+                    _record_fits(report, fits_report, manifest.entries[path].extra.get("fits"))
+    return digests, errors
+
+
+def _record_fits(report: AuditReport, fits_report, recorded: dict | None) -> None:
+    from fitsync import fitsaudit
+
+    report.fits.append(fits_report.to_dict())
+    if fits_report.status != fitsaudit.STATUS_OK:
+        report.fits_problems.append({"path": fits_report.path,
+                                     "reason": f"{fits_report.status}: {fits_report.first_problem()}"})
+    for regression in fitsaudit.manifest_regressions(recorded or {}, fits_report) if recorded else ():
+        report.fits_problems.append({"path": fits_report.path, "reason": regression})
+
+
+def _selected(selection, manifest_entry) -> bool:
     return selection.matches(Entry(manifest_entry.path, manifest_entry.size, manifest_entry.mtime))

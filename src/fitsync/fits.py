@@ -24,7 +24,6 @@ from fitsync.checksum import DataSum, checksum_ok, datasum, datasum_ok
 
 BLOCK = 2880
 CARD = 80
-CARDS_PER_BLOCK = BLOCK // CARD
 FITS_MAGIC = b"SIMPLE  ="
 XTENSION_MAGIC = b"XTENSION="
 # Names audited as FITS (besides content starting with FITS_MAGIC).

@@ -150,7 +150,6 @@ def parse_gzip_header(buf: bytes) -> tuple[int, list[Problem]]:
         raise ValueError(f"reserved gzip flag bits set ({flags:#04x})")
     problems = []
     if xfl not in KNOWN_XFL or os_byte not in KNOWN_OS:
-        # No writer produces these; gzip ignores them, so the data may still be whole.
         # No gzip writer produces these values (gzip itself ignores the
         # bytes): the header was altered after it was written.
         problems.append(Problem(BROKEN, "gzip-header", f"gzip header has undefined XFL={xfl} or OS={os_byte}: it was altered"))
@@ -178,7 +177,7 @@ def parse_gzip_header(buf: bytes) -> tuple[int, list[Problem]]:
 class GzipChecker:
     """Decompresses a gzip stream fed in order, sending the decompressed bytes
     to ``sink`` and checking each member's header, deflate data, CRC32 and
-    ISIZE. Problem offsets are in the compressed stream."""
+    ISIZE. Offsets in messages are in the compressed stream."""
 
     def __init__(self, sink):
         self.sink = sink
@@ -708,6 +707,20 @@ def quick_state(path: str) -> tuple[str, str]:
     if report.status == STATUS_OK:
         return STATUS_OK, "checksum absent" if report.checksums == ABSENT else ""
     return report.status, report.first_problem()
+
+
+def audit_and_digest(path: str, display_path: str | None = None, algo: str = "blake3") -> tuple[FileReport | None, str]:
+    """One read of a local file for ``audit --manifest --fits``: its digest
+    and, for a FITS candidate, its FITS report (None for other files)."""
+    from fitsync import hashes
+
+    with open(path, "rb") as f:
+        head = f.read(len(fits.FITS_MAGIC))
+    if not is_fits_candidate(os.path.basename(path), head):
+        return None, hashes.file_digest(path, algo)
+    hasher = hashes.new_hasher(algo)
+    report = check_file(path, hasher=hasher, display_path=display_path)
+    return report, hasher.hexdigest()
 
 
 def manifest_fields(report: FileReport) -> dict:

@@ -236,16 +236,24 @@ def build_entries(remote, entries, *, blocks: bool = False, fits_fields: bool = 
 
     def work(entry):
         extra = {}
+        fits_report = None
         if blocks:
             sig = _signature_for(remote, entry.path, local)
             digest = sig.digest.hex()
             extra["blocks"] = base64.b64encode(sig.to_bytes()).decode("ascii")
+            if fits_fields and local:
+                fits_report = _fits_report(remote.local_path(entry.path), entry.path)
+        elif fits_fields and local:
+            # One read gives the digest and, for a FITS file, its structure and checksums.
+            from fitsync.fitsaudit import audit_and_digest
+
+            fits_report, digest = audit_and_digest(remote.local_path(entry.path), display_path=entry.path)
         else:
             digest = remote.digest(entry.path)
-        if fits_fields and local:
-            fields = _fits_fields(remote.local_path(entry.path), entry.path)
-            if fields:
-                extra["fits"] = fields
+        if fits_report is not None:
+            from fitsync.fitsaudit import manifest_fields
+
+            extra["fits"] = manifest_fields(fits_report)
         return ManifestEntry(entry.path, entry.size, entry.mtime, digest, extra)
 
     results, errors = [], {}
@@ -273,11 +281,12 @@ def _signature_for(remote, path: str, local: bool):
     return remote.block_signature(path)
 
 
-def _fits_fields(local_path: str, name: str) -> dict | None:
+def _fits_report(local_path: str, name: str):
+    """The FITS report of a FITS candidate, None for other files."""
     from fitsync import fitsaudit
 
     with open(local_path, "rb") as f:
         head = f.read(16)
     if not fitsaudit.is_fits_candidate(name, head):
         return None
-    return fitsaudit.fits_manifest_fields(local_path)
+    return fitsaudit.check_file(local_path, display_path=name)

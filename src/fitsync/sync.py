@@ -350,12 +350,12 @@ class Mirror:
             return
 
     def transfer_one(self, item: Item) -> transfer.Moved:
-        advance = self.reporter.advance
+        advance, fits_check = self.reporter.advance, self.options.fits_check
         if isinstance(self.dst, LocalRemote):
             if item.action == Action.NEW or item.dst is None:
-                return transfer.pull_new(self.src, self.dst, item, advance)
-            return transfer.pull_delta(self.src, self.dst, item, advance)
-        return transfer.push(self.src, self.dst, item, advance)
+                return transfer.pull_new(self.src, self.dst, item, advance, fits_check)
+            return transfer.pull_delta(self.src, self.dst, item, advance, fits_check)
+        return transfer.push(self.src, self.dst, item, advance, fits_check)
 
     def refresh_source(self, item: Item) -> Item | None:
         """After the source changed under us: look again, and re-check FITS completeness."""

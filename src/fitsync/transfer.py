@@ -77,13 +77,27 @@ def _check_source_unchanged(src: Remote, item: Item, before=None) -> None:
         raise SourceChanged(f"{item.path} changed while it was being copied; it will be retried")
 
 
+def refuse_incomplete_fits(path_on_disk: str, item: Item) -> None:
+    """A rebuilt FITS file whose structure is incomplete came from a source still
+    being written: it must never replace the destination's copy."""
+    from fitsync import fitsaudit
+
+    with open(path_on_disk, "rb") as f:
+        head = f.read(16)
+    if not fitsaudit.is_fits_candidate(item.path, head):
+        return
+    state, reason = fitsaudit.quick_state(path_on_disk)
+    if state == fitsaudit.STATUS_INCOMPLETE:
+        raise fitsaudit.IncompleteFits(f"{item.path} is incomplete (still being written?): {reason}")
+
+
 def _trusted_digest(item: Item) -> str | None:
     return item.expected_digest or item.src.hashes.get("blake3")
 
 
 # -- pull: new file with resumable partial -----------------------------------
 
-def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None) -> Moved:
+def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_check: bool = False) -> Moved:
     partial_dir = dst.state_dir("partial")
     key = _identity_key(item)
     part = os.path.join(partial_dir, key + ".part")
@@ -111,6 +125,8 @@ def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None) -> Moved:
         unlink_quietly(part)
         unlink_quietly(journal)
         raise
+    if fits_check:
+        refuse_incomplete_fits(part, item)
     finish_file(part, dst.path_of(item.path), item.src.mtime)
     os.unlink(journal)
     return moved
@@ -245,13 +261,13 @@ def source_signature(src: Remote, path: str):
     return None
 
 
-def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None) -> Moved:
+def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_check: bool = False) -> Moved:
     """Update the local copy of ``item`` using what it already holds."""
     before = source_identity(src, item)
     sig = source_signature(src, item.path)
     basis_path = dst.path_of(item.path)
     if sig is None or item.dst is None or item.dst.size == 0:
-        return pull_new(src, dst, item, on_bytes)
+        return pull_new(src, dst, item, on_bytes, fits_check)
     from fitsync.delta import apply_recipe, fetch_recipe
 
     trusted = _trusted_digest(item)
@@ -281,6 +297,8 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None) -> Move
             raise
     try:
         _check_source_unchanged(src, item, before)
+        if fits_check:
+            refuse_incomplete_fits(tmp, item)
         finish_file(tmp, basis_path, item.src.mtime)
     except BaseException:
         unlink_quietly(tmp)
@@ -304,7 +322,7 @@ def split_ranges(ranges, limit: int) -> list[tuple[int, int]]:
 
 # -- push ------------------------------------------------------------------
 
-def push(src: Remote, dst: Remote, item: Item, on_bytes=None) -> Moved:
+def push(src: Remote, dst: Remote, item: Item, on_bytes=None, fits_check: bool = False) -> Moved:
     local = src.local_path(item.path) if Capability.LOCAL in src.capabilities else None
     can_patch = {Capability.SIGNATURE, Capability.PATCH} <= dst.capabilities
     if local is not None and can_patch and item.dst is not None and item.dst.size > 0:
@@ -321,7 +339,13 @@ def push(src: Remote, dst: Remote, item: Item, on_bytes=None) -> Moved:
                 on_bytes(len(chunk))
             yield chunk
 
-    dst.write_atomic(item.path, chunks(), mtime=item.src.mtime, expected_digest=digest)
+    stream = chunks()
+    if fits_check:
+        from fitsync.fitsaudit import guard_chunks, is_fits_candidate
+
+        if is_fits_candidate(item.path, b""):
+            stream = guard_chunks(item.path, stream)
+    dst.write_atomic(item.path, stream, mtime=item.src.mtime, expected_digest=digest)
     _check_source_unchanged(src, item)
     return moved
 

@@ -53,18 +53,17 @@ def run(opts: dict) -> int:
         with open_remote(opts["TARGET"], opts) as target:
             report = audit_against_manifest(
                 target, manifest, ignore={DEFAULT_NAME, DEFAULT_NAME + ".sig"}, selection=load_selection(opts),
-                jobs=int_option(opts, "--jobs", 2, minimum=1))
-        clean = report.clean
+                jobs=int_option(opts, "--jobs", 2, minimum=1), fits=bool(opts["--fits"]))
+        clean = clean and report.clean
         output["manifest"] = report.to_json()
         if not opts["--json"] and not opts["--quiet"]:
             _print_manifest_report(report)
-    if opts["--fits"]:
+    elif opts["--fits"]:
         from fitsync import fitsaudit
 
         local_root = os.path.abspath(opts["TARGET"])
         reports = fitsaudit.audit_tree(local_root, jobs=int_option(opts, "--jobs", 2, minimum=1))
-        fits_clean = all(r.status == fitsaudit.STATUS_OK for r in reports)
-        clean = clean and fits_clean
+        clean = clean and all(r.status == fitsaudit.STATUS_OK for r in reports)
         output["fits"] = [r.to_dict() for r in reports]
         if not opts["--json"] and not opts["--quiet"]:
             print(fitsaudit.format_table(reports))
@@ -105,6 +104,8 @@ def _print_manifest_report(report) -> None:
         print(f"corrupt  {item['path']}  ({item['reason']})")
     for path in sorted(report.extra):
         print(f"extra    {path}")
+    for item in sorted(report.fits_problems, key=lambda p: p["path"]):
+        print(f"fits     {item['path']}  ({item['reason']})")
     counts = report.to_json()["counts"]
     print(
         f"{counts['ok']} ok, {counts['missing']} missing, {counts['corrupt']} corrupt, {counts['extra']} extra",

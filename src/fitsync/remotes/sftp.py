@@ -327,8 +327,9 @@ class AgentClient:
             self.channel.settimeout(AGENT_IO_TIMEOUT)
             self.info = self.call({"op": "hello", "avoid": list(avoid)})
         except (socket.timeout, EOFError, OSError, paramiko.SSHException) as exc:
+            why = f"no answer within {AGENT_START_TIMEOUT:.0f} s" if isinstance(exc, socket.timeout) else str(exc)
             self.close()
-            raise AgentUnavailable(f"the agent did not start ({exc}; {self._why_not()})") from None
+            raise AgentUnavailable(f"the agent did not start ({why}; {self._why_not()})") from None
         except AgentUnavailable:
             self.close()
             raise
