@@ -21,7 +21,6 @@ import atexit
 import collections
 import datetime as dt
 import hashlib
-import ipaddress
 import itertools
 import json
 import os
@@ -38,6 +37,8 @@ from urllib.parse import parse_qs
 import pytest
 
 from fitsync.dbhash import content_hash
+
+from tls_material import make_tls
 
 # -- bind first, so the SDK (imported later, lazily) reads our host ---------
 _LISTENER = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -63,57 +64,6 @@ DISALLOWED_NAMES = {"desktop.ini", "thumbs.db", ".ds_store", ".dropbox", ".dropb
 REAL_SINGLE_UPLOAD_LIMIT = 150 * 1024 * 1024
 
 
-def _make_tls(directory: str) -> tuple[str, str, str]:
-    """A CA and a server certificate for 127.0.0.1 signed by it (EC P-256)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = dt.datetime.now(dt.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fitsync test CA")])
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    ca_file = os.path.join(directory, "ca.pem")
-    cert_file = os.path.join(directory, "server.pem")
-    key_file = os.path.join(directory, "server.key")
-    with open(ca_file, "wb") as f:
-        f.write(ca_cert.public_bytes(pem))
-    with open(cert_file, "wb") as f:
-        f.write(cert.public_bytes(pem))
-    with open(key_file, "wb") as f:
-        f.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return ca_file, cert_file, key_file
 
 
 def _stamp(t: float) -> str:
@@ -176,7 +126,7 @@ class DropboxServer:
 
     def __init__(self):
         self.tmp = tempfile.mkdtemp(prefix="fitsync-dropbox-")
-        self.ca_file, cert_file, key_file = _make_tls(self.tmp)
+        self.ca_file, cert_file, key_file = make_tls(self.tmp, dns_names=("localhost",))
         self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._ctx.load_cert_chain(cert_file, key_file)
         self.host = HOST
