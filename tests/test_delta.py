@@ -306,3 +306,8 @@ def test_digestless_signature_serves_the_rsync_direction_but_not_a_fetch():
     _check_recipe(recipe, old, new)
     with pytest.raises(BadInput):
         fetch_recipe(signature_of_buffer(new, 2880, False, digest=False), old)
+
+
+def test_run_lengths_that_wrap_around_64_bits_are_bad_input():
+    with pytest.raises(BadInput):
+        Recipe.from_bytes(_forge([(BASIS, 0, 1 << 62)] * 4, 0))  # sums to 2**64, i.e. 0 in uint64

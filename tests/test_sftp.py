@@ -39,6 +39,10 @@ def home(sshd, tmp_path, monkeypatch):
     for var in ("FITSYNC_SSH_PASSWORD", "FITSYNC_SSH_PASSPHRASE", "FITSYNC_AGENT_AVOID", "FITSYNC_SSH_AGENT"):
         monkeypatch.delenv(var, raising=False)
     sftp_mod._WARNED_NO_AGENT.clear()
+    # an in-process CLI run elsewhere may have left fitsync's logger detached (propagate off)
+    fitsync_log = logging.getLogger("fitsync")
+    monkeypatch.setattr(fitsync_log, "propagate", True)
+    monkeypatch.setattr(fitsync_log, "handlers", [])
     yield h
     sshconn.close_all()
 
@@ -350,7 +354,7 @@ def test_write_interrupted_leaves_no_file_under_final_name(sshd, home, big_file)
             if i == 8 << 20:
                 sshd.kill_sessions()
             yield data[i:i + (1 << 20)]
-    with pytest.raises(TransferFailed):
+    with pytest.raises(sshconn.ConnectionFailed):
         r.write_atomic("copy.bin", chunks(), expected_digest=blake3.blake3(data).hexdigest())
     assert not (root / "copy.bin").exists()
     r.write_atomic("copy.bin", [data], expected_digest=blake3.blake3(data).hexdigest())  # the retry

@@ -143,7 +143,7 @@ def _check_ops(ops: np.ndarray, target_size: int, basis_size: int | None) -> Non
         raise BadInput("recipe has a run of unknown kind")
     if (lengths == 0).any() or (lengths > MAX_OFFSET).any() or (offsets > MAX_OFFSET).any():
         raise BadInput("recipe has an empty or implausibly long run")
-    if int(lengths.sum(dtype=np.uint64)) != target_size:
+    if sum(lengths.tolist()) != target_size:  # Python ints: a uint64 sum could wrap
         raise BadInput("recipe runs do not add up to the target size")
     ends = offsets + lengths
     source = kinds == SOURCE

@@ -35,9 +35,9 @@ DIGEST_LEN = 32  # BLAKE3 of the whole file
 strong_digest = xxhash.xxh3_128_digest  # canonical (big-endian) 16 bytes
 
 # Block size bounds, in 2880-byte FITS records (docs/signature-format.md has
-# the benchmark behind them): at 1 record the per-block cost adds ~20 % CPU to
-# a signature and the signature is 0.7 % of the file, at 2 records ~10 % and
-# 0.35 %; above 8 records CPU time is flat, so beyond 64 records (180 KiB)
+# the benchmark behind them): at 1 record the per-block cost adds ~10 % CPU to
+# a signature and the signature is 0.7 % of the file, at 2 records ~5 % and
+# 0.35 %; from 4 records CPU time is flat, so beyond 64 records (180 KiB)
 # bigger blocks only make every change cost more literal bytes.
 MIN_BLOCK_RECORDS = 2
 MAX_BLOCK_RECORDS = 64
@@ -57,6 +57,7 @@ _HEADER = struct.Struct("<8sHBBIQIIQ32s")  # magic version weak strong bs size n
 FLAG_NO_DIGEST = 1  # the signature was made without the whole-file digest (digest is None)
 _TRAILER = struct.Struct("<Q")  # xxh3-64 of everything before it
 MAX_SIGNATURE_BYTES = 1 << 34  # 16 GiB: refuse anything larger when parsing
+MAX_FILE_SIZE = 1 << 62  # keeps every offset arithmetic inside int64
 
 
 def seal(body: bytes) -> bytes:
@@ -109,8 +110,8 @@ def default_block_size(file_size: int) -> int:
 
 
 def _check_layout_args(file_size: int, block_size: int, boundaries) -> list[int]:
-    if file_size < 0:
-        raise BadInput(f"file size {file_size} is negative")
+    if not 0 <= file_size <= MAX_FILE_SIZE:
+        raise BadInput(f"file size {file_size} is outside 0 .. 2**62 bytes")
     if not 0 < block_size <= 1 << 30:
         raise BadInput(f"block size {block_size} is outside 1 byte .. 1 GiB")
     bounds = [int(b) for b in boundaries] or [0]

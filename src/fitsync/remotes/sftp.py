@@ -618,6 +618,7 @@ class SftpRemote(Remote):
         self._agents_lock = threading.Lock()
         self._idle: list[AgentClient] = []
         self._agent_info: dict | None = None
+        self._stale_temps: set = set()  # temp files a lost connection kept us from removing
 
     # -- construction -----------------------------------------------------------
     @classmethod
@@ -690,8 +691,8 @@ class SftpRemote(Remote):
 
     def _recover(self, conn: SshConnection, generation: int, attempt: int, what: str, exc) -> None:
         if attempt > self.retries:
-            raise TransferFailed(f"connection to {self.target.describe()} lost during {what}; "
-                                 f"gave up after {self.retries} retries ({exc})") from None
+            raise ConnectionFailed(f"connection to {self.target.describe()} lost during {what}; "
+                                   f"gave up after {self.retries} retries ({exc})") from None
         delay = min(0.5 * 2 ** (attempt - 1), 8.0)
         log.warning("connection to %s lost during %s (%s); retry %d/%d in %.1fs",
                     self.target.describe(), what, exc, attempt, self.retries, delay)
@@ -766,6 +767,7 @@ class SftpRemote(Remote):
         with self._probe_lock:  # the first start decides, once, whether this host has an agent
             if self._agent_state is False:
                 return None
+            transport = conn.transport
             try:
                 client = AgentClient(conn, self.python, self.agent_avoid)
             except AgentUnavailable as exc:
@@ -773,8 +775,8 @@ class SftpRemote(Remote):
                     self._agent_state = False
                     self._warn_no_agent(str(exc))
                     return None
-                conn.transport.join(1.0)  # a dying connection ends its thread: then this is a retryable loss
-                if not conn.alive():
+                transport.join(1.0)  # a dying connection ends its thread: then this is a retryable loss
+                if not transport.is_active() or conn.transport is not transport:
                     raise ConnectionFailed(f"connection to {self.target.describe()} lost while starting "
                                            f"the agent") from None
                 raise TransferFailed(f"the fitsync agent on {self.target.describe()} stopped: {exc}") from None
@@ -977,13 +979,14 @@ class SftpRemote(Remote):
         try:
             self._upload(conn, tmp, chunks, expected_digest, mtime)
             self._call(f"rename into {final}", lambda c: self._rename(c.sftp(), tmp, final))
+            self._sweep_stale_temps()
         except BaseException as exc:
             self._remove_quietly(tmp)
             if isinstance(exc, FitsyncError) or not isinstance(exc, Exception):
                 raise
-            if self._lost(exc, conn):
-                raise TransferFailed(f"connection to {self.target.describe()} lost while writing {final}: "
-                                     f"{exc}") from None
+            if self._lost(exc, conn):  # ConnectionFailed: the sync engine retries the file
+                raise ConnectionFailed(f"connection to {self.target.describe()} lost while writing {final}: "
+                                       f"{exc}") from None
             raise self._sftp_error(exc, f"write {final}") from None
 
     def _upload(self, conn: SshConnection, tmp: str, chunks, expected_digest, mtime) -> None:
@@ -1018,12 +1021,20 @@ class SftpRemote(Remote):
         sftp.posix_rename(tmp, final)
 
     def _remove_quietly(self, remote: str) -> None:
+        """Remove a temporary file; if the connection is down, remember it and
+        remove it after the next successful write (or at close)."""
         try:
             conn = self.connection()
-            if conn.alive():
-                conn.sftp().remove(remote)
-        except Exception:  # best effort: a stale temp file is swept by the next run
-            pass
+            conn.sftp().remove(remote)
+            self._stale_temps.discard(remote)
+        except FileNotFoundError:
+            self._stale_temps.discard(remote)
+        except Exception:  # the connection is gone: try again later
+            self._stale_temps.add(remote)
+
+    def _sweep_stale_temps(self) -> None:
+        for remote in list(self._stale_temps):
+            self._remove_quietly(remote)
 
     def apply_recipe(self, path: str, recipe, literals: Iterable[bytes], *, mtime: float, expected_digest: str,
                      source_path: str | None = None) -> None:
@@ -1090,6 +1101,8 @@ class SftpRemote(Remote):
             idle, self._idle = self._idle, []
         for agent in idle:
             agent.close()
+        if self._stale_temps and self._conn is not None:
+            self._sweep_stale_temps()
 
 
 class SftpReader:
