@@ -250,8 +250,24 @@ def fetch_recipe(source_sig: Signature, basis_buffer) -> Recipe:
         where_class[same_as[blocks]] = positions  # any place one of them was found will do
         found = where_class[same_as]
         found[blocks] = positions  # a block found itself keeps its own place: longer runs
+    _find_short_blocks_in_place(source_sig, view, found, offsets, lengths)
     ops = _ops_from_found(found, offsets, lengths)
     return Recipe(ops, source_sig.file_size, source_sig.digest.hex(), len(view))
+
+
+def _find_short_blocks_in_place(sig: Signature, view: memoryview, found, offsets, lengths) -> None:
+    """The scan finds a short block (a file's or segment's tail) only next to a
+    matched neighbour. One whose neighbour changed is looked for where it most
+    likely still is: at its own offset, and at the end of the basis (a file's
+    tail after an insertion or deletion)."""
+    size = len(view)
+    for index in np.flatnonzero((found < 0) & (lengths < sig.block_size)).tolist():
+        length = int(lengths[index])
+        want = sig.strong_of(index)
+        for candidate in (int(offsets[index]), size - length):
+            if 0 <= candidate and candidate + length <= size and strong_digest(view[candidate:candidate + length]) == want:
+                found[index] = candidate
+                break
 
 
 def _ops_from_found(found, offsets, lengths) -> list:
