@@ -40,7 +40,7 @@ def make_small_tree(root: str, count: int) -> None:
     for i in range(count):
         d = os.path.join(root, f"dir{i // 200:03d}")
         os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, f"file{i:05d}.fits"), "wb") as f:
+        with open(os.path.join(d, f"file{i:05d}.dat"), "wb") as f:
             f.write(os.urandom(2880 * (1 + i % 3)))
 
 
@@ -87,7 +87,7 @@ def main() -> None:
     opts = docopt(__doc__)
     args = SimpleNamespace(files=int(opts["--files"]), big_mib=int(opts["--big-mib"]), rounds=int(opts["--rounds"]))
     os.makedirs(WORK, exist_ok=True)
-    small = os.path.join(WORK, "small")
+    small = os.path.join(WORK, "small-dat")
     make_small_tree(small, args.files)
     rows = []
 
@@ -153,13 +153,13 @@ def main() -> None:
         return lambda: subprocess.run(["b3sum", *names], check=True, stdout=subprocess.DEVNULL)
 
     res = interleave({
-        "fitsync": {"setup": lambda: warm(small), "cmd": FITSYNC + ["manifest", small, "--output=/dev/null", "--no-fits"]},
+        "fitsync": {"setup": lambda: warm(small), "cmd": FITSYNC + ["manifest", small, "--output=/dev/null"]},
         "b3sum": {"setup": lambda: warm(small), "cmd": b3sum_tree(small)},
     }, args.rounds)
     rows.append((f"manifest, {args.files} files", f"{res['fitsync']:.3f}", "b3sum", f"{res['b3sum']:.3f}",
                  f"{res['fitsync'] / res['b3sum']:.2f}"))
     res = interleave({
-        "fitsync": {"setup": lambda: warm(big_dir), "cmd": FITSYNC + ["manifest", big_dir, "--output=/dev/null", "--no-fits"]},
+        "fitsync": {"setup": lambda: warm(big_dir), "cmd": FITSYNC + ["manifest", big_dir, "--output=/dev/null"]},
         "b3sum": {"setup": lambda: warm(big_dir), "cmd": ["b3sum", original]},
     }, args.rounds)
     rows.append((f"manifest, {args.big_mib} MiB file", f"{res['fitsync']:.3f}", "b3sum", f"{res['b3sum']:.3f}",

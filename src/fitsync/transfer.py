@@ -250,22 +250,23 @@ def _verify_file(part: str, journal: str | None, item: Item, trusted: str | None
 
 # -- pull: changed file by delta ---------------------------------------------
 
-def source_signature(src: Remote, path: str):
-    """The source file's block signature, computed where it is cheap, else None."""
+def source_signature(src: Remote, path: str, like: str | None = None):
+    """The source file's block signature, computed where it is cheap, else None.
+    ``like`` is the local old copy, which lets a remote send only differing sums."""
     if Capability.LOCAL in src.capabilities:
         from fitsync.signature import signature_of_file
 
         return signature_of_file(src.local_path(path))
     if Capability.SIGNATURE in src.capabilities:
-        return src.block_signature(path)
+        return src.block_signature(path, like=like)
     return None
 
 
 def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_check: bool = False) -> Moved:
     """Update the local copy of ``item`` using what it already holds."""
     before = source_identity(src, item)
-    sig = source_signature(src, item.path)
     basis_path = dst.path_of(item.path)
+    sig = source_signature(src, item.path, like=basis_path)
     if sig is None or item.dst is None or item.dst.size == 0:
         return pull_new(src, dst, item, on_bytes, fits_check)
     from fitsync.delta import apply_recipe, fetch_recipe
@@ -353,7 +354,7 @@ def push(src: Remote, dst: Remote, item: Item, on_bytes=None, fits_check: bool =
 def _push_delta(local: str, dst: Remote, item: Item, on_bytes=None) -> Moved:
     from fitsync.delta import delta_recipe
 
-    sig = dst.block_signature(item.path)
+    sig = dst.block_signature(item.path, like=local)
     with open(local, "rb") as f:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if item.src.size else _EmptyMap() as data:
             recipe = delta_recipe(sig, data)

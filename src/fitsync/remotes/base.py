@@ -130,10 +130,13 @@ class Remote(ABC):
         with self.open_read(path) as f:
             return hash_stream(f, algo, READ_CHUNK)
 
-    def block_signature(self, path: str) -> "Signature | None":
+    def block_signature(self, path: str, like: str | None = None) -> "Signature | None":
         """Block signature of the file (backends with SIGNATURE compute it remotely),
         or None when there is none to be had cheaply (e.g. a release manifest
-        without blocks for this file); the engine then copies the whole file."""
+        without blocks for this file); the engine then copies the whole file.
+        ``like`` names a local file probably similar to this one (the old copy
+        for a pull, the new file for a push): a backend may use it to send only
+        the block sums that differ (signatures by difference)."""
         from fitsync.signature import signature_of_remote
 
         return signature_of_remote(self, path)
