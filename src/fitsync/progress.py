@@ -21,7 +21,7 @@ def setup_logging(log_file: str | None, quiet: bool, verbose: bool = False) -> N
     root.setLevel((logging.DEBUG if verbose else logging.INFO) if log_file else logging.WARNING)
     root.handlers.clear()
     root.propagate = False
-    console = logging.StreamHandler(sys.stderr)
+    console = _StderrHandler()
     console.setLevel(logging.ERROR if quiet else logging.WARNING)
     console.setFormatter(logging.Formatter("fitsync: %(message)s"))
     root.addHandler(console)
@@ -30,6 +30,22 @@ def setup_logging(log_file: str | None, quiet: bool, verbose: bool = False) -> N
         handler.setLevel(logging.DEBUG if verbose else logging.INFO)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         root.addHandler(handler)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record, so a
+    handler set up by one in-process run never writes to a closed stream."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
 
 
 class Reporter:

@@ -128,10 +128,11 @@ class Mirror:
         local_dst = isinstance(self.dst, LocalRemote)
         if local_dst and not self.options.dry_run:
             prepare_local_destination(self.dst)
-        lock = DirectoryLock(self.dst.state_dir()) if local_dst and not self.options.dry_run else None
+        lock = self.destination_lock(local_dst)
         if lock:
             lock.acquire()
-            self.dst.clear_state("tmp")  # a killed run's temporaries; nothing there is reusable
+            if local_dst:
+                self.dst.clear_state("tmp")  # a killed run's temporaries; nothing there is reusable
         try:
             items = self.plan()
             self.execute(items)
@@ -147,6 +148,17 @@ class Mirror:
                 self.dst.tidy_state_dir()
         self.result.seconds = time.monotonic() - started
         return self.result
+
+    def destination_lock(self, local_dst: bool):
+        """The lock that keeps two mirrors from writing DST at once: a file in a
+        local DST, or whatever a remote backend offers (lock()/unlock())."""
+        if self.options.dry_run:
+            return None
+        if local_dst:
+            return DirectoryLock(self.dst.state_dir())
+        if hasattr(self.dst, "lock") and hasattr(self.dst, "unlock"):
+            return _RemoteLock(self.dst)
+        return None
 
     def plan(self) -> list[Item]:
         src_entries, dst_entries = self.list_both()
@@ -390,6 +402,17 @@ class Mirror:
             return
         self._count(Action.DELETE)
         self.reporter.line(itemize_line(item))
+
+
+class _RemoteLock:
+    def __init__(self, remote: Remote):
+        self.remote = remote
+
+    def acquire(self) -> None:
+        self.remote.lock()
+
+    def release(self) -> None:
+        self.remote.unlock()
 
 
 def _describe_os_error(exc: BaseException) -> str:

@@ -74,6 +74,9 @@ def dispatch(module, argv: list[str]) -> int:
     # docopt keeps --include and --exclude in separate lists; the filter rules
     # need their command-line order (first match wins), so keep the words too.
     opts["ARGV"] = argv
+    from fitsync.progress import setup_logging
+
+    setup_logging(opts.get("--log-file"), bool(opts.get("--quiet")), bool(opts.get("--verbose")))
     try:
         return module.run(opts)
     except FitsyncError as exc:
