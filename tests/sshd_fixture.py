@@ -45,6 +45,30 @@ def keygen(path: Path, kind: str = "ed25519", passphrase: str = "") -> Path:
     return path
 
 
+# Environment that would change how the client connects; tests start without it.
+CLIENT_ENV = ("SSH_AUTH_SOCK", "FITSYNC_SSH_PASSWORD", "FITSYNC_SSH_PASSPHRASE", "FITSYNC_AGENT_AVOID",
+              "FITSYNC_SSH_AGENT", "FITSYNC_SSH_PYTHON", "FITSYNC_SSH_CONNECTIONS")
+
+
+def use_client_home(server: "SshServer", home: Path, monkeypatch) -> Path:
+    """Point HOME at a fresh client home for ``server`` (see client_home), clear
+    the SSH environment, and reset fitsync's process-wide SSH state: the
+    once-per-host warnings and a logger an in-process CLI run left detached."""
+    import logging
+
+    from fitsync.remotes import sftp
+
+    path = server.client_home(home)
+    monkeypatch.setenv("HOME", str(path))
+    for var in CLIENT_ENV:
+        monkeypatch.delenv(var, raising=False)
+    sftp._WARNED_NO_AGENT.clear()
+    fitsync_log = logging.getLogger("fitsync")
+    monkeypatch.setattr(fitsync_log, "propagate", True)
+    monkeypatch.setattr(fitsync_log, "handlers", [])
+    return path
+
+
 def _die_with_parent() -> None:
     """In the child before exec: get SIGTERM when the test process dies, so a
     killed test run leaves no sshd listening (Linux prctl PR_SET_PDEATHSIG)."""

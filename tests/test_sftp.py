@@ -6,6 +6,8 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
+import subprocess
 import threading
 from pathlib import Path
 
@@ -19,8 +21,8 @@ from fitsync.errors import (AuthenticationFailed, HostKeyRejected, NotFound, Tra
                             VerificationFailed)
 from fitsync.remotes import Capability, open_remote
 from fitsync.remotes import sftp as sftp_mod
-from fitsync.remotes.sftp import SftpRemote, parse_ssh_location
-from sshd_fixture import SshServer, keygen
+from fitsync.remotes.sftp import parse_ssh_location
+from sshd_fixture import SshServer, keygen, use_client_home
 
 
 @pytest.fixture(scope="session")
@@ -33,17 +35,7 @@ def sshd(tmp_path_factory):
 @pytest.fixture
 def home(sshd, tmp_path, monkeypatch):
     """A HOME with ~/.ssh/config (alias 'testhost'), the client key and known_hosts."""
-    h = sshd.client_home(tmp_path / "home")
-    monkeypatch.setenv("HOME", str(h))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    for var in ("FITSYNC_SSH_PASSWORD", "FITSYNC_SSH_PASSPHRASE", "FITSYNC_AGENT_AVOID", "FITSYNC_SSH_AGENT"):
-        monkeypatch.delenv(var, raising=False)
-    sftp_mod._WARNED_NO_AGENT.clear()
-    # an in-process CLI run elsewhere may have left fitsync's logger detached (propagate off)
-    fitsync_log = logging.getLogger("fitsync")
-    monkeypatch.setattr(fitsync_log, "propagate", True)
-    monkeypatch.setattr(fitsync_log, "handlers", [])
-    yield h
+    yield use_client_home(sshd, tmp_path / "home", monkeypatch)
     sshconn.close_all()
 
 
@@ -420,3 +412,28 @@ def test_signature_by_difference_is_exact_and_small(sig_pair, old, new, most):
     assert got == full
     assert wire < min(most, len(full.to_bytes()) + 10_000), (wire, len(full.to_bytes()))
     assert remote.block_signature("f.fits", like=str(ldir / "f.fits")) == full
+
+
+def test_remote_destination_lock(sshd, home, tree):
+    from fitsync.errors import Locked
+
+    root, _ = tree
+    first = open_remote(url(sshd, root), {})
+    second = open_remote(f"testhost:{root}", {})
+    first.lock()
+    assert (root / ".fitsync" / "lock").read_text().split()[0] == str(os.getpid())
+    with pytest.raises(Locked, match="locked by fitsync pid"):  # our own pid is alive: not stale
+        second.lock()
+    first.unlock()
+    assert not (root / ".fitsync" / "lock").exists()
+    # a lock left by a dead process of this host is reclaimed
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (root / ".fitsync" / "lock").write_text(f"{dead.pid} {socket.gethostname()} 0")
+    second.lock()
+    second.unlock()
+    # a lock of another host is not touched
+    (root / ".fitsync" / "lock").write_text("123 some-other-host 0")
+    with pytest.raises(Locked, match="some-other-host"):
+        second.lock()
+    assert (root / ".fitsync" / "lock").read_text() == "123 some-other-host 0"

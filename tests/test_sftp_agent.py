@@ -4,7 +4,6 @@ subprocess here; over SSH in test_sftp.py and test_sftp_mirror.py)."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import struct
@@ -153,11 +152,13 @@ def test_patch_builds_verifies_and_renames(tmp_path, local_agent):
     basis = os.urandom(100_000)
     new = basis[:40_000] + b"NEW DATA" + basis[50_000:]
     (tmp_path / "f.bin").write_bytes(basis)
-    ops = [[0, 0, 40_000], [1, 0, 8], [0, 50_000, 50_000]]
+    from fitsync.delta import BASIS, SOURCE, Recipe
+    recipe = Recipe([(BASIS, 0, 40_000), (SOURCE, 40_000, 8), (BASIS, 50_000, 50_000)], len(new),
+                    blake3.blake3(new).hexdigest())
     req = {"op": "patch", "path": str(tmp_path / "f.bin"), "basis": str(tmp_path / "f.bin"),
-           "tmp": str(tmp_path / ".fitsync/tmp/f.part"), "ops": ops, "algo": "blake3",
+           "tmp": str(tmp_path / ".fitsync/tmp/f.part"), "algo": "blake3",
            "expected": blake3.blake3(new).hexdigest(), "mtime_ns": 1_500_000_000_123_456_789}
-    local_agent.send(req)
+    local_agent.send(req, recipe.to_bytes())
     local_agent.send({"op": "data"}, b"NEW ")
     local_agent.send({"op": "data"}, b"DATA")
     local_agent.send({"op": "end"})
@@ -166,7 +167,7 @@ def test_patch_builds_verifies_and_renames(tmp_path, local_agent):
     assert os.stat(tmp_path / "f.bin").st_mtime_ns == 1_500_000_000_123_456_789
     # a wrong digest: refused, the old file untouched, no temp left, and the channel still in step
     req["expected"] = "0" * 64
-    local_agent.send(req)
+    local_agent.send(req, recipe.to_bytes())
     local_agent.send({"op": "data"}, b"NEW DATA")
     local_agent.send({"op": "end"})
     reply, _ = local_agent.recv()
@@ -174,6 +175,13 @@ def test_patch_builds_verifies_and_renames(tmp_path, local_agent):
     assert (tmp_path / "f.bin").read_bytes() == new
     assert not list((tmp_path / ".fitsync/tmp").iterdir())
     assert local_agent.call({"op": "stat", "path": str(tmp_path / "f.bin")})["size"] == len(new)
+    # a damaged recipe is refused before anything is written
+    damaged = bytearray(recipe.to_bytes())
+    damaged[-20] ^= 1
+    req["expected"] = blake3.blake3(new).hexdigest()
+    local_agent.send(req, bytes(damaged))
+    local_agent.send({"op": "end"})
+    assert local_agent.recv()[0]["error"] == "bad"
 
 
 def test_errors_are_replies_not_crashes(tmp_path, local_agent):

@@ -13,7 +13,7 @@ from fitsync.config import config_path, find_remote, load_remotes
 from fitsync.errors import BadInput
 from fitsync.remotes import open_remote
 from fitsync.remotes.sftp import SftpRemote
-from sshd_fixture import SshServer
+from sshd_fixture import SshServer, use_client_home
 
 
 @pytest.fixture
@@ -99,8 +99,7 @@ def test_config_template_is_valid_toml_and_written_private(cli, tmp_path):
 def test_named_remote_connects_over_ssh(tmp_path, monkeypatch, config_file):
     server = SshServer(tmp_path / "sshd").start()
     try:
-        home = server.client_home(tmp_path / "home")
-        monkeypatch.setenv("HOME", str(home))
+        use_client_home(server, tmp_path / "home", monkeypatch)
         data = tmp_path / "data" / "night1"
         data.mkdir(parents=True)
         (data / "run.fits").write_bytes(b"x" * 2880)

@@ -12,7 +12,7 @@ import pytest
 from conftest import read_tree, write_tree
 from fitsync import sshconn
 from fitsync.remotes import sftp as sftp_mod
-from sshd_fixture import SshServer
+from sshd_fixture import SshServer, use_client_home
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +24,7 @@ def sshd(tmp_path_factory):
 
 @pytest.fixture
 def home(sshd, tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(sshd.client_home(tmp_path / "home")))
-    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    monkeypatch.delenv("FITSYNC_AGENT_AVOID", raising=False)
-    sftp_mod._WARNED_NO_AGENT.clear()
-    yield
+    yield use_client_home(sshd, tmp_path / "home", monkeypatch)
     sshconn.close_all()
 
 

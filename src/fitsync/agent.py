@@ -27,7 +27,6 @@ import os
 import stat
 import struct
 import sys
-import zlib
 
 AGENT_PROTOCOL = 1
 READ_CHUNK = 4 << 20
@@ -185,6 +184,9 @@ class Agent:
         avoid = req.get("avoid", ())
         self.hashes = Hashes(avoid)
         self.signature = signature_kind(self.hashes, avoid)
+        if self.signature == "fitsync":  # its numpy import takes a while: start it now, off the request path
+            import threading
+            threading.Thread(target=_fitsync_signature, daemon=True).start()
         return {"ok": True, "protocol": AGENT_PROTOCOL, "hashes": self.hashes.available(),
                 "signature": self.signature,
                 "python": sys.version.split()[0], "home": os.path.expanduser("~")}
@@ -217,7 +219,13 @@ class Agent:
 
     def op_digest(self, req, body):
         path = req["path"]
-        hasher = self.hashes.new(req.get("algo", "blake3"))
+        algo = req.get("algo", "blake3")
+        if "offset" not in req and "length" not in req:
+            try:
+                return {"ok": True, "hex": file_digest(path, algo, self.hashes)}
+            except OSError as exc:
+                raise _os_error(exc, path)
+        hasher = self.hashes.new(algo)
         try:
             with open(path, "rb") as f:
                 for chunk in _read_chunks(f, req.get("offset", 0), req.get("length")):
@@ -286,12 +294,13 @@ class Agent:
     def op_patch(self, req, body):
         """Build ``path`` from ``basis`` and literal frames, verify, rename.
 
-        req: path, basis, tmp, ops [[kind, offset, length]...] (kind 0 = basis
-        bytes at offset, 1 = the next ``length`` literal bytes), algo, expected,
-        mtime_ns. Literal bytes follow as {"op": "data"} frames, then
-        {"op": "end"}."""
+        The body is fitsync.delta.Recipe.to_bytes() (docs/signature-format.md):
+        BASIS ops (kind 0) copy the basis at offset, SOURCE ops (kind 1) take the
+        next ``length`` literal bytes, which follow as {"op": "data"} frames
+        ending with {"op": "end"}. req: path, basis, tmp, algo, expected, mtime_ns."""
         literals = self._incoming()
         try:
+            req["ops"] = parse_recipe(body or b"", self.hashes)
             result = build_file(req, literals, self.hashes)
         finally:
             for _ in literals:  # drain so the framing stays in step after an error
@@ -310,18 +319,15 @@ class Agent:
     def op_rename(self, req, body):
         """Verify ``tmp`` (digest ``algo`` == ``expected``), set mtime, rename."""
         tmp, final = req["tmp"], req["path"]
-        hasher = self.hashes.new(req["algo"])
         try:
-            with open(tmp, "rb") as f:
-                for chunk in _read_chunks(f):
-                    hasher.update(chunk)
+            digest = file_digest(tmp, req["algo"], self.hashes)
         except OSError as exc:
             raise _os_error(exc, tmp)
-        if hasher.hexdigest() != req["expected"]:
+        if digest != req["expected"]:
             _unlink(tmp)
             raise AgentError("verify", "%s: bytes written do not match the source digest" % final)
         _finish(tmp, final, req.get("mtime_ns"))
-        return {"ok": True, "hex": hasher.hexdigest()}
+        return {"ok": True, "hex": digest}
 
     def op_delete(self, req, body):
         path, root = req["path"], req["root"]
@@ -379,9 +385,9 @@ def _prune(directory, root):
 
 
 def build_file(req, literals, hashes):
-    """Write the patched file to req["tmp"], verify its digest, rename it."""
+    """Write the patched file to req["tmp"] (basis runs copied in the kernel
+    where possible), re-read it to verify its digest, then rename it."""
     tmp, final, basis_path = req["tmp"], req["path"], req.get("basis")
-    hasher = hashes.new(req["algo"])
     os.makedirs(os.path.dirname(tmp), exist_ok=True)
     pending = b""
     try:
@@ -389,21 +395,21 @@ def build_file(req, literals, hashes):
     except OSError as exc:
         raise _os_error(exc, basis_path)
     try:
-        with open(tmp, "wb") as out:
+        with open(tmp, "wb", buffering=0) as out:  # unbuffered: kernel copies and writes share the offset
             for kind, offset, length in req["ops"]:
                 if kind == 0:
                     if basis is None:
                         raise AgentError("bad", "recipe copies from a basis file but none was given")
-                    pieces = _read_chunks(basis, offset, length)
+                    got = _copy_range(basis, offset, length, out)
                 else:
                     pieces, pending = _take(literals, pending, length)
-                got = 0
-                for piece in pieces:
-                    hasher.update(piece)
-                    out.write(piece)
-                    got += len(piece)
+                    got = 0
+                    for piece in pieces:
+                        out.write(piece)
+                        got += len(piece)
                 if got != length:
                     raise AgentError("verify", "%s: the basis or literal data ended early" % final)
+        digest = file_digest(tmp, req["algo"], hashes)
     except OSError as exc:
         _unlink(tmp)
         raise _os_error(exc, tmp)
@@ -413,11 +419,68 @@ def build_file(req, literals, hashes):
     finally:
         if basis is not None:
             basis.close()
-    if hasher.hexdigest() != req["expected"]:
+    if digest != req["expected"]:
         _unlink(tmp)
         raise AgentError("verify", "%s: the patched file does not match the source digest" % final)
     _finish(tmp, final, req.get("mtime_ns"))
+    return digest
+
+
+def _copy_range(src, offset, length, out):
+    """Copy ``length`` bytes of ``src`` at ``offset`` to the end of ``out``;
+    return how many were copied (fewer only at the end of ``src``)."""
+    done = 0
+    copy = getattr(os, "copy_file_range", None)
+    while copy is not None and done < length:
+        try:
+            n = copy(src.fileno(), out.fileno(), length - done, offset + done)
+        except OSError:
+            break  # another file system, or no kernel support: copy through memory
+        if n == 0:
+            return done
+        done += n
+    for chunk in _read_chunks(src, offset + done, length - done):
+        out.write(chunk)
+        done += len(chunk)
+    return done
+
+
+def file_digest(path, algo, hashes):
+    """Hex digest of a whole file; BLAKE3 on all cores when the module allows."""
+    hasher = hashes.new(algo)
+    if algo == "blake3":
+        try:
+            hasher = hashes.blake3.blake3(max_threads=hashes.blake3.blake3.AUTO)
+            hasher.update_mmap(path)
+            return hasher.hexdigest()
+        except (AttributeError, TypeError):  # an older blake3 module
+            hasher = hashes.new(algo)
+    with open(path, "rb") as f:
+        for chunk in _read_chunks(f):
+            hasher.update(chunk)
     return hasher.hexdigest()
+
+
+RECIPE_MAGIC = b"FSYNCRCP"
+RECIPE_HEADER = struct.Struct("<8sHHIQQQ32s")  # magic version 0 0 n_ops target_size basis_size digest
+RECIPE_OP = struct.Struct("<BQQ")  # kind offset length, packed
+
+
+def parse_recipe(data, hashes):
+    """The ops of a serialized Recipe; its xxh3-64 trailer is checked when
+    xxhash is here (the digest of the built file is checked in any case)."""
+    if len(data) < RECIPE_HEADER.size + 8 or data[:8] != RECIPE_MAGIC:
+        raise AgentError("bad", "not a fitsync recipe")
+    fields = RECIPE_HEADER.unpack_from(data)
+    n_ops = fields[4]
+    if fields[1] != 1 or len(data) != RECIPE_HEADER.size + n_ops * RECIPE_OP.size + 8:
+        raise AgentError("bad", "recipe version or length is wrong")
+    if hashes.xxhash is not None:
+        (check,) = struct.unpack_from("<Q", data, len(data) - 8)
+        if check != hashes.xxhash.xxh3_64_intdigest(data[:-8]):
+            raise AgentError("bad", "recipe is damaged (integrity check failed)")
+    body = data[RECIPE_HEADER.size:len(data) - 8]
+    return [list(op) for op in RECIPE_OP.iter_unpack(body)]
 
 
 def _take(literals, pending, length):

@@ -43,7 +43,7 @@ import paramiko
 from paramiko.sftp import CMD_DATA, CMD_READ, CMD_WRITE, int64
 
 from fitsync import __version__
-from fitsync.errors import (BadInput, ConnectionFailed, FitsyncError, NotFound, SourceChanged,
+from fitsync.errors import (BadInput, ConnectionFailed, FitsyncError, Locked, NotFound, SourceChanged,
                             TransferFailed, UsageError, VerificationFailed)
 from fitsync.hashes import hash_stream, new_hasher
 from fitsync.paths import safe_relpath
@@ -345,12 +345,18 @@ class AgentClient:
         return f"exit status {status}" + (f": {text[-1]}" if text else "")
 
     # -- framing --
-    # ``pending`` is True from a request until its final reply: an agent given
-    # back mid-request (an exception while streaming literals) is closed, not reused.
-    pending = False
+    # Requests sent and not yet answered in full: an agent given back with any
+    # outstanding (an exception while streaming literals, an error reply to the
+    # first of two pipelined requests) is closed, never reused.
+    outstanding = 0
+
+    @property
+    def pending(self) -> bool:
+        return self.outstanding > 0
 
     def send(self, header: dict, body: bytes | None = None) -> None:
-        self.pending = True
+        if header.get("op") not in ("data", "end"):  # those are parts of a patch request
+            self.outstanding += 1
         if body is not None:
             header = dict(header, n=len(body))
         raw = json.dumps(header, separators=(",", ":")).encode()
@@ -375,7 +381,7 @@ class AgentClient:
         while True:
             header, body = self.recv()
             if "more" not in header:
-                self.pending = False
+                self.outstanding -= 1
                 _raise_agent_error(header)
                 return header, body
 
@@ -394,7 +400,7 @@ class AgentClient:
         while True:
             reply, _ = self.recv()
             if "more" not in reply:
-                self.pending = False
+                self.outstanding -= 1
             _raise_agent_error(reply)
             yield reply
             if "more" not in reply:
@@ -443,12 +449,26 @@ def signature_by_difference(agent: AgentClient, full: str, like: str):
 
     from fitsync.signature import Signature
 
-    summary = agent.call(signature_request("sigsummary", full))
-    layout = _RemoteLayout(summary)
+    from fitsync.signature import default_block_size
+
+    # The agent computes the full signature while the local blocks are hashed
+    # here: the stat answers at once and gives the block size both will use.
+    agent.send({"op": "stat", "path": full})
+    agent.send(signature_request("sigsummary", full))
+    remote_size = agent.finish()[0]["size"]
     with open(like, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         with (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else contextlib.nullcontext(b"")) as data:
-            local = _LocalSegments(data, layout.block_size)
+            local = _LocalSegments(data, default_block_size(remote_size))
+            warming = threading.Thread(target=local.warm, daemon=True)
+            warming.start()
+            try:
+                summary = agent.finish()[0]
+            finally:
+                warming.join()
+            layout = _RemoteLayout(summary)
+            if layout.block_size != local.block_size:  # another block policy on the far side
+                local = _LocalSegments(data, layout.block_size)
             partial = []
             for j in range(len(layout.counts)):
                 k = local.find_segment(layout.lengths[j], summary["segments"][j], j)
@@ -557,6 +577,11 @@ class _LocalSegments:
     def length(self, k: int) -> int:
         start, end = self.segments[k]
         return end - start
+
+    def warm(self) -> None:
+        """Compute every segment's signature (run in a thread, overlapping the remote work)."""
+        for k in range(len(self.segments)):
+            self.signature(k)
 
     def signature(self, k: int):
         if k not in self._sigs:
@@ -1042,8 +1067,6 @@ class SftpRemote(Remote):
         bytes go up the channel; the agent verifies and renames. A host
         without blake3 verifies with sha256, which is computed here from
         ``source_path`` (the local new file)."""
-        from fitsync.delta import BASIS
-
         info = self.agent_info()
         if info is None:
             raise TransferFailed(f"{self.url} cannot apply patches: no agent")
@@ -1057,12 +1080,11 @@ class SftpRemote(Remote):
         else:
             raise TransferFailed(f"{final}: {self.target.hostname} has no blake3 module, and no local source "
                                  f"was given to compute the {algo} digest that verifies the patch")
-        ops = [[0 if kind == BASIS else 1, int(offset), int(length)] for kind, offset, length in recipe.ops]
-        header = {"op": "patch", "path": final, "basis": final, "tmp": self._temp_path(path), "ops": ops,
+        header = {"op": "patch", "path": final, "basis": final, "tmp": self._temp_path(path),
                   "algo": algo, "expected": expected, "mtime_ns": int(round(mtime * 1e9))}
         try:
             with self.using_agent() as agent:
-                agent.send(header)
+                agent.send(header, recipe.to_bytes())
                 for chunk in literals:
                     for start in range(0, len(chunk), 1 << 20):
                         agent.send({"op": "data"}, bytes(chunk[start:start + (1 << 20)]))
@@ -1072,6 +1094,69 @@ class SftpRemote(Remote):
             raise
         except Exception as exc:
             raise TransferFailed(f"patching {final} on {self.target.hostname} failed: {exc}") from None
+
+    # -- the destination lock ------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold ROOT/.fitsync/lock (created exclusively) so two fitsync runs never
+        write this destination at once. A lock left by a dead process of this
+        host is reclaimed; any other is reported with how to clear it."""
+        path = posixpath.join(self.root, STATE_DIR, "lock")
+        ident = f"{os.getpid()} {socket.gethostname()} {int(time.time())}"
+
+        def once(conn):
+            sftp = conn.sftp()
+            self._makedirs(sftp, posixpath.dirname(path))
+            for _ in range(3):
+                try:
+                    with sftp.open(path, "wx") as f:  # O_CREAT|O_EXCL: one winner
+                        f.write(ident.encode())
+                    self._lock_path = path
+                    return
+                except PermissionError:
+                    raise
+                except OSError:
+                    if not self._reclaim_stale_lock(sftp, path):
+                        raise Locked(self._lock_message(sftp, path)) from None
+            raise Locked(self._lock_message(sftp, path))
+        self._call(f"lock {self.url}", once)
+
+    def _read_lock(self, sftp, path: str) -> list:
+        try:
+            with sftp.open(path, "rb") as f:
+                return f.read(200).decode("utf-8", "replace").split()
+        except FileNotFoundError:
+            return []
+
+    def _reclaim_stale_lock(self, sftp, path: str) -> bool:
+        fields = self._read_lock(sftp, path)
+        if not fields:
+            return True  # it vanished meanwhile: try again
+        if len(fields) >= 2 and fields[1] == socket.gethostname() and fields[0].isdigit():
+            try:
+                os.kill(int(fields[0]), 0)
+            except ProcessLookupError:
+                log.warning("removing a stale lock of pid %s (gone) on %s", fields[0], self.url)
+                sftp.remove(path)
+                return True
+            except PermissionError:
+                pass
+        return False
+
+    def _lock_message(self, sftp, path: str) -> str:
+        fields = self._read_lock(sftp, path) + ["?", "?", "0"]
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(fields[2]) if fields[2].isdigit() else 0))
+        return (f"{self.url} is locked by fitsync pid {fields[0]} on {fields[1]} since {since}; if no such run "
+                f"is going on, remove {self.target.hostname}:{path}")
+
+    def unlock(self) -> None:
+        path = getattr(self, "_lock_path", None)
+        if path is None:
+            return
+        self._lock_path = None
+        try:
+            self._call(f"unlock {self.url}", lambda conn: conn.sftp().remove(path))
+        except NotFound:
+            pass
 
     def delete(self, path: str) -> None:
         full = self.remote_path(path)
@@ -1114,7 +1199,7 @@ class SftpReader:
         self.remote = remote
         self.path = path
         self.full = remote.remote_path(path)
-        self.entry = remote.stat(path)
+        self.entry = self._stat()
         self.pos = 0  # bytes handed to the caller
         self._received = 0  # bytes that arrived (pos + buffered)
         self._buffer = b""
@@ -1168,9 +1253,18 @@ class SftpReader:
             self._chunks.close()  # stops a striped read's lane threads
         self._chunks = None
 
+    def _stat(self) -> Entry:
+        """Size and mtime by SFTP: a plain read never waits for the agent to start."""
+        def once(conn):
+            attr = conn.sftp().stat(self.full)
+            if not stat_mod.S_ISREG(attr.st_mode):
+                raise NotFound(f"{self.full} on {self.remote.target.hostname} is not a regular file")
+            return Entry(safe_relpath(self.path), attr.st_size, float(attr.st_mtime))
+        return self.remote._call(f"stat {self.full}", once)
+
     def _check_unchanged(self) -> None:
         try:
-            now = self.remote.stat(self.path)
+            now = self._stat()
         except ConnectionFailed:
             return  # reconnecting failed again; the next attempt reports it
         if (now.size, now.mtime) != (self.entry.size, self.entry.mtime):
