@@ -3,13 +3,11 @@ also each FITS file's own structure and checksums, in the same read."""
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 from dataclasses import dataclass, field
 
-from fitsync.errors import FitsyncError
 from fitsync.manifest import Manifest
 from fitsync.remotes.base import Capability, Entry, Remote
-from fitsync.scan import batches, default_jobs, digest_entries
+from fitsync.scan import digest_entries, for_each_file
 
 
 @dataclass
@@ -75,28 +73,17 @@ def _digest_with_fits(target: Remote, entries: list[Entry], manifest: Manifest, 
     """Digest every file and check FITS files in the same read; collect FITS findings into ``report``."""
     from fitsync import fitsaudit
 
-    def work(batch):
-        out = []
-        for entry in batch:
-            try:
-                fits_report, digest = fitsaudit.audit_and_digest(target.local_path(entry.path),
-                                                                 display_path=entry.path)
-                out.append((entry.path, digest, fits_report, None))
-            except (FitsyncError, OSError) as exc:
-                out.append((entry.path, None, None, str(exc) if isinstance(exc, FitsyncError) else
-                            f"cannot read: {exc.strerror or exc}"))
-        return out
+    def work(entry):
+        return fitsaudit.audit_and_digest(target.local_path(entry.path), display_path=entry.path)
 
     digests, errors = {}, {}
-    with cf.ThreadPoolExecutor(max_workers=jobs or default_jobs()) as pool:
-        for results in pool.map(work, batches(entries)):
-            for path, digest, fits_report, error in results:
-                if error is not None:
-                    errors[path] = error
-                    continue
-                digests[path] = digest
-                if fits_report is not None:
-                    _record_fits(report, fits_report, manifest.entries[path].extra.get("fits"))
+    for entry, result, error in for_each_file(entries, work, jobs=jobs):
+        if error is not None:
+            errors[entry.path] = error
+            continue
+        fits_report, digests[entry.path] = result
+        if fits_report is not None:
+            _record_fits(report, fits_report, manifest.entries[entry.path].extra.get("fits"))
     return digests, errors
 
 

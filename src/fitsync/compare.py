@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 from dataclasses import dataclass, field
 
 from fitsync.plan import same_mtime
@@ -67,8 +68,11 @@ def compare_trees(a: Remote, b: Remote, *, checksum: bool = False, selection=Non
             report.identical.append(path)
     if to_hash:
         algo = common_algorithm(a, b)
-        da, ea = digest_entries(a, [left[p] for p in to_hash], algo=algo, jobs=jobs, on_done=on_done)
-        db, eb = digest_entries(b, [right[p] for p in to_hash], algo=algo, jobs=jobs, on_done=on_done)
+        with cf.ThreadPoolExecutor(max_workers=2) as pool:  # both sides at once
+            side_a = pool.submit(digest_entries, a, [left[p] for p in to_hash], algo=algo, jobs=jobs, on_done=on_done)
+            side_b = pool.submit(digest_entries, b, [right[p] for p in to_hash], algo=algo, jobs=jobs,
+                                 on_done=on_done)
+            (da, ea), (db, eb) = side_a.result(), side_b.result()
         for path in to_hash:
             error = ea.get(path) or eb.get(path)
             if error:

@@ -42,18 +42,34 @@ MMAP_THRESHOLD = 1 << 20
 
 
 def file_digest(path: str, algo: str = DEFAULT) -> str:
-    """Hex digest of a local file. Large files are hashed from an mmap, which
-    lets BLAKE3 use every core on one file (as ``b3sum`` does)."""
+    return digest_and_head(path, algo)[0]
+
+
+def digest_and_head(path: str, algo: str = DEFAULT, head: int = 0) -> tuple[str, bytes]:
+    """Hex digest of a local file and its first ``head`` bytes. Large files are hashed from an mmap, which
+    lets BLAKE3 use every core on one file (as ``b3sum`` does); small files
+    take the shortest path (os.open/os.read: a Python file object costs more
+    than hashing a few kilobytes)."""
     import mmap
     import os
 
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        hasher = new_hasher(algo)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
         if size >= MMAP_THRESHOLD:
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            hasher = new_hasher(algo)
+            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
                 mapped.madvise(mmap.MADV_SEQUENTIAL)
                 hasher.update(mapped)
-        else:
-            hasher.update(f.read())
-        return hasher.hexdigest()
+                return hasher.hexdigest(), mapped[:head]
+        hasher = blake3.blake3() if algo == "blake3" else new_hasher(algo)
+        first = b""
+        while True:  # to end of file, even if it grew since fstat
+            data = os.read(fd, MMAP_THRESHOLD)
+            if not data:
+                return hasher.hexdigest(), first[:head]
+            if len(first) < head:
+                first += data[:head]
+            hasher.update(data)
+    finally:
+        os.close(fd)

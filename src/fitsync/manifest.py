@@ -80,7 +80,11 @@ def make_header(entries: list[ManifestEntry], blocks: bool) -> dict:
 def write_jsonl(out: IO[str], entries: list[ManifestEntry], blocks: bool = False) -> None:
     out.write(json.dumps(make_header(entries, blocks), sort_keys=True) + "\n")
     for entry in entries:
-        out.write(json.dumps(entry.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
+        if entry.extra:
+            out.write(json.dumps(entry.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
+        else:  # the common line, formatted directly: same JSON, sorted keys, a third of the time
+            path = json.dumps(entry.path, ensure_ascii=False)
+            out.write(f'{{"blake3": "{entry.blake3}", "mtime": {entry.mtime!r}, "path": {path}, "size": {entry.size}}}\n')
 
 
 def write_b3sum(out: IO[str], entries: Iterable[ManifestEntry]) -> None:
@@ -227,10 +231,8 @@ def build_entries(remote, entries, *, blocks: bool = False, fits_fields: bool = 
     With ``blocks`` each file's block signature is computed in the same read
     as its digest (the signature carries the whole-file BLAKE3).
     """
-    import concurrent.futures as cf
-
     from fitsync.remotes.base import Capability
-    from fitsync.scan import default_jobs
+    from fitsync.scan import for_each_file
 
     local = Capability.LOCAL in remote.capabilities
 
@@ -244,10 +246,7 @@ def build_entries(remote, entries, *, blocks: bool = False, fits_fields: bool = 
             if fits_fields and local:
                 fits_report = _fits_report(remote.local_path(entry.path), entry.path)
         elif fits_fields and local:
-            # One read gives the digest and, for a FITS file, its structure and checksums.
-            from fitsync.fitsaudit import audit_and_digest
-
-            fits_report, digest = audit_and_digest(remote.local_path(entry.path), display_path=entry.path)
+            fits_report, digest = _digest_with_fits(remote.local_path(entry.path), entry.path)
         else:
             digest = remote.digest(entry.path)
         if fits_report is not None:
@@ -257,20 +256,30 @@ def build_entries(remote, entries, *, blocks: bool = False, fits_fields: bool = 
         return ManifestEntry(entry.path, entry.size, entry.mtime, digest, extra)
 
     results, errors = [], {}
-    with cf.ThreadPoolExecutor(max_workers=jobs or default_jobs()) as pool:
-        futures = {pool.submit(work, e): e for e in entries}
-        for future in cf.as_completed(futures):
-            entry = futures[future]
-            try:
-                results.append(future.result())
-            except OSError as exc:
-                errors[entry.path] = f"cannot read: {exc.strerror or exc}"
-            except BadInput as exc:
-                errors[entry.path] = str(exc)
-            if on_done:
-                on_done(entry)
+    for entry, manifest_entry, error in for_each_file(entries, work, jobs=jobs):
+        if error is None:
+            results.append(manifest_entry)
+        else:
+            errors[entry.path] = error
+        if on_done:
+            on_done(entry)
     results.sort(key=lambda e: e.path)
     return results, errors
+
+
+def _digest_with_fits(full: str, name: str):
+    """(FITS report or None, digest) in one read for a FITS file; a file that
+    is not FITS by its name is hashed directly and only re-read as FITS if its
+    first bytes say it is one after all."""
+    from fitsync import fitsaudit
+    from fitsync.fits import FITS_MAGIC
+    from fitsync.hashes import digest_and_head
+
+    if not fitsaudit.is_fits_candidate(name, b""):
+        digest, head = digest_and_head(full, head=len(FITS_MAGIC))
+        if not head.startswith(FITS_MAGIC):
+            return None, digest
+    return fitsaudit.audit_and_digest(full, display_path=name)
 
 
 def _signature_for(remote, path: str, local: bool):

@@ -19,12 +19,13 @@ def default_jobs() -> int:
     return max(2, os.cpu_count() or 2)
 
 
-BATCH_BYTES = 32 << 20
-BATCH_FILES = 256
+SMALL_FILE = 1 << 20
+BATCH_BYTES = 64 << 20
+BATCH_FILES = 512
 
 
 def batches(entries: list[Entry]) -> Iterator[list[Entry]]:
-    """Group small files so that each pool task hashes enough to outweigh its overhead."""
+    """Group files so that each pool task does enough work to outweigh its overhead."""
     batch, size = [], 0
     for entry in entries:
         batch.append(entry)
@@ -34,6 +35,36 @@ def batches(entries: list[Entry]) -> Iterator[list[Entry]]:
             batch, size = [], 0
     if batch:
         yield batch
+
+
+def for_each_file(entries: Iterable[Entry], work: Callable[[Entry], object], *,
+                  jobs: int | None = None) -> Iterator[tuple[Entry, object, str | None]]:
+    """Run ``work`` on every file: yield (entry, result, None) or (entry, None, error).
+
+    Small files cost mostly interpreter time, which threads cannot share (the
+    GIL), so they are done one after another by a single task; large files
+    release the GIL while they hash and are spread over the pool.
+    """
+    entries = list(entries)
+    small = [e for e in entries if e.size < SMALL_FILE]
+    large = [e for e in entries if e.size >= SMALL_FILE]
+
+    def run(batch: list[Entry]) -> list:
+        out = []
+        for entry in batch:
+            try:
+                out.append((entry, work(entry), None))
+            except FitsyncError as exc:
+                out.append((entry, None, str(exc)))
+            except OSError as exc:
+                out.append((entry, None, f"cannot read: {exc.strerror or exc}"))
+        return out
+
+    with cf.ThreadPoolExecutor(max_workers=jobs or default_jobs()) as pool:
+        futures = [pool.submit(run, small)] if small else []
+        futures += [pool.submit(run, batch) for batch in batches(large)]
+        for future in cf.as_completed(futures):
+            yield from future.result()
 
 
 def digest_entries(
@@ -59,27 +90,13 @@ def digest_entries(
                 on_done(entry)
         else:
             todo.append(entry)
-
-    def work(batch: list[Entry]) -> list[tuple[Entry, str | None, str | None]]:
-        out = []
-        for entry in batch:
-            try:
-                out.append((entry, remote.digest(entry.path, algo), None))
-            except FitsyncError as exc:
-                out.append((entry, None, str(exc)))
-            except OSError as exc:
-                out.append((entry, None, f"cannot read: {exc.strerror or exc}"))
-            if on_done:
-                on_done(entry)
-        return out
-
-    with cf.ThreadPoolExecutor(max_workers=jobs or default_jobs()) as pool:
-        for results in pool.map(work, batches(todo)):
-            for entry, digest, error in results:
-                if error is None:
-                    digests[entry.path] = digest
-                else:
-                    errors[entry.path] = error
+    for entry, digest, error in for_each_file(todo, lambda e: remote.digest(e.path, algo), jobs=jobs):
+        if error is None:
+            digests[entry.path] = digest
+        else:
+            errors[entry.path] = error
+        if on_done:
+            on_done(entry)
     return digests, errors
 
 

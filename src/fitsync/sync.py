@@ -220,17 +220,20 @@ class Mirror:
         algo = common_algorithm(self.src, self.dst)
         total = sum(s.size for s, _ in pairs) * (1 if manifest is not None and algo == "blake3" else 2)
         self.reporter.phase("scan", total)
-        dst_digests, dst_errors = digest_entries(
-            self.dst, [d for _, d in pairs], algo=algo, jobs=self.options.jobs,
-            on_done=lambda e: self.reporter.advance(e.size))
         if manifest is not None and algo == "blake3":
             src_digests = {s.path: expected[s.path] for s, _ in pairs if s.path in expected}
             missing = [s for s, _ in pairs if s.path not in expected]
         else:
             src_digests, missing = {}, [s for s, _ in pairs]
-        computed, src_errors = digest_entries(
-            self.src, missing, algo=algo, jobs=self.options.jobs,
-            on_done=lambda e: self.reporter.advance(e.size))
+        advance = lambda e: self.reporter.advance(e.size)  # noqa: E731
+        # Both sides at once: each is mostly one thread's work for small files.
+        with cf.ThreadPoolExecutor(max_workers=2) as pool:
+            dst_side = pool.submit(digest_entries, self.dst, [d for _, d in pairs], algo=algo,
+                                   jobs=self.options.jobs, on_done=advance)
+            src_side = pool.submit(digest_entries, self.src, missing, algo=algo, jobs=self.options.jobs,
+                                   on_done=advance)
+            dst_digests, dst_errors = dst_side.result()
+            computed, src_errors = src_side.result()
         src_digests.update(computed)
         for path, error in {**src_errors, **dst_errors}.items():
             differs[path] = True
