@@ -20,14 +20,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from fitsync.fitsnames import FITS_MAGIC, FITS_SUFFIXES, looks_like_fits  # noqa: F401 (re-exported)
 from fitsync.checksum import DataSum, checksum_ok, datasum, datasum_ok
 
 BLOCK = 2880
 CARD = 80
-FITS_MAGIC = b"SIMPLE  ="
 XTENSION_MAGIC = b"XTENSION="
-# Names audited as FITS (besides content starting with FITS_MAGIC).
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz", ".fz")
 END_KEYWORD = b"END     "
 
 # FITS 4.0 section 4.1.1: a header holds only ASCII text 0x20-0x7E.
@@ -100,12 +98,6 @@ class Problem:
 
 def padded(size: int) -> int:
     return -(-size // BLOCK) * BLOCK
-
-
-def looks_like_fits(name: str, first_bytes: bytes) -> bool:
-    """A FITS name (gzipped or tile-compressed too), or content that starts
-    like a FITS primary header."""
-    return name.lower().endswith(FITS_SUFFIXES) or first_bytes.startswith(FITS_MAGIC)
 
 
 def parse_value(raw: str):

@@ -271,15 +271,16 @@ def _digest_with_fits(full: str, name: str):
     """(FITS report or None, digest) in one read for a FITS file; a file that
     is not FITS by its name is hashed directly and only re-read as FITS if its
     first bytes say it is one after all."""
-    from fitsync import fitsaudit
-    from fitsync.fits import FITS_MAGIC
+    from fitsync.fitsnames import FITS_MAGIC, looks_like_fits
     from fitsync.hashes import digest_and_head
 
-    if not fitsaudit.is_fits_candidate(name, b""):
+    if not looks_like_fits(name, b""):
         digest, head = digest_and_head(full, head=len(FITS_MAGIC))
         if not head.startswith(FITS_MAGIC):
             return None, digest
-    return fitsaudit.audit_and_digest(full, display_path=name)
+    from fitsync.fitsaudit import audit_and_digest
+
+    return audit_and_digest(full, display_path=name)
 
 
 def _signature_for(remote, path: str, local: bool):

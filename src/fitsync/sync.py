@@ -255,29 +255,30 @@ class Mirror:
         incomplete is still being written: skip it (and keep the destination's copy)."""
         if not self.options.fits_check or Capability.LOCAL not in self.src.capabilities:
             return items
-        if not any(item.transfers for item in items):
-            return items
-        from fitsync import fitsaudit
-
         checked = []
         for item in items:
-            state = self._fits_state(fitsaudit, item.path) if item.transfers else None
+            state = self._fits_state(item.path) if item.transfers else None
             if state is not None and state[0] == "incomplete":
                 item = Item(item.path, Action.INCOMPLETE, state[1], item.src, item.dst, item.expected_digest)
             checked.append(item)
         return checked
 
-    def _fits_state(self, fitsaudit, path: str):
+    def _fits_state(self, path: str):
+        """(state, reason) of a local source FITS file, None for other files.
+        The checker (and numpy with it) is loaded only when a FITS file is met."""
+        from fitsync.fitsnames import looks_like_fits
+
         local = self.src.local_path(path)
         try:
             with open(local, "rb") as f:
                 head = f.read(16)
         except OSError:
             return None
-        if not fitsaudit.is_fits_candidate(path, head):
+        if not looks_like_fits(path, head):
             return None
-        state, reason = fitsaudit.quick_state(local)
-        return (state, reason)
+        from fitsync import fitsaudit
+
+        return fitsaudit.quick_state(local)
 
     # -- execution ----------------------------------------------------------
     def execute(self, items: list[Item]) -> None:
@@ -381,9 +382,7 @@ class Mirror:
             return None
         refreshed = Item(item.path, item.action, item.reason, entry, item.dst, item.expected_digest)
         if self.options.fits_check and Capability.LOCAL in self.src.capabilities:
-            from fitsync import fitsaudit
-
-            state = self._fits_state(fitsaudit, item.path)
+            state = self._fits_state(item.path)
             if state is not None and state[0] == "incomplete":
                 with _COUNTER_LOCK:
                     self.record_incomplete(refreshed, state[1])

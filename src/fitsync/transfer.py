@@ -80,12 +80,14 @@ def _check_source_unchanged(src: Remote, item: Item, before=None) -> None:
 def refuse_incomplete_fits(path_on_disk: str, item: Item) -> None:
     """A rebuilt FITS file whose structure is incomplete came from a source still
     being written: it must never replace the destination's copy."""
-    from fitsync import fitsaudit
+    from fitsync.fitsnames import looks_like_fits
 
     with open(path_on_disk, "rb") as f:
         head = f.read(16)
-    if not fitsaudit.is_fits_candidate(item.path, head):
+    if not looks_like_fits(item.path, head):
         return
+    from fitsync import fitsaudit
+
     state, reason = fitsaudit.quick_state(path_on_disk)
     if state == fitsaudit.STATUS_INCOMPLETE:
         raise fitsaudit.IncompleteFits(f"{item.path} is incomplete (still being written?): {reason}")
@@ -342,9 +344,11 @@ def push(src: Remote, dst: Remote, item: Item, on_bytes=None, fits_check: bool =
 
     stream = chunks()
     if fits_check:
-        from fitsync.fitsaudit import guard_chunks, is_fits_candidate
+        from fitsync.fitsnames import looks_like_fits
 
-        if is_fits_candidate(item.path, b""):
+        if looks_like_fits(item.path, b""):
+            from fitsync.fitsaudit import guard_chunks
+
             stream = guard_chunks(item.path, stream)
     dst.write_atomic(item.path, stream, mtime=item.src.mtime, expected_digest=digest)
     _check_source_unchanged(src, item)
