@@ -10,9 +10,11 @@ exception, a run longer than ``TIME_LIMIT`` seconds, or more than
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import os
+import shutil
 import signal
 import struct
 import tempfile
@@ -41,7 +43,12 @@ class HugeAllocation(Exception):
 @contextmanager
 def guarded(limit: float = TIME_LIMIT, memory: int = MEMORY_LIMIT, trace: bool = True):
     """Fail an input that runs too long or allocates too much."""
+    fired = []
+
     def on_alarm(signum, frame):
+        # Raised wherever the interpreter is; if that is a callback that
+        # swallows exceptions (a gc callback), ``fired`` still tells.
+        fired.append(True)
         raise Hang(f"no result after {limit} s")
 
     old = signal.signal(signal.SIGALRM, on_alarm)
@@ -52,6 +59,8 @@ def guarded(limit: float = TIME_LIMIT, memory: int = MEMORY_LIMIT, trace: bool =
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
+        if fired:
+            raise Hang(f"no result after {limit} s")
         return
     started_tracing = not tracemalloc.is_tracing()
     if started_tracing:
@@ -66,6 +75,8 @@ def guarded(limit: float = TIME_LIMIT, memory: int = MEMORY_LIMIT, trace: bool =
         peak = tracemalloc.get_traced_memory()[1] - base
         if started_tracing:
             tracemalloc.stop()
+    if fired:
+        raise Hang(f"no result after {limit} s")
     if peak > memory:
         raise HugeAllocation(f"{peak} bytes allocated")
 
@@ -310,6 +321,7 @@ toml_text = st.one_of(st.text(max_size=300), st.lists(toml_piece, max_size=12).m
 
 
 _SCRATCH = tempfile.mkdtemp(prefix="fitsync-fuzz-")
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 
 
 def _scratch_file(name: str, text: str) -> str:

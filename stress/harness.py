@@ -152,6 +152,19 @@ class Scenario:
     dst_template: Path
     flags: list
     manifest: Path  # manifest of SRC, outside both trees
+    # How the mirror names SRC and DST: a URL prefix put before the local path,
+    # e.g. "sftp://127.0.0.1:2222" (the test sshd serves this machine's files,
+    # so the trial still inspects them as local paths); env for the child.
+    src_prefix: str = ""
+    dst_prefix: str = ""
+    env: dict | None = None
+
+    def mirror_args(self, dst: Path, *more) -> list:
+        return ["mirror", f"{self.src_prefix}{self.src}", f"{self.dst_prefix}{dst}", *self.flags, *more]
+
+    @property
+    def dst_is_local(self) -> bool:
+        return not self.dst_prefix
 
 
 def build_source(root: Path, rng: random.Random, scale: dict) -> None:
@@ -310,9 +323,9 @@ def calibrate(scenario: Scenario, work: Path) -> Timing:
     dst = work / "calibrate-dst"
     copy_tree(scenario.dst_template, dst)
     started = time.monotonic()
-    proc = subprocess.Popen(fitsync_cmd("mirror", scenario.src, dst, *scenario.flags), env=fitsync_env(),
+    proc = subprocess.Popen(fitsync_cmd(*scenario.mirror_args(dst)), env=scenario.env or fitsync_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    lock_at = _wait_for_lock(proc, dst, started)
+    lock_at = _wait_for_lock(proc, dst, started) if scenario.dst_is_local else None
     proc.wait(timeout=300)
     total = time.monotonic() - started
     shutil.rmtree(dst, ignore_errors=True)
@@ -328,7 +341,7 @@ def _wait_for_lock(proc, dst: Path, started: float, timeout: float = 60) -> floa
     return None
 
 
-def kill_plan(trials: int, rng: random.Random) -> list[tuple[str, float]]:
+def kill_plan(trials: int, rng: random.Random, lock_visible: bool = True) -> list[tuple[str, float]]:
     """When each trial's SIGKILL comes, as (anchor, fraction): a fifth of the
     trials anywhere in the run ("start"), the rest in its working part, after
     the destination lock appears ("lock"); fractions are stratified so a
@@ -336,7 +349,7 @@ def kill_plan(trials: int, rng: random.Random) -> list[tuple[str, float]]:
     plan = []
     for i in range(trials):
         fraction = (i + rng.random()) / trials
-        plan.append(("start" if i % 5 == 4 else "lock", fraction))
+        plan.append(("start" if i % 5 == 4 or not lock_visible else "lock", fraction))
     rng.shuffle(plan)
     return plan
 
@@ -349,7 +362,7 @@ def crash_trial(scenario: Scenario, work: Path, timing: Timing, when: tuple[str,
     before = dst_before if dst_before is not None else snapshot(dst)
     after_src = src_snapshot
     started = time.monotonic()
-    proc = subprocess.Popen(fitsync_cmd("mirror", scenario.src, dst, *scenario.flags), env=fitsync_env(),
+    proc = subprocess.Popen(fitsync_cmd(*scenario.mirror_args(dst)), env=scenario.env or fitsync_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
         anchor, fraction = when
@@ -360,7 +373,8 @@ def crash_trial(scenario: Scenario, work: Path, timing: Timing, when: tuple[str,
         result.kill_after = time.monotonic() - started
         if proc.poll() is None:
             result.killed = True
-            result.killed_while_locked = (dst / STATE_DIR / "lock").exists()
+            # A remote DST has no local lock: its state directory shows the run is writing.
+            result.killed_while_locked = (dst / STATE_DIR / ("lock" if scenario.dst_is_local else "")).exists()
             proc.kill()
     finally:
         proc.wait()
@@ -370,7 +384,7 @@ def crash_trial(scenario: Scenario, work: Path, timing: Timing, when: tuple[str,
         state["partial_bytes"], state["reusable_bytes"], state["tmp_bytes"])
     if snapshot(scenario.src) != src_snapshot:
         result.violations.append("the source changed")
-    rerun = run_fitsync("mirror", scenario.src, dst, *scenario.flags, "--json")
+    rerun = run_fitsync(*scenario.mirror_args(dst, "--json"), env=scenario.env)
     result.rerun_code = rerun.returncode
     if rerun.returncode != 0:
         result.violations.append(f"re-run exit {rerun.returncode}: {rerun.stderr.strip()[-300:]}")
@@ -437,13 +451,15 @@ def summarize(results: list[TrialResult]) -> dict:
     }
 
 
-def run_crash_trials(name: str, base: Path, trials: int, seed: int = 0, scale: str = "ci") -> dict:
+def run_crash_trials(name: str, base: Path, trials: int, seed: int = 0, scale: str = "ci", *,
+                     src_prefix: str = "", dst_prefix: str = "", env: dict | None = None) -> dict:
     base.mkdir(parents=True, exist_ok=True)
     scenario = build_scenario(name, base, seed, scale)
+    scenario.src_prefix, scenario.dst_prefix, scenario.env = src_prefix, dst_prefix, env
     src_snapshot = snapshot(scenario.src)
     dst_before = snapshot(scenario.dst_template)
     timing = calibrate(scenario, base)
-    plan = kill_plan(trials, random.Random(f"kill-{name}-{seed}"))
+    plan = kill_plan(trials, random.Random(f"kill-{name}-{seed}"), lock_visible=scenario.dst_is_local)
     results = [crash_trial(scenario, base, timing, when, src_snapshot, dst_before) for when in plan]
     summary = summarize(results)
     summary["scenario"] = name

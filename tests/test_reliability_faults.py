@@ -108,8 +108,6 @@ def test_disk_full_mid_run_is_a_clear_per_file_error_and_a_rerun_completes(small
     assert not (dst / STATE_DIR).exists()
 
 
-@pytest.mark.xfail(strict=True, reason="transfer.pull_new keeps unvalidated partial bytes (and empty partials) "
-                                       "after a failed copy: see requests.md [reliability -> lead] R2")
 def test_disk_full_keeps_only_resumable_partial_bytes(small_fs, src_over_8m):
     dst = small_fs / "dst"
     run_fitsync("mirror", src_over_8m, dst, "--json")
@@ -119,8 +117,6 @@ def test_disk_full_keeps_only_resumable_partial_bytes(small_fs, src_over_8m):
     assert all(p.stat().st_size > 0 for p in parts), "no empty partial files"
 
 
-@pytest.mark.xfail(strict=True, reason="lock.DirectoryLock.acquire: ENOSPC writing the lock escapes as a "
-                                       "traceback: see requests.md [reliability -> lead] R1")
 def test_full_destination_before_the_run_is_a_one_line_error(small_fs, src_over_8m):
     (small_fs / "filler").write_bytes(b"\0" * (8 * MIB - 4096))
     with open(small_fs / "filler2", "wb") as f:  # fill the last pages
@@ -145,6 +141,9 @@ def permission_trees(tmp_path):
     write_file(src / "ok/c.txt", b"after the failures", 1_700_000_000.0)
     (src / "ok/unreadable.txt").chmod(0)
     write_file(dst / "ro/a.txt", b"old", 1_700_000_000.0)
+    write_file(src / "ok/locked.txt", b"new", 1_700_000_100.0)
+    write_file(dst / "ok/locked.txt", b"old", 1_700_000_000.0)
+    (dst / "ok/locked.txt").chmod(0o444)  # a read-only file in a writable directory
     (dst / "ro").chmod(0o555)
     yield src, dst
     (dst / "ro").chmod(0o755)
@@ -165,10 +164,9 @@ def test_read_only_destination_and_unreadable_source_fail_per_file(permission_tr
     assert (dst / "ok/b.txt").read_bytes() == b"fine" and (dst / "ok/c.txt").read_bytes() == b"after the failures"
     assert (dst / "ro/a.txt").read_bytes() == b"old", "the read-only copy is left as it was"
     assert not (dst / "ok/unreadable.txt").exists()
+    assert (dst / "ok/locked.txt").read_bytes() == b"new", "replaced by rename, as rsync does"
 
 
-@pytest.mark.xfail(strict=True, reason="sync._describe_os_error names the temporary file (.fitsync/tmp/...), "
-                                       "not the destination file: see requests.md [reliability -> lead] R3")
 def test_permission_failure_names_the_destination_file_not_a_temporary(permission_trees):
     src, dst = permission_trees
     summary = _json(_mirror_unprivileged(src, dst))
@@ -335,9 +333,6 @@ def test_source_changed_between_signature_and_ranges_is_caught_by_verification(b
     assert (dst / "growing.bin").read_bytes() == bytes(final)
 
 
-@pytest.mark.xfail(strict=True, reason="transfer._check_source_unchanged compares size and mtime only; a writer "
-                                       "that restores the mtime goes unseen (st_ctime would show it): "
-                                       "requests.md [reliability -> lead] R4")
 def test_source_rewritten_with_its_mtime_restored_is_not_recorded_as_verified(big_source, tmp_path):
     src, rng = big_source
     target = src / "growing.bin"
@@ -412,9 +407,6 @@ def test_lock_of_a_sigkilled_mirror_is_reclaimed(slow_source, tmp_path):
     assert snapshot(dst) == snapshot(slow_source)
 
 
-@pytest.mark.xfail(strict=True, reason="lock.DirectoryLock: the lock file is empty between O_EXCL create and "
-                                       "write, and an empty lock is reclaimed as stale, so two mirrors can both "
-                                       "hold it: requests.md [reliability -> lead] R5")
 def test_two_mirrors_starting_together_never_both_hold_the_lock(tmp_path, monkeypatch):
     from fitsync import lock as lock_module
 
@@ -477,9 +469,6 @@ class CorruptFirstRead(LocalRemote):
         return io.BytesIO(bytes(data))
 
 
-@pytest.mark.xfail(strict=True, reason="transfer.pull_new keeps a partial whose journal vouches for corrupt bytes "
-                                       "after VerificationFailed; every retry and every later run resumes from it "
-                                       "and fails again: requests.md [reliability -> lead] R2")
 def test_a_download_corrupted_in_transit_is_fetched_again_not_resumed(tmp_path):
     from fitsync.hashes import file_digest
 
@@ -491,8 +480,6 @@ def test_a_download_corrupted_in_transit_is_fetched_again_not_resumed(tmp_path):
     assert (tmp_path / "dst/f.bin").read_bytes() == (src / "f.bin").read_bytes()
 
 
-@pytest.mark.xfail(strict=True, reason="a killed run's .fitsync/tmp/*.delta and partials of source versions that no "
-                                       "longer exist are never removed: requests.md [reliability -> lead] R7")
 def test_leftovers_of_killed_runs_are_removed_by_the_next_clean_run(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     write_file(src / "a.txt", b"a", 1_700_000_000.0)
@@ -504,9 +491,6 @@ def test_leftovers_of_killed_runs_are_removed_by_the_next_clean_run(tmp_path):
     assert not (dst / STATE_DIR).exists(), sorted(p.name for p in (dst / STATE_DIR).rglob("*"))
 
 
-@pytest.mark.xfail(strict=True, reason="delta.fetch_recipe never reuses a file's final short block (the block "
-                                       "index holds full-size blocks only), so a repair re-fetches it even when "
-                                       "it is intact: requests.md [reliability -> core] C1")
 def test_repair_reuses_an_intact_final_short_block():
     from fitsync.delta import fetch_recipe
     from fitsync.signature import signature_of_buffer

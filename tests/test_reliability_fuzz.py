@@ -29,7 +29,6 @@ EXAMPLES = int(os.environ.get("FITSYNC_FUZZ_EXAMPLES", "2000"))
 # until it is fixed (then it passes, and strict xfail turns that into a
 # failure to remove the mark).
 OPEN_DEFECTS = {
-    "manifest": "manifest._parse: RecursionError / AttributeError on deep or huge JSON (requests.md R6)",
     "fits_walk": "fits.data_size: OverflowError on BITPIX/NAXIS = INF or 1e400 (requests.md F1)",
     "agent_fits_layout": "fits.data_size: OverflowError on INF (requests.md F1)",
     "fitsaudit": "fitsaudit._check_plain_file: BufferError masks a header error (requests.md F2)",
@@ -39,8 +38,20 @@ OPEN_DEFECTS = {
 }
 
 
+# Open defects that 2,000 inputs find only in some test orders (hypothesis'
+# derandomized inputs still depend on what ran before): not strict, so CI stays
+# deterministic; their deterministic reproducers below are strict.
+SOMETIMES_FOUND = {
+    "manifest": "manifest.ManifestEntry.signature: TypeError on a non-string 'blocks' (requests.md R12)",
+}
+
+
 def _fuzz_case(name):
-    marks = [pytest.mark.xfail(strict=True, reason=OPEN_DEFECTS[name])] if name in OPEN_DEFECTS else []
+    marks = []
+    if name in OPEN_DEFECTS:
+        marks = [pytest.mark.xfail(strict=True, reason=OPEN_DEFECTS[name])]
+    elif name in SOMETIMES_FOUND:
+        marks = [pytest.mark.xfail(strict=False, reason=SOMETIMES_FOUND[name])]
     return pytest.param(name, marks=marks, id=name)
 
 
@@ -63,8 +74,6 @@ HEADER = b'{"format": "fitsync-manifest", "version": 1}\n'
 
 
 @pytest.mark.parametrize("line", [b"[" * 100_000, b'{"path": "a", "size": ' + b"9" * 5000 + b"}"], ids=["deep", "huge-int"])
-@pytest.mark.xfail(strict=True, reason="manifest._parse catches ValueError but reads exc.msg (AttributeError) and "
-                                       "not RecursionError: requests.md [reliability -> lead] R6")
 def test_manifest_with_deep_or_huge_json_is_bad_input(line):
     from fitsync.errors import BadInput
     from fitsync.manifest import parse_manifest_bytes
@@ -73,8 +82,6 @@ def test_manifest_with_deep_or_huge_json_is_bad_input(line):
         parse_manifest_bytes(HEADER + line + b"\n", "m")
 
 
-@pytest.mark.xfail(strict=True, reason="manifest._is_hex accepts int()'s '0x' prefix and '_' separators: "
-                                       "requests.md [reliability -> lead] R6")
 def test_manifest_digest_must_be_64_plain_hex_digits():
     from fitsync.errors import BadInput
     from fitsync.manifest import parse_manifest_bytes
@@ -83,6 +90,19 @@ def test_manifest_digest_must_be_64_plain_hex_digits():
         with pytest.raises(BadInput):
             parse_manifest_bytes(HEADER.replace(b"1}", b'1, "files": 1}')
                                  + json.dumps({"path": "a", "size": 1, "blake3": digest}).encode() + b"\n", "m")
+
+
+@pytest.mark.parametrize("blocks", [{}, [], 7], ids=["object", "list", "number"])
+@pytest.mark.xfail(strict=True, reason="manifest.ManifestEntry.signature passes a non-string 'blocks' to "
+                                       "base64.b64decode: TypeError: requests.md [reliability -> lead] R12")
+def test_manifest_blocks_field_of_the_wrong_type_is_bad_input(blocks):
+    from fitsync.errors import BadInput
+    from fitsync.manifest import parse_manifest_bytes
+
+    record = {"path": "a", "size": 1, "mtime": 0, "blake3": "0" * 64, "blocks": blocks}
+    manifest = parse_manifest_bytes(HEADER.replace(b"1}", b'1, "files": 1}') + json.dumps(record).encode() + b"\n", "m")
+    with pytest.raises(BadInput):
+        manifest.entries["a"].signature()
 
 
 def _fits_with(card: str) -> bytes:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 import tarfile
 from pathlib import Path
@@ -123,9 +122,6 @@ def test_hostile_names_in_a_listing_never_write_outside_dst(tmp_path, outside, n
     assert not Path("/tmp/abs-escape.txt").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="LocalRemote.list yields names safe_relpath refuses; the first one "
-                                       "aborts the whole mirror (exit 2) in sync.hold_back_incomplete_sources: "
-                                       "requests.md [reliability -> lead] R8")
 def test_source_name_fitsync_cannot_hold_fails_that_file_only(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     write_file(src / "ok.txt", b"ok", 1_700_000_000.0)
@@ -203,3 +199,31 @@ def test_data_store_with_a_symlinked_data_directory_is_not_read_through(tmp_path
     assert not any(p.resolve().is_relative_to(outside.resolve()) for p in copied)
     assert not any("data/" in p.relative_to(tmp_path / "copy").as_posix() for p in copied), \
         "no file read through the symlink was copied"
+
+
+@pytest.mark.xfail(strict=True, reason="cli/manifest (and audit, compare) ignore LocalRemote.rejected_names: a file "
+                                       "whose name fitsync refuses is silently left out of a manifest that exits 0: "
+                                       "requests.md [reliability -> lead] R10")
+def test_manifest_of_a_tree_with_an_unusable_name_says_so(tmp_path):
+    src = tmp_path / "src"
+    write_file(src / "ok.txt", b"ok", 1_700_000_000.0)
+    write_file(src / "new\nline.txt", b"x", 1_700_000_000.0)
+    proc = run_fitsync("manifest", src)
+    assert proc.returncode == 3, "a manifest that leaves a file out must not exit 0"
+    assert "line.txt" in proc.stderr
+    audit_manifest = tmp_path / "m.jsonl"
+    run_fitsync("manifest", src, f"--output={audit_manifest}")
+    assert run_fitsync("audit", src, f"--manifest={audit_manifest}").returncode != 0, \
+        "audit of the same tree reports the file it could not check"
+
+
+@pytest.mark.xfail(strict=True, reason="failure lines print names raw, so a name holding a newline forges an "
+                                       "extra output line: requests.md [reliability -> lead] R11")
+def test_a_name_with_a_newline_cannot_forge_an_output_line(tmp_path):
+    src = tmp_path / "src"
+    write_file(src / "ok.txt", b"ok", 1_700_000_000.0)
+    write_file(src / "x\nfitsync: all files verified", b"x", 1_700_000_000.0)
+    proc = run_fitsync("mirror", src, tmp_path / "dst")
+    assert proc.returncode == 3
+    forged = [line for line in proc.stderr.splitlines() if line.startswith("fitsync: all files verified")]
+    assert not forged, proc.stderr
