@@ -29,10 +29,6 @@ EXAMPLES = int(os.environ.get("FITSYNC_FUZZ_EXAMPLES", "2000"))
 # until it is fixed (then it passes, and strict xfail turns that into a
 # failure to remove the mark).
 OPEN_DEFECTS = {
-    "fits_walk": "fits.data_size: OverflowError on BITPIX/NAXIS = INF or 1e400 (requests.md F1)",
-    "agent_fits_layout": "fits.data_size: OverflowError on INF (requests.md F1)",
-    "fitsaudit": "fitsaudit._check_plain_file: BufferError masks a header error (requests.md F2)",
-    "config": "config.load_remotes: RecursionError / ValueError escape (requests.md S1)",
     "agent_frames": "agent.Channel.recv: TypeError, MemoryError on hostile frames (requests.md S2)",
     "client_frames": "AgentClient.recv: TypeError, read to EOF on n < 0 (requests.md S3)",
 }
@@ -41,9 +37,7 @@ OPEN_DEFECTS = {
 # Open defects that 2,000 inputs find only in some test orders (hypothesis'
 # derandomized inputs still depend on what ran before): not strict, so CI stays
 # deterministic; their deterministic reproducers below are strict.
-SOMETIMES_FOUND = {
-    "manifest": "manifest.ManifestEntry.signature: TypeError on a non-string 'blocks' (requests.md R12)",
-}
+SOMETIMES_FOUND: dict[str, str] = {}
 
 
 def _fuzz_case(name):
@@ -93,8 +87,6 @@ def test_manifest_digest_must_be_64_plain_hex_digits():
 
 
 @pytest.mark.parametrize("blocks", [{}, [], 7], ids=["object", "list", "number"])
-@pytest.mark.xfail(strict=True, reason="manifest.ManifestEntry.signature passes a non-string 'blocks' to "
-                                       "base64.b64decode: TypeError: requests.md [reliability -> lead] R12")
 def test_manifest_blocks_field_of_the_wrong_type_is_bad_input(blocks):
     from fitsync.errors import BadInput
     from fitsync.manifest import parse_manifest_bytes
@@ -111,8 +103,6 @@ def _fits_with(card: str) -> bytes:
     return data + b" " * (-len(data) % 2880)
 
 
-@pytest.mark.xfail(strict=True, reason="fits.data_size: int(float('inf')) raises OverflowError, which "
-                                       "walk_hdus/segment_boundaries let out: requests.md [reliability -> fits] F1")
 def test_fits_header_with_infinite_bitpix_is_a_structure_error():
     from fitsync import fits
 
@@ -123,8 +113,6 @@ def test_fits_header_with_infinite_bitpix_is_a_structure_error():
     assert fits.segment_boundaries(read, len(data)) == [0]
 
 
-@pytest.mark.xfail(strict=True, reason="a FITS file with BITPIX = 1e400 makes `fitsync mirror` and `fitsync "
-                                       "manifest` crash with a traceback (F1, F2)")
 def test_one_damaged_fits_header_does_not_stop_a_mirror(tmp_path):
     from harness import run_fitsync, write_file
 
@@ -137,8 +125,6 @@ def test_one_damaged_fits_header_does_not_stop_a_mirror(tmp_path):
 
 
 @pytest.mark.parametrize("text", ["a = " + "[" * 50_000, "e = " + "9" * 5000], ids=["deep", "huge-int"])
-@pytest.mark.xfail(strict=True, reason="config.load_remotes catches TOMLDecodeError only: RecursionError and "
-                                       "ValueError escape: requests.md [reliability -> ssh] S1")
 def test_remotes_config_with_deep_or_huge_values_is_bad_input(tmp_path, text):
     from fitsync import config
     from fitsync.errors import BadInput

@@ -201,9 +201,6 @@ def test_data_store_with_a_symlinked_data_directory_is_not_read_through(tmp_path
         "no file read through the symlink was copied"
 
 
-@pytest.mark.xfail(strict=True, reason="cli/manifest (and audit, compare) ignore LocalRemote.rejected_names: a file "
-                                       "whose name fitsync refuses is silently left out of a manifest that exits 0: "
-                                       "requests.md [reliability -> lead] R10")
 def test_manifest_of_a_tree_with_an_unusable_name_says_so(tmp_path):
     src = tmp_path / "src"
     write_file(src / "ok.txt", b"ok", 1_700_000_000.0)
@@ -217,8 +214,6 @@ def test_manifest_of_a_tree_with_an_unusable_name_says_so(tmp_path):
         "audit of the same tree reports the file it could not check"
 
 
-@pytest.mark.xfail(strict=True, reason="failure lines print names raw, so a name holding a newline forges an "
-                                       "extra output line: requests.md [reliability -> lead] R11")
 def test_a_name_with_a_newline_cannot_forge_an_output_line(tmp_path):
     src = tmp_path / "src"
     write_file(src / "ok.txt", b"ok", 1_700_000_000.0)

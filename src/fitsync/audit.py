@@ -55,6 +55,8 @@ def audit_against_manifest(target: Remote, manifest: Manifest, *, ignore: set[st
         else:
             to_hash.append(have)
     report.extra = [p for p in listed if p not in manifest.entries]
+    for path, reason in getattr(target, "rejected_names", ()):
+        report.corrupt.append({"path": path, "reason": reason})
     if fits and Capability.LOCAL in target.capabilities:
         digests, errors = _digest_with_fits(target, to_hash, manifest, report, jobs)
     else:

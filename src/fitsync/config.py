@@ -63,6 +63,8 @@ def load_remotes(path: str | None = None) -> dict[str, dict]:
         return {}
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"remotes config {path} is not valid TOML: {exc}; fix the file") from None
+    except (RecursionError, ValueError) as exc:  # nesting too deep, bad text encoding
+        raise BadInput(f"remotes config {path} is not valid TOML ({exc.__class__.__name__}); fix the file") from None
     except OSError as exc:
         raise BadInput(f"cannot read remotes config {path}: {exc.strerror or exc}") from None
     remotes = {}

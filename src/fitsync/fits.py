@@ -155,7 +155,7 @@ def data_size(cards) -> int:
     try:
         bitpix = int(parse_value(values["BITPIX"]))
         naxis = int(parse_value(values["NAXIS"]))
-    except (KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError, OverflowError):
         raise FitsStructureError("header lacks a valid BITPIX or NAXIS") from None
     if bitpix not in VALID_BITPIX:
         raise FitsStructureError(f"BITPIX = {bitpix} is not a FITS value")
@@ -167,7 +167,7 @@ def data_size(cards) -> int:
         dims = [int(parse_value(values[f"NAXIS{i}"])) for i in range(1, naxis + 1)]
         pcount = int(parse_value(values.get("PCOUNT", "0")) or 0)
         gcount = int(parse_value(values.get("GCOUNT", "1")) or 1)
-    except (KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError, OverflowError):
         raise FitsStructureError("header lacks a valid NAXISn, PCOUNT or GCOUNT keyword") from None
     if min(dims) < 0 or pcount < 0 or gcount < 0:
         raise FitsStructureError("header has a negative NAXISn, PCOUNT or GCOUNT")

@@ -47,6 +47,8 @@ class ManifestEntry:
             return None
         from fitsync.signature import Signature
 
+        if not isinstance(blob, str):
+            raise BadInput(f"manifest entry {self.path}: 'blocks' must be a base64 string")
         try:
             raw = base64.b64decode(blob, validate=True)
         except ValueError:

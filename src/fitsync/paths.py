@@ -64,3 +64,9 @@ def join_under(root: str, relpath: str) -> str:
     if real_parent != real_root and not real_parent.startswith(real_root + os.sep):
         raise UnsafePath(f"path {relpath!r} resolves outside {root} through a symlink; refusing it")
     return full
+
+
+def shown(path: str) -> str:
+    """A path as printed or logged: a name with a newline or other control
+    character is escaped, so it can never forge a line of output."""
+    return path if path.isprintable() else repr(path)[1:-1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from fitsync.paths import shown
 from fitsync.remotes.base import Entry
 
 
@@ -76,4 +77,4 @@ def deletions(src_paths: set[str], dst_entries: dict[str, Entry]) -> list[Item]:
 
 
 def itemize_line(item: Item) -> str:
-    return f"{item.action.value:<10} {item.path}  ({item.reason})"
+    return f"{item.action.value:<10} {shown(item.path)}  ({item.reason})"

@@ -25,6 +25,7 @@ from fitsync.errors import (
     VerificationFailed,
 )
 from fitsync.lock import DirectoryLock
+from fitsync.paths import shown
 from fitsync.plan import Action, Item, decide, deletions, itemize_line, same_mtime
 from fitsync.progress import Reporter
 from fitsync.remotes.base import Capability, Entry, Remote
@@ -393,8 +394,8 @@ class Mirror:
         reason = str(exc) if isinstance(exc, FitsyncError) else _describe_os_error(exc)
         with _COUNTER_LOCK:
             self.result.files_failed += 1
-            self.result.failures.append({"path": item.path, "reason": reason})
-        log.error("%s: %s", item.path, reason)
+            self.result.failures.append({"path": item.path, "reason": reason})  # JSON escapes it
+        log.error("%s: %s", shown(item.path), reason)
 
     def delete(self, item: Item) -> None:
         try:

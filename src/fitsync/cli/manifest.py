@@ -29,6 +29,7 @@ import sys
 from fitsync.cli.common import int_option, load_selection
 from fitsync.errors import EXIT_FAILED, EXIT_OK, NotFound, UsageError
 from fitsync.manifest import DEFAULT_NAME, build_entries, write_atomically, write_b3sum, write_hashlist, write_jsonl
+from fitsync.paths import shown
 from fitsync.remotes import open_remote
 from fitsync.scan import digest_entries
 
@@ -55,7 +56,7 @@ def run(opts: dict) -> int:
             digests, errors = digest_entries(root, listed, algo="sha256", jobs=jobs)
             entries = [e for e in listed if e.path in digests]
             _emit(output, lambda out: write_hashlist(out, entries, digests))
-            return _finish(errors)
+            return _finish(errors, root)
         entries, errors = build_entries(root, listed, blocks=opts["--blocks"], fits_fields=not opts["--no-fits"],
                                         jobs=jobs)
     if fmt == "b3sum":
@@ -66,7 +67,7 @@ def run(opts: dict) -> int:
             from fitsync.signing import sign_manifest_file
 
             sign_manifest_file(output, opts["--sign"])
-    return _finish(errors)
+    return _finish(errors, root)
 
 
 def _own_files(root, output: str | None) -> set[str]:
@@ -87,9 +88,11 @@ def _emit(output: str | None, write) -> None:
         write(sys.stdout)
 
 
-def _finish(errors: dict[str, str]) -> int:
+def _finish(errors: dict[str, str], root=None) -> int:
+    errors = dict(errors)
+    errors.update(dict(getattr(root, "rejected_names", ())))  # names the tree holds but a manifest cannot
     for path, error in sorted(errors.items()):
-        print(f"fitsync: {path}: {error}", file=sys.stderr)
+        print(f"fitsync: {shown(path)}: {error}", file=sys.stderr)
     return EXIT_FAILED if errors else EXIT_OK
 
 
@@ -103,4 +106,4 @@ def _write_bagit(root, listed, output: str | None, jobs: int) -> int:
     digests, errors = digest_entries(root, listed, algo="sha512", jobs=jobs)
     bag_dir = output or os.path.dirname(local_root)
     write_bag_tags(bag_dir, local_root, [e for e in listed if e.path in digests], digests)
-    return _finish(errors)
+    return _finish(errors, root)

@@ -52,6 +52,7 @@ import sys
 
 from fitsync.cli.common import int_option, load_manifest, load_selection, open_source, print_json
 from fitsync.errors import EXIT_FAILED, EXIT_OK
+from fitsync.paths import shown
 from fitsync.progress import Reporter, setup_logging
 from fitsync.remotes import open_remote
 from fitsync.sync import Mirror, MirrorOptions
@@ -118,4 +119,4 @@ def report(result, opts: dict) -> None:
             file=sys.stderr,
         )
     for failure in result.failures:
-        print(f"fitsync: failed: {failure['path']}: {failure['reason']}", file=sys.stderr)
+        print(f"fitsync: failed: {shown(failure['path'])}: {failure['reason']}", file=sys.stderr)
