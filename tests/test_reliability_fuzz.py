@@ -29,8 +29,6 @@ EXAMPLES = int(os.environ.get("FITSYNC_FUZZ_EXAMPLES", "2000"))
 # until it is fixed (then it passes, and strict xfail turns that into a
 # failure to remove the mark).
 OPEN_DEFECTS = {
-    "agent_frames": "agent.Channel.recv: TypeError, MemoryError on hostile frames (requests.md S2)",
-    "client_frames": "AgentClient.recv: TypeError, read to EOF on n < 0 (requests.md S3)",
 }
 
 
@@ -143,8 +141,6 @@ def _frame(header) -> bytes:
 
 @pytest.mark.parametrize("frame", [_frame(None), _frame({"n": [1]}), _frame({"op": "x", "n": 1 << 40})],
                          ids=["null-header", "list-n", "huge-n"])
-@pytest.mark.xfail(strict=True, reason="agent.Channel.recv trusts the header's type and 'n': TypeError, or a "
-                                       "1 TiB read buffer: requests.md [reliability -> ssh] S2")
 def test_agent_frame_reader_refuses_malformed_frames(frame):
     from fitsync.agent import Channel
 
@@ -156,8 +152,6 @@ def test_agent_frame_reader_refuses_malformed_frames(frame):
 
 @pytest.mark.parametrize("frame", [_frame(None), _frame([]), _frame({"n": -1}) + b"rest"],
                          ids=["null-header", "list-header", "negative-n"])
-@pytest.mark.xfail(strict=True, reason="AgentClient.recv trusts the header's type and 'n' (n < 0 reads until the "
-                                       "channel closes): requests.md [reliability -> ssh] S3")
 def test_client_frame_reader_refuses_malformed_replies(frame):
     from fitsync.errors import FitsyncError
     from fitsync.remotes.sftp import AgentClient

@@ -33,6 +33,23 @@ READ_CHUNK = 4 << 20
 STATE_DIR = ".fitsync"
 HEADER = struct.Struct(">I")
 MAX_HEADER = 64 << 20
+MAX_BODY = 1 << 30
+READ_PIECE = 4 << 20
+
+
+def parse_frame_header(raw):
+    """A frame header: a JSON object whose optional "n" (body length) is an
+    int in 0..MAX_BODY. Anything else is a malformed frame (ValueError)."""
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ValueError("frame header is not JSON") from None
+    if not isinstance(header, dict):
+        raise ValueError("frame header is not an object")
+    n = header.get("n")
+    if "n" in header and (type(n) is not int or not 0 <= n <= MAX_BODY):
+        raise ValueError("frame body length is invalid")
+    return header
 
 
 
@@ -44,10 +61,15 @@ class Channel:
         self.wfile = wfile
 
     def read_exact(self, n):
-        data = self.rfile.read(n)
-        if data is None or len(data) != n:
-            raise EOFError("client went away")
-        return data
+        # In pieces: a hostile length must not make us allocate it up front.
+        parts = []
+        while n > 0:
+            piece = self.rfile.read(min(n, READ_PIECE))
+            if not piece:
+                raise EOFError("client went away")
+            parts.append(piece)
+            n -= len(piece)
+        return b"".join(parts)
 
     def recv(self):
         """(header dict, body bytes or None); None at a clean end of input."""
@@ -59,7 +81,7 @@ class Channel:
         (length,) = HEADER.unpack(raw)
         if length > MAX_HEADER:
             raise ValueError("frame header too large")
-        header = json.loads(self.read_exact(length))
+        header = parse_frame_header(self.read_exact(length))
         body = self.read_exact(header["n"]) if "n" in header else None
         return header, body
 

@@ -43,6 +43,7 @@ import paramiko
 from paramiko.sftp import CMD_DATA, CMD_READ, CMD_WRITE, int64
 
 from fitsync import __version__
+from fitsync import agent as agent_module
 from fitsync.errors import (BadInput, ConnectionFailed, FitsyncError, Locked, NotFound, SourceChanged,
                             TransferFailed, UsageError, VerificationFailed)
 from fitsync.hashes import hash_stream, new_hasher
@@ -369,7 +370,12 @@ class AgentClient:
         if len(raw) != _FRAME.size:
             raise EOFError("the agent closed its channel")
         (length,) = _FRAME.unpack(raw)
-        header = json.loads(self.rfile.read(length))
+        if length > agent_module.MAX_HEADER:
+            raise TransferFailed("the fitsync agent sent a malformed reply (header too large)")
+        try:
+            header = agent_module.parse_frame_header(self.rfile.read(length))
+        except ValueError as exc:
+            raise TransferFailed(f"the fitsync agent sent a malformed reply ({exc})") from None
         body = self.rfile.read(header["n"]) if "n" in header else None
         if body is not None and len(body) != header["n"]:
             raise EOFError("the agent closed its channel mid-reply")
