@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 from conftest import read_tree, write_tree
 
@@ -15,7 +14,7 @@ def test_mirror_filters_follow_the_command_line_order(tmp_path):
     """A real process: the rule order comes from its argv (docopt keeps two unordered lists)."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     write_tree(src, {"a.fits": b"1", "keep.txt": b"2", "notes.txt": b"3", "sub/b.fits": b"4", "QC/c.fits": b"5"})
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env = dict(os.environ)  # the installed fitsync, as a user runs it
     args = [sys.executable, "-m", "fitsync", "mirror", str(src), str(dst), "--exclude=QC/", "--include=*/",
             "--include=*.fits", "--include=keep.txt", "--exclude=*", "--quiet"]
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
