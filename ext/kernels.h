@@ -16,39 +16,6 @@
 #define FITSYNC_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define FITSYNC_CLONES
-/* Slide a window of bs bytes from *pos while pos + bs < stop, one byte at a
- * time (librsync's rollsum update, char offset 31), until the window's weak
- * sum hits the filter bitmap; return 1 then, 0 when the buffer ends. s1, s2
- * and pos are updated in place. One multiply, one load and one test per byte,
- * all in registers. */
-static inline int fitsync_roll_to_hit(const uint8_t *p, int64_t *pos_io, int64_t stop, uint32_t bs,
-                                      uint32_t *s1_io, uint32_t *s2_io, const uint64_t *filter,
-                                      int filter_bits)
-{
-    int64_t pos = *pos_io;
-    uint32_t s1 = *s1_io, s2 = *s2_io;
-    const uint32_t shift = 32 - filter_bits;
-    int hit = 0;
-    for (;;) {
-        uint32_t w = ((s2 & 0xFFFFu) << 16) | (s1 & 0xFFFFu);
-        uint32_t f = (w * FITSYNC_GOLDEN) >> shift;
-        if ((filter[f >> 6] >> (f & 63)) & 1) {
-            hit = 1;
-            break;
-        }
-        if (pos + (int64_t)bs >= stop)
-            break;
-        uint32_t out = p[pos];
-        s1 += (uint32_t)p[pos + bs] - out;
-        s2 += s1 - bs * (out + 31u);
-        pos++;
-    }
-    *pos_io = pos;
-    *s1_io = s1;
-    *s2_io = s2;
-    return hit;
-}
-
 #endif
 
 /* Fibonacci hashing: the top bits of weak * GOLDEN index the match table
