@@ -6,7 +6,8 @@ from setuptools import Extension, setup
 extensions = [
     Extension("fitsync._native", sources=["ext/_native.pyx"], depends=["ext/kernels.h"],
               include_dirs=["ext"], extra_compile_args=["-O3"]),
-    Extension("fitsync._walk", sources=["ext/_walk.pyx"], extra_compile_args=["-O3"]),
+    Extension("fitsync._walk", sources=["ext/_walk.pyx"], extra_compile_args=["-O3", "-pthread"],
+              extra_link_args=["-pthread"]),
 ]
 
 setup(

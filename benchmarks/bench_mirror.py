@@ -1,12 +1,19 @@
 """Local mirror benchmarks against rsync and b3sum (issue 3), run by hand.
 
 Usage:
-  bench_mirror.py [--files=N] [--big-mib=N] [--rounds=N]
+  bench_mirror.py [--files=N] [--big-mib=N] [--rounds=N] [--cases=LIST] [--python=EXE]
 
 Options:
-  --files=N    Small files in the tree [default: 20000].
-  --big-mib=N  Size of the big FITS file in MiB [default: 1024].
-  --rounds=N   Interleaved rounds per comparison [default: 3].
+  --files=N      Small files in the tree [default: 20000].
+  --big-mib=N    Size of the big FITS file in MiB [default: 1024].
+  --rounds=N     Interleaved rounds per comparison [default: 3].
+  --cases=LIST   Comma-separated: noop, checksum, big, manifest, manifest-big
+                 [default: noop,checksum,big,manifest,manifest-big].
+  --python=EXE   Interpreter that runs fitsync (else the one running this).
+                 Users run fitsync from a virtualenv (pip install); a sandbox
+                 whose base interpreter imports extra modules at start-up
+                 (a .pth file) should pass a venv's python here, e.g.
+                 python3 -m venv /tmp/bvenv && /tmp/bvenv/bin/pip install -e .
 
 1. No-op re-run over a tree of small files: fitsync vs ``rsync -a``; with
    content checks: ``fitsync --checksum`` vs ``rsync -ac``.
@@ -15,7 +22,10 @@ Options:
 3. ``fitsync manifest`` over the small-file tree and the big file vs ``b3sum``.
 
 Every compared pair runs interleaved with caches re-warmed; medians printed
-as ratios (fitsync / reference; below 1 means fitsync is faster).
+as ratios (fitsync / reference; below 1 means fitsync is faster), each with
+the 1-minute load average when it was taken (figures taken at a load above
+1 on a 2-core machine are not comparable). fitsync runs with bytecode
+caching on, as an installed package does.
 """
 
 from __future__ import annotations
@@ -31,6 +41,9 @@ from timing import interleave, table, warm  # noqa: E402
 
 WORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work", "mirror")
 FITSYNC = [sys.executable, "-m", "fitsync"]
+CASES = ("noop", "checksum", "big", "manifest", "manifest-big")
+# An installed fitsync has its bytecode compiled; without it every run recompiles.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 def make_small_tree(root: str, count: int) -> None:
@@ -85,32 +98,76 @@ def main() -> None:
     from docopt import docopt
 
     opts = docopt(__doc__)
-    args = SimpleNamespace(files=int(opts["--files"]), big_mib=int(opts["--big-mib"]), rounds=int(opts["--rounds"]))
+    args = SimpleNamespace(files=int(opts["--files"]), big_mib=int(opts["--big-mib"]), rounds=int(opts["--rounds"]),
+                           cases=opts["--cases"].split(","))
+    unknown = set(args.cases) - set(CASES)
+    if unknown:
+        sys.exit(f"unknown cases {sorted(unknown)}; choose from {', '.join(CASES)}")
+    if opts["--python"]:
+        FITSYNC[0] = opts["--python"]
     os.makedirs(WORK, exist_ok=True)
     small = os.path.join(WORK, "small-dat")
     make_small_tree(small, args.files)
     rows = []
 
-    # 1. no-op re-runs
-    copies = {name: os.path.join(WORK, name) for name in ("dst-fitsync", "dst-rsync")}
-    subprocess.run(["rsync", "-a", small + "/", copies["dst-rsync"] + "/"], check=True)
-    subprocess.run(FITSYNC + ["mirror", small, copies["dst-fitsync"], "--quiet"], check=True)
-    warm_small = lambda: warm(small, *copies.values())  # noqa: E731
-    res = interleave({
-        "fitsync": {"setup": warm_small, "cmd": FITSYNC + ["mirror", small, copies["dst-fitsync"], "--quiet"]},
-        "rsync": {"setup": warm_small, "cmd": ["rsync", "-a", small + "/", copies["dst-rsync"] + "/"]},
-    }, args.rounds)
-    rows.append((f"no-op re-run, {args.files} files", f"{res['fitsync']:.3f}", "rsync -a", f"{res['rsync']:.3f}",
-                 f"{res['fitsync'] / res['rsync']:.2f}"))
-    res = interleave({
-        "fitsync": {"setup": warm_small,
-                    "cmd": FITSYNC + ["mirror", small, copies["dst-fitsync"], "--quiet", "--checksum"]},
-        "rsync": {"setup": warm_small, "cmd": ["rsync", "-ac", small + "/", copies["dst-rsync"] + "/"]},
-    }, args.rounds)
-    rows.append((f"no-op --checksum, {args.files} files", f"{res['fitsync']:.3f}", "rsync -ac",
-                 f"{res['rsync']:.3f}", f"{res['fitsync'] / res['rsync']:.2f}"))
+    def row(case, fitsync_s, reference, reference_s):
+        rows.append((case, f"{fitsync_s:.3f}", reference, f"{reference_s:.3f}", f"{fitsync_s / reference_s:.2f}",
+                     f"{os.getloadavg()[0]:.2f}"))
 
-    # 2. changed 1 GiB FITS file
+    # 1. no-op re-runs; each side warms only the trees it reads
+    copies = {name: os.path.join(WORK, name) for name in ("dst-fitsync", "dst-rsync")}
+    if {"noop", "checksum"} & set(args.cases):
+        subprocess.run(["rsync", "-a", small + "/", copies["dst-rsync"] + "/"], check=True)
+        subprocess.run(FITSYNC + ["mirror", small, copies["dst-fitsync"], "--quiet"], check=True, env=ENV)
+    warm_fitsync = lambda: warm(small, copies["dst-fitsync"])  # noqa: E731
+    warm_rsync = lambda: warm(small, copies["dst-rsync"])  # noqa: E731
+    if "noop" in args.cases:
+        res = interleave({
+            "fitsync": {"setup": warm_fitsync, "env": ENV,
+                        "cmd": FITSYNC + ["mirror", small, copies["dst-fitsync"], "--quiet"]},
+            "rsync": {"setup": warm_rsync, "cmd": ["rsync", "-a", small + "/", copies["dst-rsync"] + "/"]},
+        }, args.rounds)
+        row(f"no-op re-run, {args.files} files", res["fitsync"], "rsync -a", res["rsync"])
+    if "checksum" in args.cases:
+        res = interleave({
+            "fitsync": {"setup": warm_fitsync, "env": ENV,
+                        "cmd": FITSYNC + ["mirror", small, copies["dst-fitsync"], "--quiet", "--checksum"]},
+            "rsync": {"setup": warm_rsync, "cmd": ["rsync", "-ac", small + "/", copies["dst-rsync"] + "/"]},
+        }, args.rounds)
+        row(f"no-op --checksum, {args.files} files", res["fitsync"], "rsync -ac", res["rsync"])
+    if "big" in args.cases:
+        big_header_edit(args, row)
+    if "manifest" in args.cases:
+        res = interleave({
+            "fitsync": {"setup": lambda: warm(small), "env": ENV,
+                        "cmd": FITSYNC + ["manifest", small, "--output=/dev/null"]},
+            "b3sum": {"setup": lambda: warm(small), "cmd": b3sum_tree(small)},
+        }, args.rounds)
+        row(f"manifest, {args.files} files", res["fitsync"], "b3sum", res["b3sum"])
+    if "manifest-big" in args.cases:
+        big_dir = os.path.join(WORK, "big")
+        original = os.path.join(big_dir, "image.fits")
+        os.makedirs(big_dir, exist_ok=True)
+        make_big_fits(original, args.big_mib)
+        res = interleave({
+            "fitsync": {"setup": lambda: warm(big_dir), "env": ENV,
+                        "cmd": FITSYNC + ["manifest", big_dir, "--output=/dev/null"]},
+            "b3sum": {"setup": lambda: warm(big_dir), "cmd": ["b3sum", original]},
+        }, args.rounds)
+        row(f"manifest, {args.big_mib} MiB file", res["fitsync"], "b3sum", res["b3sum"])
+    print(f"fitsync run by {FITSYNC[0]}")
+    print(table(rows, ("case", "fitsync s", "reference", "ref s", "ratio", "load")))
+
+
+def b3sum_tree(root):
+    names = []
+    for dirpath, _, files in os.walk(root):
+        names += [os.path.join(dirpath, n) for n in files]
+    return lambda: subprocess.run(["b3sum", *names], check=True, stdout=subprocess.DEVNULL)
+
+
+def big_header_edit(args, row) -> None:
+    """A 1 GiB FITS file whose header keyword changed: fitsync vs rsync."""
     big_dir = os.path.join(WORK, "big")
     os.makedirs(big_dir, exist_ok=True)
     original = os.path.join(big_dir, "image.fits")
@@ -132,39 +189,17 @@ def main() -> None:
         return go
 
     res = interleave({
-        "fitsync": {"setup": reset("fitsync"), "cmd": FITSYNC + ["mirror", edited_src, dsts["fitsync"], "--quiet"]},
+        "fitsync": {"setup": reset("fitsync"), "env": ENV,
+                    "cmd": FITSYNC + ["mirror", edited_src, dsts["fitsync"], "--quiet"]},
         "rsync": {"setup": reset("rsync"), "cmd": ["rsync", "-a", edited_src + "/", dsts["rsync"] + "/"]},
         "rsync-delta": {"setup": reset("rsync-delta"),
                         "cmd": ["rsync", "-a", "--no-whole-file", edited_src + "/", dsts["rsync-delta"] + "/"]},
     }, args.rounds)
-    rows.append((f"{args.big_mib} MiB FITS header edit", f"{res['fitsync']:.3f}", "rsync -a", f"{res['rsync']:.3f}",
-                 f"{res['fitsync'] / res['rsync']:.2f}"))
-    rows.append((f"{args.big_mib} MiB FITS header edit", f"{res['fitsync']:.3f}", "rsync -a --no-whole-file",
-                 f"{res['rsync-delta']:.3f}", f"{res['fitsync'] / res['rsync-delta']:.2f}"))
+    row(f"{args.big_mib} MiB FITS header edit", res["fitsync"], "rsync -a", res["rsync"])
+    row(f"{args.big_mib} MiB FITS header edit", res["fitsync"], "rsync -a --no-whole-file", res["rsync-delta"])
     for name in dsts:
         with open(os.path.join(dsts[name], "image.fits"), "rb") as a, open(edited, "rb") as b:
             assert a.read(1 << 20) == b.read(1 << 20), f"{name} produced a wrong copy"
-
-    # 3. manifest vs b3sum
-    def b3sum_tree(root):
-        names = []
-        for dirpath, _, files in os.walk(root):
-            names += [os.path.join(dirpath, n) for n in files]
-        return lambda: subprocess.run(["b3sum", *names], check=True, stdout=subprocess.DEVNULL)
-
-    res = interleave({
-        "fitsync": {"setup": lambda: warm(small), "cmd": FITSYNC + ["manifest", small, "--output=/dev/null"]},
-        "b3sum": {"setup": lambda: warm(small), "cmd": b3sum_tree(small)},
-    }, args.rounds)
-    rows.append((f"manifest, {args.files} files", f"{res['fitsync']:.3f}", "b3sum", f"{res['b3sum']:.3f}",
-                 f"{res['fitsync'] / res['b3sum']:.2f}"))
-    res = interleave({
-        "fitsync": {"setup": lambda: warm(big_dir), "cmd": FITSYNC + ["manifest", big_dir, "--output=/dev/null"]},
-        "b3sum": {"setup": lambda: warm(big_dir), "cmd": ["b3sum", original]},
-    }, args.rounds)
-    rows.append((f"manifest, {args.big_mib} MiB file", f"{res['fitsync']:.3f}", "b3sum", f"{res['b3sum']:.3f}",
-                 f"{res['fitsync'] / res['b3sum']:.2f}"))
-    print(table(rows, ("case", "fitsync s", "reference", "ref s", "ratio")))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport realloc, free
 from libc.string cimport memcmp, memcpy, memset
 
-import numpy as np
 
 
 # ---------------------------------------------------------------------------
@@ -261,6 +260,7 @@ cdef class BlockIndex:
             self.table_bits += 1
         self.filter_bits = min(self.table_bits + 5, 31)
         cdef Py_ssize_t tsize = <Py_ssize_t>1 << self.table_bits
+        import numpy as np  # here, not at module level: numpy costs ~0.1 s of every command's start-up
         self.heads = np.zeros(tsize + 1, dtype=np.uint32)
         self.order = np.zeros(max(nfull, 1), dtype=np.uint32)
         self.filter = np.zeros(max((<Py_ssize_t>1 << self.filter_bits) // 64, 1), dtype=np.uint64)
@@ -351,6 +351,7 @@ cdef class BlockIndex:
         try:
             if self.nblocks and stop > start:
                 self._scan(&data[0], view, strong_fn, start, stop, expect_first, &found, &back)
+            import numpy as np
             positions = np.empty(found.n, dtype=np.int64)
             blocks = np.empty(found.n, dtype=np.int64)
             _copy_out(positions, found.pos, found.n)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -24,7 +25,12 @@ class CliResult:
 
 @pytest.fixture
 def cli(capsys):
-    """Run ``fitsync ARGS`` in this process; return exit code, stdout, stderr."""
+    """Run ``fitsync ARGS`` in this process; return exit code, stdout, stderr.
+    The "fitsync" logger is put back as it was afterwards: a command sets it up
+    for a terminal (its own handlers, no propagation), which would hide later
+    tests' records from caplog."""
+    logger = logging.getLogger("fitsync")
+    saved = (logger.level, list(logger.handlers), logger.propagate)
 
     def run(*args) -> CliResult:
         capsys.readouterr()
@@ -32,7 +38,10 @@ def cli(capsys):
         captured = capsys.readouterr()
         return CliResult(code, captured.out, captured.err)
 
-    return run
+    yield run
+    logger.setLevel(saved[0])
+    logger.handlers[:] = saved[1]
+    logger.propagate = saved[2]
 
 
 def write_tree(root: Path, files: dict[str, bytes], mtime: float = 1_700_000_000.0) -> None:

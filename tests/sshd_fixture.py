@@ -15,6 +15,7 @@ so that tests exercise the same ~/.ssh handling a user gets.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -23,6 +24,8 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
@@ -69,6 +72,24 @@ def use_client_home(server: "SshServer", home: Path, monkeypatch) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """One sshd for a test module (import this fixture into the module)."""
+    server = SshServer(tmp_path_factory.mktemp("sshd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def home(sshd, tmp_path, monkeypatch):
+    """A HOME with ~/.ssh/config (alias 'testhost'), the client key and known_hosts;
+    the pooled SSH connections are closed afterwards."""
+    from fitsync import sshconn
+
+    yield use_client_home(sshd, tmp_path / "home", monkeypatch)
+    sshconn.close_all()
+
+
 def _die_with_parent() -> None:
     """In the child before exec: get SIGTERM when the test process dies, so a
     killed test run leaves no sshd listening (Linux prctl PR_SET_PDEATHSIG)."""
@@ -85,6 +106,100 @@ def _sftp_server() -> str:
         if os.path.exists(candidate):
             return candidate
     return "internal-sftp"
+
+
+class StallingRelay:
+    """A TCP relay 127.0.0.1:port -> 127.0.0.1:upstream that can stop forwarding
+    while it keeps both sockets of every connection open: a NAT, firewall or
+    jump host that silently stops passing traffic. Nothing is closed or reset,
+    so the client sees neither an error nor an end of file, only silence.
+
+    ``stall_after(n, direction)`` stalls every connection once ``n`` bytes went
+    ``"up"`` (client to server) or ``"down"`` in all. Connections opened after
+    a stall are forwarded again, unless ``forever`` was given: then they are
+    accepted and held silent too."""
+
+    def __init__(self, upstream_port: int):
+        import threading
+
+        self.upstream = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stalled = threading.Event()  # set when the stall begins
+        self.forever = False
+        self.moved = {"up": 0, "down": 0}
+        self.connections = 0
+        self._limit: tuple[str, int] | None = None
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._live: set = set()  # connections being forwarded
+        self._stalled_ids: set = set()  # those the stall caught
+        self._closing = threading.Event()
+        threading.Thread(target=self._accept, daemon=True, name="relay-accept").start()
+
+    def stall_after(self, n: int, direction: str = "up", forever: bool = False) -> None:
+        self._limit, self.forever = (direction, n), forever
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._closing.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                self._sockets.append(client)
+                if self.stalled.is_set() and self.forever:
+                    continue  # held open, never answered
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            ident = object()
+            with self._lock:
+                self._sockets.append(server)
+                self._live.add(ident)
+            for src, dst, direction in ((client, server, "up"), (server, client, "down")):
+                threading.Thread(target=self._pump, args=(src, dst, direction, ident), daemon=True,
+                                 name=f"relay-{direction}").start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, direction: str, ident) -> None:
+        while not self._closing.is_set():
+            try:
+                data = src.recv(1 << 16)
+            except OSError:
+                break
+            if not data:
+                break
+            with self._lock:
+                self.moved[direction] += len(data)
+                limit = self._limit
+                if limit and limit[0] == direction and self.moved[direction] >= limit[1] \
+                        and not self.stalled.is_set():
+                    self.stalled.set()
+                    self._stalled_ids = set(self._live)
+                if self.stalled.is_set() and (self.forever or ident in self._stalled_ids):
+                    held = True
+                else:
+                    held = False
+            if held:
+                self._closing.wait()  # stop reading and writing; keep both ends open
+                return
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        for sock in (src, dst):  # one side ended: pass the end on, as a relay does
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closing.set()
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        with self._lock:
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.close()
 
 
 class SshServer:

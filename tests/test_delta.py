@@ -18,6 +18,7 @@ from fitsync.delta import (
     BASIS,
     SOURCE,
     Recipe,
+    aligned_recipe,
     apply_recipe,
     delta_recipe,
     delta_recipe_for_file,
@@ -183,6 +184,31 @@ def test_fits_edits_send_about_the_changed_bytes_only():
         zsync = fetch_recipe(signature_of_buffer(new, block), old)
         _check_recipe(zsync, old, new)
         assert zsync.source_bytes <= most
+
+
+@settings(max_examples=250, deadline=None)
+@given(pair=file_pairs())
+def test_recipe_from_two_signatures_rebuilds_the_new_file(pair):
+    """Two remote agents: signatures only, no rolling. Whatever matches, the
+    recipe rebuilds the new file exactly."""
+    old, new, block_size = pair
+    recipe = aligned_recipe(signature_of_buffer(new, block_size, fits_aware=False),
+                            signature_of_buffer(old, block_size, fits_aware=False))
+    _check_recipe(recipe, old, new)
+    if new == old and old:
+        assert recipe.ops == [(BASIS, 0, len(old))]
+
+
+def test_recipe_from_two_signatures_keeps_fits_data_blocks_after_header_edits():
+    data = np.random.default_rng(6).standard_normal((500, 500)).astype(np.float32)
+    old = _fits({"OBJECT": "crab"}, data)
+    value_changed = _fits({"OBJECT": "vela"}, data)
+    header_grew = _fits({"OBJECT": "crab", **{f"K{i}": i for i in range(36)}}, data)
+    block = 14400
+    for new, most in ((value_changed, block), (header_grew, 2 * block)):
+        recipe = aligned_recipe(signature_of_buffer(new, block), signature_of_buffer(old, block))
+        _check_recipe(recipe, old, new)
+        assert recipe.source_bytes <= most  # the changed header's blocks only
 
 
 def test_wrong_source_bytes_fail_verification(tmp_path):

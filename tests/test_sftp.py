@@ -22,21 +22,7 @@ from fitsync.errors import (AuthenticationFailed, HostKeyRejected, NotFound, Tra
 from fitsync.remotes import Capability, open_remote
 from fitsync.remotes import sftp as sftp_mod
 from fitsync.remotes.sftp import parse_ssh_location
-from sshd_fixture import SshServer, keygen, use_client_home
-
-
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory):
-    server = SshServer(tmp_path_factory.mktemp("sshd")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def home(sshd, tmp_path, monkeypatch):
-    """A HOME with ~/.ssh/config (alias 'testhost'), the client key and known_hosts."""
-    yield use_client_home(sshd, tmp_path / "home", monkeypatch)
-    sshconn.close_all()
+from sshd_fixture import SshServer, home, keygen, sshd, use_client_home  # noqa: F401 (fixtures)
 
 
 @pytest.fixture

@@ -141,9 +141,11 @@ class LocalAgent:
         self.proc.wait(10)
 
 
-@pytest.fixture
-def local_agent():
-    agent = LocalAgent()
+@pytest.fixture(params=["fitsync-installed", "stdlib-only"])
+def local_agent(request):
+    """An agent on a host with fitsync installed (its own patcher) or without
+    (the agent's stdlib code): both must behave the same."""
+    agent = LocalAgent(avoid=("fitsync",) if request.param == "stdlib-only" else ())
     yield agent
     agent.close()
 

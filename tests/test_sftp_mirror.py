@@ -12,20 +12,7 @@ import pytest
 from conftest import read_tree, write_tree
 from fitsync import sshconn
 from fitsync.remotes import sftp as sftp_mod
-from sshd_fixture import SshServer, use_client_home
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    server = SshServer(tmp_path_factory.mktemp("sshd-e2e")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def home(sshd, tmp_path, monkeypatch):
-    yield use_client_home(sshd, tmp_path / "home", monkeypatch)
-    sshconn.close_all()
+from sshd_fixture import home, sshd  # noqa: F401  (fixtures: one sshd per module, a client HOME)
 
 
 @pytest.fixture
@@ -172,7 +159,7 @@ def edited(data: bytes, n_data: int) -> bytes:
     return grown + bytes(body)
 
 
-@pytest.mark.parametrize("direction", ["pull", "push"])
+@pytest.mark.parametrize("direction", ["pull", "push", "remote-to-remote"])
 def test_changed_fits_file_moves_only_the_difference(sshd, home, tmp_path, cli, direction):
     n = 6_000_000
     old = fits_file(n)
@@ -182,8 +169,10 @@ def test_changed_fits_file_moves_only_the_difference(sshd, home, tmp_path, cli, 
     write_tree(older, {"obs/run.fits": old})
     if direction == "pull":
         result = cli("mirror", sftp_url(sshd, newer), older, "--json")
-    else:
+    elif direction == "push":
         result = cli("mirror", newer, sftp_url(sshd, older), "--json")
+    else:  # both agents sign fixed blocks; only unmatched blocks are relayed
+        result = cli("mirror", sftp_url(sshd, newer), f"testhost:{older}", "--json")
     assert result.code == 0, result.err
     summary = result.json()
     assert summary["files_updated"] == 1

@@ -14,9 +14,11 @@ of the SOURCE (the new file, to be sent). The same matcher serves:
   byte ranges of the new file that it lacks.
 
 ``apply_recipe`` builds the target by streaming: BASIS runs are copied
-in the kernel (``os.copy_file_range``), SOURCE runs are written from the
-supplied reader, and the result is read back and checked against the
-recipe's BLAKE3 digest while it is written. A mismatch raises
+from the old file, SOURCE runs are written from the supplied reader, and
+the result is checked against the recipe's BLAKE3 digest while it is
+written: a large target is written with direct I/O and hashed as it is
+handed to the kernel (``fitsync.directio``), a small one is copied in the
+kernel (``os.copy_file_range``) and read back. A mismatch raises
 ``VerificationFailed``; the caller discards the temporary file.
 """
 
@@ -36,6 +38,7 @@ import blake3
 import numpy as np
 
 from fitsync import _native
+from fitsync.directio import DirectWriter, open_direct
 from fitsync.errors import BadInput, NotFound, TransferFailed, VerificationFailed
 from fitsync.signature import (
     STRONG_LEN,
@@ -255,6 +258,38 @@ def fetch_recipe(source_sig: Signature, basis_buffer) -> Recipe:
     return Recipe(ops, source_sig.file_size, source_sig.digest.hex(), len(view))
 
 
+def aligned_recipe(source_sig: Signature, basis_sig: Signature) -> Recipe:
+    """The recipe for the source file from two signatures alone: each source
+    block whose length and sums equal a block of the basis is copied from
+    there; the rest are SOURCE ranges. No byte of either file is read, so
+    this serves two remote hosts whose agents hash fixed blocks but cannot
+    roll. With FITS-aware layouts a header edit or a grown header still
+    finds every data block (blocks restart at each data unit); an insertion
+    inside a data unit loses the blocks after it."""
+    if source_sig.digest is None:
+        raise BadInput("the source's signature was made without its file digest; it cannot drive a transfer")
+    offsets, lengths = source_sig.block_offsets(), source_sig.block_lengths()
+
+    def keys(sig):
+        weak = sig.weak.tolist()
+        return [(length, weak[i], sig.strong_of(i)) for i, length in enumerate(sig.block_lengths().tolist())]
+
+    basis_keys, basis_offsets = keys(basis_sig), basis_sig.block_offsets().tolist()
+    at_offset = dict(zip(basis_offsets, basis_keys))
+    place = {}
+    for key, offset in zip(reversed(basis_keys), reversed(basis_offsets)):  # the first of equal blocks wins
+        place[key] = offset
+    # A block still at its own offset stays there (runs stay long); any other
+    # is taken from wherever the basis has it.
+    found = np.fromiter(
+        (offset if at_offset.get(offset) == key else place.get(key, -1)
+         for key, offset in zip(keys(source_sig), offsets.tolist())),
+        dtype=np.int64, count=len(source_sig),
+    )
+    ops = _ops_from_found(found, offsets, lengths)
+    return Recipe(ops, source_sig.file_size, source_sig.digest.hex(), basis_sig.file_size)
+
+
 def _find_short_blocks_in_place(sig: Signature, view: memoryview, found, offsets, lengths) -> None:
     """The scan finds a short block (a file's or segment's tail) only next to a
     matched neighbour. One whose neighbour changed is looked for where it most
@@ -458,12 +493,49 @@ def apply_recipe(recipe: Recipe, basis_fd: int | None, read_source: ReadSource, 
     """Write the target described by ``recipe`` to ``out_fd`` (a new, empty
     file; written from its current position), copying BASIS runs from
     ``basis_fd`` and SOURCE runs from ``read_source(recipe.source_ranges())``,
-    an iterable of bytes covering those ranges in order. The written bytes
-    are read back and their BLAKE3 compared with ``recipe.digest``; raise
-    VerificationFailed on a mismatch (the caller deletes the file)."""
+    an iterable of bytes covering those ranges in order. The BLAKE3 of the
+    result is compared with ``recipe.digest``; raise VerificationFailed on a
+    mismatch (the caller deletes the file). Large targets are written with
+    direct I/O and hashed as handed to the kernel (fitsync.directio); others
+    go through the page cache and are read back while they are written."""
     if recipe.basis_bytes + recipe.source_bytes != recipe.target_size:
         raise BadInput("recipe runs do not add up to the target size")
     source = _SourceBytes(read_source(recipe.source_ranges()) if recipe.source_bytes else ())
+    direct = open_direct(out_fd, recipe.target_size)
+    got = _write_direct(recipe, basis_fd, source, direct) if direct else _write_buffered(recipe, basis_fd, source, out_fd)
+    if got != recipe.digest:
+        raise VerificationFailed(
+            f"the patched file's BLAKE3 {got[:16]}... differs from the expected {recipe.digest[:16]}...; "
+            "the basis or the source changed during the transfer, try again"
+        )
+
+
+def _write_direct(recipe: Recipe, basis_fd: int | None, source: "_SourceBytes", writer: DirectWriter) -> str:
+    """The target written around the page cache; returns the BLAKE3 of the
+    bytes handed to the kernel."""
+    try:
+        for kind, offset, length in recipe.ops:
+            if kind == BASIS:
+                if basis_fd is None:
+                    raise BadInput("the recipe copies from a basis file but none was given")
+                if writer.copy_from(basis_fd, offset, length) != length:
+                    raise VerificationFailed(
+                        f"the basis file ends before offset {offset + length}; it changed since the recipe was made"
+                    )
+            else:
+                for piece in source.take(length):
+                    writer.write(piece)
+        source.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.finish()
+
+
+def _write_buffered(recipe: Recipe, basis_fd: int | None, source: "_SourceBytes", out_fd: int) -> str:
+    """The target written through the page cache, basis runs copied in the
+    kernel; returns the BLAKE3 of the file read back (or, when it cannot be
+    read back, of the bytes written)."""
     read_fd = _reader_for(out_fd)
     base = os.lseek(out_fd, 0, os.SEEK_CUR) if read_fd is not None else 0
     verifier = _Verifier(read_fd, base, recipe.target_size) if read_fd is not None else None
@@ -504,8 +576,4 @@ def apply_recipe(recipe: Recipe, basis_fd: int | None, read_source: ReadSource, 
         got = verifier.hasher.hexdigest()
     else:
         got = inline_hasher.hexdigest()
-    if got != recipe.digest:
-        raise VerificationFailed(
-            f"the patched file's BLAKE3 {got[:16]}... differs from the expected {recipe.digest[:16]}...; "
-            "the basis or the source changed during the transfer, try again"
-        )
+    return got

@@ -709,6 +709,16 @@ def quick_state(path: str) -> tuple[str, str]:
     return report.status, report.first_problem()
 
 
+def plain_structure_state(read_at, size: int) -> tuple[str, str]:
+    """Like quick_state, for an uncompressed FITS file read through
+    ``read_at(offset, length)`` (a remote file): headers only, no data unit
+    is read, so it costs a few kilobytes whatever the file's size."""
+    walker = HduWalker()
+    _walk(walker, size, read_at, skip_data=True)
+    report = FileReport("", size, None, *walker.finish())
+    return report.status, report.first_problem()
+
+
 def audit_and_digest(path: str, display_path: str | None = None, algo: str = "blake3") -> tuple[FileReport | None, str]:
     """One read of a local file for ``audit --manifest --fits``: its digest
     and, for a FITS candidate, its FITS report (None for other files)."""

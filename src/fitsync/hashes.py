@@ -7,7 +7,6 @@ MD5 tables shipped with releases, sha256sum files).
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 
 import blake3
@@ -25,6 +24,8 @@ def new_hasher(algo: str = DEFAULT):
     if algo in _EXTERNAL:
         module_name, _, attr = _EXTERNAL[algo].partition(":")
         return getattr(importlib.import_module(module_name), attr)()
+    import hashlib  # OpenSSL's; loaded only when a digest other than BLAKE3 is asked for
+
     try:
         return hashlib.new(algo)
     except ValueError:

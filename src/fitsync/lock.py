@@ -8,7 +8,6 @@ racing mirrors cannot both win.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 
 from fitsync.errors import Locked, TransferFailed
@@ -47,7 +46,7 @@ class DirectoryLock:
         tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}"
         try:
             with open(tmp, "w") as f:
-                f.write(f"{os.getpid()} {socket.gethostname()}\n")
+                f.write(f"{os.getpid()} {os.uname().nodename}\n")
             os.link(tmp, self.path)
             return True
         except FileExistsError:
@@ -72,7 +71,7 @@ class DirectoryLock:
 
     def _reclaim_if_stale(self) -> bool:
         pid, host = self._owner()
-        if pid is None or (host == socket.gethostname() and not _pid_alive(pid)):
+        if pid is None or (host == os.uname().nodename and not _pid_alive(pid)):
             try:
                 os.unlink(self.path)
             except FileNotFoundError:

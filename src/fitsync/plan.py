@@ -7,8 +7,8 @@ same decisions drive --dry-run, --itemize and the real run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from fitsync.paths import shown
 from fitsync.remotes.base import Entry
@@ -23,8 +23,10 @@ class Action(str, Enum):
     INCOMPLETE = "incomplete"  # source FITS file still being written: skipped
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
+    """One decision. A NamedTuple rather than a frozen dataclass: as light to
+    build, and it spares a run the import of dataclasses."""
+
     path: str
     action: Action
     reason: str

@@ -1,14 +1,16 @@
 """Hashing many files at once: used by manifest, mirror --checksum, audit and compare.
 
-Small files are hashed by a pool of threads (one file each); BLAKE3 releases
-the GIL, so the pool keeps every core busy. A large local file is hashed
-from an mmap by BLAKE3's own threads.
+Small files cost system calls and interpreter time more than hashing: those
+of a local tree are read in batches by C with the GIL released, one batch
+ahead of the thread that hashes them; those of a remote go through its
+digest(). A large local file is hashed from an mmap by BLAKE3's own threads.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import os
+from bisect import bisect_right
+from itertools import accumulate
 from typing import Callable, Iterable, Iterator
 
 from fitsync.errors import FitsyncError
@@ -46,6 +48,8 @@ def for_each_file(entries: Iterable[Entry], work: Callable[[Entry], object], *,
     release the GIL while they hash and are spread over the pool.
     """
     entries = list(entries)
+    if not entries:
+        return
     small = [e for e in entries if e.size < SMALL_FILE]
     large = [e for e in entries if e.size >= SMALL_FILE]
 
@@ -59,6 +63,8 @@ def for_each_file(entries: Iterable[Entry], work: Callable[[Entry], object], *,
             except OSError as exc:
                 out.append((entry, None, f"cannot read: {exc.strerror or exc}"))
         return out
+
+    import concurrent.futures as cf  # here: a run whose files all go through hash_local_files needs no pool
 
     with cf.ThreadPoolExecutor(max_workers=jobs or default_jobs()) as pool:
         futures = [pool.submit(run, small)] if small else []
@@ -90,6 +96,11 @@ def digest_entries(
                 on_done(entry)
         else:
             todo.append(entry)
+    if getattr(remote, "hashes_in_bulk", False):
+        hashed, failed, _ = hash_local_files(remote, todo, algo=algo, jobs=jobs, on_done=on_done)
+        digests.update(hashed)
+        errors.update(failed)
+        return digests, errors
     for entry, digest, error in for_each_file(todo, lambda e: remote.digest(e.path, algo), jobs=jobs):
         if error is None:
             digests[entry.path] = digest
@@ -98,6 +109,101 @@ def digest_entries(
         if on_done:
             on_done(entry)
     return digests, errors
+
+
+# Small files are read in batches into two buffers of this size that take turns:
+# large enough that handing batches between the threads costs little, small
+# enough to stay in the processor's caches.
+READ_BATCH_BYTES = 4 << 20  # more than SMALL_FILE: every small file fits a batch
+READ_BATCH_FILES = 1024
+
+
+def hash_local_files(remote, entries: Iterable[Entry], *, algo: str = "blake3", starts_with: bytes = b"",
+                     jobs: int | None = None, on_done: Callable[[Entry], None] | None = None,
+                     ) -> tuple[dict[str, str], dict[str, str], list[Entry]]:
+    """Digests of files of a local tree (``remote.hashes_in_bulk``): ({path: hex
+    digest}, {path: error}, [entries whose bytes start with ``starts_with``]).
+
+    Small files: a C thread reads a batch (never needing the GIL) while this
+    one hashes the batch before (a C loop calling the hasher). Large files,
+    and small ones that grew since they were listed, are hashed one by one
+    (hashes.digest_and_head: mmap and BLAKE3's threads for large ones),
+    spread over ``jobs`` threads. ``on_done(entry)`` follows each file (progress).
+    """
+    from fitsync._walk import BatchReader, hex_digests
+    from fitsync.hashes import digest_and_head
+
+    entries = list(entries)
+    small = [e for e in entries if e.size < SMALL_FILE]
+    one_by_one = [e for e in entries if e.size >= SMALL_FILE]
+    digests: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    starting: list[Entry] = []
+    hasher = _hasher_factory(algo)
+    bounds = _read_batches(small)
+    reader = BatchReader(remote.root, [e.path for e in small], [e.size for e in small], bounds, READ_BATCH_BYTES)
+    try:
+        for k, (start, stop) in enumerate(zip(bounds, bounds[1:])):
+            spans, buffer = reader.get(k)
+            found, first = hex_digests(hasher, buffer, spans, starts_with)
+            reader.done(k)
+            batch = small[start:stop]
+            starting += [batch[i] for i in first]
+            if None not in found:  # the common case, without a Python loop per file
+                digests.update(zip([e.path for e in batch], found))
+            else:
+                for entry, span, digest in zip(batch, spans, found):
+                    if digest is not None:
+                        digests[entry.path] = digest
+                    elif span is None:
+                        one_by_one.append(entry)  # grew since listed: hashed below
+                    else:
+                        errors[entry.path] = f"cannot read: {os.strerror(span)}"
+            if on_done:
+                for entry, span in zip(batch, spans):
+                    if span is not None:
+                        on_done(entry)
+    finally:
+        reader.close()
+    work = lambda e: digest_and_head(remote.path_of(e.path), algo, len(starts_with))  # noqa: E731
+    for entry, result, error in for_each_file(one_by_one, work, jobs=jobs):
+        if error is not None:
+            errors[entry.path] = error
+        else:
+            digests[entry.path] = result[0]
+            if starts_with and result[1].startswith(starts_with):
+                starting.append(entry)
+        if on_done:
+            on_done(entry)
+    return digests, errors, starting
+
+
+def _hasher_factory(algo: str):
+    """data -> an object with hexdigest(), for ``algo``."""
+    if algo == "blake3":
+        from blake3 import blake3
+
+        return blake3
+    from fitsync.hashes import new_hasher
+
+    def hashed(data: memoryview):
+        hasher = new_hasher(algo)
+        hasher.update(bytes(data))  # not every hasher takes a memoryview
+        return hasher
+
+    return hashed
+
+
+def _read_batches(entries: list[Entry]) -> list[int]:
+    """Batch bounds over ``entries``: consecutive files whose sizes (+1 each,
+    see BatchReader) fit one buffer; batch k is entries[bounds[k]:bounds[k + 1]]."""
+    ends = list(accumulate(e.size + 1 for e in entries))  # where each file's bytes end
+    bounds = [0]
+    while bounds[-1] < len(entries):
+        start = bounds[-1]
+        room = (ends[start - 1] if start else 0) + READ_BATCH_BYTES
+        bounds.append(min(max(bisect_right(ends, room, start), start + 1), start + READ_BATCH_FILES))
+    return bounds
 
 
 def common_algorithm(a: Remote, b: Remote) -> str:

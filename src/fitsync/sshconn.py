@@ -13,6 +13,13 @@ recorded); a key that differs from the recorded one is always refused.
 
 One connection per (user, host, port, route) is kept and shared by every
 remote that needs it; each thread gets its own SFTP channel on it.
+
+A connection that stops answering (a relay or firewall that holds the TCP
+connection open but forwards nothing) would block its readers for ever: a
+watchdog declares it lost after ``--timeout`` seconds without a byte from
+the server, asking for a reply once it has been quiet a while, as OpenSSH's
+ServerAliveInterval does. Closing the transport wakes every blocked reader
+and writer, and the callers reconnect as for a dropped connection.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 
 import paramiko
@@ -32,10 +40,18 @@ import paramiko
 from fitsync.errors import AuthenticationFailed, ConnectionFailed, HostKeyRejected
 
 log = logging.getLogger(__name__)
+# paramiko's transport thread logs what ends a connection (with a traceback) at
+# ERROR; with no handler of its own that reaches stderr through logging's last
+# resort. fitsync reports the same failure as its own one-line error.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 PASSWORD_ENV = "FITSYNC_SSH_PASSWORD"
 PASSPHRASE_ENV = "FITSYNC_SSH_PASSPHRASE"
 CONNECT_TIMEOUT = 20.0
+# Seconds without a byte from the server before a connection counts as lost
+# (--timeout); 0 waits for ever. Connecting gives up after the smaller of
+# this and CONNECT_TIMEOUT.
+DEFAULT_TIMEOUT = 60.0
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 # Large windows and packets: paramiko's per-packet cost in Python is what
 # limits throughput, so fewer, bigger packets go faster.
@@ -58,6 +74,11 @@ class SshTarget:
     accept_new_host_key: bool = False
     password_env: str = field(default=PASSWORD_ENV, compare=False)
     password: str = field(default="", compare=False, repr=False)  # from a private remotes file only
+    timeout: float = field(default=DEFAULT_TIMEOUT, compare=False)  # see DEFAULT_TIMEOUT
+
+    @property
+    def connect_timeout(self) -> float:
+        return min(CONNECT_TIMEOUT, self.timeout) if self.timeout > 0 else CONNECT_TIMEOUT
 
     @property
     def known_hosts_name(self) -> str:
@@ -80,7 +101,7 @@ def _ssh_config() -> paramiko.SSHConfig:
 
 def resolve_target(host: str, *, user: str | None = None, port: int | None = None,
                    identity_file: str | None = None, accept_new_host_key: bool = False,
-                   known_hosts: str | None = None) -> SshTarget:
+                   known_hosts: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> SshTarget:
     """Apply ~/.ssh/config to ``host``; explicit arguments win over the file."""
     conf = _ssh_config().lookup(host)
     hostname = conf.get("hostname", host)
@@ -98,6 +119,7 @@ def resolve_target(host: str, *, user: str | None = None, port: int | None = Non
         proxy_command="" if conf.get("proxycommand", "none") == "none" else conf.get("proxycommand", ""),
         known_hosts=tuple(known),
         accept_new_host_key=accept_new_host_key,
+        timeout=timeout,
     )
 
 
@@ -217,13 +239,22 @@ def _candidate_keys(target: SshTarget):
                 yield key
 
 
+def _unless_silent(transport: paramiko.Transport, target: SshTarget, exc: Exception) -> None:
+    """A server that stops answering mid-authentication has not refused the
+    key: that is a (retryable) connection failure, not a wrong credential."""
+    if _timed_out(exc):
+        raise ConnectionFailed(f"SSH handshake with {target.describe()} failed: the server stopped answering "
+                               f"during authentication (no answer within {transport.auth_timeout:g} s)") from None
+
+
 def authenticate(transport: paramiko.Transport, target: SshTarget) -> None:
     user = target.user
     for key in _candidate_keys(target):
         try:
             if not transport.auth_publickey(user, key):
                 return  # no further methods required
-        except paramiko.AuthenticationException:
+        except paramiko.AuthenticationException as exc:
+            _unless_silent(transport, target, exc)
             continue
         if transport.is_authenticated():
             return
@@ -231,8 +262,8 @@ def authenticate(transport: paramiko.Transport, target: SshTarget) -> None:
     if password is not None:
         try:
             transport.auth_password(user, password)
-        except paramiko.AuthenticationException:
-            pass
+        except paramiko.AuthenticationException as exc:
+            _unless_silent(transport, target, exc)
         if transport.is_authenticated():
             return
     raise AuthenticationFailed(
@@ -247,7 +278,7 @@ def _open_socket(target: SshTarget, via: "SshConnection | None"):
     if via is not None:
         try:
             return via.transport.open_channel("direct-tcpip", (target.hostname, target.port), ("127.0.0.1", 0),
-                                              timeout=CONNECT_TIMEOUT)
+                                              timeout=target.connect_timeout)
         except (paramiko.SSHException, OSError) as exc:
             raise ConnectionFailed(f"jump host {via.target.describe()} cannot reach "
                                    f"{target.hostname}:{target.port}: {exc}") from None
@@ -256,13 +287,25 @@ def _open_socket(target: SshTarget, via: "SshConnection | None"):
             .replace("%r", target.user)
         return paramiko.ProxyCommand(command)
     try:
-        sock = socket.create_connection((target.hostname, target.port), timeout=CONNECT_TIMEOUT)
+        sock = socket.create_connection((target.hostname, target.port), timeout=target.connect_timeout)
     except OSError as exc:
         raise ConnectionFailed(f"cannot connect to {target.hostname}:{target.port}: "
                                f"{exc.strerror or exc}") from None
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """paramiko re-raises a socket.timeout as SSHException (the banner) or says "timeout" (authentication)."""
+    return (isinstance(exc, socket.timeout) or isinstance(exc.__context__, socket.timeout)
+            or "timeout" in str(exc).lower())
+
+
+def _handshake_error(exc: BaseException, limit: float) -> str:
+    if _timed_out(exc):
+        return f"no answer within {limit:g} s"
+    return str(exc) or type(exc).__name__
 
 
 def _preferred_key_types(transport: paramiko.Transport, target: SshTarget) -> None:
@@ -277,6 +320,62 @@ def _preferred_key_types(transport: paramiko.Transport, target: SshTarget) -> No
     options.key_types = tuple(first + [k for k in current if k not in first])
 
 
+# -- noticing a connection that stopped answering ----------------------------------
+
+class _ArrivalClock:
+    """The connection's socket (or proxy), noting when bytes last arrived.
+    Everything but recv is the wrapped object's own."""
+
+    def __init__(self, sock):
+        self._sock = sock
+        self.last_arrival = time.monotonic()
+
+    def recv(self, n: int) -> bytes:
+        data = self._sock.recv(n)
+        if data:
+            self.last_arrival = time.monotonic()
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+class _Watchdog(threading.Thread):
+    """Closes ``transport`` once nothing has arrived for ``timeout`` seconds.
+    After a third of that in silence it sends a global request that wants a
+    reply (servers answer even unknown ones), so a server that is merely idle
+    or busy computing keeps talking; only a connection that forwards nothing
+    stays silent. The request goes out from a helper thread, since a send
+    into a jammed connection blocks until the transport is closed."""
+
+    def __init__(self, transport: paramiko.Transport, clock: _ArrivalClock, timeout: float, on_stall):
+        super().__init__(daemon=True, name="ssh-watchdog")
+        self.transport = transport
+        self.clock = clock
+        self.timeout = timeout
+        self.on_stall = on_stall
+        self._probe: threading.Thread | None = None
+
+    def run(self) -> None:
+        tick = min(1.0, self.timeout / 4)
+        while self.transport.is_active():
+            time.sleep(tick)
+            quiet = time.monotonic() - self.clock.last_arrival
+            if quiet >= self.timeout:
+                self.on_stall(quiet)
+                self.transport.close()
+                return
+            if quiet >= self.timeout / 3 and (self._probe is None or not self._probe.is_alive()):
+                self._probe = threading.Thread(target=self._ask_for_reply, daemon=True, name="ssh-probe")
+                self._probe.start()
+
+    def _ask_for_reply(self) -> None:
+        try:
+            self.transport.global_request("keepalive@openssh.com", wait=True)
+        except Exception:  # a dying transport: the watchdog's clock decides
+            pass
+
+
 class SshConnection:
     """An authenticated transport, shared; one SFTP channel per thread."""
 
@@ -285,25 +384,46 @@ class SshConnection:
         self.via = via
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._stalled: dict = {}  # generation -> why the watchdog closed it
         self.transport = self._connect()
 
     def _connect(self) -> paramiko.Transport:
-        sock = _open_socket(self.target, self.via)
-        transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET)
+        limit = self.target.connect_timeout
+        clock = _ArrivalClock(_open_socket(self.target, self.via))
+        transport = paramiko.Transport(clock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET)
+        # paramiko's own limits (15-30 s) would let a silent server hold each attempt longer than --timeout.
+        transport.banner_timeout = transport.handshake_timeout = transport.auth_timeout = limit
         _preferred_key_types(transport, self.target)
         try:
-            transport.start_client(timeout=CONNECT_TIMEOUT)
+            transport.start_client(timeout=limit)
+            if transport.is_active() and not transport.initial_kex_done:
+                raise socket.timeout("key exchange timed out")
             check_host_key(self.target, transport.get_remote_server_key())
             authenticate(transport, self.target)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             transport.close()
-            raise ConnectionFailed(f"SSH handshake with {self.target.describe()} failed: {exc}") from None
+            raise ConnectionFailed(f"SSH handshake with {self.target.describe()} failed: "
+                                   f"{_handshake_error(exc, limit)}") from None
         except BaseException:
             transport.close()
             raise
         transport.set_keepalive(30)
         self.generation = getattr(self, "generation", 0) + 1
+        if self.target.timeout > 0:
+            generation = self.generation
+            _Watchdog(transport, clock, self.target.timeout,
+                      lambda quiet: self._note_stall(generation, quiet)).start()
         return transport
+
+    def _note_stall(self, generation: int, quiet: float) -> None:
+        why = f"no data from the server for {quiet:.0f} s (--timeout={self.target.timeout:g})"
+        self._stalled[generation] = why
+        log.warning("connection to %s stalled: %s; closing it", self.target.describe(), why)
+
+    def why_lost(self, generation: int, exc: BaseException) -> str:
+        """What to tell the user about a lost connection: the stall, if that
+        is what closed it, else the error seen."""
+        return self._stalled.get(generation) or str(exc) or type(exc).__name__
 
     def alive(self) -> bool:
         return self.transport.is_active()
@@ -363,7 +483,7 @@ def connect(target: SshTarget, lane: int = 0) -> SshConnection:
             for hop in target.proxy_jump.split(","):
                 user, host, port = parse_jump(hop)
                 hop_target = resolve_target(host, user=user, port=port,
-                                            accept_new_host_key=target.accept_new_host_key)
+                                            accept_new_host_key=target.accept_new_host_key, timeout=target.timeout)
                 via = SshConnection(hop_target, via)
         conn = SshConnection(target, via)
         _POOL[key] = conn

@@ -7,14 +7,12 @@ checks of sources, the worker pool, retries, the lock and the summary.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from fitsync import transfer
 from fitsync.errors import (
     BadInput,
     ConnectionFailed,
@@ -24,13 +22,17 @@ from fitsync.errors import (
     TransferFailed,
     VerificationFailed,
 )
-from fitsync.lock import DirectoryLock
 from fitsync.paths import shown
 from fitsync.plan import Action, Item, decide, deletions, itemize_line, same_mtime
 from fitsync.progress import Reporter
 from fitsync.remotes.base import Capability, Entry, Remote
-from fitsync.remotes.local import LocalRemote
-from fitsync.scan import common_algorithm, digest_entries
+from fitsync.remotes.local import LocalRemote, entry_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fitsync import transfer
+
+# transfer, lock, scan and thread pools are imported where used: a no-op run
+# needs few of them, and their import time is paid on every run.
 
 log = logging.getLogger("fitsync")
 
@@ -40,43 +42,70 @@ _COUNTER_LOCK = threading.RLock()
 RETRYABLE = (SourceChanged, VerificationFailed, ConnectionFailed, TimeoutError, ConnectionError)
 
 
-@dataclass
+# MirrorOptions and MirrorResult are plain classes, not dataclasses: importing
+# dataclasses (and inspect with it) costs every run ~10 ms of start-up.
+
 class MirrorOptions:
-    checksum: bool = False
-    delete: bool = False
-    dry_run: bool = False
-    manifest: object | None = None  # fitsync.manifest.Manifest of the source
-    jobs: int = 2
-    retries: int = 3
-    fits_check: bool = True
-    selection: object | None = None  # anything with matches(Entry) -> bool
-    only_paths: set[str] | None = None  # mirror exactly these (dataset subsets)
-    protected: set[str] = field(default_factory=set)  # never deleted (e.g. files unpacked by --extract)
-    retry_delay: float = 0.5
+    """What a mirror run does besides making DST equal SRC by size and mtime."""
+
+    def __init__(
+        self,
+        *,
+        checksum: bool = False,
+        delete: bool = False,
+        dry_run: bool = False,
+        manifest: object | None = None,  # fitsync.manifest.Manifest of the source
+        jobs: int = 2,
+        retries: int = 3,
+        fits_check: bool = True,
+        selection: object | None = None,  # anything with matches(Entry) -> bool
+        only_paths: set[str] | None = None,  # mirror exactly these (dataset subsets)
+        protected: set[str] | None = None,  # never deleted (e.g. files unpacked by --extract)
+        retry_delay: float = 0.5,
+    ):
+        self.checksum = checksum
+        self.delete = delete
+        self.dry_run = dry_run
+        self.manifest = manifest
+        self.jobs = jobs
+        self.retries = retries
+        self.fits_check = fits_check
+        self.selection = selection
+        self.only_paths = only_paths
+        self.protected = set() if protected is None else protected
+        self.retry_delay = retry_delay
+
+    def __repr__(self) -> str:
+        return f"MirrorOptions({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
-@dataclass
 class MirrorResult:
-    files_total: int = 0
-    files_new: int = 0
-    files_updated: int = 0
-    files_repaired: int = 0
-    files_unchanged: int = 0
-    files_deleted: int = 0
-    files_failed: int = 0
-    files_incomplete: int = 0
-    bytes_total: int = 0
-    bytes_transferred: int = 0
-    bytes_reused: int = 0
-    seconds: float = 0.0
-    failures: list = field(default_factory=list)
-    incomplete: list = field(default_factory=list)
-    dry_run: bool = False
+    """Counts and failures of one run; ``to_json`` is the --json summary."""
+
+    def __init__(self, dry_run: bool = False):
+        self.files_total = 0
+        self.files_new = 0
+        self.files_updated = 0
+        self.files_repaired = 0
+        self.files_unchanged = 0
+        self.files_deleted = 0
+        self.files_failed = 0
+        self.files_incomplete = 0
+        self.bytes_total = 0
+        self.bytes_transferred = 0
+        self.bytes_reused = 0
+        self.seconds = 0.0
+        self.failures: list = []
+        self.incomplete: list = []
+        self.dry_run = dry_run
 
     def to_json(self) -> dict:
         data = dict(self.__dict__)
         data["seconds"] = round(self.seconds, 3)
         return data
+
+    def __repr__(self) -> str:
+        return f"MirrorResult({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
 def check_locations(src: Remote, dst: Remote) -> None:
@@ -156,12 +185,16 @@ class Mirror:
         if self.options.dry_run:
             return None
         if local_dst:
+            from fitsync.lock import DirectoryLock
+
             return DirectoryLock(self.dst.state_dir())
         if hasattr(self.dst, "lock") and hasattr(self.dst, "unlock"):
             return _RemoteLock(self.dst)
         return None
 
     def plan(self) -> list[Item]:
+        if self.can_plan_in_bulk():
+            return self.plan_in_bulk()
         src_entries, dst_entries = self.list_both()
         for path, reason in getattr(self.src, "rejected_names", ()):
             # Names the source holds but this file system cannot (or must not) be given.
@@ -193,8 +226,87 @@ class Mirror:
             items.extend(deletions(set(src_entries), kept))
         return items
 
+    def can_plan_in_bulk(self) -> bool:
+        """Whether both sides list in bulk and the plan needs nothing per file
+        but size, mtime and (--checksum between two local trees) equal bytes:
+        no selection, no manifest, no line per unchanged file. The common
+        no-op re-run then builds no object per file."""
+        o = self.options
+        if not (self.src.has_bulk_listing and self.dst.has_bulk_listing) or self.reporter.itemize:
+            return False
+        if o.selection is not None or o.only_paths is not None or o.manifest is not None:
+            return False
+        if o.checksum:
+            # plan() logs a "same content" line per file to a log file at INFO.
+            both_local = isinstance(self.src, LocalRemote) and isinstance(self.dst, LocalRemote)
+            return both_local and not log.isEnabledFor(logging.INFO)
+        return True
+
+    def plan_in_bulk(self) -> list[Item]:
+        """``plan`` from two bulk listings compared in C: entries are made only
+        for files that differ. Same decisions, counts and order as ``plan``."""
+        dst_listing = run_beside(self.dst.bulk_listing)  # both walks release the GIL
+        src_listing = self.src.bulk_listing()
+        dst_listing = dst_listing()
+        for path, reason in getattr(self.src, "rejected_names", ()):
+            self.fail(Item(path, Action.NEW, reason), TransferFailed(reason))
+        self.result.files_total = len(src_listing)
+        self.result.bytes_total = src_listing.total_size
+        diff = src_listing.diff(dst_listing, max(self.resolution, 1e-6), keep_unchanged=self.options.checksum)
+        decided = [
+            (i, decide(entry_of(src_listing.row(i)), entry_of(dst_listing.row(j)) if j >= 0 else None,
+                       mtime_resolution=self.resolution))
+            for i, j in diff.differing
+        ]
+        repairs = self.repairs_in_bulk(diff) if self.options.checksum else []
+        self.result.files_unchanged += diff.unchanged - len(repairs)
+        if repairs:
+            decided = sorted(decided + repairs, key=lambda pair: pair[0])
+        items = [item for _, item in decided]
+        if not src_listing.in_str_order:
+            items.sort(key=lambda item: item.path)  # the order plan() gives
+        items = self.hold_back_incomplete_sources(items)
+        if self.options.delete:
+            kept = {e.path: e for e in map(entry_of, map(dst_listing.row, diff.only_other))
+                    if e.path not in self.options.protected}
+            items.extend(deletions(set(), kept))
+        return items
+
+    def repairs_in_bulk(self, diff) -> list[tuple[int, Item]]:
+        """--checksum between two local trees: compare the bytes of every file
+        unchanged by size and mtime, the copies side by side (both are on this
+        machine: reading them is all a digest would cost, and nothing needs
+        hashing). Returns (source index, REPAIR item) of those that differ."""
+        count = diff.unchanged
+        if not count:
+            return []
+        self.reporter.phase("scan", 2 * diff.unchanged_bytes)
+        parts = max(1, min(self.options.jobs, count))
+        bounds = [count * p // parts for p in range(parts + 1)]
+        # Each part compares its files with the GIL released: one core each.
+        waits = [run_beside(lambda lo=lo, hi=hi: diff.compare_contents(self.src.root, self.dst.root, lo, hi))
+                 for lo, hi in zip(bounds[1:-1], bounds[2:])]
+        found = diff.compare_contents(self.src.root, self.dst.root, bounds[0], bounds[1])
+        for wait in waits:
+            found += wait()
+        self.reporter.advance(2 * diff.unchanged_bytes)
+        self.reporter.close_phase()
+        repairs = []
+        for k, errno_value, _side in found:
+            i, j = diff.unchanged_pair(k)
+            # The reasons compare_contents() gives when digests differ or could not be had.
+            reason = "content differs"
+            if errno_value:
+                reason = f"could not compare (cannot read: {os.strerror(errno_value)})"
+            src, dst = entry_of(diff.first.row(i)), entry_of(diff.second.row(j))
+            repairs.append((i, decide(src, dst, mtime_resolution=self.resolution, content_differs=True,
+                                      content_reason=reason)))
+        return repairs
+
     def list_both(self) -> tuple[dict[str, Entry], dict[str, Entry]]:
         """List source and destination at once (local listings release the GIL)."""
+        import concurrent.futures as cf
+
         with cf.ThreadPoolExecutor(max_workers=2) as pool:
             src_future = pool.submit(list_selected, self.src, self.options)
             dst_future = pool.submit(
@@ -212,6 +324,8 @@ class Mirror:
                 expected[path] = m.blake3
         if not (self.options.checksum or manifest is not None):
             return differs, reasons, expected
+        from fitsync.scan import common_algorithm, digest_entries
+
         pairs = [
             (src_entries[p], dst_entries[p]) for p in src_entries
             if p in dst_entries and src_entries[p].size == dst_entries[p].size
@@ -228,6 +342,8 @@ class Mirror:
             src_digests, missing = {}, [s for s, _ in pairs]
         advance = lambda e: self.reporter.advance(e.size)  # noqa: E731
         # Both sides at once: each is mostly one thread's work for small files.
+        import concurrent.futures as cf
+
         with cf.ThreadPoolExecutor(max_workers=2) as pool:
             dst_side = pool.submit(digest_entries, self.dst, [d for _, d in pairs], algo=algo,
                                    jobs=self.options.jobs, on_done=advance)
@@ -297,10 +413,13 @@ class Mirror:
                     self._count(item.action)
             return
         self.reporter.phase("transfer", sum(i.src.size for i in transfers))
-        with cf.ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
-            futures = {pool.submit(self.transfer_with_retries, item): item for item in transfers}
-            for future in cf.as_completed(futures):
-                future.result()
+        if transfers:
+            import concurrent.futures as cf
+
+            with cf.ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
+                futures = {pool.submit(self.transfer_with_retries, item): item for item in transfers}
+                for future in cf.as_completed(futures):
+                    future.result()
         self.reporter.close_phase()
         if self.aborted is not None:
             raise self.aborted
@@ -367,6 +486,8 @@ class Mirror:
             return
 
     def transfer_one(self, item: Item) -> transfer.Moved:
+        from fitsync import transfer
+
         advance, fits_check = self.reporter.advance, self.options.fits_check
         if isinstance(self.dst, LocalRemote):
             if item.action == Action.NEW or item.dst is None:
@@ -405,6 +526,31 @@ class Mirror:
             return
         self._count(Action.DELETE)
         self.reporter.line(itemize_line(item))
+
+
+def run_beside(work):
+    """Start ``work()`` in a thread of its own; return a function that waits for
+    it and returns its result or raises its exception. (Lighter than a thread
+    pool, whose import alone costs a no-op run a few milliseconds.)"""
+    outcome: list = []
+
+    def target():
+        try:
+            outcome.append((work(), None))
+        except BaseException as exc:  # handed to the waiting thread
+            outcome.append((None, exc))
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+
+    def wait():
+        thread.join()
+        result, error = outcome[0]
+        if error is not None:
+            raise error
+        return result
+
+    return wait
 
 
 class _RemoteLock:

@@ -330,6 +330,10 @@ def push(src: Remote, dst: Remote, item: Item, on_bytes=None, fits_check: bool =
     can_patch = {Capability.SIGNATURE, Capability.PATCH} <= dst.capabilities
     if local is not None and can_patch and item.dst is not None and item.dst.size > 0:
         return _push_delta(local, dst, item, on_bytes)
+    if local is None and can_patch and Capability.SIGNATURE in src.capabilities and item.dst and item.dst.size > 0:
+        moved = _relay_delta(src, dst, item, on_bytes, fits_check)
+        if moved is not None:
+            return moved
     digest = _trusted_digest(item)
     if digest is None and local is not None:
         digest = file_digest(local)
@@ -374,6 +378,60 @@ def _push_delta(local: str, dst: Remote, item: Item, on_bytes=None) -> Moved:
             dst.apply_recipe(item.path, recipe, literals(), mtime=item.src.mtime, expected_digest=recipe.digest,
                              source_path=local)
     return Moved(transferred=recipe.source_bytes, reused=recipe.basis_bytes)
+
+
+def _relay_delta(src: Remote, dst: Remote, item: Item, on_bytes, fits_check: bool) -> Moved | None:
+    """Remote to remote: both agents send fixed-block signatures, blocks equal
+    on both sides are copied by DST's agent from its old copy, and only the
+    other blocks are read from SRC and relayed. None when there is nothing to
+    gain (no common block, a compressed FITS file) or DST cannot verify a
+    patch without the new file at hand; the caller then streams the file."""
+    from fitsync.delta import aligned_recipe
+
+    if not dst.verifies_patches_alone() or _is_compressed_fits(src, item):
+        return None
+    before = source_identity(src, item)
+    new_sig = src.block_signature(item.path)
+    old_sig = dst.block_signature(item.path)
+    if new_sig is None or old_sig is None or new_sig.digest is None:
+        return None
+    recipe = aligned_recipe(new_sig, old_sig)
+    if recipe.basis_bytes == 0:
+        return None
+    if item.expected_digest and recipe.digest != item.expected_digest:
+        raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
+    if fits_check:
+        _refuse_incomplete_remote_fits(src, item)
+
+    def literals():
+        for data in src.read_ranges(item.path, split_ranges(recipe.source_ranges(), CHUNK)):
+            if on_bytes:
+                on_bytes(len(data))
+            yield data
+
+    dst.apply_recipe(item.path, recipe, literals(), mtime=item.src.mtime, expected_digest=recipe.digest)
+    _check_source_unchanged(src, item, before)
+    return Moved(transferred=recipe.source_bytes, reused=recipe.basis_bytes)
+
+
+def _is_compressed_fits(src: Remote, item: Item) -> bool:
+    """A gzipped file changes throughout when any byte of its content does:
+    no block would match, and its completeness needs the whole stream."""
+    return src.read_range(item.path, 0, 2) == b"\x1f\x8b"
+
+
+def _refuse_incomplete_remote_fits(src: Remote, item: Item) -> None:
+    """refuse_incomplete_fits for a source on another host: its headers are
+    read through ranges (a few kilobytes), its data units are not."""
+    from fitsync.fitsnames import looks_like_fits
+
+    if not looks_like_fits(item.path, src.read_range(item.path, 0, 16)):
+        return
+    from fitsync import fitsaudit
+
+    state, reason = fitsaudit.plain_structure_state(lambda pos, n: src.read_range(item.path, pos, n), item.src.size)
+    if state == fitsaudit.STATUS_INCOMPLETE:
+        raise fitsaudit.IncompleteFits(f"{item.path} is incomplete (still being written?): {reason}")
 
 
 class _EmptyMap(bytes):

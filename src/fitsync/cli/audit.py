@@ -4,7 +4,7 @@ Usage:
   fitsync audit TARGET [--manifest=FILE | --against=LOCATION] [--fits] [--json] [--jobs=N] [--verify-key=PUBKEY]
                        [--include=PAT]... [--exclude=PAT]... [--files-from=FILE] [--since=WHEN]
                        [--max-age=DURATION] [--date=DAY] [--template=T] [--profile=NAME] [--where=EXPR]...
-                       [--accept-new-host-key] [--ca-bundle=FILE] [--dropbox-config=FILE] [--quiet]
+                       [--accept-new-host-key] [--timeout=SECONDS] [--ca-bundle=FILE] [--dropbox-config=FILE] [--quiet]
   fitsync audit --help
 
 Options:
@@ -16,6 +16,7 @@ Options:
   --jobs=N              Files hashed at once [default: 2].
   --verify-key=PUBKEY   Refuse a manifest whose Ed25519 signature does not verify.
   --quiet               Print nothing; the exit code tells.
+  --timeout=SECONDS     An SSH connection silent for SECONDS is lost (default 60; 0: never).
 
 Exit codes: 0 every file ok; 1 missing, corrupt or extra files (or broken FITS files).
 """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 from fitsync.errors import UsageError
@@ -33,6 +32,8 @@ def load_selection(opts: dict):
 
 
 def print_json(data) -> None:
+    import json
+
     json.dump(data, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     sys.stdout.flush()
@@ -55,7 +56,11 @@ def open_source(spec: str, opts: dict):
     """Open a location that is read from. A remote that can neither run code nor
     is local, but publishes a release manifest, is listed and delta-served from
     it; with --verify-key the manifest's signature must verify."""
-    from fitsync.release import release_source
-    from fitsync.remotes import open_remote
+    from fitsync.remotes import Capability, open_remote
 
-    return release_source(open_remote(spec, opts), opts)
+    remote = open_remote(spec, opts)
+    if Capability.LOCAL in remote.capabilities and not opts.get("--verify-key"):
+        return remote  # a local tree is listed as it is (release_source agrees); spare its import
+    from fitsync.release import release_source
+
+    return release_source(remote, opts)

@@ -4,7 +4,7 @@ Usage:
   fitsync compare A B [--checksum] [--json] [--report=FILE] [--jobs=N] [--quiet]
                       [--include=PAT]... [--exclude=PAT]... [--files-from=FILE] [--since=WHEN]
                       [--max-age=DURATION] [--date=DAY] [--template=T] [--profile=NAME] [--where=EXPR]...
-                      [--accept-new-host-key] [--ca-bundle=FILE] [--dropbox-config=FILE]
+                      [--accept-new-host-key] [--timeout=SECONDS] [--ca-bundle=FILE] [--dropbox-config=FILE]
   fitsync compare --help
 
 Options:
@@ -14,6 +14,7 @@ Options:
                    * differ, = identical, ! error.
   --jobs=N         Files hashed at once [default: 2].
   --quiet          Print nothing; the exit code tells.
+  --timeout=SECONDS  An SSH connection silent for SECONDS is lost (default 60; 0: never).
 
 Prints nothing and exits 0 when A and B agree (so cron mails only problems);
 exits 1 when they differ.

@@ -1,7 +1,7 @@
 """List the productions of an IACT data store, with figures read from its index tables.
 
 Usage:
-  fitsync datasets STORE [--json] [--allow-root=DIR]... [--accept-new-host-key] [--ca-bundle=FILE]
+  fitsync datasets STORE [--json] [--allow-root=DIR]... [--accept-new-host-key] [--timeout=SECONDS] [--ca-bundle=FILE]
                          [--dropbox-config=FILE]
   fitsync datasets --help
 
@@ -9,6 +9,7 @@ Options:
   --json                 Print the productions as JSON.
   --allow-root=DIR       Also accept index paths (FILE_DIR) inside DIR, outside the store.
   --accept-new-host-key  Trust and record an SSH host key seen for the first time.
+  --timeout=SECONDS      An SSH connection silent for SECONDS is lost (default 60; 0: never).
   --ca-bundle=FILE       CA certificates for HTTPS.
   --dropbox-config=FILE  Dropbox INI config ([dropbox] shared_url, password, access_token).
 

@@ -4,7 +4,7 @@ Usage:
   fitsync manifest ROOT [--output=FILE] [--blocks] [--format=FMT] [--jobs=N] [--sign=KEYFILE]
                         [--no-fits] [--quiet] [--include=PAT]... [--exclude=PAT]...
                         [--files-from=FILE] [--since=WHEN] [--max-age=DURATION] [--date=DAY]
-                        [--template=T] [--profile=NAME] [--where=EXPR]... [--accept-new-host-key]
+                        [--template=T] [--profile=NAME] [--where=EXPR]... [--accept-new-host-key] [--timeout=SECONDS]
                         [--ca-bundle=FILE] [--dropbox-config=FILE]
   fitsync manifest --help
 
@@ -19,6 +19,7 @@ Options:
   --sign=KEYFILE    Sign the manifest with an Ed25519 key (see fitsync keygen).
   --no-fits         Do not record FITS HDU counts and checksum status.
   --quiet           Print nothing but errors.
+  --timeout=SECONDS  An SSH connection silent for SECONDS is lost (default 60; 0: never).
 """
 
 from __future__ import annotations

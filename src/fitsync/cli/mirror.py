@@ -7,12 +7,13 @@ Usage:
                          [--since=WHEN] [--max-age=DURATION] [--date=DAY] [--template=T] [--profile=NAME]
                          [--where=EXPR]... [--production=NAME] [--runlist=FILE] [--keep-local]
                          [--allow-root=DIR]... [--extract] [--accept-new-host-key] [--ca-bundle=FILE]
-                         [--dropbox-config=FILE] [--verify-key=PUBKEY] [--verbose]
+                         [--dropbox-config=FILE] [--verify-key=PUBKEY] [--timeout=SECONDS] [--verbose]
   fitsync mirror --help
 
 Options:
-  --checksum             Compare content (digests) even when size and mtime agree;
-                         a destination copy whose content differs is repaired.
+  --checksum             Compare content even when size and mtime agree (bytes side
+                         by side for two local trees, digests otherwise); a
+                         destination copy whose content differs is repaired.
   --delete               Delete destination files absent from the source (never
                          after a failed transfer).
   --dry-run              Print what a real run would do; change nothing.
@@ -43,6 +44,9 @@ Options:
   --ca-bundle=FILE       CA certificates for HTTPS.
   --dropbox-config=FILE  Dropbox INI config ([dropbox] shared_url, password, access_token).
   --verify-key=PUBKEY    Refuse a manifest whose Ed25519 signature does not verify.
+  --timeout=SECONDS      An SSH connection silent for SECONDS is lost: it is closed,
+                         re-established and the work resumed, up to --retries
+                         times (default 60; 0: wait for ever).
   --verbose              Log more detail to the log file.
 """
 

@@ -5,7 +5,7 @@ Usage:
                       [--output=FILE] [--report=FILE] [--log-file=FILE] [--quiet]
                       [--include=PAT]... [--exclude=PAT]...
                       [--files-from=FILE] [--since=WHEN] [--max-age=DURATION] [--date=DAY]
-                      [--accept-new-host-key] [--ca-bundle=FILE] [--dropbox-config=FILE]
+                      [--accept-new-host-key] [--timeout=SECONDS] [--ca-bundle=FILE] [--dropbox-config=FILE]
   fitsync missing --help
 
 Options:
@@ -19,6 +19,7 @@ Options:
   --report=FILE          Write every key with the expected values it lacks.
   --log-file=FILE        Append a timestamped log to FILE.
   --quiet                Print nothing; the exit code tells.
+  --timeout=SECONDS      An SSH connection silent for SECONDS is lost (default 60; 0: never).
 
 Keys are the values of the fields given by --where lists; without one, the
 keys seen in SRC. Prints nothing and exits 0 when every key is complete (so

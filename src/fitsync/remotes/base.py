@@ -19,7 +19,6 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator, Mapping
 
 from fitsync.errors import FitsyncError
-from fitsync.hashes import hash_stream
 
 if TYPE_CHECKING:  # pragma: no cover
     from fitsync.signature import Signature
@@ -82,6 +81,11 @@ class Remote(ABC):
     listed_hashes: frozenset = frozenset()
     # Two mtimes closer than this are equal (SFTP and many servers keep whole seconds).
     mtime_resolution: float = 1e-6
+    # Whether bulk_listing() works; the engine then compares two listings in bulk.
+    has_bulk_listing: bool = False
+    # Whether fitsync.scan may read files straight from ``root`` (a local tree
+    # whose digest() is the plain one) to hash many small files in batches.
+    hashes_in_bulk: bool = False
 
     def __init__(self, url: str):
         self.url = url
@@ -105,6 +109,12 @@ class Remote(ABC):
         """True when the root itself exists."""
         return True
 
+    def bulk_listing(self):
+        """The whole listing as a ``fitsync._walk.Listing``: records kept in C,
+        sorted by name, compared with another listing by ``Listing.diff``
+        without a Python object per unchanged file (the no-op mirror's path)."""
+        raise NotImplementedError(f"{self.url} has no bulk listing")
+
     # -- reading ------------------------------------------------------
     @abstractmethod
     def read_range(self, path: str, offset: int, length: int) -> bytes:
@@ -127,6 +137,8 @@ class Remote(ABC):
     def digest(self, path: str, algo: str = "blake3") -> str:
         """Hex digest of the file with ``algo`` (see fitsync.hashes). Backends
         with DIGEST compute it remotely; the default reads the whole file."""
+        from fitsync.hashes import hash_stream
+
         with self.open_read(path) as f:
             return hash_stream(f, algo, READ_CHUNK)
 
@@ -157,6 +169,12 @@ class Remote(ABC):
 
     def delete(self, path: str) -> None:
         raise ReadOnlyRemote(f"{self.url} is read-only; cannot delete {path}")
+
+    def verifies_patches_alone(self) -> bool:
+        """Whether apply_recipe can check its result against ``expected_digest``
+        (BLAKE3) without the new file at hand (``source_path``), as a patch
+        relayed from another remote requires."""
+        return True
 
     def apply_recipe(self, path: str, recipe, literals: Iterable[bytes], *, mtime: float, expected_digest: str,
                      source_path: str | None = None) -> None:

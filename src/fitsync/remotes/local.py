@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import os
 import stat as stat_mod
-import tempfile
 from typing import BinaryIO, Iterable, Iterator
 
-import blake3
-
-from fitsync.hashes import file_digest
 from fitsync.errors import BadInput, FitsyncError, NotFound, TransferFailed, UnsafePath, VerificationFailed
 from fitsync.paths import join_under, safe_relpath
 from fitsync.remotes.base import Capability, Entry, Remote
@@ -44,12 +40,38 @@ class LocalRemote(Remote):
         return os.path.isdir(self.root)
 
     def list(self) -> Iterator[Entry]:
-        from fitsync._walk import scan_tree
+        listing = self._scan(two_threads=True)  # a tree listed alone (manifest, audit): both cores
+        # Symlinks are never listed (the walker does not follow them), so no
+        # read can be led outside the root.
+        entries = listing.entries(Entry)
+        if not listing.in_str_order:
+            entries.sort(key=lambda e: e.path)  # a name that is not UTF-8: byte order is not str order
+        return iter(entries)
+
+    @property
+    def has_bulk_listing(self) -> bool:
+        # Not for a subclass that lists differently: its list() is the truth.
+        return type(self).list is LocalRemote.list
+
+    @property
+    def hashes_in_bulk(self) -> bool:
+        # Not for a subclass that reads or hashes differently (a fault injector).
+        return type(self).digest is LocalRemote.digest and type(self).open_read is LocalRemote.open_read
+
+    def bulk_listing(self):
+        if not self.exists():
+            from fitsync._walk import Listing
+
+            return Listing()  # a destination not made yet
+        return self._scan()  # the mirror lists its two trees at once, one thread each
+
+    def _scan(self, two_threads: bool = False):
+        from fitsync._walk import scan
 
         if not os.path.isdir(self.root):
             raise NotFound(f"{self.root} does not exist or is not a directory")
         try:
-            found, error = scan_tree(self.root, STATE_DIR)
+            listing, error = scan(self.root, STATE_DIR, two_threads)
         except OSError as exc:
             raise FitsyncError(f"cannot read directory {self.root}: {exc.strerror}") from None
         if error is not None:
@@ -58,18 +80,19 @@ class LocalRemote(Remote):
                 f"cannot read directory {os.path.join(self.root, where)}: {os.strerror(errno_value)}; "
                 "fix its permissions or exclude it"
             )
-        found.sort()
-        self.rejected_names = []
-        for path, size, mtime_ns in found:
-            # Symlinks are never listed (the walker does not follow them), so no
-            # read can be led outside the root.
+        rejected = []
+        # The walker flags every name that is not plain printable ASCII of
+        # ordinary length; only those go through the full checks.
+        for index, path in listing.suspicious():
             if _needs_check(path):
                 try:
                     safe_relpath(path)
                 except UnsafePath as exc:
-                    self.rejected_names.append((path, str(exc)))
-                    continue
-            yield Entry(path, size, mtime_ns / 1e9)
+                    rejected.append((path, str(exc)))
+                    listing.exclude(index)
+        rejected.sort()
+        self.rejected_names = rejected
+        return listing
 
     def stat(self, path: str) -> Entry:
         full = self.path_of(path)
@@ -108,6 +131,8 @@ class LocalRemote(Remote):
         return open(self.path_of(path), "rb")
 
     def digest(self, path: str, algo: str = "blake3") -> str:
+        from fitsync.hashes import file_digest
+
         return file_digest(self.path_of(path), algo)
 
     # -- writing ------------------------------------------------------
@@ -137,6 +162,10 @@ class LocalRemote(Remote):
                 pass
 
     def write_atomic(self, path, chunks: Iterable[bytes], *, mtime=None, expected_digest=None) -> None:
+        import tempfile
+
+        import blake3
+
         final = self.path_of(path)
         os.makedirs(os.path.dirname(final), exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix="write-", dir=self.state_dir("tmp"))
@@ -160,6 +189,12 @@ class LocalRemote(Remote):
         except FileNotFoundError:
             return
         _prune_empty_dirs(os.path.dirname(full), self.root)
+
+
+def entry_of(row: tuple[str, int, int]) -> Entry:
+    """The Entry of a listing row (path, size, mtime_ns)."""
+    path, size, mtime_ns = row
+    return Entry(path, size, mtime_ns / 1e9)
 
 
 def _needs_check(path: str) -> bool:

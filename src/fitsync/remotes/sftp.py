@@ -49,7 +49,7 @@ from fitsync.errors import (BadInput, ConnectionFailed, FitsyncError, Locked, No
 from fitsync.hashes import hash_stream, new_hasher
 from fitsync.paths import safe_relpath
 from fitsync.remotes.base import Capability, Entry, Remote
-from fitsync.sshconn import SshConnection, SshTarget, connect, resolve_target
+from fitsync.sshconn import DEFAULT_TIMEOUT, SshConnection, SshTarget, connect, resolve_target
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,27 @@ def parse_ssh_location(url: str) -> tuple[str | None, str, int | None, str]:
     if m:
         return m.group("user"), m.group("host").strip("[]"), None, m.group("path") or "."
     raise UsageError(f"cannot parse SSH location {url!r}; use sftp://[user@]host[:port]/path or [user@]host:path")
+
+
+def _option_seconds(options: dict, name: str, default: float) -> float:
+    """A duration in seconds (>= 0) from the command line or a config."""
+    value = options.get(name)
+    if value in (None, False, ""):
+        return default
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):  # also refuses NaN
+        raise UsageError(f"{name} must be a number of seconds (0 or more), not {value!r}")
+    return seconds
+
+
+def _timeout(options: dict, conf: dict) -> float:
+    """--timeout, else the remote's ``timeout`` key, else the default."""
+    if options.get("--timeout") not in (None, False, ""):
+        return _option_seconds(options, "--timeout", DEFAULT_TIMEOUT)
+    return _option_seconds({"timeout": conf.get("timeout")}, "timeout", DEFAULT_TIMEOUT)
 
 
 def _option_int(options: dict, name: str, default: int) -> int:
@@ -656,7 +677,8 @@ class SftpRemote(Remote):
     def from_url(cls, url: str, options: dict) -> "SftpRemote":
         user, host, port, path = parse_ssh_location(url)
         target = resolve_target(host, user=user, port=port,
-                                accept_new_host_key=bool(options.get("--accept-new-host-key")))
+                                accept_new_host_key=bool(options.get("--accept-new-host-key")),
+                                timeout=_timeout(options, {}))
         return cls(url, target, path, options=options)
 
     @classmethod
@@ -669,7 +691,8 @@ class SftpRemote(Remote):
         target = resolve_target(host, user=conf.get("user"), port=conf.get("port"),
                                 identity_file=conf.get("key_file"),
                                 known_hosts=conf.get("known_hosts"),
-                                accept_new_host_key=bool(options.get("--accept-new-host-key")))
+                                accept_new_host_key=bool(options.get("--accept-new-host-key")),
+                                timeout=_timeout(options, conf))
         secrets = {k: conf[k] for k in ("password_env", "password") if conf.get(k)}
         if secrets:
             target = dataclasses.replace(target, **secrets)
@@ -721,12 +744,13 @@ class SftpRemote(Remote):
         return not conn.alive()
 
     def _recover(self, conn: SshConnection, generation: int, attempt: int, what: str, exc) -> None:
+        why = conn.why_lost(generation, exc)
         if attempt > self.retries:
             raise ConnectionFailed(f"connection to {self.target.describe()} lost during {what}; "
-                                   f"gave up after {self.retries} retries ({exc})") from None
+                                   f"gave up after {self.retries} retries ({why})") from None
         delay = min(0.5 * 2 ** (attempt - 1), 8.0)
         log.warning("connection to %s lost during %s (%s); retry %d/%d in %.1fs",
-                    self.target.describe(), what, exc, attempt, self.retries, delay)
+                    self.target.describe(), what, why, attempt, self.retries, delay)
         time.sleep(delay)
         try:
             conn.reconnect(generation)
@@ -1007,6 +1031,7 @@ class SftpRemote(Remote):
         final = self.remote_path(path)
         tmp = self._temp_path(path)
         conn = self.connection()
+        generation = conn.generation
         try:
             self._upload(conn, tmp, chunks, expected_digest, mtime)
             self._call(f"rename into {final}", lambda c: self._rename(c.sftp(), tmp, final))
@@ -1017,7 +1042,7 @@ class SftpRemote(Remote):
                 raise
             if self._lost(exc, conn):  # ConnectionFailed: the sync engine retries the file
                 raise ConnectionFailed(f"connection to {self.target.describe()} lost while writing {final}: "
-                                       f"{exc}") from None
+                                       f"{conn.why_lost(generation, exc)}") from None
             raise self._sftp_error(exc, f"write {final}") from None
 
     def _upload(self, conn: SshConnection, tmp: str, chunks, expected_digest, mtime) -> None:
@@ -1054,8 +1079,11 @@ class SftpRemote(Remote):
     def _remove_quietly(self, remote: str) -> None:
         """Remove a temporary file; if the connection is down, remember it and
         remove it after the next successful write (or at close)."""
+        conn = self._conn
+        if conn is None or not conn.alive():  # reconnecting just for this could wait out --timeout
+            self._stale_temps.add(remote)
+            return
         try:
-            conn = self.connection()
             conn.sftp().remove(remote)
             self._stale_temps.discard(remote)
         except FileNotFoundError:
@@ -1066,6 +1094,9 @@ class SftpRemote(Remote):
     def _sweep_stale_temps(self) -> None:
         for remote in list(self._stale_temps):
             self._remove_quietly(remote)
+
+    def verifies_patches_alone(self) -> bool:
+        return self.agent_info() is not None and self.digest_algo() == "blake3"
 
     def apply_recipe(self, path: str, recipe, literals: Iterable[bytes], *, mtime: float, expected_digest: str,
                      source_path: str | None = None) -> None:
@@ -1125,6 +1156,45 @@ class SftpRemote(Remote):
                         raise Locked(self._lock_message(sftp, path)) from None
             raise Locked(self._lock_message(sftp, path))
         self._call(f"lock {self.url}", once)
+        self._clear_killed_runs_temporaries()
+
+    def _clear_killed_runs_temporaries(self) -> None:
+        """With the lock held, whatever is in ROOT/.fitsync/tmp/ was left by a
+        run that was killed (uploads and patches in progress): none of it can
+        be resumed, so it goes, as in a local destination. Only plain files
+        and symlinks directly in tmp/ are unlinked (a symlink itself, never
+        what it points to), and nothing at all when .fitsync or tmp is not a
+        real directory. A failure here costs a warning, not the run: the lock
+        is held and must be released by the caller's normal path."""
+        state = posixpath.join(self.root, STATE_DIR)
+        tmp = posixpath.join(state, "tmp")
+
+        def once(conn):
+            sftp = conn.sftp()
+            for directory in (state, tmp):
+                try:
+                    if not stat_mod.S_ISDIR(sftp.lstat(directory).st_mode):
+                        log.warning("%s on %s is not a directory (a symlink?); not clearing temporaries there",
+                                    directory, self.target.hostname)
+                        return 0
+                except FileNotFoundError:
+                    return 0
+            removed = 0
+            for attr in sftp.listdir_attr(tmp):  # sftp-server reports lstat() attributes
+                if stat_mod.S_ISREG(attr.st_mode) or stat_mod.S_ISLNK(attr.st_mode):
+                    with contextlib.suppress(FileNotFoundError):
+                        sftp.remove(posixpath.join(tmp, attr.filename))
+                        removed += 1
+            return removed
+
+        try:
+            removed = self._call(f"clear {tmp}", once)
+        except FitsyncError as exc:
+            log.warning("could not remove the temporaries of killed runs in %s on %s: %s",
+                        tmp, self.target.hostname, exc)
+            return
+        if removed:
+            log.info("removed %d temporaries of killed runs from %s on %s", removed, tmp, self.target.hostname)
 
     def _read_lock(self, sftp, path: str) -> list:
         try:
