@@ -312,15 +312,21 @@ def build_entries(remote, entries, *, blocks: bool = False, fits_fields: bool = 
         return ManifestEntry(entry.path, entry.size, entry.mtime, digest, extra)
 
     results, errors = [], {}
-    for entry, manifest_entry, error in for_each_file(entries, work, jobs=jobs):
+    _collect(for_each_file(entries, work, jobs=jobs), results, errors, on_done)
+    results.sort(key=lambda e: e.path)
+    return results, errors
+
+
+def _collect(outcomes, results: list, errors: dict, on_done) -> None:
+    """Sort for_each_file's (entry, manifest entry, error) outcomes into
+    ``results`` and ``errors``, reporting each entry to ``on_done``."""
+    for entry, manifest_entry, error in outcomes:
         if error is None:
             results.append(manifest_entry)
         else:
             errors[entry.path] = error
         if on_done:
             on_done(entry)
-    results.sort(key=lambda e: e.path)
-    return results, errors
 
 
 def _build_in_bulk(remote, entries, fits_fields: bool, jobs: int | None, on_done):
@@ -353,13 +359,7 @@ def _build_in_bulk(remote, entries, fits_fields: bool, jobs: int | None, on_done
         extra = {"fits": manifest_fields(report)} if report is not None else {}
         return ManifestEntry(entry.path, entry.size, entry.mtime, digest, extra)
 
-    for entry, manifest_entry, error in for_each_file(fits + fits_content, check, jobs=jobs):
-        if error is None:
-            results.append(manifest_entry)
-        else:
-            errors[entry.path] = error
-        if on_done:
-            on_done(entry)
+    _collect(for_each_file(fits + fits_content, check, jobs=jobs), results, errors, on_done)
     results.sort(key=attrgetter("path"))
     return results, errors
 
