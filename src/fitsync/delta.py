@@ -38,7 +38,7 @@ import blake3
 import numpy as np
 
 from fitsync import _native
-from fitsync.directio import DirectWriter, open_direct
+from fitsync.directio import open_direct
 from fitsync.errors import BadInput, NotFound, TransferFailed, VerificationFailed
 from fitsync.signature import (
     STRONG_LEN,
@@ -456,37 +456,97 @@ class _Copier:
     """Copies basis ranges to the output: in the kernel when it can, else
     through a buffer (other file systems, pipes)."""
 
-    def __init__(self, basis_fd: int | None, out_fd: int, hasher=None):
+    def __init__(self, basis_fd: int, out_fd: int, hasher=None):
         self._basis = basis_fd
         self._out = out_fd
         self._hasher = hasher  # set when the output cannot be read back
         self._kernel = hasher is None and hasattr(os, "copy_file_range")
 
-    def copy(self, offset: int, length: int) -> None:
-        if self._basis is None:
-            raise BadInput("the recipe copies from a basis file but none was given")
-        while length:
+    def copy(self, offset: int, length: int) -> int:
+        """Bytes copied: ``length``, fewer only where the basis ends."""
+        done = 0
+        while done < length:
             if self._kernel:
                 try:
-                    n = os.copy_file_range(self._basis, self._out, length, offset)
+                    n = os.copy_file_range(self._basis, self._out, length - done, offset + done)
                 except OSError as exc:
                     if exc.errno not in _NO_KERNEL_COPY:
                         raise
                     self._kernel = False
                     continue
             else:
-                data = os.pread(self._basis, min(length, 8 << 20), offset)
+                data = os.pread(self._basis, min(length - done, 8 << 20), offset + done)
                 n = len(data)
                 if n:
                     if self._hasher is not None:
                         self._hasher.update(data)
                     _write_all(self._out, data)
             if n == 0:
-                raise VerificationFailed(
-                    f"the basis file ends before offset {offset + length}; it changed since the recipe was made"
-                )
-            offset += n
-            length -= n
+                break
+            done += n
+        return done
+
+
+class _BufferedWriter:
+    """The target through the page cache, with DirectWriter's interface: basis
+    runs copied in the kernel, the output read back by a _Verifier as it is
+    written; where it cannot be read back (a pipe), bytes are hashed as written."""
+
+    def __init__(self, out_fd: int, size: int):
+        self._out = out_fd
+        self._read_fd = _reader_for(out_fd)
+        self._verifier = None
+        self._hasher = None
+        if self._read_fd is not None:
+            self._verifier = _Verifier(self._read_fd, os.lseek(out_fd, 0, os.SEEK_CUR), size)
+            self._verifier.start()
+        else:
+            self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        self._copier = None
+        self._written = 0
+
+    def write(self, data) -> None:
+        if self._hasher is not None:
+            self._hasher.update(data)
+        _write_all(self._out, data)
+        self._advance(len(data))
+
+    def copy_from(self, fd: int, offset: int, length: int) -> int:
+        """Like DirectWriter.copy_from; in pieces, so verification can follow."""
+        if self._copier is None:
+            self._copier = _Copier(fd, self._out, self._hasher)
+        done = 0
+        while done < length:
+            step = min(COPY_CHUNK, length - done)
+            got = self._copier.copy(offset + done, step)
+            done += got
+            self._advance(got)
+            if got < step:
+                break
+        return done
+
+    def _advance(self, n: int) -> None:
+        self._written += n
+        if self._verifier:
+            self._verifier.advance(self._written)
+
+    def finish(self) -> str:
+        """Hex BLAKE3 of the output as read back (of the bytes written for a pipe)."""
+        if self._verifier is None:
+            return self._hasher.hexdigest()
+        self._close_verifier()
+        if self._verifier.error is not None:
+            raise TransferFailed(f"cannot read back the written file to verify it: {self._verifier.error}")
+        return self._verifier.hasher.hexdigest()
+
+    def abort(self) -> None:
+        if self._verifier is not None:
+            self._verifier.abort()
+            self._close_verifier()
+
+    def _close_verifier(self) -> None:
+        self._verifier.join()
+        os.close(self._read_fd)
 
 
 def apply_recipe(recipe: Recipe, basis_fd: int | None, read_source: ReadSource, out_fd: int) -> None:
@@ -501,8 +561,8 @@ def apply_recipe(recipe: Recipe, basis_fd: int | None, read_source: ReadSource, 
     if recipe.basis_bytes + recipe.source_bytes != recipe.target_size:
         raise BadInput("recipe runs do not add up to the target size")
     source = _SourceBytes(read_source(recipe.source_ranges()) if recipe.source_bytes else ())
-    direct = open_direct(out_fd, recipe.target_size)
-    got = _write_direct(recipe, basis_fd, source, direct) if direct else _write_buffered(recipe, basis_fd, source, out_fd)
+    writer = open_direct(out_fd, recipe.target_size) or _BufferedWriter(out_fd, recipe.target_size)
+    got = _write_ops(recipe, basis_fd, source, writer)
     if got != recipe.digest:
         raise VerificationFailed(
             f"the patched file's BLAKE3 {got[:16]}... differs from the expected {recipe.digest[:16]}...; "
@@ -510,9 +570,9 @@ def apply_recipe(recipe: Recipe, basis_fd: int | None, read_source: ReadSource, 
         )
 
 
-def _write_direct(recipe: Recipe, basis_fd: int | None, source: "_SourceBytes", writer: DirectWriter) -> str:
-    """The target written around the page cache; returns the BLAKE3 of the
-    bytes handed to the kernel."""
+def _write_ops(recipe: Recipe, basis_fd: int | None, source: "_SourceBytes", writer) -> str:
+    """Run the recipe's ops into ``writer`` (a DirectWriter or a _BufferedWriter);
+    returns the BLAKE3 the writer vouches for."""
     try:
         for kind, offset, length in recipe.ops:
             if kind == BASIS:
@@ -530,50 +590,3 @@ def _write_direct(recipe: Recipe, basis_fd: int | None, source: "_SourceBytes", 
         writer.abort()
         raise
     return writer.finish()
-
-
-def _write_buffered(recipe: Recipe, basis_fd: int | None, source: "_SourceBytes", out_fd: int) -> str:
-    """The target written through the page cache, basis runs copied in the
-    kernel; returns the BLAKE3 of the file read back (or, when it cannot be
-    read back, of the bytes written)."""
-    read_fd = _reader_for(out_fd)
-    base = os.lseek(out_fd, 0, os.SEEK_CUR) if read_fd is not None else 0
-    verifier = _Verifier(read_fd, base, recipe.target_size) if read_fd is not None else None
-    inline_hasher = None if verifier else blake3.blake3(max_threads=blake3.blake3.AUTO)
-    copier = _Copier(basis_fd, out_fd, inline_hasher)
-    written = 0
-    if verifier:
-        verifier.start()
-    try:
-        for kind, offset, length in recipe.ops:
-            if kind == BASIS:
-                for piece in range(0, length, COPY_CHUNK):
-                    step = min(COPY_CHUNK, length - piece)
-                    copier.copy(offset + piece, step)
-                    written += step
-                    if verifier:
-                        verifier.advance(written)
-            else:
-                for piece in source.take(length):
-                    if inline_hasher is not None:
-                        inline_hasher.update(piece)
-                    _write_all(out_fd, piece)
-                    written += len(piece)
-                if verifier:
-                    verifier.advance(written)
-        source.finish()
-    except BaseException:
-        if verifier:
-            verifier.abort()
-            verifier.join()
-            os.close(read_fd)
-        raise
-    if verifier:
-        verifier.join()
-        os.close(read_fd)
-        if verifier.error is not None:
-            raise TransferFailed(f"cannot read back the written file to verify it: {verifier.error}")
-        got = verifier.hasher.hexdigest()
-    else:
-        got = inline_hasher.hexdigest()
-    return got
