@@ -324,10 +324,10 @@ class Agent:
         try:
             delta = _fitsync_delta() if self.signature == "fitsync" and req.get("algo") == "blake3" else None
             if delta is not None:
-                result = build_file_with_fitsync(delta, req, body or b"", literals)
+                produce = fitsync_patcher(delta, req, body or b"", literals)
             else:
-                req["ops"] = parse_recipe(body or b"", self.hashes)
-                result = build_file(req, literals, self.hashes)
+                produce = stdlib_patcher(req, body or b"", literals, self.hashes)
+            result = build_file(req, produce)
         finally:
             for _ in literals:  # drain so the framing stays in step after an error
                 pass
@@ -410,32 +410,20 @@ def _prune(directory, root):
         directory = os.path.dirname(directory)
 
 
-def build_file(req, literals, hashes):
-    """Write the patched file to req["tmp"] (basis runs copied in the kernel
-    where possible), re-read it to verify its digest, then rename it."""
+def build_file(req, produce):
+    """Build req["tmp"] with ``produce(basis, out)`` (open binary files: the
+    basis or None, and the unbuffered temporary), which returns the digest of
+    what it wrote; compare it with req["expected"], set mtime, rename. The
+    temporary never outlives a failure."""
     tmp, final, basis_path = req["tmp"], req["path"], req.get("basis")
     os.makedirs(os.path.dirname(tmp), exist_ok=True)
-    pending = b""
     try:
         basis = open(basis_path, "rb") if basis_path else None
     except OSError as exc:
         raise _os_error(exc, basis_path)
     try:
         with open(tmp, "wb", buffering=0) as out:  # unbuffered: kernel copies and writes share the offset
-            for kind, offset, length in req["ops"]:
-                if kind == 0:
-                    if basis is None:
-                        raise AgentError("bad", "recipe copies from a basis file but none was given")
-                    got = _copy_range(basis, offset, length, out)
-                else:
-                    pieces, pending = _take(literals, pending, length)
-                    got = 0
-                    for piece in pieces:
-                        out.write(piece)
-                        got += len(piece)
-                if got != length:
-                    raise AgentError("verify", "%s: the basis or literal data ended early" % final)
-        digest = file_digest(tmp, req["algo"], hashes)
+            digest = produce(basis, out)
     except OSError as exc:
         _unlink(tmp)
         raise _os_error(exc, tmp)
@@ -452,6 +440,33 @@ def build_file(req, literals, hashes):
     return digest
 
 
+def stdlib_patcher(req, body, literals, hashes):
+    """A ``produce`` for build_file in the stdlib alone: basis runs copied in the
+    kernel where possible, literals written as they come, then the file re-read
+    for its digest."""
+    ops = parse_recipe(body, hashes)
+    final = req["path"]
+
+    def produce(basis, out):
+        pending = b""
+        for kind, offset, length in ops:
+            if kind == 0:
+                if basis is None:
+                    raise AgentError("bad", "recipe copies from a basis file but none was given")
+                got = _copy_range(basis, offset, length, out)
+            else:
+                pieces, pending = _take(literals, pending, length)
+                got = 0
+                for piece in pieces:
+                    out.write(piece)
+                    got += len(piece)
+            if got != length:
+                raise AgentError("verify", "%s: the basis or literal data ended early" % final)
+        return file_digest(req["tmp"], req["algo"], hashes)
+
+    return produce
+
+
 def _fitsync_delta():
     """fitsync.delta when importable and reading our recipe format, else None."""
     try:
@@ -461,44 +476,28 @@ def _fitsync_delta():
     return delta if delta.FORMAT_VERSION == 1 else None
 
 
-def build_file_with_fitsync(delta, req, body, literals):
-    """build_file through fitsync's own patcher, on a host where fitsync is
-    installed: large files are written around the page cache and hashed as
-    they are written, instead of copied and then read again."""
+def fitsync_patcher(delta, req, body, literals):
+    """A ``produce`` for build_file through fitsync's own patcher, on a host
+    where fitsync is installed: large files are written around the page cache
+    and hashed as they are written, instead of copied and then read again."""
     from fitsync.errors import BadInput, FitsyncError
 
-    tmp, final, basis_path = req["tmp"], req["path"], req.get("basis")
+    final = req["path"]
     try:
         recipe = delta.Recipe.from_bytes(body)
     except BadInput as exc:
         raise AgentError("bad", str(exc))
-    if recipe.digest != req["expected"]:
+    if recipe.digest != req["expected"]:  # refused before anything is written
         raise AgentError("verify", "%s: the patched file would not match the source digest" % final)
-    os.makedirs(os.path.dirname(tmp), exist_ok=True)
-    try:
-        basis = os.open(basis_path, os.O_RDONLY) if basis_path else None
-    except OSError as exc:
-        raise _os_error(exc, basis_path)
-    try:
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+
+    def produce(basis, out):
         try:
-            delta.apply_recipe(recipe, basis, lambda ranges: literals, out)
-        finally:
-            os.close(out)
-    except OSError as exc:
-        _unlink(tmp)
-        raise _os_error(exc, tmp)
-    except FitsyncError as exc:  # a short basis, wrong literals, a digest mismatch
-        _unlink(tmp)
-        raise AgentError("verify", "%s: %s" % (final, exc))
-    except BaseException:
-        _unlink(tmp)
-        raise
-    finally:
-        if basis is not None:
-            os.close(basis)
-    _finish(tmp, final, req.get("mtime_ns"))
-    return recipe.digest
+            delta.apply_recipe(recipe, basis.fileno() if basis else None, lambda ranges: literals, out.fileno())
+        except FitsyncError as exc:  # a short basis, wrong literals, a digest mismatch
+            raise AgentError("verify", "%s: %s" % (final, exc))
+        return recipe.digest
+
+    return produce
 
 
 def _copy_range(src, offset, length, out):
