@@ -181,6 +181,26 @@ def test_changed_fits_file_moves_only_the_difference(sshd, home, tmp_path, cli, 
     assert (older / "obs/run.fits").read_bytes() == new
     assert os.stat(older / "obs/run.fits").st_mtime == 1_700_000_900.0
 
+def test_incomplete_fits_source_never_replaces_a_remote_copy_by_relayed_delta(sshd, home, tmp_path, cli):
+    """Remote to remote, the source still being written: its first HDU is
+    whole (its blocks match DST's copy, so the delta is relayed) and its
+    extension is cut short. The header check through ranges refuses it
+    before the patch."""
+    extension = "".join(c.ljust(80) for c in [
+        "XTENSION= 'IMAGE   '", "BITPIX  =                    8", "NAXIS   =                    1",
+        "NAXIS1  =              1000000", "PCOUNT  =                    0", "GCOUNT  =                    1", "END"])
+    extension = extension.ljust(2880).encode()
+    old = fits_file(3_000_000) + extension + os.urandom(1_000_000) + b"\0" * (-1_000_000 % 2880)
+    cut = old[: -100 * 2880]  # the extension's last records not written yet
+    newer, older = tmp_path / "new", tmp_path / "old"
+    write_tree(newer, {"obs/run.fits": cut}, mtime=1_700_000_900.0)
+    write_tree(older, {"obs/run.fits": old})
+    result = cli("mirror", sftp_url(sshd, newer), f"testhost:{older}", "--json", "--retries=0")
+    assert result.code == 3, result.err
+    assert "incomplete" in result.err
+    assert result.json()["bytes_reused"] == 0
+    assert (older / "obs/run.fits").read_bytes() == old
+
 
 def test_remote_signature_equals_local_signature(sshd, home, tmp_path, monkeypatch):
     from fitsync.remotes import open_remote

@@ -410,26 +410,30 @@ def _misnamed_gzip_report() -> FileReport:
 
 
 def _check_plain_file(f, size: int, hasher, mapped: bool) -> FileReport:
-    walker = HduWalker()
     if size and mapped:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapping:
             view = memoryview(mapping)
             try:
                 if hasher is not None:
                     hasher.update(view)
-                _walk(walker, size, lambda pos, n: view[pos : pos + n], skip_data=True)
+                return _walked_report(size, lambda pos, n: view[pos : pos + n], skip_data=True)
             finally:
                 view.release()
-    elif size:
-        buf = memoryview(bytearray(PREAD_CHUNK))
+    buf = memoryview(bytearray(PREAD_CHUNK if size else 0))
 
-        def read_at(pos: int, n: int) -> memoryview:
-            got = os.preadv(f.fileno(), [buf[: min(n, PREAD_CHUNK)]], pos)
-            if hasher is not None:
-                hasher.update(buf[:got])
-            return buf[:got]
+    def read_at(pos: int, n: int) -> memoryview:
+        got = os.preadv(f.fileno(), [buf[: min(n, PREAD_CHUNK)]], pos)
+        if hasher is not None:
+            hasher.update(buf[:got])
+        return buf[:got]
 
-        _walk(walker, size, read_at, skip_data=hasher is None)
+    return _walked_report(size, read_at, skip_data=hasher is None)
+
+
+def _walked_report(size: int, read_at, skip_data: bool) -> FileReport:
+    """The structure report of a plain FITS file of ``size`` bytes read through ``read_at``."""
+    walker = HduWalker()
+    _walk(walker, size, read_at, skip_data)
     hdus, problems = walker.finish()
     return FileReport("", size, None, hdus, problems)
 
@@ -713,9 +717,7 @@ def plain_structure_state(read_at, size: int) -> tuple[str, str]:
     """Like quick_state, for an uncompressed FITS file read through
     ``read_at(offset, length)`` (a remote file): headers only, no data unit
     is read, so it costs a few kilobytes whatever the file's size."""
-    walker = HduWalker()
-    _walk(walker, size, read_at, skip_data=True)
-    report = FileReport("", size, None, *walker.finish())
+    report = _walked_report(size, read_at, skip_data=True)
     return report.status, report.first_problem()
 
 

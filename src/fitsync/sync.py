@@ -381,21 +381,13 @@ class Mirror:
         return checked
 
     def _fits_state(self, path: str):
-        """(state, reason) of a local source FITS file, None for other files.
-        The checker (and numpy with it) is loaded only when a FITS file is met."""
-        from fitsync.fitsnames import looks_like_fits
+        """(state, reason) of a local source FITS file, None for other files."""
+        from fitsync.transfer import local_fits_state
 
-        local = self.src.local_path(path)
         try:
-            with open(local, "rb") as f:
-                head = f.read(16)
+            return local_fits_state(self.src.local_path(path), path)
         except OSError:
             return None
-        if not looks_like_fits(path, head):
-            return None
-        from fitsync import fitsaudit
-
-        return fitsaudit.quick_state(local)
 
     # -- execution ----------------------------------------------------------
     def execute(self, items: list[Item]) -> None:

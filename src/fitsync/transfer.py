@@ -77,20 +77,35 @@ def _check_source_unchanged(src: Remote, item: Item, before=None) -> None:
         raise SourceChanged(f"{item.path} changed while it was being copied; it will be retried")
 
 
+def local_fits_state(local_path: str, name: str) -> tuple[str, str] | None:
+    """(state, reason) of a local file that is FITS by ``name`` or by its first
+    bytes (fitsaudit.quick_state), None for any other file; OSError when it
+    cannot be opened. The checker is loaded only when a FITS file is met."""
+    from fitsync.fitsnames import looks_like_fits
+
+    with open(local_path, "rb") as f:
+        head = f.read(16)
+    if not looks_like_fits(name, head):
+        return None
+    from fitsync import fitsaudit
+
+    return fitsaudit.quick_state(local_path)
+
+
 def refuse_incomplete_fits(path_on_disk: str, item: Item) -> None:
     """A rebuilt FITS file whose structure is incomplete came from a source still
     being written: it must never replace the destination's copy."""
-    from fitsync.fitsnames import looks_like_fits
+    _raise_if_incomplete(item, local_fits_state(path_on_disk, item.path))
 
-    with open(path_on_disk, "rb") as f:
-        head = f.read(16)
-    if not looks_like_fits(item.path, head):
+
+def _raise_if_incomplete(item: Item, state: tuple[str, str] | None) -> None:
+    """IncompleteFits when ``state`` (from fitsaudit, None for no FITS file) says so."""
+    if state is None:
         return
-    from fitsync import fitsaudit
+    from fitsync.fitsaudit import STATUS_INCOMPLETE, IncompleteFits
 
-    state, reason = fitsaudit.quick_state(path_on_disk)
-    if state == fitsaudit.STATUS_INCOMPLETE:
-        raise fitsaudit.IncompleteFits(f"{item.path} is incomplete (still being written?): {reason}")
+    if state[0] == STATUS_INCOMPLETE:
+        raise IncompleteFits(f"{item.path} is incomplete (still being written?): {state[1]}")
 
 
 def _trusted_digest(item: Item) -> str | None:
@@ -387,8 +402,12 @@ def _relay_delta(src: Remote, dst: Remote, item: Item, on_bytes, fits_check: boo
     gain (no common block, a compressed FITS file) or DST cannot verify a
     patch without the new file at hand; the caller then streams the file."""
     from fitsync.delta import aligned_recipe
+    from fitsync.fitsnames import looks_like_fits
 
-    if not dst.verifies_patches_alone() or _is_compressed_fits(src, item):
+    if not dst.verifies_patches_alone():
+        return None
+    head = src.read_range(item.path, 0, 16)
+    if head.startswith(b"\x1f\x8b"):  # gzip: changes throughout when any byte of its content does
         return None
     before = source_identity(src, item)
     new_sig = src.block_signature(item.path)
@@ -400,8 +419,12 @@ def _relay_delta(src: Remote, dst: Remote, item: Item, on_bytes, fits_check: boo
         return None
     if item.expected_digest and recipe.digest != item.expected_digest:
         raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
-    if fits_check:
-        _refuse_incomplete_remote_fits(src, item)
+    if fits_check and looks_like_fits(item.path, head):
+        from fitsync.fitsaudit import plain_structure_state
+
+        # Headers only, read as ranges (a few kilobytes); no data unit is read.
+        _raise_if_incomplete(item, plain_structure_state(lambda pos, n: src.read_range(item.path, pos, n),
+                                                         item.src.size))
 
     def literals():
         for data in src.read_ranges(item.path, split_ranges(recipe.source_ranges(), CHUNK)):
@@ -412,26 +435,6 @@ def _relay_delta(src: Remote, dst: Remote, item: Item, on_bytes, fits_check: boo
     dst.apply_recipe(item.path, recipe, literals(), mtime=item.src.mtime, expected_digest=recipe.digest)
     _check_source_unchanged(src, item, before)
     return Moved(transferred=recipe.source_bytes, reused=recipe.basis_bytes)
-
-
-def _is_compressed_fits(src: Remote, item: Item) -> bool:
-    """A gzipped file changes throughout when any byte of its content does:
-    no block would match, and its completeness needs the whole stream."""
-    return src.read_range(item.path, 0, 2) == b"\x1f\x8b"
-
-
-def _refuse_incomplete_remote_fits(src: Remote, item: Item) -> None:
-    """refuse_incomplete_fits for a source on another host: its headers are
-    read through ranges (a few kilobytes), its data units are not."""
-    from fitsync.fitsnames import looks_like_fits
-
-    if not looks_like_fits(item.path, src.read_range(item.path, 0, 16)):
-        return
-    from fitsync import fitsaudit
-
-    state, reason = fitsaudit.plain_structure_state(lambda pos, n: src.read_range(item.path, pos, n), item.src.size)
-    if state == fitsaudit.STATUS_INCOMPLETE:
-        raise fitsaudit.IncompleteFits(f"{item.path} is incomplete (still being written?): {reason}")
 
 
 class _EmptyMap(bytes):
