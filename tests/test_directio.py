@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 
 import blake3
 import numpy as np
@@ -189,3 +190,88 @@ def test_a_failing_disk_is_reported_and_stops_the_writer(small_buffers, direct_d
         writer.abort()
     finally:
         os.close(out)
+
+
+# -- new files pulled into a local destination (transfer.pull_new) ------------------------
+
+@pytest.fixture
+def pulled_directly(small_buffers, direct_dir, monkeypatch):
+    """A source tree whose files all count as large; records which digests the
+    source computed and whether any copy was read back."""
+    from fitsync import transfer
+    from fitsync.remotes.local import LocalRemote
+
+    monkeypatch.setattr(transfer, "CHUNK", 64 * 1024)  # journal chunks a test file crosses
+    seen = {"source_digests": [], "read_back": []}
+    real_digest, real_verify = LocalRemote.digest, transfer._verify_file
+
+    def digest(self, path, algo="blake3"):
+        seen["source_digests"].append(path)
+        return real_digest(self, path, algo)
+
+    def verify(part, *args):
+        seen["read_back"].append(part)
+        return real_verify(part, *args)
+
+    monkeypatch.setattr(LocalRemote, "digest", digest)
+    monkeypatch.setattr(transfer, "_verify_file", verify)
+    files = {"a/big.fits": os.urandom(300_001), "b/exact.bin": os.urandom(256 * 1024), "c/empty": b""}
+    src = direct_dir / "src"
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    return src, direct_dir / "dst", files, seen
+
+
+def test_new_files_go_around_the_page_cache_checked_against_the_source(pulled_directly, cli):
+    src, dst, files, seen = pulled_directly
+    result = cli("mirror", src, dst, "--json")
+    assert result.code == 0, result.err
+    assert {rel: (dst / rel).read_bytes() for rel in files} == files
+    assert sorted(seen["source_digests"]) == sorted(files)  # the source hashed its own data
+    assert seen["read_back"] == []  # nothing was read back: the bytes written were hashed
+    assert not list((dst / ".fitsync").rglob("*.part")) if (dst / ".fitsync").exists() else True
+
+
+def test_a_copy_that_differs_from_the_source_digest_is_not_kept(pulled_directly, cli, monkeypatch):
+    from fitsync.remotes.local import LocalRemote
+
+    src, dst, files, seen = pulled_directly
+    monkeypatch.setattr(LocalRemote, "digest", lambda self, path, algo="blake3": "0" * 64)
+    result = cli("mirror", src, dst, "--json", "--retries=0")
+    assert result.code == 3
+    failed = {f["path"] for f in result.json()["failures"]}
+    assert failed == set(files) and all("does not match the source" in f["reason"] for f in result.json()["failures"])
+    assert not [p for p in dst.rglob("*") if p.is_file() and ".fitsync" not in p.parts]
+    assert not list(dst.rglob("*.part")), "a copy that failed verification is not kept for resuming"
+
+
+def test_a_direct_copy_cut_mid_way_keeps_its_bytes_and_resumes(pulled_directly, cli, monkeypatch):
+    from fitsync import transfer
+    from fitsync.errors import ConnectionFailed
+
+    src, dst, files, seen = pulled_directly
+    real_read_from = transfer._read_from
+    cut = {"after": 3}
+
+    def read_from(remote, path, offset, size):
+        for n, chunk in enumerate(real_read_from(remote, path, offset, size)):
+            if path == "a/big.fits" and offset == 0 and n == cut["after"]:
+                raise ConnectionFailed("the connection dropped (test)")
+            yield chunk
+
+    monkeypatch.setattr(transfer, "_read_from", read_from)
+    real_pwrite = os.pwrite
+
+    def slow_disk(fd, data, offset):  # buffers are still queued for the disk at the cut
+        time.sleep(0.002)
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(directio.os, "pwrite", slow_disk)
+    first = cli("mirror", src, dst, "--json", "--retries=0")
+    assert first.code == 3 and [f["path"] for f in first.json()["failures"]] == ["a/big.fits"]
+    assert not (dst / "a/big.fits").exists()
+    second = cli("mirror", src, dst, "--json")
+    assert second.code == 0, second.err
+    assert second.json()["bytes_reused"] == cut["after"] * transfer.CHUNK  # the chunks received before the cut
+    assert (dst / "a/big.fits").read_bytes() == files["a/big.fits"]

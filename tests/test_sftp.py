@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
@@ -192,6 +193,14 @@ def test_agent_without_blake3_or_xxhash_agrees_on_hashlib(sshd, home, tree, monk
     assert (root / "up.bin").read_bytes() == data
 
 
+def test_aes_gcm_is_chosen_when_the_server_offers_it(remote):
+    """One OpenSSL call per packet instead of AES-CTR plus HMAC (sshconn.AEAD_CIPHERS)."""
+    r = remote[0]
+    r.stat("a.txt")
+    transport = r.connection().transport
+    assert (transport.local_cipher, transport.remote_cipher) == ("aes128-gcm@openssh.com",) * 2
+
+
 def test_parallel_readers_share_one_connection(sshd, home, tree):
     root, files = tree
     r = open_remote(url(sshd, root), {})
@@ -263,6 +272,54 @@ def test_encrypted_key_passphrase_from_environment(sshd, home, tree, tmp_path, m
         open_remote(f"locked:{root}", {}).stat("a.txt")
     monkeypatch.setenv("FITSYNC_SSH_PASSPHRASE", "s3cret")
     assert open_remote(f"locked:{root}", {}).stat("a.txt").size == 6
+
+
+@pytest.fixture
+def password_server(tmp_path, monkeypatch):
+    """A throwaway system account that may log in by password only (its own
+    sshd; needs root to create the account, as in CI), owning a small tree
+    outside pytest's private temporary directory."""
+    if os.geteuid() != 0:
+        pytest.skip("creating a system account with a password needs root (CI runs as root)")
+    user = f"fspw{os.getpid() % 100000}"
+    password = "c0rrect-h0rse-" + os.urandom(4).hex()
+    account_home = Path(tempfile.mkdtemp(prefix="fitsync-password-"))
+    subprocess.run(["useradd", "--no-create-home", "--home-dir", str(account_home), "--shell", "/bin/sh", user],
+                   check=True)
+    server = None
+    try:
+        subprocess.run(["chpasswd"], input=f"{user}:{password}\n", text=True, check=True)
+        root = account_home / "data"
+        (root / "night").mkdir(parents=True)
+        (root / "night" / "obs.fits").write_bytes(b"SIMPLE  =" * 100)
+        subprocess.run(["chown", "-R", f"{user}:", str(account_home)], check=True)
+        server = SshServer(tmp_path / "sshd", extra=f"Match User {user}\n  PasswordAuthentication yes\n"
+                                                     f"  AuthenticationMethods password").start()
+        use_client_home(server, tmp_path / "client", monkeypatch)
+        yield server, user, password, root
+    finally:
+        sshconn.close_all()
+        if server is not None:
+            server.stop()
+        subprocess.run(["pkill", "-KILL", "-u", user], check=False)
+        subprocess.run(["userdel", "--force", user], check=False, capture_output=True)
+        shutil.rmtree(account_home, ignore_errors=True)
+
+
+def test_password_from_the_environment_logs_in_and_a_wrong_one_is_one_line(password_server, monkeypatch, cli):
+    server, user, password, root = password_server
+    location = f"sftp://{user}@127.0.0.1:{server.port}{root}"
+    with pytest.raises(AuthenticationFailed, match=sshconn.PASSWORD_ENV):  # no terminal to ask on
+        open_remote(location, {}).stat("night/obs.fits")
+    monkeypatch.setenv(sshconn.PASSWORD_ENV, password)
+    assert open_remote(location, {}).stat("night/obs.fits").size == 900
+    sshconn.close_all()
+    monkeypatch.setenv(sshconn.PASSWORD_ENV, password + "-wrong")
+    result = cli("compare", location, root)
+    assert result.code == 4 and "Traceback" not in result.err
+    assert len(result.err.strip().splitlines()) == 1 and user in result.err
+    assert f"password from {sshconn.PASSWORD_ENV}" in result.err
+    assert password not in result.err + result.out, "a secret is never printed"
 
 
 def test_proxyjump_through_a_gateway(sshd, home, tree):

@@ -73,6 +73,32 @@ def test_pull_new_dry_run_delete(sshd, home, tmp_path, cli, account):
 
 
 @pytest.mark.parametrize("account", ["agent", "sftp-only"])
+def test_large_new_files_are_checked_against_the_hosts_own_digest(sshd, home, tmp_path, cli, monkeypatch, account):
+    """With the agent, a large new file is written around the page cache and
+    checked against the BLAKE3 the host computed of its own data; an
+    sftp-only host cannot hash, so the copy is read back instead."""
+    from fitsync import directio, transfer
+
+    monkeypatch.setattr(directio, "MIN_SIZE", 100_000)
+    at_source, read_back = [], []
+    real_digest, real_verify = sftp_mod.SftpRemote.digest, transfer._verify_file
+    monkeypatch.setattr(sftp_mod.SftpRemote, "digest",
+                        lambda self, path, algo="blake3": at_source.append(path) or real_digest(self, path, algo))
+    monkeypatch.setattr(transfer, "_verify_file", lambda part, *rest: read_back.append(part) or real_verify(part, *rest))
+    port = sshd.port if account == "agent" else sshd.sftp_only_port
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    write_tree(remote, FILES)
+    result = cli("mirror", sftp_url(sshd, remote, port), local, "--json")
+    assert result.code == 0, result.err
+    assert read_tree(local) == FILES
+    large = sorted(p for p, data in FILES.items() if len(data) >= directio.MIN_SIZE)
+    if account == "agent":
+        assert sorted(at_source) == large and len(read_back) == len(FILES) - len(large)
+    else:
+        assert at_source == [] and len(read_back) == len(FILES)
+
+
+@pytest.mark.parametrize("account", ["agent", "sftp-only"])
 def test_push_update_delete(sshd, home, tmp_path, cli, account):
     port = sshd.port if account == "agent" else sshd.sftp_only_port
     local, remote = tmp_path / "local", tmp_path / "remote"

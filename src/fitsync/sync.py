@@ -27,6 +27,7 @@ from fitsync.plan import Action, Item, decide, deletions, itemize_line, same_mti
 from fitsync.progress import Reporter
 from fitsync.remotes.base import Capability, Entry, Remote
 from fitsync.remotes.local import LocalRemote, entry_of
+from fitsync.threads import run_beside
 
 if TYPE_CHECKING:  # pragma: no cover
     from fitsync import transfer
@@ -518,31 +519,6 @@ class Mirror:
             return
         self._count(Action.DELETE)
         self.reporter.line(itemize_line(item))
-
-
-def run_beside(work):
-    """Start ``work()`` in a thread of its own; return a function that waits for
-    it and returns its result or raises its exception. (Lighter than a thread
-    pool, whose import alone costs a no-op run a few milliseconds.)"""
-    outcome: list = []
-
-    def target():
-        try:
-            outcome.append((work(), None))
-        except BaseException as exc:  # handed to the waiting thread
-            outcome.append((None, exc))
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-
-    def wait():
-        thread.join()
-        result, error = outcome[0]
-        if error is not None:
-            raise error
-        return result
-
-    return wait
 
 
 class _RemoteLock:

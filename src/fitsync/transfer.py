@@ -31,6 +31,7 @@ from fitsync.hashes import file_digest, new_hasher
 from fitsync.plan import Item
 from fitsync.remotes.base import Capability, Remote
 from fitsync.remotes.local import LocalRemote, finish_file, unlink_quietly
+from fitsync.threads import run_beside
 
 CHUNK = 8 << 20
 JOURNAL_DIGEST = 16  # xxh3-128 per chunk
@@ -121,21 +122,26 @@ def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_chec
     journal = os.path.join(partial_dir, key + ".journal")
     resume_at = _validated_prefix(part, journal)
     moved = Moved(reused=resume_at)
+    trusted = _trusted_digest(item)
+    direct = resume_at == 0 and _checkable_by_source(src, item, trusted)
+    # A direct write is checked against the source's own digest of its data at
+    # rest, taken while the bytes travel, instead of by reading the copy back.
+    at_source = run_beside(lambda: src.digest(item.path)) if direct and trusted is None else None
     received = None if resume_at else new_hasher("blake3")
     before = source_identity(src, item)
     try:
-        _receive(src, item, part, journal, resume_at, received, moved, on_bytes)
+        written = _receive(src, item, part, journal, resume_at, received, moved, on_bytes, direct)
     except BaseException:
         _trim_partial(part, journal)
         raise
     _check_source_unchanged(src, item, before)
-    trusted = _trusted_digest(item)
-    if trusted is None and resume_at and (Capability.DIGEST in src.capabilities or Capability.LOCAL in src.capabilities):
-        trusted = src.digest(item.path)
-    if trusted is None and received is not None:
-        trusted = received.hexdigest()
     try:
-        _verify_file(part, journal, item, trusted)
+        if at_source is not None:
+            trusted = at_source()
+        if written is not None:
+            _verify_written(part, item, written, trusted)
+        else:  # written through the page cache (direct I/O refused here)
+            _verify_file(part, journal, item, _trusted_after_receive(src, item, trusted, received, resume_at))
     except VerificationFailed:
         # The journal vouched for bytes that were wrong when received: resuming
         # from them would fail forever. Start over next time.
@@ -149,24 +155,90 @@ def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_chec
     return moved
 
 
+def _checkable_by_source(src: Remote, item: Item, trusted: str | None) -> bool:
+    """Whether a new file may be written around the page cache: it is large,
+    and a BLAKE3 of the source's data exists or the source computes one where
+    the data is (a local file, an SSH host running the agent). Other listed
+    hashes (Dropbox's, an HTTP server's) need the read-back check."""
+    from fitsync.directio import MIN_SIZE
+
+    if item.src.size < MIN_SIZE or any(algo != "blake3" for algo in item.src.hashes):
+        return False
+    if trusted is not None or Capability.LOCAL in src.capabilities:
+        return True
+    return "blake3" in getattr(src, "remote_digests", ())
+
+
+def _trusted_after_receive(src: Remote, item: Item, trusted: str | None, received, resume_at: int) -> str | None:
+    """The digest a page-cache copy is checked against: the listed one; for a
+    resumed copy the source's own (the bytes received cover only the rest);
+    else the digest of the bytes received, so the check finds a bad write."""
+    if trusted is None and resume_at and (Capability.DIGEST in src.capabilities or Capability.LOCAL in src.capabilities):
+        trusted = src.digest(item.path)
+    if trusted is None and received is not None:
+        trusted = received.hexdigest()
+    return trusted
+
+
 def _receive(src: Remote, item: Item, part: str, journal: str, resume_at: int, received, moved: Moved,
-             on_bytes) -> None:
-    """Append the source's bytes from ``resume_at`` to the partial file, journalling each full chunk."""
+             on_bytes, direct: bool = False) -> str | None:
+    """Append the source's bytes from ``resume_at`` to the partial file, journalling each full chunk.
+    With ``direct`` a large file goes around the page cache (directio); the
+    hex BLAKE3 of the bytes written is returned then, else None."""
+    from fitsync.directio import open_direct
+
     with open(part, "r+b" if resume_at else "wb") as out, open(journal, "r+b" if resume_at else "wb") as jour:
         out.truncate(resume_at)
         out.seek(resume_at)
         jour.truncate(resume_at // CHUNK * JOURNAL_DIGEST)
         jour.seek(0, os.SEEK_END)
-        for chunk in _read_from(src, item.path, resume_at, item.src.size):
-            out.write(chunk)
-            if received is not None:
-                received.update(chunk)
-            if len(chunk) == CHUNK:
-                out.flush()  # the journal must never vouch for bytes still in a buffer
-                jour.write(xxhash.xxh3_128_digest(chunk))
-            moved.transferred += len(chunk)
-            if on_bytes:
-                on_bytes(len(chunk))
+        writer = open_direct(out.fileno(), item.src.size) if direct else None
+        if writer is None:
+            _receive_into(out.write, out.flush, src, item, resume_at, received, jour, moved, on_bytes)
+            return None
+        try:
+            _receive_into(writer.write, None, src, item, resume_at, None, jour, moved, on_bytes)
+        except BaseException:
+            _keep_what_was_received(writer)
+            raise
+        return writer.finish()
+
+
+def _receive_into(write, flush, src: Remote, item: Item, resume_at: int, received, jour, moved: Moved,
+                  on_bytes) -> None:
+    # A resumed run re-reads every journalled chunk (_validated_prefix) before
+    # trusting it, so a journal ahead of the disk (bytes still in a buffer
+    # when the process died) costs a re-read, never a stale byte.
+    for chunk in _read_from(src, item.path, resume_at, item.src.size):
+        write(chunk)
+        if received is not None:
+            received.update(chunk)
+        if len(chunk) == CHUNK:
+            if flush is not None:
+                flush()
+            jour.write(xxhash.xxh3_128_digest(chunk))
+        moved.transferred += len(chunk)
+        if on_bytes:
+            on_bytes(len(chunk))
+
+
+def _keep_what_was_received(writer) -> None:
+    """After a lost connection, write out the buffered chunks so a resumed run
+    keeps them; when the disk itself failed, just stop."""
+    try:
+        writer.finish()
+    except BaseException:
+        writer.abort()
+
+
+def _verify_written(part: str, item: Item, written: str, expected: str) -> None:
+    """A direct write's check: its size, and the BLAKE3 of the bytes handed to
+    the kernel against the source's."""
+    size = os.path.getsize(part)
+    if size != item.src.size:
+        raise VerificationFailed(f"{item.path}: wrote {size} bytes, expected {item.src.size}")
+    if written != expected:
+        raise VerificationFailed(f"{item.path}: BLAKE3 of the copy does not match the source")
 
 
 def _trim_partial(part: str, journal: str) -> None:
