@@ -7,8 +7,8 @@ Options:
   --files=N      Small files in the tree [default: 20000].
   --big-mib=N    Size of the big FITS file in MiB [default: 1024].
   --rounds=N     Interleaved rounds per comparison [default: 3].
-  --cases=LIST   Comma-separated: noop, checksum, big, manifest, manifest-big
-                 [default: noop,checksum,big,manifest,manifest-big].
+  --cases=LIST   Comma-separated: noop, checksum, big, new-big, manifest,
+                 manifest-big [default: noop,checksum,big,new-big,manifest,manifest-big].
   --python=EXE   Interpreter that runs fitsync (else the one running this).
                  Users run fitsync from a virtualenv (pip install); a sandbox
                  whose base interpreter imports extra modules at start-up
@@ -19,7 +19,8 @@ Options:
    content checks: ``fitsync --checksum`` vs ``rsync -ac``.
 2. A 1 GiB FITS file whose header keyword changed: fitsync vs ``rsync -a``
    (whole-file for local copies, its default) and ``rsync -a --no-whole-file``.
-3. ``fitsync manifest`` over the small-file tree and the big file vs ``b3sum``.
+3. The big file copied whole into an empty destination: fitsync vs ``rsync -a``.
+4. ``fitsync manifest`` over the small-file tree and the big file vs ``b3sum``.
 
 Every compared pair runs interleaved with caches re-warmed; medians printed
 as ratios (fitsync / reference; below 1 means fitsync is faster), each with
@@ -41,7 +42,7 @@ from timing import interleave, table, warm  # noqa: E402
 
 WORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work", "mirror")
 FITSYNC = [sys.executable, "-m", "fitsync"]
-CASES = ("noop", "checksum", "big", "manifest", "manifest-big")
+CASES = ("noop", "checksum", "big", "new-big", "manifest", "manifest-big")
 # An installed fitsync has its bytecode compiled; without it every run recompiles.
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
@@ -137,6 +138,8 @@ def main() -> None:
         row(f"no-op --checksum, {args.files} files", res["fitsync"], "rsync -ac", res["rsync"])
     if "big" in args.cases:
         big_header_edit(args, row)
+    if "new-big" in args.cases:
+        new_big_copy(args, row)
     if "manifest" in args.cases:
         res = interleave({
             "fitsync": {"setup": lambda: warm(small), "env": ENV,
@@ -164,6 +167,29 @@ def b3sum_tree(root):
     for dirpath, _, files in os.walk(root):
         names += [os.path.join(dirpath, n) for n in files]
     return lambda: subprocess.run(["b3sum", *names], check=True, stdout=subprocess.DEVNULL)
+
+
+def new_big_copy(args, row) -> None:
+    """The big FITS file into an empty destination: fitsync vs rsync -a."""
+    big_dir = os.path.join(WORK, "big")
+    os.makedirs(big_dir, exist_ok=True)
+    make_big_fits(os.path.join(big_dir, "image.fits"), args.big_mib)
+    dsts = {name: os.path.join(WORK, f"new-{name}") for name in ("fitsync", "rsync")}
+
+    def reset(name):
+        def go():
+            shutil.rmtree(dsts[name], ignore_errors=True)
+            warm(big_dir)
+        return go
+
+    res = interleave({
+        "fitsync": {"setup": reset("fitsync"), "env": ENV,
+                    "cmd": FITSYNC + ["mirror", big_dir, dsts["fitsync"], "--quiet"]},
+        "rsync": {"setup": reset("rsync"), "cmd": ["rsync", "-a", big_dir + "/", dsts["rsync"] + "/"]},
+    }, args.rounds)
+    row(f"{args.big_mib} MiB FITS file, new", res["fitsync"], "rsync -a", res["rsync"])
+    for path in dsts.values():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def big_header_edit(args, row) -> None:
