@@ -148,10 +148,7 @@ def main() -> None:
         }, args.rounds)
         row(f"manifest, {args.files} files", res["fitsync"], "b3sum", res["b3sum"])
     if "manifest-big" in args.cases:
-        big_dir = os.path.join(WORK, "big")
-        original = os.path.join(big_dir, "image.fits")
-        os.makedirs(big_dir, exist_ok=True)
-        make_big_fits(original, args.big_mib)
+        big_dir, original = big_fits(args)
         res = interleave({
             "fitsync": {"setup": lambda: warm(big_dir), "env": ENV,
                         "cmd": FITSYNC + ["manifest", big_dir, "--output=/dev/null"]},
@@ -169,11 +166,18 @@ def b3sum_tree(root):
     return lambda: subprocess.run(["b3sum", *names], check=True, stdout=subprocess.DEVNULL)
 
 
-def new_big_copy(args, row) -> None:
-    """The big FITS file into an empty destination: fitsync vs rsync -a."""
+def big_fits(args) -> tuple[str, str]:
+    """(its directory, its path): the big FITS file every big case starts from."""
     big_dir = os.path.join(WORK, "big")
     os.makedirs(big_dir, exist_ok=True)
-    make_big_fits(os.path.join(big_dir, "image.fits"), args.big_mib)
+    original = os.path.join(big_dir, "image.fits")
+    make_big_fits(original, args.big_mib)
+    return big_dir, original
+
+
+def new_big_copy(args, row) -> None:
+    """The big FITS file into an empty destination: fitsync vs rsync -a."""
+    big_dir, _ = big_fits(args)
     dsts = {name: os.path.join(WORK, f"new-{name}") for name in ("fitsync", "rsync")}
 
     def reset(name):
@@ -194,10 +198,7 @@ def new_big_copy(args, row) -> None:
 
 def big_header_edit(args, row) -> None:
     """A 1 GiB FITS file whose header keyword changed: fitsync vs rsync."""
-    big_dir = os.path.join(WORK, "big")
-    os.makedirs(big_dir, exist_ok=True)
-    original = os.path.join(big_dir, "image.fits")
-    make_big_fits(original, args.big_mib)
+    big_dir, original = big_fits(args)
     edited_src = os.path.join(WORK, "big-src")
     os.makedirs(edited_src, exist_ok=True)
     edited = os.path.join(edited_src, "image.fits")

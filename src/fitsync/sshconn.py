@@ -319,9 +319,8 @@ def _preferred_key_types(transport: paramiko.Transport, target: SshTarget) -> No
     if not known:
         return
     options = transport.get_security_options()
-    current = list(options.key_types)
-    first = [k for k in current if k in known or (k.startswith("rsa-sha2") and "ssh-rsa" in known)]
-    options.key_types = tuple(first + [k for k in current if k not in first])
+    options.key_types = _put_first(options.key_types, [
+        k for k in options.key_types if k in known or (k.startswith("rsa-sha2") and "ssh-rsa" in known)])
 
 
 # AES-GCM encrypts and authenticates each packet in one OpenSSL call; paramiko's
@@ -333,9 +332,13 @@ AEAD_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 def _prefer_aead_ciphers(transport: paramiko.Transport) -> None:
     options = transport.get_security_options()
-    current = list(options.ciphers)
-    first = [c for c in AEAD_CIPHERS if c in current]
-    options.ciphers = tuple(first + [c for c in current if c not in first])
+    options.ciphers = _put_first(options.ciphers, [c for c in AEAD_CIPHERS if c in options.ciphers])
+
+
+def _put_first(current, first: list) -> tuple:
+    """paramiko's preference order ``current`` with ``first`` (names taken
+    from it) moved to the front, in that order."""
+    return tuple(first + [name for name in current if name not in first])
 
 
 # -- noticing a connection that stopped answering ----------------------------------

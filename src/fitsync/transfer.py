@@ -124,9 +124,9 @@ def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_chec
     moved = Moved(reused=resume_at)
     trusted = _trusted_digest(item)
     direct = resume_at == 0 and _checkable_by_source(src, item, trusted)
-    # A direct write is checked against the source's own digest of its data at
-    # rest, taken while the bytes travel, instead of by reading the copy back.
-    at_source = run_beside(lambda: src.digest(item.path)) if direct and trusted is None else None
+    # The source's own digest of its data at rest, taken while the bytes travel.
+    needed = trusted is None and (direct or resume_at and _hashes_own_data(src))
+    at_source = run_beside(lambda: src.digest(item.path)) if needed else None
     received = None if resume_at else new_hasher("blake3")
     before = source_identity(src, item)
     try:
@@ -140,8 +140,8 @@ def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_chec
             trusted = at_source()
         if written is not None:
             _verify_written(part, item, written, trusted)
-        else:  # written through the page cache (direct I/O refused here)
-            _verify_file(part, journal, item, _trusted_after_receive(src, item, trusted, received, resume_at))
+        else:  # through the page cache: read back, against the bytes received if nothing better
+            _verify_file(part, journal, item, trusted or (received.hexdigest() if received else None))
     except VerificationFailed:
         # The journal vouched for bytes that were wrong when received: resuming
         # from them would fail forever. Start over next time.
@@ -156,10 +156,11 @@ def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_chec
 
 
 def _checkable_by_source(src: Remote, item: Item, trusted: str | None) -> bool:
-    """Whether a new file may be written around the page cache: it is large,
-    and a BLAKE3 of the source's data exists or the source computes one where
-    the data is (a local file, an SSH host running the agent). Other listed
-    hashes (Dropbox's, an HTTP server's) need the read-back check."""
+    """Whether a new file may be written around the page cache, where the
+    bytes written are hashed instead of read back: it is large, and a BLAKE3
+    of the source's data exists or the source computes one where the data is
+    (a local file, an SSH host whose agent has blake3). Other listed hashes
+    (Dropbox's, an HTTP server's) need the read-back check."""
     from fitsync.directio import MIN_SIZE
 
     if item.src.size < MIN_SIZE or any(algo != "blake3" for algo in item.src.hashes):
@@ -169,15 +170,10 @@ def _checkable_by_source(src: Remote, item: Item, trusted: str | None) -> bool:
     return "blake3" in getattr(src, "remote_digests", ())
 
 
-def _trusted_after_receive(src: Remote, item: Item, trusted: str | None, received, resume_at: int) -> str | None:
-    """The digest a page-cache copy is checked against: the listed one; for a
-    resumed copy the source's own (the bytes received cover only the rest);
-    else the digest of the bytes received, so the check finds a bad write."""
-    if trusted is None and resume_at and (Capability.DIGEST in src.capabilities or Capability.LOCAL in src.capabilities):
-        trusted = src.digest(item.path)
-    if trusted is None and received is not None:
-        trusted = received.hexdigest()
-    return trusted
+def _hashes_own_data(src: Remote) -> bool:
+    """Whether ``src`` computes digests where its data is; a resumed copy is
+    checked against that (the bytes received cover only its rest)."""
+    return Capability.DIGEST in src.capabilities or Capability.LOCAL in src.capabilities
 
 
 def _receive(src: Remote, item: Item, part: str, journal: str, resume_at: int, received, moved: Moved,
