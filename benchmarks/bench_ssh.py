@@ -2,6 +2,8 @@
 
 Run by hand (root, sshd installed):  PYTHONPATH=src python3 benchmarks/bench_ssh.py [--size-mib=1024]
     [--repeat=3] [--only=full|delta]
+The agent runs on the (loopback) host under FITSYNC_SSH_PYTHON, by default
+the interpreter running this script.
 
 A real sshd on 127.0.0.1 is reached through a small counting TCP relay, so
 bytes are counted on the wire, independently of any tool's own counters.
@@ -138,6 +140,9 @@ class Bench:
         with open(home / ".ssh" / "known_hosts", "a") as f:
             f.write(self.sshd.host_key_line(self.sshd.port).replace(f":{self.sshd.port}", f":{self.relay.port}"))
         self.env = dict(os.environ, HOME=str(home))
+        # The host runs the agent with the interpreter that runs fitsync here
+        # (fitsync installed on both ends), unless FITSYNC_SSH_PYTHON says otherwise.
+        self.env.setdefault("FITSYNC_SSH_PYTHON", sys.executable)
         self.ssh_cmd = (f"ssh -p {self.relay.port} -i {self.sshd.client_key} -o StrictHostKeyChecking=no "
                         f"-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
         self.results: dict = {}

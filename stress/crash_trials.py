@@ -38,10 +38,11 @@ def start_sshd(workdir: Path):
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from sshd_fixture import SshServer
+    from sshd_fixture import SshServer, host_python
 
     server = SshServer(workdir / "sshd").start()
     env = dict(fitsync_env(), HOME=str(server.client_home(workdir / "home")))
+    env.setdefault("FITSYNC_SSH_PYTHON", host_python(workdir))
     env.pop("SSH_AUTH_SOCK", None)
     return server, env
 

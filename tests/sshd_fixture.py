@@ -65,6 +65,7 @@ def use_client_home(server: "SshServer", home: Path, monkeypatch) -> Path:
     monkeypatch.setenv("HOME", str(path))
     for var in CLIENT_ENV:
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("FITSYNC_SSH_PYTHON", host_python(server.dir))
     sftp._WARNED_NO_AGENT.clear()
     fitsync_log = logging.getLogger("fitsync")
     monkeypatch.setattr(fitsync_log, "propagate", True)
@@ -88,6 +89,35 @@ def home(sshd, tmp_path, monkeypatch):
 
     yield use_client_home(sshd, tmp_path / "home", monkeypatch)
     sshconn.close_all()
+
+
+def host_python(workdir: Path) -> str:
+    """The test host's python3: this interpreter's base installation with only
+    blake3 and xxhash on its path, not fitsync, as on a data server where
+    those two are installed (the agent's own signature code runs there).
+
+    Written as a wrapper under ``workdir`` and named explicitly, so that the
+    tests do not depend on whatever python3 the account's login shell finds.
+    A test that wants fitsync on the host adds it with PYTHONPATH."""
+    import shlex
+    import sys
+
+    import blake3
+    import xxhash
+
+    lib = workdir / "host-lib"
+    lib.mkdir(parents=True, exist_ok=True)
+    for module in (blake3, xxhash):
+        package = Path(module.__file__).parent
+        link = lib / package.name
+        if not link.exists():
+            link.symlink_to(package)
+    base = os.path.realpath(sys.executable)  # outside the venv: no site-packages of the test run
+    wrapper = workdir / "host-python3"
+    wrapper.write_text("#!/bin/sh\n"
+                       f'PYTHONPATH={shlex.quote(str(lib))}${{PYTHONPATH:+:$PYTHONPATH}} exec {shlex.quote(base)} "$@"\n')
+    wrapper.chmod(0o755)
+    return shlex.quote(str(wrapper))
 
 
 def _die_with_parent() -> None:

@@ -241,7 +241,7 @@ def test_remote_signature_equals_local_signature(sshd, home, tmp_path, monkeypat
     # a host with fitsync installed: the agent uses its compiled code, same bytes
     sshconn.close_all()
     src = os.path.dirname(os.path.dirname(sftp_mod.__file__)).rsplit("/fitsync", 1)[0]
-    monkeypatch.setenv("FITSYNC_SSH_PYTHON", f"env PYTHONPATH={src} python3")
+    monkeypatch.setenv("FITSYNC_SSH_PYTHON", f"env PYTHONPATH={src} {os.environ['FITSYNC_SSH_PYTHON']}")
     fast = open_remote(sftp_url(sshd, tmp_path / "r"), {})
     assert fast.agent_info()["signature"] == "fitsync"
     assert fast.block_signature("x.fits") == signature_of_file(tmp_path / "r" / "x.fits")
