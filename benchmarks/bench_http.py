@@ -40,7 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 from http_fixture import HttpFixture  # noqa: E402
-from timing import run_timed, table, warm  # noqa: E402
+from timing import installed_env, run_timed, table, warm  # noqa: E402
 
 WORK = os.path.join(HERE, "work", "http")
 HESS = os.path.join(os.path.dirname(os.path.dirname(HERE)), "shared", "data", "hess-dl3-dr1")
@@ -162,7 +162,7 @@ def compare_edit(srv: HttpFixture, site: str, old: str, which: int, rounds: int)
     dst = os.path.join(WORK, "dst-fitsync")
     out_zsync = os.path.join(WORK, "dst-zsync", "image.fits")
     seed = os.path.join(WORK, "dst-zsync", "seed.fits")
-    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env = {k: v for k, v in installed_env().items() if not k.lower().endswith("_proxy")}
 
     def prepare_fitsync():
         shutil.rmtree(os.path.join(dst, ".fitsync"), ignore_errors=True)

@@ -38,13 +38,12 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import interleave, table, warm  # noqa: E402
+from timing import installed_env, interleave, table, warm  # noqa: E402
 
 WORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work", "mirror")
 FITSYNC = [sys.executable, "-m", "fitsync"]
 CASES = ("noop", "checksum", "big", "new-big", "manifest", "manifest-big")
-# An installed fitsync has its bytecode compiled; without it every run recompiles.
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+ENV = installed_env()
 
 
 def make_small_tree(root: str, count: int) -> None:

@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from sshd_fixture import SshServer  # noqa: E402
 
 sys.path.insert(0, str(HERE))
-from timing import warm  # noqa: E402
+from timing import installed_env, warm  # noqa: E402
 
 WORK = HERE / "work" / "ssh"
 
@@ -139,7 +139,7 @@ class Bench:
         home = self.sshd.client_home(WORK / "home")
         with open(home / ".ssh" / "known_hosts", "a") as f:
             f.write(self.sshd.host_key_line(self.sshd.port).replace(f":{self.sshd.port}", f":{self.relay.port}"))
-        self.env = dict(os.environ, HOME=str(home))
+        self.env = dict(installed_env(), HOME=str(home))
         # The host runs the agent with the interpreter that runs fitsync here
         # (fitsync installed on both ends), unless FITSYNC_SSH_PYTHON says otherwise.
         self.env.setdefault("FITSYNC_SSH_PYTHON", sys.executable)
