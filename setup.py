@@ -1,12 +1,13 @@
 """Builds the compiled core from ext/: fitsync._native (hashing, matching, FITS sums) and
-fitsync._walk (directory listing)."""
+fitsync._walk (directory listing, small-file reading and BLAKE3 hashing)."""
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 extensions = [
     Extension("fitsync._native", sources=["ext/_native.pyx"], depends=["ext/kernels.h"],
               include_dirs=["ext"], extra_compile_args=["-O3"]),
-    Extension("fitsync._walk", sources=["ext/_walk.pyx"], extra_compile_args=["-O3", "-pthread"],
+    Extension("fitsync._walk", sources=["ext/_walk.pyx"], depends=["ext/b3.h"], include_dirs=["ext"],
+              extra_compile_args=["-O3", "-pthread", "-Wno-psabi"],  # b3.h: vectors inside inline functions only
               extra_link_args=["-pthread"]),
 ]
 

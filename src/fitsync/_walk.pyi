@@ -1,5 +1,6 @@
 """Type stubs for fitsync._walk (ext/_walk.pyx): the GIL-free tree walker, the
-two-listing comparison and the batched small-file reader."""
+two-listing comparison, the batched small-file reader and the threaded
+small-file BLAKE3 hasher."""
 
 from typing import Any, Callable, TypeVar
 
@@ -51,3 +52,12 @@ class BatchReader:
 def hex_digests(
     hasher: Callable[[Any], Any], buffer: bytearray, spans: list[Any], prefix: bytes = b""
 ) -> tuple[list[str | None], list[int]]: ...
+
+def blake3_files(
+    root: str | bytes, paths: list[Any], sizes: list[int], prefix: bytes = b"", threads: int = 2
+) -> tuple[list[str | int | None], list[int]]:
+    """Per file: hex BLAKE3, an errno, or None (grew since listed); and the
+    indexes of files starting with ``prefix``. C threads, no GIL (ext/b3.h)."""
+    ...
+
+def blake3_digest(data: Any) -> bytes: ...

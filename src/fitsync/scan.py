@@ -1,9 +1,10 @@
 """Hashing many files at once: used by manifest, mirror --checksum, audit and compare.
 
 Small files cost system calls and interpreter time more than hashing: those
-of a local tree are read in batches by C with the GIL released, one batch
-ahead of the thread that hashes them; those of a remote go through its
-digest(). A large local file is hashed from an mmap by BLAKE3's own threads.
+of a local tree are read and hashed (BLAKE3) by C threads with the GIL
+released, or, for other digests, read in batches by C one batch ahead of the
+thread that hashes them; those of a remote go through its digest(). A large
+local file is hashed from an mmap by BLAKE3's own threads.
 """
 
 from __future__ import annotations
@@ -116,6 +117,9 @@ def digest_entries(
 # enough to stay in the processor's caches.
 READ_BATCH_BYTES = 4 << 20  # more than SMALL_FILE: every small file fits a batch
 READ_BATCH_FILES = 1024
+# Small files hashed by one call of the C threads: enough that starting the
+# threads costs nothing, few enough that progress moves.
+HASH_CALL_FILES = 8192
 
 
 def hash_local_files(remote, entries: Iterable[Entry], *, algo: str = "blake3", starts_with: bytes = b"",
@@ -124,13 +128,13 @@ def hash_local_files(remote, entries: Iterable[Entry], *, algo: str = "blake3", 
     """Digests of files of a local tree (``remote.hashes_in_bulk``): ({path: hex
     digest}, {path: error}, [entries whose bytes start with ``starts_with``]).
 
-    Small files: a C thread reads a batch (never needing the GIL) while this
-    one hashes the batch before (a C loop calling the hasher). Large files,
+    Small files: for BLAKE3, C threads read and hash them without the GIL
+    (ext/b3.h); for other digests a C thread reads a batch while this one
+    hashes the batch before (a C loop calling the hasher). Large files,
     and small ones that grew since they were listed, are hashed one by one
     (hashes.digest_and_head: mmap and BLAKE3's threads for large ones),
     spread over ``jobs`` threads. ``on_done(entry)`` follows each file (progress).
     """
-    from fitsync._walk import BatchReader, hex_digests
     from fitsync.hashes import digest_and_head
 
     entries = list(entries)
@@ -139,32 +143,14 @@ def hash_local_files(remote, entries: Iterable[Entry], *, algo: str = "blake3", 
     digests: dict[str, str] = {}
     errors: dict[str, str] = {}
     starting: list[Entry] = []
-    hasher = _hasher_factory(algo)
-    bounds = _read_batches(small)
-    reader = BatchReader(remote.root, [e.path for e in small], [e.size for e in small], bounds, READ_BATCH_BYTES)
-    try:
-        for k, (start, stop) in enumerate(zip(bounds, bounds[1:])):
-            spans, buffer = reader.get(k)
-            found, first = hex_digests(hasher, buffer, spans, starts_with)
-            reader.done(k)
-            batch = small[start:stop]
+    if algo == "blake3":
+        for start in range(0, len(small), HASH_CALL_FILES):  # progress between calls
+            batch = small[start:start + HASH_CALL_FILES]
+            found, first = _blake3_small(remote, batch, starts_with, jobs)
+            _sort_small_results(batch, found, digests, errors, one_by_one, on_done)
             starting += [batch[i] for i in first]
-            if None not in found:  # the common case, without a Python loop per file
-                digests.update(zip([e.path for e in batch], found))
-            else:
-                for entry, span, digest in zip(batch, spans, found):
-                    if digest is not None:
-                        digests[entry.path] = digest
-                    elif span is None:
-                        one_by_one.append(entry)  # grew since listed: hashed below
-                    else:
-                        errors[entry.path] = f"cannot read: {os.strerror(span)}"
-            if on_done:
-                for entry, span in zip(batch, spans):
-                    if span is not None:
-                        on_done(entry)
-    finally:
-        reader.close()
+    else:
+        _hash_small_in_batches(remote, small, algo, starts_with, digests, errors, one_by_one, starting, on_done)
     work = lambda e: digest_and_head(remote.path_of(e.path), algo, len(starts_with))  # noqa: E731
     for entry, result, error in for_each_file(one_by_one, work, jobs=jobs):
         if error is not None:
@@ -176,6 +162,60 @@ def hash_local_files(remote, entries: Iterable[Entry], *, algo: str = "blake3", 
         if on_done:
             on_done(entry)
     return digests, errors, starting
+
+
+def _blake3_small(remote, small: list[Entry], starts_with: bytes, jobs: int | None):
+    """BLAKE3 of small files by C threads, read and hashed without the GIL
+    (fitsync._walk.blake3_files): (per file a digest, errno or None; indexes
+    of the files starting with ``starts_with``)."""
+    from fitsync._walk import blake3_files
+
+    return blake3_files(remote.root, [e.path for e in small], [e.size for e in small], starts_with,
+                        jobs or default_jobs())
+
+
+def _sort_small_results(batch: list[Entry], found: list, digests: dict, errors: dict, one_by_one: list,
+                        on_done) -> None:
+    """Per-file outcomes of a small-file reader: a digest, an errno (int) or
+    None (the file grew since it was listed: hashed one by one later)."""
+    if None not in found and not any(type(x) is int for x in found):  # the common case, no loop per file
+        digests.update(zip([e.path for e in batch], found))
+    else:
+        for entry, result in zip(batch, found):
+            if result is None:
+                one_by_one.append(entry)
+            elif type(result) is int:
+                errors[entry.path] = f"cannot read: {os.strerror(result)}"
+            else:
+                digests[entry.path] = result
+    if on_done:
+        for entry, result in zip(batch, found):
+            if result is not None:
+                on_done(entry)
+
+
+def _hash_small_in_batches(remote, small: list[Entry], algo: str, starts_with: bytes, digests: dict,
+                           errors: dict, one_by_one: list, starting: list, on_done) -> None:
+    """Small files for digests other than BLAKE3 (sha256, sha512 for BagIt):
+    a C thread reads a batch while this one hashes the batch before."""
+    from fitsync._walk import BatchReader, hex_digests
+
+    hasher = _hasher_factory(algo)
+    bounds = _read_batches(small)
+    reader = BatchReader(remote.root, [e.path for e in small], [e.size for e in small], bounds, READ_BATCH_BYTES)
+    try:
+        for k, (start, stop) in enumerate(zip(bounds, bounds[1:])):
+            spans, buffer = reader.get(k)
+            found, first = hex_digests(hasher, buffer, spans, starts_with)
+            reader.done(k)
+            batch = small[start:stop]
+            starting += [batch[i] for i in first]
+            for i, span in enumerate(spans):
+                if type(span) is int:
+                    found[i] = span  # the errno, as blake3_files reports it
+            _sort_small_results(batch, found, digests, errors, one_by_one, on_done)
+    finally:
+        reader.close()
 
 
 def _hasher_factory(algo: str):
