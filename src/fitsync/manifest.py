@@ -112,8 +112,10 @@ def make_header(entries: list[ManifestEntry], blocks: bool) -> dict:
 
 
 def write_jsonl(out: IO[str], entries: list[ManifestEntry], blocks: bool = False) -> None:
+    from fitsync._walk import jsonl_lines
+
     out.write(json.dumps(make_header(entries, blocks), sort_keys=True) + "\n")
-    out.write("".join([_jsonl_line(entry) for entry in entries]))
+    out.write(jsonl_lines(entries, _jsonl_line))  # _jsonl_line's text, formatted in C
 
 
 def _jsonl_line(entry: ManifestEntry) -> str:
