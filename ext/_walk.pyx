@@ -20,7 +20,7 @@ from cpython.buffer cimport PyBUF_READ
 from cpython.memoryview cimport PyMemoryView_FromMemory
 from libc.math cimport fabs
 from libc.stdlib cimport abs, free, malloc, qsort, realloc
-from libc.string cimport memcmp, memcpy, memset, strcmp, strlen
+from libc.string cimport memcmp, memcpy, memset, strcmp, strlen, strrchr
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 cdef extern from "<dirent.h>" nogil:
@@ -93,6 +93,7 @@ cdef extern from *:
     #include <errno.h>
     #include <fcntl.h>
     #include <unistd.h>
+    #include <string.h>
     #include <sys/syscall.h>
     #ifdef __linux__
     #include <linux/openat2.h>
@@ -111,8 +112,28 @@ cdef extern from *:
     #endif
         return openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     }
+    /* The same for a directory (the first `len` bytes of `path`). */
+    static int fitsync_open_dir_beneath(int dirfd, const char *path, size_t len) {
+        char dir[4096];
+        if (len >= sizeof dir) {
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        memcpy(dir, path, len);
+        dir[len] = 0;
+    #if defined(SYS_openat2) && defined(RESOLVE_BENEATH)
+        struct open_how how = {0};
+        how.flags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_DIRECTORY;
+        how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS;
+        int fd = (int)syscall(SYS_openat2, dirfd, dir, &how, sizeof how);
+        if (fd >= 0 || (errno != ENOSYS && errno != EPERM))
+            return fd;
+    #endif
+        return openat(dirfd, dir, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_DIRECTORY);
+    }
     """
     int open_beneath "fitsync_open_beneath"(int dirfd, const char *name) nogil
+    int open_dir_beneath "fitsync_open_dir_beneath"(int dirfd, const char *path, size_t length) nogil
 
 
 # Record flags.
@@ -1093,6 +1114,9 @@ cdef struct Hashing:
 cdef struct HashSpace:    # one thread's buffers, grown as needed
     char *arena           # the claimed files, each at a 64-byte boundary, zero after its end
     size_t arena_cap
+    const char *dir       # the directory last opened (a prefix of a name), and its descriptor:
+    size_t dir_len        # files listed in path order share it, and each open resolves one
+    int dirfd             # name instead of the whole path
     uint32_t (*cvs)[8]    # a chaining value per chunk of the claimed files
     b3_chunk_job *jobs
     size_t chunk_cap
@@ -1123,11 +1147,29 @@ cdef int _grow_space(HashSpace *w, size_t arena, size_t chunks) noexcept nogil:
     return 0
 
 
-cdef Py_ssize_t _read_into(Hashing *h, size_t i, char *slot) noexcept nogil:
+cdef int _open_listed(Hashing *h, HashSpace *w, const char *name) noexcept nogil:
+    """Open a listed file beneath the root, through its directory's
+    descriptor (kept while the next files are in the same directory)."""
+    cdef const char *slash = strrchr(name, 47)  # '/'
+    cdef size_t n
+    if slash == NULL:
+        return open_beneath(h.rootfd, name)
+    n = slash - name
+    if w.dirfd < 0 or n != w.dir_len or memcmp(name, w.dir, n) != 0:
+        if w.dirfd >= 0:
+            close(w.dirfd)
+        w.dirfd = open_dir_beneath(h.rootfd, name, n)
+        if w.dirfd < 0:
+            return -1
+        w.dir, w.dir_len = name, n
+    return open_beneath(w.dirfd, slash + 1)
+
+
+cdef Py_ssize_t _read_into(Hashing *h, HashSpace *w, size_t i, char *slot) noexcept nogil:
     """Read file i into its slot: bytes read, -errno, or HASH_GREW."""
     cdef bint eof
     cdef Py_ssize_t got
-    cdef int fd = open_beneath(h.rootfd, h.names[i])
+    cdef int fd = _open_listed(h, w, h.names[i])
     if fd < 0:
         return -errno
     got = _read_full(fd, slot, h.limits[i], &eof)
@@ -1158,7 +1200,7 @@ cdef void _hash_claimed(Hashing *h, size_t first, size_t last, HashSpace *w) noe
         return
     for i in range(first, last):
         data = w.arena + offsets[i - first]
-        got = _read_into(h, i, data)
+        got = _read_into(h, w, i, data)
         h.status[i] = got
         if got < 0:
             continue
@@ -1182,11 +1224,14 @@ cdef void *_hash_thread(void *arg) noexcept nogil:
     cdef HashSpace w
     cdef size_t first
     memset(&w, 0, sizeof(HashSpace))
+    w.dirfd = -1
     while True:
         first = atomic_take(&h.next, HASH_TAKE)
         if first >= h.count:
             break
         _hash_claimed(h, first, min(first + HASH_TAKE, h.count), &w)
+    if w.dirfd >= 0:
+        close(w.dirfd)
     free(w.arena)
     free(w.cvs)
     free(w.jobs)

@@ -79,3 +79,15 @@ def test_unreadable_missing_grown_and_linked_files_are_reported_not_hashed(tmp_p
     assert digests[1] is None  # more bytes than listed: the caller hashes it another way
     assert digests[2] == errno.ENOENT
     assert digests[3] == errno.ELOOP  # a symlink is never followed out of the root
+
+
+def test_a_symlinked_directory_is_not_followed_out_of_the_root(tmp_path):
+    write(tmp_path, "outside/secret.dat", b"secret")
+    write(tmp_path, "root/a/one.dat", b"one")
+    write(tmp_path, "root/b/two.dat", b"two")
+    os.symlink(tmp_path / "outside", tmp_path / "root" / "a2")
+    names = ["a/one.dat", "a2/secret.dat", "b/two.dat"]
+    digests, _ = blake3_files(str(tmp_path / "root"), names, [3, 6, 3], b"", 1)
+    assert digests[0] == blake3.blake3(b"one").hexdigest()
+    assert digests[1] in (errno.ELOOP, errno.ENOTDIR)  # refused, whichever way the kernel says it
+    assert digests[2] == blake3.blake3(b"two").hexdigest()
