@@ -18,7 +18,9 @@ both a fitsync manifest (--blocks) and a .zsync control file. Then, A B A B:
   A  fitsync mirror http://127.0.0.1:PORT/rel/ DST   (DST holds the old file)
   B  zsync -i OLD -o OUT http://127.0.0.1:PORT/zs/image.fits.zsync
 
-Each run starts from a fresh copy of the old file with the page cache warm.
+Each run starts from a fresh copy of the old file with the page cache warm;
+each tool first runs once untimed per edit (the first run after the edited
+file was written is an outlier), and every timed run is printed.
 Bytes are the bodies the server sent, control files (manifest / .zsync)
 included. Also: block-signature generation (``fitsync manifest --blocks``
 vs ``zsyncmake``) and the manifest's size as a percentage of the data, for
@@ -186,10 +188,16 @@ def compare_edit(srv: HttpFixture, site: str, old: str, which: int, rounds: int)
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
              out_zsync, new),
     ]
+    for case in cases:  # one untimed run each: the first after writing the edit is an outlier
+        case.run_once()
+        case.seconds.clear()
+        case.bytes.clear()
     for _ in range(rounds):
         for case in cases:
             case.run_once()
     a, b = cases
+    for case in cases:
+        print(f"  {EDITS[which]}: {case.name} runs " + " ".join(f"{t:.2f}" for t in case.seconds), flush=True)
     ta, tb = statistics.median(a.seconds), statistics.median(b.seconds)
     ba, bb = statistics.median(a.bytes), statistics.median(b.bytes)
     return [EDITS[which], f"{ba:,.0f}", f"{bb:,.0f}", f"{ba / bb:.2f}", f"{ta:.2f}", f"{tb:.2f}", f"{ta / tb:.2f}",

@@ -1097,7 +1097,9 @@ cdef extern from *:
 
 cdef enum:
     HASH_GREW = -1000000  # more bytes than listed: the caller hashes the file another way
-    HASH_TAKE = 16        # files a thread claims, reads, then hashes together (their chunks share lanes)
+    HASH_TAKE = 16        # at most this many files a thread claims, reads, then hashes together
+                          # (their chunks share lanes) ...
+    HASH_TAKE_BYTES = 1 << 18  # ... and no more bytes than this, unless one file is larger
 
 cdef struct Hashing:
     int rootfd
@@ -1106,7 +1108,9 @@ cdef struct Hashing:
     uint8_t *digests      # 32 bytes per file
     Py_ssize_t *status    # bytes hashed, -errno, or HASH_GREW
     size_t count
-    size_t next           # the next file no thread has claimed
+    size_t *groups        # claims: group k is files groups[k] to groups[k + 1]
+    size_t ngroups
+    size_t next           # the next group no thread has claimed
     const char *prefix
     size_t plen
     uint8_t *starts       # 1 where the file's bytes begin with prefix
@@ -1226,10 +1230,10 @@ cdef void *_hash_thread(void *arg) noexcept nogil:
     memset(&w, 0, sizeof(HashSpace))
     w.dirfd = -1
     while True:
-        first = atomic_take(&h.next, HASH_TAKE)
-        if first >= h.count:
+        first = atomic_take(&h.next, 1)
+        if first >= h.ngroups:
             break
-        _hash_claimed(h, first, min(first + HASH_TAKE, h.count), &w)
+        _hash_claimed(h, h.groups[first], h.groups[first + 1], &w)
     if w.dirfd >= 0:
         close(w.dirfd)
     free(w.arena)
@@ -1268,14 +1272,24 @@ def blake3_files(root, list paths not None, list sizes not None, bytes prefix=b"
     h.digests = <uint8_t *>malloc((n + 1) * 32)
     h.status = <Py_ssize_t *>malloc((n + 1) * sizeof(Py_ssize_t))
     h.starts = <uint8_t *>malloc(n + 1)
+    h.groups = <size_t *>malloc((n + 2) * sizeof(size_t))
     h.rootfd = -1
+    cdef size_t group_bytes = 0
     try:
-        if h.names == NULL or h.limits == NULL or h.digests == NULL or h.status == NULL or h.starts == NULL:
+        if (h.names == NULL or h.limits == NULL or h.digests == NULL or h.status == NULL or h.starts == NULL
+                or h.groups == NULL):
             raise MemoryError()
         memset(h.starts, 0, n + 1)
         for i in range(n):
             h.names[i] = encoded[i]
             h.limits[i] = <size_t>sizes[i] + 1
+            # Consecutive files (one directory's, mostly) form one claim.
+            if i == 0 or i - h.groups[h.ngroups - 1] == HASH_TAKE or group_bytes + h.limits[i] > HASH_TAKE_BYTES:
+                h.groups[h.ngroups] = i
+                h.ngroups += 1
+                group_bytes = 0
+            group_bytes += h.limits[i]
+        h.groups[h.ngroups] = n
         h.prefix = prefix
         h.plen = len(prefix)
         h.rootfd = openat(AT_FDCWD, <const char *>root_b, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -1311,6 +1325,7 @@ def blake3_files(root, list paths not None, list sizes not None, bytes prefix=b"
         free(h.digests)
         free(h.status)
         free(h.starts)
+        free(h.groups)
 
 
 def blake3_digest(data):

@@ -91,3 +91,14 @@ def test_a_symlinked_directory_is_not_followed_out_of_the_root(tmp_path):
     assert digests[0] == blake3.blake3(b"one").hexdigest()
     assert digests[1] in (errno.ELOOP, errno.ENOTDIR)  # refused, whichever way the kernel says it
     assert digests[2] == blake3.blake3(b"two").hexdigest()
+
+
+def test_claims_of_large_and_small_files_mixed(tmp_path):
+    # files over the claim's byte budget go alone, small ones sixteen at a time
+    sizes = [300_000, 5, 0, 1024, 700_000, 2048, 3] + [100] * 40 + [1 << 20 - 1]
+    files = {f"m/f{i:03d}.dat": os.urandom(n) for i, n in enumerate(sizes)}
+    for name, data in files.items():
+        write(tmp_path, name, data)
+    names = sorted(files)
+    digests, _ = blake3_files(str(tmp_path), names, [len(files[n]) for n in names], b"", 2)
+    assert digests == [blake3.blake3(files[n]).hexdigest() for n in names]
