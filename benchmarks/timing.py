@@ -14,12 +14,12 @@ import time
 from typing import Callable, Sequence
 
 
-def installed_env(base: dict | None = None) -> dict:
+def installed_env() -> dict:
     """The environment for timing fitsync as an installed package runs: with
     bytecode caching on (pip compiles it at install time). A shell that sets
     PYTHONDONTWRITEBYTECODE would otherwise make every run recompile fitsync's
     modules from source, 50-150 ms that no user pays."""
-    return {k: v for k, v in (os.environ if base is None else base).items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 def warm(*paths: str) -> None:

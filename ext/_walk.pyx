@@ -1083,9 +1083,7 @@ cdef extern from "b3.h" nogil:
         size_t cap
     int b3_hash(const uint8_t *data, size_t length, b3_scratch *scratch, uint8_t *out)
     uint64_t b3_chunk_count(size_t length)
-    b3_chunk_job b3_job(const uint8_t *data, size_t length, uint64_t c, uint64_t n_chunks, const uint8_t *last,
-                        uint32_t *cv)
-    const uint8_t *b3_last_block_in_place(const uint8_t *data, size_t length, uint64_t c)
+    b3_chunk_job b3_job(const uint8_t *data, size_t length, uint64_t c, uint64_t n_chunks, uint32_t *cv)
     void b3_run_chunk_jobs(const b3_chunk_job *jobs, size_t n)
     void b3_finish(uint32_t (*cvs)[8], uint64_t n_chunks, uint8_t *out)
 
@@ -1212,8 +1210,7 @@ cdef void _hash_claimed(Hashing *h, size_t first, size_t last, HashSpace *w) noe
         n = b3_chunk_count(got)
         bases[i - first] = njobs
         for c in range(n):
-            w.jobs[njobs] = b3_job(<uint8_t *>data, got, c, n, b3_last_block_in_place(<uint8_t *>data, got, c),
-                                   w.cvs[njobs])
+            w.jobs[njobs] = b3_job(<uint8_t *>data, got, c, n, w.cvs[njobs])  # the slot is zero-padded
             njobs += 1
         if h.plen and <size_t>got >= h.plen and memcmp(data, h.prefix, h.plen) == 0:
             h.starts[i] = 1

@@ -73,8 +73,6 @@ static inline uint32_t b3_load32(const uint8_t *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
-static inline uint32_t b3_rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
-
 /* One compression on four rows of four words, GCC/Clang vector types: the
  * four column steps of a round are one vector step, then the rows are
  * rotated so that the diagonals line up as columns, and back. */
@@ -230,28 +228,22 @@ static inline uint64_t b3_chunk_count(size_t len) {
     return len ? (len + B3_CHUNK_LEN - 1) / B3_CHUNK_LEN : 1;
 }
 
-/* The job for chunk ``c`` of ``data``; ``last`` is where its last block
- * can be read, zero-padded to 64 bytes. */
+/* The job for chunk ``c`` of ``data``. Its last block is read in place:
+ * ``data`` must be readable, zero after its end, to a whole number of
+ * blocks (a caller that cannot promise that repoints ``last`` at a padded
+ * copy of ``last_len`` bytes). */
 static inline b3_chunk_job b3_job(const uint8_t *data, size_t len, uint64_t c, uint64_t n_chunks,
-                                  const uint8_t *last, uint32_t *cv) {
+                                  uint32_t *cv) {
     b3_chunk_job j;
     size_t chunk_len = len - c * B3_CHUNK_LEN < B3_CHUNK_LEN ? len - c * B3_CHUNK_LEN : B3_CHUNK_LEN;
     j.data = data + c * B3_CHUNK_LEN;
     j.counter = c;
     j.nblocks = chunk_len ? (uint32_t)((chunk_len + B3_BLOCK_LEN - 1) / B3_BLOCK_LEN) : 1;
     j.last_len = (uint32_t)(chunk_len - (j.nblocks - 1) * B3_BLOCK_LEN);
-    j.last = last;
+    j.last = j.data + (j.nblocks - 1) * B3_BLOCK_LEN;
     j.root = n_chunks == 1 ? B3_ROOT : 0;
     j.cv = cv;
     return j;
-}
-
-/* Where the last block of chunk c lies, when the input itself is readable
- * (zero-padded) to a whole number of blocks. */
-static inline const uint8_t *b3_last_block_in_place(const uint8_t *data, size_t len, uint64_t c) {
-    size_t chunk_len = len - c * B3_CHUNK_LEN < B3_CHUNK_LEN ? len - c * B3_CHUNK_LEN : B3_CHUNK_LEN;
-    size_t nblocks = chunk_len ? (chunk_len + B3_BLOCK_LEN - 1) / B3_BLOCK_LEN : 1;
-    return data + c * B3_CHUNK_LEN + (nblocks - 1) * B3_BLOCK_LEN;
 }
 
 /* The largest power of two (in chunks) strictly less than n_chunks: the
@@ -308,15 +300,12 @@ static int b3_hash(const uint8_t *data, size_t len, b3_scratch *scratch, uint8_t
     uint64_t n = b3_chunk_count(len), c;
     if (scratch->cap < n)
         return -1;
-    for (c = 0; c < n; c++) {
-        const uint8_t *at = b3_last_block_in_place(data, len, c);
-        if (c + 1 == n) {  /* the input's end: pad its last block */
-            memset(last, 0, sizeof(last));
-            memcpy(last, at, len - (size_t)(at - data));
-            at = last;
-        }
-        scratch->jobs[c] = b3_job(data, len, c, n, at, scratch->cvs[c]);
-    }
+    for (c = 0; c < n; c++)
+        scratch->jobs[c] = b3_job(data, len, c, n, scratch->cvs[c]);
+    /* only the input's own last block may end before a whole block: pad a copy */
+    memset(last, 0, sizeof(last));
+    memcpy(last, scratch->jobs[n - 1].last, scratch->jobs[n - 1].last_len);
+    scratch->jobs[n - 1].last = last;
     b3_run_chunk_jobs(scratch->jobs, n);
     b3_finish(scratch->cvs, n, out);
     return 0;

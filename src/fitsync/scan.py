@@ -178,7 +178,7 @@ def _sort_small_results(batch: list[Entry], found: list, digests: dict, errors: 
                         on_done) -> None:
     """Per-file outcomes of a small-file reader: a digest, an errno (int) or
     None (the file grew since it was listed: hashed one by one later)."""
-    if None not in found and not any(type(x) is int for x in found):  # the common case, no loop per file
+    if all(type(x) is str for x in found):  # the common case: every file hashed
         digests.update(zip([e.path for e in batch], found))
     else:
         for entry, result in zip(batch, found):
@@ -219,11 +219,8 @@ def _hash_small_in_batches(remote, small: list[Entry], algo: str, starts_with: b
 
 
 def _hasher_factory(algo: str):
-    """data -> an object with hexdigest(), for ``algo``."""
-    if algo == "blake3":
-        from blake3 import blake3
-
-        return blake3
+    """data -> an object with hexdigest(), for ``algo`` (not BLAKE3: blake3_files
+    hashes those small files)."""
     from fitsync.hashes import new_hasher
 
     def hashed(data: memoryview):
