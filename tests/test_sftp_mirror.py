@@ -278,7 +278,10 @@ def kill_when_growing(sshd, directory, pattern, final, threshold=4 << 20):
 
 @pytest.mark.parametrize("direction", ["pull", "push"])
 def test_connection_killed_mid_mirror_is_retried_and_verified(sshd, home, tmp_path, cli, direction):
-    data = os.urandom(64 << 20)
+    # Large enough that the kill (seen at the first 8 MiB direct-write buffer,
+    # then a `ps` to find the sessions) lands mid-transfer: with 64 MiB the
+    # loopback copy sometimes finished first and nothing was lost to retry.
+    data = os.urandom(192 << 20)
     src, dst = tmp_path / "src", tmp_path / "dst"
     write_tree(src, {"big.fits": data, "small.txt": b"small"})
     if direction == "pull":
