@@ -125,6 +125,83 @@ def test_patching_real_files_in_both_directions(tmp_path_factory, pair, zsync):
     assert (tmp / "out").read_bytes() == new
 
 
+def _aligned_hint(sig, described: bytes, other: bytes, keep) -> np.ndarray:
+    """Per block of ``sig`` (a signature of ``described``): its own offset
+    where ``other`` holds the same bytes there and ``keep`` says so, else -1."""
+    hint = np.full(len(sig), -1, dtype=np.int64)
+    for i, (offset, length) in enumerate(zip(sig.block_offsets().tolist(), sig.block_lengths().tolist())):
+        if keep(i) and other[offset:offset + length] == described[offset:offset + length]:
+            hint[i] = offset
+    return hint
+
+
+@pytest.mark.parametrize("direction", ["rsync", "zsync"])
+@settings(max_examples=200, deadline=None)
+@given(pair=file_pairs(), seed=st.integers(0, 2**32 - 1))
+def test_recipes_from_a_partial_hint_rebuild_the_new_file(direction, pair, seed):
+    """A hint (some blocks' places in the scanned file, as a signature rebuilt
+    from it carries) narrows the scan to the bytes it leaves uncovered; the
+    recipe must still rebuild the new file exactly."""
+    old, new, block_size = pair
+    coin = np.random.default_rng(seed).random(1 + len(old) + len(new)) < 0.7
+    if direction == "rsync":
+        sig = signature_of_buffer(old, block_size, fits_aware=False)
+        recipe = delta_recipe(sig, new, known=_aligned_hint(sig, old, new, lambda i: coin[i]))
+    else:
+        sig = signature_of_buffer(new, block_size, fits_aware=False)
+        recipe = fetch_recipe(sig, old, known=_aligned_hint(sig, new, old, lambda i: coin[i]))
+    _check_recipe(recipe, old, new)
+
+
+@pytest.mark.parametrize("edit", ["header value", "header grown", "data overwritten"])
+def test_a_full_hint_finds_what_the_whole_scan_finds(edit):
+    """The mirror's cases: with the unchanged blocks' places known, the scan of
+    what is left finds every other reusable block (same literal bytes)."""
+    rng = np.random.default_rng(9)
+    old = bytes(2880) + rng.integers(0, 256, 300 * 2880, dtype=np.uint8).tobytes()
+    if edit == "header value":
+        new = b"X" + old[1:]
+    elif edit == "header grown":
+        new = b"Y" * 2880 + old
+    else:
+        new = old[:100_000] + bytes(10_000) + old[110_000:]
+    block = 2 * 2880
+    new_sig, old_sig = signature_of_buffer(new, block), signature_of_buffer(old, block)
+    full = fetch_recipe(new_sig, old)
+    hinted = fetch_recipe(new_sig, old, known=_shifted_hint(new_sig, new, old))
+    _check_recipe(hinted, old, new)
+    assert hinted.source_bytes == full.source_bytes
+    pushed = delta_recipe(old_sig, new, known=_shifted_hint(old_sig, old, new))
+    _check_recipe(pushed, old, new)
+    assert pushed.source_bytes == delta_recipe(old_sig, new).source_bytes
+
+
+def _shifted_hint(sig, described: bytes, other: bytes) -> np.ndarray:
+    """Per block of ``sig``: where ``other`` holds it at its own offset or
+    shifted by the edit (0 or 2880 bytes either way), skipping the first block."""
+    hint = np.full(len(sig), -1, dtype=np.int64)
+    for i, (offset, length) in enumerate(zip(sig.block_offsets().tolist(), sig.block_lengths().tolist())):
+        for shift in (0, 2880, -2880):
+            at = offset + shift
+            if i > 0 and 0 <= at and other[at:at + length] == described[offset:offset + length]:
+                hint[i] = at
+                break
+    return hint
+
+
+def test_a_wrong_hint_fails_verification_not_silently(tmp_path):
+    old = np.random.default_rng(3).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+    new = old[:20_000] + b"edit" + old[20_004:]
+    (tmp_path / "old").write_bytes(old)
+    sig = signature_of_buffer(new, 1000, fits_aware=False)
+    wrong = np.arange(len(sig), dtype=np.int64)[::-1] * 1000  # every block "found" in the wrong place
+    recipe = fetch_recipe(sig, old, known=wrong)
+    with pytest.raises(VerificationFailed):
+        _patch(recipe, tmp_path / "old", new, tmp_path / "out")
+    with pytest.raises(ValueError):
+        fetch_recipe(sig, old, known=wrong[:-1])
+
+
 def _patch(recipe, basis_path, new: bytes, out_path, flags=os.O_WRONLY, chunk=1000):
     """apply_recipe with a reader that returns the source ranges in odd-sized chunks."""
     requested = []

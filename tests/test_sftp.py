@@ -10,9 +10,11 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import blake3
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -221,6 +223,63 @@ def test_parallel_readers_share_one_connection(sshd, home, tree):
         t.join()
     assert not errors and all(v == files["sub/b.bin"] for v in results.values()) and len(results) == 4
     assert r.connection() is other.connection()
+
+
+def _settled(conn, started: int) -> None:
+    """Wait until ``started`` SFTP channels were opened ahead on ``conn`` and none is still opening."""
+    deadline = time.monotonic() + 20
+    while (conn._spares_started < started or conn._spares_opening) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert conn._spares_started == started and not conn._spares_opening
+
+
+def test_channels_for_the_workers_are_opened_ahead_and_adopted(sshd, home, tree, monkeypatch):
+    """Every channel costs a start of the account's shell on the server, so
+    the calling thread's and each --jobs worker's SFTP channel are opened side
+    by side as the connection comes up; threads adopt them instead of opening."""
+    root, files = tree
+    sshconn.close_all()  # a connection of this test's own
+    r = open_remote(url(sshd, root), {"--jobs": "2"})
+    assert r.stat("a.txt").size == len(files["a.txt"])
+    conn = r.connection()
+    _settled(conn, 3)
+    opened = []
+    real_open = conn._open_sftp
+    monkeypatch.setattr(conn, "_open_sftp", lambda: opened.append(1) or real_open())
+    results = []
+
+    def read(i):
+        results.append(r.read_range("sub/b.bin", 0, 100))
+
+    for n_threads, expect_opened in ((2, 0), (1, 1)):  # two spares left, then none
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(n_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(opened) == expect_opened
+    assert results == [files["sub/b.bin"][:100]] * 3
+
+
+def test_one_agent_starts_however_early_it_is_asked_for(sshd, home, tree, monkeypatch):
+    """The first agent starts in the background as the connection comes up; a
+    thread asking for one meanwhile waits for it rather than starting another."""
+    root, _ = tree
+    started = []
+
+    class CountedAgent(sftp_mod.AgentClient):
+        def __init__(self, *args, **kwargs):
+            started.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(sftp_mod, "AgentClient", CountedAgent)
+    sshconn.close_all()
+    r = open_remote(url(sshd, root), {})
+    assert Capability.SIGNATURE in r.capabilities
+    assert r.digest("a.txt")
+    with r.using_agent() as agent:
+        assert agent is not None
+    assert len(started) == 1
 
 
 # -- host keys and authentication ---------------------------------------------------------
@@ -442,7 +501,7 @@ _OVERWRITTEN = _DATA[:4 << 20] + os.urandom(65536) + _DATA[(4 << 20) + 65536:]
     (os.urandom(1 << 20), _DATA, 10 ** 9),  # nothing in common: everything, still right
 ], ids=["header-value", "header-grown", "data-overwritten", "appended", "unrelated"])
 def test_signature_by_difference_is_exact_and_small(sig_pair, old, new, most):
-    from fitsync.signature import signature_of_file
+    from fitsync.signature import signature_of_file, strong_digest
 
     remote, rdir, ldir = sig_pair
     (rdir / "f.fits").write_bytes(new)
@@ -454,6 +513,13 @@ def test_signature_by_difference_is_exact_and_small(sig_pair, old, new, most):
         wire = agent.received - before
     assert got == full
     assert wire < min(most, len(full.to_bytes()) + 10_000), (wire, len(full.to_bytes()))
+    # where the local file holds each block (the hint recipes take): those bytes have the block's sums
+    local = old
+    for i in np.flatnonzero(got.like_offsets >= 0).tolist():
+        at, length = int(got.like_offsets[i]), int(full.block_lengths()[i])
+        assert strong_digest(local[at:at + length]) == full.strong_of(i)
+    if most < 10 ** 9:  # the files share most blocks: most are placed
+        assert (got.like_offsets >= 0).mean() > 0.7  # (appended: 6 of 8 MiB)
     assert remote.block_signature("f.fits", like=str(ldir / "f.fits")) == full
 
 

@@ -185,26 +185,93 @@ def _byte_view(buffer) -> memoryview:
     return view
 
 
-def _scan_and_digest(sig: Signature, view: memoryview) -> tuple[np.ndarray, np.ndarray, str]:
-    """find_blocks and the BLAKE3 of the buffer, computed side by side."""
-    with ThreadPoolExecutor(1) as pool:
-        digesting = pool.submit(buffer_digest, view)
-        positions, blocks = find_blocks(sig, view)
-        return positions, blocks, digesting.result().hex()
-
-
-def delta_recipe(basis_sig: Signature, source_buffer, source_digest: str | None = None) -> Recipe:
+def delta_recipe(basis_sig: Signature, source_buffer, source_digest: str | None = None, known=None) -> Recipe:
     """rsync direction: the recipe for the source (new) bytes, given the
     signature of the basis (old file at the destination). ``source_digest``
     (hex BLAKE3 of the source, when the caller already knows it) saves one
-    pass over the source; a wrong one makes apply_recipe fail, never lie."""
+    pass over the source; a wrong one makes apply_recipe fail, never lie.
+    ``known`` gives, per basis block, an offset of the source holding its
+    bytes, or -1 (Signature.like_offsets of a signature rebuilt from this
+    source): only source bytes that no known block covers are scanned."""
     view = _byte_view(source_buffer)
-    if source_digest is None:
-        positions, blocks, source_digest = _scan_and_digest(basis_sig, view)
-    else:
-        positions, blocks = find_blocks(basis_sig, view)
+    with ThreadPoolExecutor(1) as pool:
+        digesting = pool.submit(buffer_digest, view) if source_digest is None else None
+        if known is None:
+            positions, blocks = find_blocks(basis_sig, view)
+        else:
+            positions, blocks = _matches_around(basis_sig, view, _checked_hint(known, basis_sig))
+        if digesting is not None:
+            source_digest = digesting.result().hex()
     ops = _ops_from_matches(positions, blocks, basis_sig.block_offsets(), basis_sig.block_lengths(), len(view))
     return Recipe(ops, len(view), source_digest, basis_sig.file_size)
+
+
+def _checked_hint(known, sig: Signature) -> np.ndarray:
+    found = np.array(known, dtype=np.int64)  # a copy: callers' hints stay as they were
+    if found.shape != (len(sig),):
+        raise ValueError(f"a hint of {found.size} offsets for a signature of {len(sig)} blocks")
+    return found
+
+
+def _matches_around(sig: Signature, view: memoryview, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The known matches (block i at offset known[i]) plus what a scan of the
+    bytes they leave uncovered finds: sorted by position, without overlaps."""
+    placed = np.flatnonzero(known >= 0)
+    more_positions, more_blocks = _scan_spans(sig, view, known)
+    return _without_overlaps(np.concatenate((known[placed], more_positions)), np.concatenate((placed, more_blocks)),
+                             sig.block_lengths())
+
+
+def _scan_spans(sig: Signature, view: memoryview, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Matches of ``sig``'s blocks in the bytes of ``view`` that no block
+    placed by ``known`` covers."""
+    spans = _uncovered_spans(known, sig.block_lengths(), len(view), sig.block_size)
+    if not spans:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    index = block_index(sig)
+    found = [index.scan(view, strong_digest, start, stop, -1) for start, stop in spans]
+    return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
+
+
+def _uncovered_spans(found: np.ndarray, lengths: np.ndarray, size: int, block_size: int) -> list[tuple[int, int]]:
+    """The byte ranges of a buffer of ``size`` that no block placed by
+    ``found`` covers, each widened by a block less one byte on both sides, so
+    that a block straddling a span's edge is seen by a scan of it."""
+    placed = found >= 0
+    starts = found[placed]
+    order = np.argsort(starts, kind="stable")
+    starts = starts[order]
+    ends = np.maximum.accumulate(starts + lengths[placed][order]) if len(starts) else starts
+    gap_starts = np.concatenate(([0], ends))
+    gap_ends = np.concatenate((starts, [size]))
+    margin = max(block_size - 1, 0)
+    spans: list[tuple[int, int]] = []
+    for start, stop in zip(gap_starts.tolist(), gap_ends.tolist()):
+        if stop <= start:
+            continue
+        start, stop = max(0, start - margin), min(size, stop + margin)
+        if spans and start <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(stop, spans[-1][1]))
+        else:
+            spans.append((start, stop))
+    return spans
+
+
+def _without_overlaps(positions: np.ndarray, blocks: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Matches sorted by position; where two overlap, the earlier stays."""
+    order = np.lexsort((blocks, positions))
+    positions, blocks = positions[order], blocks[order]
+    ends = positions + lengths[blocks]
+    if len(positions) < 2 or bool(np.all(positions[1:] >= ends[:-1])):
+        return positions, blocks
+    keep = np.zeros(len(positions), dtype=bool)
+    reach = -1
+    for i, (position, end) in enumerate(zip(positions.tolist(), ends.tolist())):
+        if position >= reach:
+            keep[i] = True
+            reach = end
+    return positions[keep], blocks[keep]
 
 
 def _ops_from_matches(positions, blocks, basis_offsets, basis_lengths, target_size) -> list:
@@ -234,28 +301,44 @@ def _ops_from_matches(positions, blocks, basis_offsets, basis_lengths, target_si
     return ops
 
 
-def fetch_recipe(source_sig: Signature, basis_buffer) -> Recipe:
+def fetch_recipe(source_sig: Signature, basis_buffer, known=None) -> Recipe:
     """zsync direction: the recipe for the source file described by
     ``source_sig``, reusing whatever blocks of it the local basis (old copy)
-    already holds; SOURCE runs are the byte ranges to fetch."""
+    already holds; SOURCE runs are the byte ranges to fetch. ``known`` gives,
+    per source block, an offset of the basis holding its bytes, or -1
+    (Signature.like_offsets of a signature rebuilt from this basis): only
+    basis bytes that no known block covers are scanned. A wrong hint makes
+    apply_recipe's verification fail, never a wrong file."""
     if source_sig.digest is None:
         raise BadInput("the source's signature was made without its file digest; it cannot drive a fetch")
     view = _byte_view(basis_buffer)
-    positions, blocks = find_blocks(source_sig, view)
     offsets, lengths = source_sig.block_offsets(), source_sig.block_lengths()
-    found = np.full(len(source_sig), -1, dtype=np.int64)
-    if len(blocks):
-        # Blocks with equal strong digests are the same bytes: one found is all found.
-        keys = np.frombuffer(source_sig.strong, dtype="<u8").reshape(-1, STRONG_LEN // 8)
-        _, same_as = np.unique(keys, axis=0, return_inverse=True)
-        same_as = same_as.reshape(-1)
-        where_class = np.full(int(same_as.max()) + 1, -1, dtype=np.int64)
-        where_class[same_as[blocks]] = positions  # any place one of them was found will do
-        found = where_class[same_as]
-        found[blocks] = positions  # a block found itself keeps its own place: longer runs
+    if known is None:
+        found = np.full(len(source_sig), -1, dtype=np.int64)
+        _place_found(source_sig, found, *find_blocks(source_sig, view))
+    else:
+        found = _checked_hint(known, source_sig)
+        if (found < 0).any():
+            _place_found(source_sig, found, *_scan_spans(source_sig, view, found))
     _find_short_blocks_in_place(source_sig, view, found, offsets, lengths)
     ops = _ops_from_found(found, offsets, lengths)
     return Recipe(ops, source_sig.file_size, source_sig.digest.hex(), len(view))
+
+
+def _place_found(sig: Signature, found: np.ndarray, positions: np.ndarray, blocks: np.ndarray) -> None:
+    """Record scan matches in ``found`` (basis offset per source block) for
+    blocks not placed yet. Blocks with equal strong digests are the same
+    bytes: one found is all found."""
+    if not len(blocks):
+        return
+    keys = np.frombuffer(sig.strong, dtype="<u8").reshape(-1, STRONG_LEN // 8)
+    _, same_as = np.unique(keys, axis=0, return_inverse=True)
+    same_as = same_as.reshape(-1)
+    where_class = np.full(int(same_as.max()) + 1, -1, dtype=np.int64)
+    where_class[same_as[blocks]] = positions  # any place one of them was found will do
+    placed = where_class[same_as]
+    placed[blocks] = positions  # a block found itself keeps its own place: longer runs
+    np.copyto(found, placed, where=found < 0)
 
 
 def aligned_recipe(source_sig: Signature, basis_sig: Signature) -> Recipe:

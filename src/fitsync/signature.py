@@ -150,9 +150,15 @@ def block_layout(file_size: int, block_size: int, boundaries=(0,)) -> tuple[np.n
 class Signature:
     """Blocks (weak + strong sums) and BLAKE3 digest of one file version.
     ``digest`` is None only for signatures built with ``digest=False``, which
-    serve matching alone (the basis side of the rsync direction)."""
+    serve matching alone (the basis side of the rsync direction).
 
-    __slots__ = ("file_size", "block_size", "boundaries", "weak", "strong", "digest", "_layout")
+    ``like_offsets`` is set only on a signature that a remote rebuilt from a
+    local file (``Remote.block_signature(path, like=FILE)``): per block, an
+    offset of FILE holding that block's bytes, or -1. Recipes take it as a
+    hint (delta.fetch_recipe, delta.delta_recipe); it is not part of the
+    signature's value or wire format."""
+
+    __slots__ = ("file_size", "block_size", "boundaries", "weak", "strong", "digest", "_layout", "like_offsets")
 
     def __init__(self, file_size, block_size, boundaries, weak, strong, digest):
         self.file_size = int(file_size)
@@ -162,6 +168,7 @@ class Signature:
         self.strong = bytes(strong)
         self.digest = None if digest is None else bytes(digest)
         self._layout = None
+        self.like_offsets: np.ndarray | None = None
         if self.digest is not None and len(self.digest) != DIGEST_LEN:
             raise BadInput("a signature's digest must be 32 bytes")
         count = block_count(self.file_size, self.block_size, self.boundaries)

@@ -406,6 +406,10 @@ class SshConnection:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._stalled: dict = {}  # generation -> why the watchdog closed it
+        self._spares: list = []  # (generation, SFTPClient) opened ahead, for threads to adopt
+        self._spares_opening = 0
+        self._spares_started = 0
+        self._spares_cond = threading.Condition()
         self.transport = self._connect()
 
     def _connect(self) -> paramiko.Transport:
@@ -466,15 +470,60 @@ class SshConnection:
         if client is not None and getattr(self._local, "generation", None) == self.generation \
                 and not client.sock.closed:
             return client
-        try:
-            channel = self.transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
-            channel.invoke_subsystem("sftp")
-            client = paramiko.SFTPClient(channel)
-        except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise ConnectionFailed(f"cannot open an SFTP session on {self.target.describe()}: {exc}") from None
+        client = self._adopt_spare()
+        if client is None:
+            try:
+                client = self._open_sftp()
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise ConnectionFailed(f"cannot open an SFTP session on {self.target.describe()}: {exc}") from None
         self._local.sftp = client
         self._local.generation = self.generation
         return client
+
+    def _open_sftp(self) -> paramiko.SFTPClient:
+        channel = self.transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
+        channel.invoke_subsystem("sftp")
+        return paramiko.SFTPClient(channel)
+
+    # Each channel costs the server a start of the account's shell (sshd runs
+    # the sftp subsystem and every exec through it), 0.1 s and more where a
+    # .bashrc sets up pyenv or conda. The SFTP channels that the threads of a
+    # run will want are therefore opened side by side as soon as the
+    # connection is up, while the agent starts and the local tree is listed.
+    def open_spares(self, total: int) -> None:
+        """Open SFTP channels in the background for threads to adopt, until
+        ``total`` have been opened ahead on this connection."""
+        with self._spares_cond:
+            count = total - self._spares_started
+            self._spares_started += max(count, 0)
+            self._spares_opening += max(count, 0)
+        for _ in range(count):
+            threading.Thread(target=self._open_spare, args=(self.generation,), name="fitsync-sftp-spare",
+                             daemon=True).start()
+
+    def _open_spare(self, generation: int) -> None:
+        try:
+            client = self._open_sftp()
+        except Exception:  # the thread that wanted it opens its own and reports the error
+            client = None
+        with self._spares_cond:
+            self._spares_opening -= 1
+            if client is not None:
+                self._spares.append((generation, client))
+            self._spares_cond.notify_all()
+
+    def _adopt_spare(self) -> paramiko.SFTPClient | None:
+        """A spare SFTP client of the current transport, waiting for one being
+        opened (that is sooner than opening another); None when there is none."""
+        with self._spares_cond:
+            while not self._spares and self._spares_opening:
+                self._spares_cond.wait()
+            while self._spares:
+                generation, client = self._spares.pop()
+                if generation == self.generation and not client.sock.closed:
+                    return client
+                client.close()
+        return None
 
     def exec(self, command: str) -> paramiko.Channel:
         """A channel running ``command`` remotely (stdin/stdout are the channel)."""

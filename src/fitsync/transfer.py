@@ -363,7 +363,7 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_ch
     tmp = os.path.join(tmp_dir, _identity_key(item) + ".delta")
     with open(basis_path, "rb") as basis:
         with mmap.mmap(basis.fileno(), 0, access=mmap.ACCESS_READ) as basis_map:
-            recipe = fetch_recipe(sig, basis_map)
+            recipe = fetch_recipe(sig, basis_map, known=sig.like_offsets)
         fetched = [0]
 
         def read_source(ranges):
@@ -448,7 +448,7 @@ def _push_delta(local: str, dst: Remote, item: Item, on_bytes=None) -> Moved:
     sig = dst.block_signature(item.path, like=local)
     with open(local, "rb") as f:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if item.src.size else _EmptyMap() as data:
-            recipe = delta_recipe(sig, data)
+            recipe = delta_recipe(sig, data, known=sig.like_offsets)
             if item.expected_digest and recipe.digest != item.expected_digest:
                 raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
 

@@ -500,7 +500,7 @@ def signature_by_difference(agent: AgentClient, full: str, like: str):
             for j in range(len(layout.counts)):
                 k = local.find_segment(layout.lengths[j], summary["segments"][j], j)
                 if k is not None:
-                    layout.fill(layout.firsts[j], local.signature(k), 0, layout.counts[j])
+                    layout.fill(layout.firsts[j], local.signature(k), 0, layout.counts[j], local.segments[k][0])
                 else:
                     k = local.counterpart(layout.lengths[j], j)
                     if k is not None and layout.counts[j] >= 2 * GROUP_BLOCKS:
@@ -516,6 +516,7 @@ def signature_by_difference(agent: AgentClient, full: str, like: str):
     if struct.unpack("<Q", sig.to_bytes()[-8:])[0] != summary["check"]:
         log.warning("%s: the signature rebuilt from local blocks did not check out; fetching it whole", full)
         return None
+    sig.like_offsets = layout.like_offsets
     return sig
 
 
@@ -538,7 +539,7 @@ def _fill_matching_groups(agent: AgentClient, full: str, layout: "_RemoteLayout"
             pos += 16
             comparable = g0 + n <= len(sig) and (same_layout or g0 + n <= full_blocks)
             if comparable and xxhash.xxh3_128_digest(sig.strong[g0 * 16:(g0 + n) * 16]) == remote_hash:
-                layout.fill(layout.firsts[j] + g0, sig, g0, n)
+                layout.fill(layout.firsts[j] + g0, sig, g0, n, local.segments[k][0])
 
 
 class _RemoteLayout:
@@ -558,11 +559,17 @@ class _RemoteLayout:
         self.weak = np.zeros(n, dtype=np.uint32)
         self.strong = bytearray(16 * n)
         self.known = np.zeros(n, dtype=bool)
+        self.like_offsets = np.full(n, -1, dtype=np.int64)  # where the local file holds each block
 
-    def fill(self, first: int, sig, start: int, count: int) -> None:
+    def fill(self, first: int, sig, start: int, count: int, local_start: int) -> None:
+        """Blocks first.. are blocks start.. of ``sig``, the signature of the
+        local segment beginning at byte ``local_start``."""
+        import numpy as np
+
         self.weak[first:first + count] = sig.weak[start:start + count]
         self.strong[16 * first:16 * (first + count)] = sig.strong[16 * start:16 * (start + count)]
         self.known[first:first + count] = True
+        self.like_offsets[first:first + count] = local_start + (start + np.arange(count)) * self.block_size
 
     def missing_ranges(self) -> list:
         import numpy as np
@@ -615,7 +622,8 @@ class _LocalSegments:
             from fitsync.signature import signature_of_buffer
 
             start, end = self.segments[k]
-            self._sigs[k] = signature_of_buffer(memoryview(self.data)[start:end], self.block_size, fits_aware=False)
+            self._sigs[k] = signature_of_buffer(memoryview(self.data)[start:end], self.block_size, fits_aware=False,
+                                                digest=False)  # sums only: matching needs no digest
         return self._sigs[k]
 
     def find_segment(self, length: int, remote_hash: str, near: int) -> int | None:
@@ -655,6 +663,7 @@ class SftpRemote(Remote):
         self._root_spec = root
         self._root: str | None = None
         self.retries = _option_int(options, "--retries", DEFAULT_RETRIES)
+        self.jobs = max(1, _option_int(options, "--jobs", 2))
         # The interpreter (or command) that runs the agent, e.g. "env PYTHONPATH=/opt/fitsync python3".
         self.python = conf.get("python") or os.environ.get("FITSYNC_SSH_PYTHON", "python3")
         self.use_agent = conf.get("agent", True) and os.environ.get("FITSYNC_SSH_AGENT", "1") != "0"
@@ -702,12 +711,37 @@ class SftpRemote(Remote):
     def connection(self) -> SshConnection:
         """The shared connection, re-established if it died since last use."""
         with self._lock:
-            if self._conn is None:
+            first = self._conn is None
+            if first:
                 self._conn = connect(self.target)
             conn = self._conn
+        if first:
+            self._get_ready(conn)
         if not conn.alive():
             conn.reconnect(conn.generation)
         return conn
+
+    def _get_ready(self, conn: SshConnection) -> None:
+        """Start, in the background, what the run will ask for next: an SFTP
+        channel for the calling thread and each of --jobs workers, and the
+        first agent. Each waits on the server (see SshConnection.open_spares),
+        so side by side they cost the time of one. A failure here is left to
+        the operation that needs the thing to meet and report."""
+        conn.open_spares(1)
+        if self.use_agent:
+            threading.Thread(target=self._start_first_agent, args=(conn,), name="fitsync-agent-start",
+                             daemon=True).start()
+        else:
+            conn.open_spares(self.jobs + 1)
+
+    def _start_first_agent(self, conn: SshConnection) -> None:
+        try:
+            self._checkout(park=True)
+        except Exception:  # noqa: BLE001 - reported by the operation that needs the agent
+            log.debug("starting the agent on %s ahead of use failed", self.target.describe(), exc_info=True)
+        # The workers' channels only now: the shells started for them would
+        # otherwise compete with the agent's start for the server's CPU.
+        conn.open_spares(self.jobs + 1)
 
     def lane_connection(self, lane: int) -> SshConnection:
         """An extra connection to the same host (lane 0 is ``connection()``)."""
@@ -809,19 +843,21 @@ class SftpRemote(Remote):
                     with self._agents_lock:
                         self._idle.append(client)
 
-    def _checkout(self) -> AgentClient | None:
+    def _checkout(self, park: bool = False) -> AgentClient | None:
+        """An idle agent, else a newly started one. With ``park`` the new
+        agent goes to the idle pool before another thread may look there."""
         if not self.use_agent or self._agent_state is False:
             return None
         conn = self.connection()
-        with self._agents_lock:
-            while self._idle:
-                client = self._idle.pop()
-                if client.generation == conn.generation and not client.channel.closed:
-                    return client
-                client.close()
+        client = self._take_idle(conn)
+        if client is not None:
+            return client
         with self._probe_lock:  # the first start decides, once, whether this host has an agent
             if self._agent_state is False:
                 return None
+            client = self._take_idle(conn)  # started while this thread waited for the lock
+            if client is not None:
+                return client
             transport = conn.transport
             try:
                 client = AgentClient(conn, self.python, self.agent_avoid)
@@ -837,7 +873,20 @@ class SftpRemote(Remote):
                 raise TransferFailed(f"the fitsync agent on {self.target.describe()} stopped: {exc}") from None
             self._agent_state = True
             self._agent_info = client.info
+            if park:
+                with self._agents_lock:
+                    self._idle.append(client)
+                return None
         return client
+
+    def _take_idle(self, conn: SshConnection) -> AgentClient | None:
+        with self._agents_lock:
+            while self._idle:
+                client = self._idle.pop()
+                if client.generation == conn.generation and not client.channel.closed:
+                    return client
+                client.close()
+        return None
 
     def agent_info(self) -> dict | None:
         """The agent's hello (hashes, signature code, home), starting it if
