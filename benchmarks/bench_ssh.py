@@ -11,11 +11,8 @@ bytes are counted on the wire, independently of any tool's own counters.
 - delta: a FITS file of --size-mib with three edits (a header value changed;
   the header grown by one 2880-byte record; 1 MiB overwritten mid-data),
   each pulled and pushed by `fitsync mirror` and by `rsync -e ssh`
-  (interleaved, medians of --repeat).
-  "fitsync-like" runs the same pull/push through the Remote API with
-  ``block_signature(path, like=LOCAL)`` (signatures by difference), which is
-  what `fitsync mirror` does once the engine passes ``like=``
-  (/work/notes/requests.md, ssh request 7).
+  (interleaved, medians of --repeat). Both copies are written back to disk
+  and read into the page cache before each timed run.
 - full: the whole file copied by fitsync (mirror, and the bare SftpRemote
   stream), scp, `rsync -W -e ssh`, and rclone over sftp, each connecting to
   sshd directly (bytes are the file's; the relay would cost CPU).
@@ -205,7 +202,7 @@ class Bench:
         fits_file(base, self.size)
         for case in ("header-value", "header-grown", "data-1mib"):
             for _ in range(self.repeat):
-                for tool in ("fitsync", "fitsync-like", "rsync"):
+                for tool in ("fitsync", "rsync"):
                     for direction in ("pull", "push"):
                         self._delta_once(base, case, tool, direction)
         base.unlink()
@@ -218,17 +215,16 @@ class Bench:
         shutil.copy2(base, old_side / "f.fits")
         shutil.copy2(base, new_side / "f.fits")
         edit(new_side / "f.fits", case)
+        warm(str(new_side), str(old_side))  # no writeback of the fresh copies inside the timed run
         # pull: the remote holds the new version; push: the local side does
         if direction == "pull":
             remote, local = new_side, old_side
             argv = {"fitsync": self.fitsync("mirror", self.url(remote), local),
-                    "fitsync-like": [sys.executable, __file__, "--api-pull", self.url(remote), str(local)],
                     "rsync": ["rsync", "-a", "--no-W", "-e", self.ssh_cmd, f"root@127.0.0.1:{remote}/",
                               f"{local}/"]}[tool]
         else:
             local, remote = new_side, old_side
             argv = {"fitsync": self.fitsync("mirror", local, self.url(remote)),
-                    "fitsync-like": [sys.executable, __file__, "--api-push", str(local), self.url(remote)],
                     "rsync": ["rsync", "-a", "--no-W", "-e", self.ssh_cmd, f"{local}/",
                               f"root@127.0.0.1:{remote}/"]}[tool]
         self.measure(f"{case} {direction}: {tool}", argv)
@@ -251,47 +247,7 @@ class Bench:
         self.sshd.stop()
 
 
-def api_pull(url: str, local_dir: str, name: str = "f.fits") -> None:
-    """Pull one changed file the way the engine does, with a signature by difference."""
-    from fitsync.delta import apply_recipe, fetch_recipe_for_file
-    from fitsync.remotes import open_remote
-
-    src = open_remote(url, {})
-    basis = os.path.join(local_dir, name)
-    entry = src.stat(name)
-    sig = src.block_signature(name, like=basis)
-    recipe = fetch_recipe_for_file(sig, basis)
-    tmp = basis + ".tmp"
-    with open(basis, "rb") as b, open(tmp, "wb") as out:
-        apply_recipe(recipe, b.fileno(), lambda ranges: src.read_ranges(name, ranges), out.fileno())
-    os.utime(tmp, (entry.mtime, entry.mtime))
-    os.replace(tmp, basis)
-
-
-def api_push(local_dir: str, url: str, name: str = "f.fits") -> None:
-    """Push one changed file the way the engine does, with a signature by difference."""
-    import mmap
-
-    from fitsync.delta import delta_recipe_for_file
-    from fitsync.remotes import open_remote
-
-    dst = open_remote(url, {})
-    source = os.path.join(local_dir, name)
-    sig = dst.block_signature(name, like=source)
-    recipe = delta_recipe_for_file(sig, source)
-    with open(source, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        literals = (bytes(data[o:o + n]) for o, n in recipe.source_ranges())
-        dst.apply_recipe(name, recipe, literals, mtime=os.stat(source).st_mtime, expected_digest=recipe.digest,
-                         source_path=source)
-
-
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "--api-pull":
-        api_pull(argv[1], argv[2])
-        return 0
-    if argv and argv[0] == "--api-push":
-        api_push(argv[1], argv[2])
-        return 0
     opts = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
     bench = Bench(int(opts.get("size-mib", 1024)), int(opts.get("repeat", 3)))
     try:

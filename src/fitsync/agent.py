@@ -235,6 +235,8 @@ class Agent:
             st = os.stat(path, follow_symlinks=False)
         except OSError as exc:
             raise _os_error(exc, path)
+        if req.get("dir"):  # a tree's root: whether it is a directory (symlinks followed, as SFTP's stat does)
+            return {"ok": True, "is_dir": os.path.isdir(path)}
         if not stat.S_ISREG(st.st_mode):
             raise AgentError("notfound", "%s is not a regular file" % path)
         return {"ok": True, "size": st.st_size, "mtime_ns": st.st_mtime_ns}

@@ -445,10 +445,15 @@ def push(src: Remote, dst: Remote, item: Item, on_bytes=None, fits_check: bool =
 def _push_delta(local: str, dst: Remote, item: Item, on_bytes=None) -> Moved:
     from fitsync.delta import delta_recipe
 
+    # The new file's digest is computed while the far side computes its old
+    # file's signature: the agent's verification needs it, and it is ready
+    # when the signature arrives instead of being computed after it.
+    digest_of_new = run_beside(lambda: file_digest(local))
     sig = dst.block_signature(item.path, like=local)
+    digest = digest_of_new()
     with open(local, "rb") as f:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if item.src.size else _EmptyMap() as data:
-            recipe = delta_recipe(sig, data, known=sig.like_offsets)
+            recipe = delta_recipe(sig, data, source_digest=digest, known=sig.like_offsets)
             if item.expected_digest and recipe.digest != item.expected_digest:
                 raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
 

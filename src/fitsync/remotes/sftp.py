@@ -755,16 +755,14 @@ class SftpRemote(Remote):
     @property
     def root(self) -> str:
         if self._root is None:
-            self._root = self._call("resolve the root", lambda conn: self._absolute_root(conn.sftp()))
+            root = self._root_spec
+            if root.startswith("~/") or root == "~":
+                root = root[2:] or "."
+            if not root.startswith("/"):  # relative to the login directory, which only the server knows
+                home = self._call("resolve the root", lambda conn: conn.sftp().normalize("."))
+                root = posixpath.normpath(posixpath.join(home, root))
+            self._root = root.rstrip("/") or "/"
         return self._root
-
-    def _absolute_root(self, sftp: paramiko.SFTPClient) -> str:
-        root = self._root_spec
-        if root.startswith("~/") or root == "~":
-            root = root[2:] or "."
-        if not root.startswith("/"):
-            root = posixpath.normpath(posixpath.join(sftp.normalize("."), root))
-        return root.rstrip("/") or "/"
 
     def remote_path(self, path: str) -> str:
         return posixpath.join(self.root, safe_relpath(path))
@@ -939,9 +937,13 @@ class SftpRemote(Remote):
 
     # -- listing ------------------------------------------------------------------------
     def exists(self) -> bool:
+        def once(conn):
+            with self.using_agent() as agent:  # the agent is up first: no wait for an SFTP channel
+                if agent is not None:
+                    return agent.call({"op": "stat", "path": self.root, "dir": True})["is_dir"]
+            return stat_mod.S_ISDIR(conn.sftp().stat(self.root).st_mode)
         try:
-            return stat_mod.S_ISDIR(self._call(f"stat {self.root}",
-                                               lambda conn: conn.sftp().stat(self.root)).st_mode)
+            return self._call(f"stat {self.root}", once)
         except NotFound:
             return False
 
