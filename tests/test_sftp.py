@@ -535,6 +535,10 @@ def test_signature_by_difference_is_exact_and_small(sig_pair, old, new, most):
         assert strong_digest(local[at:at + length]) == full.strong_of(i)
     if most < 10 ** 9:  # the files share most blocks: most are placed
         assert (got.like_offsets >= 0).mean() > 0.7  # (appended: 6 of 8 MiB)
+    # the basis side of a push: the same sums without the whole-file digest
+    assert remote.block_signature("f.fits", like=str(ldir / "f.fits"), digest=False) == \
+        signature_of_file(rdir / "f.fits", digest=False)
+    assert remote.block_signature("f.fits", digest=False) == signature_of_file(rdir / "f.fits", digest=False)
     assert remote.block_signature("f.fits", like=str(ldir / "f.fits")) == full
 
 

@@ -238,6 +238,7 @@ def test_remote_signature_equals_local_signature(sshd, home, tmp_path, monkeypat
     assert remote.agent_info()["signature"] == "python"  # the remote python has no fitsync on its path
     for name in ("x.fits", "y.bin"):
         assert remote.block_signature(name) == signature_of_file(tmp_path / "r" / name)
+        assert remote.block_signature(name, digest=False) == signature_of_file(tmp_path / "r" / name, digest=False)
     # a host with fitsync installed: the agent uses its compiled code, same bytes
     sshconn.close_all()
     src = os.path.dirname(os.path.dirname(sftp_mod.__file__)).rsplit("/fitsync", 1)[0]
@@ -245,6 +246,11 @@ def test_remote_signature_equals_local_signature(sshd, home, tmp_path, monkeypat
     fast = open_remote(sftp_url(sshd, tmp_path / "r"), {})
     assert fast.agent_info()["signature"] == "fitsync"
     assert fast.block_signature("x.fits") == signature_of_file(tmp_path / "r" / "x.fits")
+    like = tmp_path / "like.fits"
+    like.write_bytes(data[:500_000] + bytes(1000) + data[501_000:])
+    for digest in (True, False):  # by difference too, with and without the whole-file digest
+        assert fast.block_signature("x.fits", like=str(like), digest=digest) == \
+            signature_of_file(tmp_path / "r" / "x.fits", digest=digest)
 
 
 # -- a connection killed in the middle of a mirror ---------------------------------------------

@@ -279,7 +279,7 @@ class Agent:
             st = os.stat(path)
         except OSError as exc:
             raise _os_error(exc, path)
-        key = (path, st.st_size, st.st_mtime_ns, req.get("fits", True), req.get("block_size"))
+        key = (path, st.st_size, st.st_mtime_ns, req.get("fits", True), req.get("block_size"), req.get("digest", True))
         if getattr(self, "_sig_key", None) != key:
             try:
                 self._sig = ParsedSignature(signature_of(path, req, self))
@@ -293,7 +293,8 @@ class Agent:
         segments = [self.hashes.xxhash.xxh3_128_hexdigest(sig.strong_bytes(first, count))
                     for first, count in sig.segment_blocks()]
         return {"ok": True, "size": sig.file_size, "block_size": sig.block_size, "boundaries": sig.boundaries,
-                "digest": sig.digest.hex(), "check": sig.check, "nblocks": sig.nblocks, "segments": segments}
+                "digest": sig.digest.hex() if sig.digest is not None else None, "check": sig.check,
+                "nblocks": sig.nblocks, "segments": segments}
 
     def op_sighashes(self, req, body):
         """16-byte hashes of groups of ``group`` blocks' strong sums, per range."""
@@ -619,8 +620,8 @@ class ParsedSignature:
     def __init__(self, data):
         fields = SIG_HEADER.unpack_from(data)
         self.data = data
-        self.block_size, self.file_size, nbounds, self.nblocks, self.digest = (
-            fields[4], fields[5], fields[6], fields[8], fields[9])
+        self.block_size, self.file_size, nbounds, self.nblocks = fields[4], fields[5], fields[6], fields[8]
+        self.digest = None if fields[7] & 1 else fields[9]  # flag 1: made without the whole-file digest
         pos = SIG_HEADER.size
         self.boundaries = list(struct.unpack_from("<%dQ" % nbounds, data, pos))
         self.weak_pos = pos + 8 * nbounds
@@ -672,7 +673,8 @@ def signature_of(path, req, agent):
     if kind == "fitsync":
         signature = _fitsync_signature()
         if signature is not None:
-            return signature.signature_of_file(path, req.get("block_size"), req.get("fits", True)).to_bytes()
+            return signature.signature_of_file(path, req.get("block_size"), req.get("fits", True),
+                                               req.get("digest", True)).to_bytes()
         kind = agent.signature = _python_kind(agent.hashes)
         if kind is None:
             raise AgentError("bad", "fitsync on this host cannot be imported, and xxhash/blake3 are missing")
@@ -683,12 +685,14 @@ def signature_of(path, req, agent):
             boundaries = fits_boundaries(lambda off, n: os.pread(f.fileno(), n, off), size)
         block_size = req.get("block_size") or default_block_size(
             size, req.get("block_records") or (MIN_BLOCK_RECORDS, MAX_BLOCK_RECORDS))
-        return python_signature(f, size, block_size, boundaries, agent.hashes)
+        return python_signature(f, size, block_size, boundaries, agent.hashes, req.get("digest", True))
 
 
-def python_signature(f, size, block_size, boundaries, hashes):
+def python_signature(f, size, block_size, boundaries, hashes, with_digest=True):
+    """``with_digest=False`` leaves out the whole-file BLAKE3 (flag 1), which
+    only the basis side of a push needs: its sums serve matching alone."""
     xxh = hashes.xxhash
-    digest = hashes.blake3.blake3()
+    digest = hashes.blake3.blake3() if with_digest else None
     weak = []
     strong = []
     f.seek(0)
@@ -696,11 +700,13 @@ def python_signature(f, size, block_size, boundaries, hashes):
         block = f.read(length)
         if len(block) != length:
             raise AgentError("io", "file shrank while its signature was computed")
-        digest.update(block)
+        if digest is not None:
+            digest.update(block)
         weak.append(rollsum(block))
         strong.append(xxh.xxh3_128_digest(block))
-    header = SIG_HEADER.pack(SIG_MAGIC, SIG_FORMAT_VERSION, 1, 1, block_size, size, len(boundaries), 0,
-                             len(weak), digest.digest())
+    header = SIG_HEADER.pack(SIG_MAGIC, SIG_FORMAT_VERSION, 1, 1, block_size, size, len(boundaries),
+                             0 if digest is not None else 1, len(weak),
+                             digest.digest() if digest is not None else bytes(32))
     body = b"".join([header, struct.pack("<%dQ" % len(boundaries), *boundaries),
                      struct.pack("<%dI" % len(weak), *weak), b"".join(strong)])
     return body + struct.pack("<Q", xxh.xxh3_64_intdigest(body))

@@ -262,7 +262,7 @@ class ReleaseRemote(Remote):
     def digest(self, path: str, algo: str = "blake3") -> str:
         return self.inner.digest(path, algo)
 
-    def block_signature(self, path: str, like: str | None = None):
+    def block_signature(self, path: str, like: str | None = None, digest: bool = True):
         """The manifest's signature of ``path``; None for a file it has none for
         (the mirror engine then downloads the file whole). ``like`` is ignored."""
         return self.release.signature(path)

@@ -449,7 +449,7 @@ def _push_delta(local: str, dst: Remote, item: Item, on_bytes=None) -> Moved:
     # file's signature: the agent's verification needs it, and it is ready
     # when the signature arrives instead of being computed after it.
     digest_of_new = run_beside(lambda: file_digest(local))
-    sig = dst.block_signature(item.path, like=local)
+    sig = dst.block_signature(item.path, like=local, digest=False)  # the old file's digest is of no use here
     digest = digest_of_new()
     with open(local, "rb") as f:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if item.src.size else _EmptyMap() as data:

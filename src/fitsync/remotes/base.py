@@ -142,13 +142,15 @@ class Remote(ABC):
         with self.open_read(path) as f:
             return hash_stream(f, algo, READ_CHUNK)
 
-    def block_signature(self, path: str, like: str | None = None) -> "Signature | None":
+    def block_signature(self, path: str, like: str | None = None, digest: bool = True) -> "Signature | None":
         """Block signature of the file (backends with SIGNATURE compute it remotely),
         or None when there is none to be had cheaply (e.g. a release manifest
         without blocks for this file); the engine then copies the whole file.
         ``like`` names a local file probably similar to this one (the old copy
         for a pull, the new file for a push): a backend may use it to send only
-        the block sums that differ (signatures by difference)."""
+        the block sums that differ (signatures by difference). ``digest=False``
+        allows leaving out the whole-file digest, which matching does not need
+        (the basis side of a push); a backend may still include it."""
         from fitsync.signature import signature_of_remote
 
         return signature_of_remote(self, path)

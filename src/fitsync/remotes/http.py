@@ -508,7 +508,7 @@ class HttpRemote(Remote):
         return self._retrying("GET " + url, attempt)
 
     # -- reading -------------------------------------------------------------------
-    def block_signature(self, path: str, like: str | None = None):
+    def block_signature(self, path: str, like: str | None = None, digest: bool = True):
         """The manifest's block signature of ``path``; None for a file the
         manifest has none for (the engine then downloads it whole). ``like``
         (a local file sharing blocks) changes nothing: the signature is already here."""

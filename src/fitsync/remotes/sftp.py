@@ -459,16 +459,20 @@ def _raise_agent_error(header: dict) -> None:
 GROUP_BLOCKS = 64  # blocks per group hash: 16 bytes stand for ~1 MiB of blocks
 
 
-def signature_request(op: str, full: str) -> dict:
+def signature_request(op: str, full: str, digest: bool = True) -> dict:
     """A signature request with this fitsync's block-size policy, so the agent
-    (which cannot import it) lays blocks out exactly as fitsync.signature does."""
+    (which cannot import it) lays blocks out exactly as fitsync.signature does.
+    ``digest=False``: without the whole-file BLAKE3 (the basis of a push)."""
     from fitsync import signature
 
-    return {"op": op, "path": full, "fits": True,
-            "block_records": [signature.MIN_BLOCK_RECORDS, signature.MAX_BLOCK_RECORDS]}
+    request = {"op": op, "path": full, "fits": True,
+               "block_records": [signature.MIN_BLOCK_RECORDS, signature.MAX_BLOCK_RECORDS]}
+    if not digest:
+        request["digest"] = False
+    return request
 
 
-def signature_by_difference(agent: AgentClient, full: str, like: str):
+def signature_by_difference(agent: AgentClient, full: str, like: str, digest: bool = True):
     """Rebuild the remote file's Signature from a summary, group hashes, and
     the sums of only those blocks ``like`` (a local file) cannot supply.
     Returns None when the rebuilt signature fails the agent's checksum."""
@@ -481,7 +485,7 @@ def signature_by_difference(agent: AgentClient, full: str, like: str):
     # The agent computes the full signature while the local blocks are hashed
     # here: the stat answers at once and gives the block size both will use.
     agent.send({"op": "stat", "path": full})
-    agent.send(signature_request("sigsummary", full))
+    agent.send(signature_request("sigsummary", full, digest))
     remote_size = agent.finish()[0]["size"]
     with open(like, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -506,13 +510,13 @@ def signature_by_difference(agent: AgentClient, full: str, like: str):
                     if k is not None and layout.counts[j] >= 2 * GROUP_BLOCKS:
                         partial.append((j, k))
             if partial:
-                _fill_matching_groups(agent, full, layout, local, partial)
+                _fill_matching_groups(agent, signature_request("sighashes", full, digest), layout, local, partial)
     missing = layout.missing_ranges()
     if missing:
-        body = agent.call_body(dict(signature_request("sigblocks", full), ranges=missing))
+        body = agent.call_body(dict(signature_request("sigblocks", full, digest), ranges=missing))
         layout.fill_from_wire(missing, body)
     sig = Signature(layout.file_size, layout.block_size, layout.boundaries, layout.weak, bytes(layout.strong),
-                    bytes.fromhex(summary["digest"]))
+                    None if summary["digest"] is None else bytes.fromhex(summary["digest"]))
     if struct.unpack("<Q", sig.to_bytes()[-8:])[0] != summary["check"]:
         log.warning("%s: the signature rebuilt from local blocks did not check out; fetching it whole", full)
         return None
@@ -520,14 +524,14 @@ def signature_by_difference(agent: AgentClient, full: str, like: str):
     return sig
 
 
-def _fill_matching_groups(agent: AgentClient, full: str, layout: "_RemoteLayout", local: "_LocalSegments",
+def _fill_matching_groups(agent: AgentClient, request: dict, layout: "_RemoteLayout", local: "_LocalSegments",
                           pairs: list) -> None:
     """Compare group hashes of remote segment j with local segment k at the same
     block positions; fill the groups that agree."""
     import xxhash
 
     ranges = [[layout.firsts[j], layout.counts[j]] for j, _ in pairs]
-    body = agent.call_body(dict(signature_request("sighashes", full), group=GROUP_BLOCKS, ranges=ranges))
+    body = agent.call_body(dict(request, group=GROUP_BLOCKS, ranges=ranges))
     pos = 0
     for j, k in pairs:
         sig = local.signature(k)
@@ -1028,7 +1032,7 @@ class SftpRemote(Remote):
             return self._agent_call(f"digest {full}", {"op": "digest", "path": full, "algo": algo})["hex"]
         return super().digest(path, algo)
 
-    def block_signature(self, path: str, like: str | None = None):
+    def block_signature(self, path: str, like: str | None = None, digest: bool = True):
         """The file's block signature, computed by the agent. With ``like``
         (a local file that probably shares most blocks: the old copy in a
         pull, the new file in a push) only the sums of blocks that differ
@@ -1043,10 +1047,10 @@ class SftpRemote(Remote):
         def once(conn):
             with self.using_agent() as agent:
                 if like is not None and os.path.isfile(like):
-                    sig = signature_by_difference(agent, full, like)
+                    sig = signature_by_difference(agent, full, like, digest)
                     if sig is not None:
                         return sig
-                return Signature.from_bytes(agent.call_body(signature_request("signature", full)))
+                return Signature.from_bytes(agent.call_body(signature_request("signature", full, digest)))
         return self._call(f"signature of {full}", once)
 
     # -- writing ------------------------------------------------------------------------
