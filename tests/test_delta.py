@@ -24,6 +24,7 @@ from fitsync.delta import (
     delta_recipe_for_file,
     fetch_recipe,
     fetch_recipe_for_file,
+    layout_hint,
 )
 from fitsync.errors import BadInput, TransferFailed, VerificationFailed
 from fitsync.signature import signature_of_buffer, signature_of_file
@@ -187,6 +188,35 @@ def _shifted_hint(sig, described: bytes, other: bytes) -> np.ndarray:
                 hint[i] = at
                 break
     return hint
+
+
+@settings(max_examples=150, deadline=None)
+@given(pair=file_pairs())
+def test_a_hint_from_hashing_the_basis_in_the_source_layout_rebuilds_the_new_file(pair):
+    old, new, block_size = pair
+    sig = signature_of_buffer(new, block_size)
+    _check_recipe(fetch_recipe(sig, old, known=layout_hint(sig, old, min_bytes=0)), old, new)
+
+
+@pytest.mark.parametrize("edit", ["value changed", "header grown", "data overwritten"])
+def test_the_layout_hint_finds_every_unchanged_block_of_a_fits_file(edit):
+    data = np.random.default_rng(6).standard_normal((600, 600)).astype(np.float32)
+    old = _fits({"OBJECT": "crab"}, data)
+    if edit == "value changed":
+        new = _fits({"OBJECT": "vela"}, data)
+    elif edit == "header grown":
+        new = _fits({"OBJECT": "crab", **{f"K{i}": i for i in range(36)}}, data)
+    else:
+        changed = data.copy()
+        changed[300, :50] = 0
+        new = _fits({"OBJECT": "crab"}, changed)
+    sig = signature_of_buffer(new, 14400)
+    hint = layout_hint(sig, old, min_bytes=0)
+    hinted, scanned = fetch_recipe(sig, old, known=hint), fetch_recipe(sig, old)
+    _check_recipe(hinted, old, new)
+    assert hinted.source_bytes == scanned.source_bytes
+    assert (hint >= 0).sum() >= len(sig) - 3  # all but the changed blocks, placed without rolling
+    assert layout_hint(sig, old) is None  # small files: the whole scan costs as little
 
 
 def test_a_wrong_hint_fails_verification_not_silently(tmp_path):

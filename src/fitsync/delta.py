@@ -42,6 +42,7 @@ from fitsync.directio import open_direct
 from fitsync.errors import BadInput, NotFound, TransferFailed, VerificationFailed
 from fitsync.signature import (
     STRONG_LEN,
+    LocalSegments,
     Signature,
     buffer_digest,
     check_length,
@@ -323,6 +324,45 @@ def fetch_recipe(source_sig: Signature, basis_buffer, known=None) -> Recipe:
     _find_short_blocks_in_place(source_sig, view, found, offsets, lengths)
     ops = _ops_from_found(found, offsets, lengths)
     return Recipe(ops, source_sig.file_size, source_sig.digest.hex(), len(view))
+
+
+HINT_MIN_BYTES = 64 << 20  # below this, a whole scan costs about what hashing the basis for a hint does
+
+
+def layout_hint(source_sig: Signature, basis_buffer, min_bytes: int = HINT_MIN_BYTES) -> np.ndarray | None:
+    """A ``known=`` for fetch_recipe found without rolling: the basis is cut
+    into its own FITS segments and hashed in the source's block size, and a
+    source block whose sums equal the basis block at the same place in the
+    counterpart segment (same length, nearest in order; else the same index)
+    is known to be there. A header edit or a grown header then leaves only
+    the header's bytes to scan. None for a basis under ``min_bytes``."""
+    view = _byte_view(basis_buffer)
+    if len(view) < min_bytes or len(source_sig) == 0:
+        return None
+    local = LocalSegments(view, source_sig.block_size)
+    known = np.full(len(source_sig), -1, dtype=np.int64)
+    strong = _strong_rows(source_sig)
+    lengths = source_sig.block_lengths()
+    ends = source_sig.boundaries[1:] + [source_sig.file_size]
+    first = 0
+    for j, (start, end) in enumerate(zip(source_sig.boundaries, ends)):
+        count = -(-(end - start) // source_sig.block_size)
+        k = local.counterpart(end - start, j)
+        if k is not None:
+            theirs = local.signature(k)
+            n = min(count, len(theirs))
+            mine = slice(first, first + n)
+            same = ((source_sig.weak[mine] == theirs.weak[:n])
+                    & (lengths[mine] == theirs.block_lengths()[:n])
+                    & (strong[mine] == _strong_rows(theirs)[:n]).all(axis=1))
+            at = np.flatnonzero(same)
+            known[first + at] = local.segments[k][0] + at * source_sig.block_size
+        first += count
+    return known
+
+
+def _strong_rows(sig: Signature) -> np.ndarray:
+    return np.frombuffer(sig.strong, dtype=np.uint8).reshape(-1, STRONG_LEN)
 
 
 def _place_found(sig: Signature, found: np.ndarray, positions: np.ndarray, blocks: np.ndarray) -> None:

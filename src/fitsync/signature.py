@@ -415,3 +415,51 @@ def file_digest(path) -> str:
 def buffer_digest(buffer) -> bytes:
     """BLAKE3 (32 bytes) of bytes in memory, on all cores."""
     return blake3.blake3(buffer, max_threads=blake3.blake3.AUTO).digest()
+
+
+class LocalSegments:
+    """A local file cut into its own FITS segments (header and data units),
+    with the block sums of a segment computed on demand in ``block_size``
+    blocks: what another version of the file is matched against without
+    rolling (a grown header moves a data unit, not its blocks)."""
+
+    def __init__(self, data, block_size: int):
+        self.data = data
+        self.block_size = block_size
+        size = len(data)
+        bounds = segment_boundaries(lambda o, n: bytes(data[o:o + n]), size) if size else [0]
+        self.segments = list(zip(bounds, bounds[1:] + [size]))
+        self._sigs: dict = {}
+
+    def length(self, k: int) -> int:
+        start, end = self.segments[k]
+        return end - start
+
+    def warm(self) -> None:
+        """Compute every segment's signature (run in a thread, overlapping the remote work)."""
+        for k in range(len(self.segments)):
+            self.signature(k)
+
+    def signature(self, k: int):
+        if k not in self._sigs:
+            start, end = self.segments[k]
+            self._sigs[k] = signature_of_buffer(memoryview(self.data)[start:end], self.block_size, fits_aware=False,
+                                                digest=False)  # sums only: matching needs no digest
+        return self._sigs[k]
+
+    def find_segment(self, length: int, remote_hash: str, near: int) -> int | None:
+        """A local segment with the remote segment's content (its strong sums hash the same)."""
+        candidates = sorted((k for k in range(len(self.segments)) if self.length(k) == length),
+                            key=lambda k: abs(k - near))[:4]
+        for k in candidates:
+            if xxhash.xxh3_128_hexdigest(self.signature(k).strong) == remote_hash:
+                return k
+        return None
+
+    def counterpart(self, length: int, near: int) -> int | None:
+        """The local segment to compare group by group: same length nearest in
+        order, else the one at the same index."""
+        same = sorted((k for k in range(len(self.segments)) if self.length(k) == length), key=lambda k: abs(k - near))
+        if same:
+            return same[0]
+        return near if near < len(self.segments) else None

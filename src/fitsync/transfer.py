@@ -354,7 +354,7 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_ch
     sig = source_signature(src, item.path, like=basis_path)
     if sig is None or item.dst is None or item.dst.size == 0:
         return pull_new(src, dst, item, on_bytes, fits_check)
-    from fitsync.delta import apply_recipe, fetch_recipe
+    from fitsync.delta import apply_recipe, fetch_recipe, layout_hint
 
     trusted = _trusted_digest(item)
     if trusted is not None and sig.digest.hex() != trusted:
@@ -363,7 +363,11 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_ch
     tmp = os.path.join(tmp_dir, _identity_key(item) + ".delta")
     with open(basis_path, "rb") as basis:
         with mmap.mmap(basis.fileno(), 0, access=mmap.ACCESS_READ) as basis_map:
-            recipe = fetch_recipe(sig, basis_map, known=sig.like_offsets)
+            # A signature rebuilt from the basis says where its blocks are;
+            # any other (a release manifest's, a local source's) is placed by
+            # hashing the basis in its layout: either way only the rest is scanned.
+            known = sig.like_offsets if sig.like_offsets is not None else layout_hint(sig, basis_map)
+            recipe = fetch_recipe(sig, basis_map, known=known)
         fetched = [0]
 
         def read_source(ranges):

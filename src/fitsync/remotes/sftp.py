@@ -478,9 +478,7 @@ def signature_by_difference(agent: AgentClient, full: str, like: str, digest: bo
     Returns None when the rebuilt signature fails the agent's checksum."""
     import mmap
 
-    from fitsync.signature import Signature
-
-    from fitsync.signature import default_block_size
+    from fitsync.signature import LocalSegments, Signature, default_block_size
 
     # The agent computes the full signature while the local blocks are hashed
     # here: the stat answers at once and gives the block size both will use.
@@ -490,7 +488,7 @@ def signature_by_difference(agent: AgentClient, full: str, like: str, digest: bo
     with open(like, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         with (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else contextlib.nullcontext(b"")) as data:
-            local = _LocalSegments(data, default_block_size(remote_size))
+            local = LocalSegments(data, default_block_size(remote_size))
             warming = threading.Thread(target=local.warm, daemon=True)
             warming.start()
             try:
@@ -499,7 +497,7 @@ def signature_by_difference(agent: AgentClient, full: str, like: str, digest: bo
                 warming.join()
             layout = _RemoteLayout(summary)
             if layout.block_size != local.block_size:  # another block policy on the far side
-                local = _LocalSegments(data, layout.block_size)
+                local = LocalSegments(data, layout.block_size)
             partial = []
             for j in range(len(layout.counts)):
                 k = local.find_segment(layout.lengths[j], summary["segments"][j], j)
@@ -524,7 +522,7 @@ def signature_by_difference(agent: AgentClient, full: str, like: str, digest: bo
     return sig
 
 
-def _fill_matching_groups(agent: AgentClient, request: dict, layout: "_RemoteLayout", local: "_LocalSegments",
+def _fill_matching_groups(agent: AgentClient, request: dict, layout: "_RemoteLayout", local: "LocalSegments",
                           pairs: list) -> None:
     """Compare group hashes of remote segment j with local segment k at the same
     block positions; fill the groups that agree."""
@@ -596,58 +594,6 @@ class _RemoteLayout:
             self.known[first:first + count] = True
         if pos != len(body):
             raise TransferFailed("the agent sent block sums of an unexpected length")
-
-
-class _LocalSegments:
-    """The local file cut into its own FITS segments, with block signatures of
-    a segment computed on demand (same block size as the remote layout)."""
-
-    def __init__(self, data, block_size: int):
-        from fitsync.fits import segment_boundaries
-
-        self.data = data
-        self.block_size = block_size
-        size = len(data)
-        bounds = segment_boundaries(lambda o, n: bytes(data[o:o + n]), size) if size else [0]
-        self.segments = list(zip(bounds, bounds[1:] + [size]))
-        self._sigs: dict = {}
-
-    def length(self, k: int) -> int:
-        start, end = self.segments[k]
-        return end - start
-
-    def warm(self) -> None:
-        """Compute every segment's signature (run in a thread, overlapping the remote work)."""
-        for k in range(len(self.segments)):
-            self.signature(k)
-
-    def signature(self, k: int):
-        if k not in self._sigs:
-            from fitsync.signature import signature_of_buffer
-
-            start, end = self.segments[k]
-            self._sigs[k] = signature_of_buffer(memoryview(self.data)[start:end], self.block_size, fits_aware=False,
-                                                digest=False)  # sums only: matching needs no digest
-        return self._sigs[k]
-
-    def find_segment(self, length: int, remote_hash: str, near: int) -> int | None:
-        """A local segment with the remote segment's content (its strong sums hash the same)."""
-        import xxhash
-
-        candidates = sorted((k for k in range(len(self.segments)) if self.length(k) == length),
-                            key=lambda k: abs(k - near))[:4]
-        for k in candidates:
-            if xxhash.xxh3_128_hexdigest(self.signature(k).strong) == remote_hash:
-                return k
-        return None
-
-    def counterpart(self, length: int, near: int) -> int | None:
-        """The local segment to compare group by group: same length nearest in
-        order, else the one at the same index."""
-        same = sorted((k for k in range(len(self.segments)) if self.length(k) == length), key=lambda k: abs(k - near))
-        if same:
-            return same[0]
-        return near if near < len(self.segments) else None
 
 
 # -- the remote ------------------------------------------------------------------------
