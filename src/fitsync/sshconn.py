@@ -494,9 +494,9 @@ class SshConnection:
         """Open SFTP channels in the background for threads to adopt, until
         ``total`` have been opened ahead on this connection."""
         with self._spares_cond:
-            count = total - self._spares_started
-            self._spares_started += max(count, 0)
-            self._spares_opening += max(count, 0)
+            count = max(total - self._spares_started, 0)
+            self._spares_started += count
+            self._spares_opening += count
         for _ in range(count):
             threading.Thread(target=self._open_spare, args=(self.generation,), name="fitsync-sftp-spare",
                              daemon=True).start()

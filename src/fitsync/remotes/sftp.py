@@ -792,8 +792,9 @@ class SftpRemote(Remote):
                         self._idle.append(client)
 
     def _checkout(self, park: bool = False) -> AgentClient | None:
-        """An idle agent, else a newly started one. With ``park`` the new
-        agent goes to the idle pool before another thread may look there."""
+        """An idle agent, else a newly started one. With ``park`` (the start
+        ahead of use) an agent is started only if none has been yet, and goes
+        to the idle pool before another thread may look there."""
         if not self.use_agent or self._agent_state is False:
             return None
         conn = self.connection()
@@ -801,8 +802,8 @@ class SftpRemote(Remote):
         if client is not None:
             return client
         with self._probe_lock:  # the first start decides, once, whether this host has an agent
-            if self._agent_state is False:
-                return None
+            if self._agent_state is False or (park and self._agent_state):
+                return None  # no agent here, or another thread already started the first one
             client = self._take_idle(conn)  # started while this thread waited for the lock
             if client is not None:
                 return client
