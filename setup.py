@@ -5,7 +5,8 @@ from setuptools import Extension, setup
 
 extensions = [
     Extension("fitsync._native", sources=["ext/_native.pyx"], depends=["ext/kernels.h"],
-              include_dirs=["ext"], extra_compile_args=["-O3"]),
+              include_dirs=["ext"], extra_compile_args=["-O3"],
+              libraries=["dl"]),  # dlopen/dlsym: xxh3-128 called from C (see bind_xxh3_128)
     Extension("fitsync._walk", sources=["ext/_walk.pyx"], depends=["ext/b3.h"], include_dirs=["ext"],
               extra_compile_args=["-O3", "-pthread", "-Wno-psabi"],  # b3.h: vectors inside inline functions only
               extra_link_args=["-pthread"]),

@@ -14,6 +14,84 @@ from libc.string cimport memcmp, memcpy, memset
 
 
 # ---------------------------------------------------------------------------
+# xxh3-128 called from C (the strong block digest, fitsync.signature.strong_digest)
+#
+# python-xxhash's extension exports libxxhash's XXH3_128bits. Calling it from
+# C lets block hashing and scanning run with the GIL released throughout (a
+# Python call per 17 KiB block holds the GIL for about a third of the time,
+# so two threads hashing blocks would take turns instead of overlapping).
+# bind_xxh3_128 finds the symbol in the already-loaded extension and checks
+# it against the Python function before use; where it is missing (another
+# build of xxhash) every call goes through Python as before.
+# ---------------------------------------------------------------------------
+
+cdef extern from "<dlfcn.h>" nogil:
+    void *dlopen(const char *filename, int flags)
+    void *dlsym(void *handle, const char *symbol)
+    int RTLD_NOW
+    int RTLD_NOLOAD
+
+cdef struct xxh128_hash:
+    uint64_t low64
+    uint64_t high64
+
+ctypedef xxh128_hash (*xxh3_128_fn)(const void *data, size_t length) noexcept nogil
+
+cdef xxh3_128_fn _xxh3_128 = NULL
+cdef object _xxh3_128_py = None  # the Python function _xxh3_128 stands in for
+
+
+cdef inline void _put_be64(uint8_t* out, uint64_t v) noexcept nogil:
+    cdef int i
+    for i in range(8):
+        out[i] = <uint8_t>(v >> (56 - 8 * i))
+
+
+cdef inline void _xxh3_128_canonical(const uint8_t* p, size_t n, uint8_t* out) noexcept nogil:
+    """The 16 bytes xxhash.xxh3_128_digest returns: high then low half, big-endian."""
+    cdef xxh128_hash h = _xxh3_128(p, n)
+    _put_be64(out, h.high64)
+    _put_be64(out + 8, h.low64)
+
+
+cdef inline bint _strong_in_c(object strong_fn, Py_ssize_t strong_len):
+    return _xxh3_128 != NULL and strong_len == 16 and strong_fn is _xxh3_128_py
+
+
+def bind_xxh3_128(library_path, py_fn):
+    """Use XXH3_128bits from the loaded library at ``library_path`` wherever
+    ``py_fn`` (xxhash.xxh3_128_digest) is passed as the strong digest.
+    Returns whether it is in use: only if the symbol exists and agrees with
+    ``py_fn`` on inputs of every length class XXH3 treats apart."""
+    global _xxh3_128, _xxh3_128_py
+    cdef bytes path = library_path.encode() if isinstance(library_path, str) else library_path
+    cdef void* handle = dlopen(path, RTLD_NOW | RTLD_NOLOAD)  # only if already loaded: never loads code
+    if handle == NULL:
+        return False
+    cdef void* symbol = dlsym(handle, b"XXH3_128bits")
+    if symbol == NULL:
+        return False
+    cdef xxh3_128_fn candidate = <xxh3_128_fn>symbol
+    cdef uint8_t out[16]
+    cdef xxh128_hash h
+    sample = bytes((i * 131 + 7) & 0xFF for i in range(20000))
+    cdef const uint8_t* data = sample
+    for n in (0, 1, 3, 4, 8, 9, 16, 17, 128, 129, 240, 241, 1024, 2880, 17280, 20000):
+        h = candidate(data, n)
+        _put_be64(out, h.high64)
+        _put_be64(out + 8, h.low64)
+        if out[:16] != py_fn(sample[:n]):
+            return False
+    _xxh3_128, _xxh3_128_py = candidate, py_fn
+    return True
+
+
+def strong_in_c(strong_fn, Py_ssize_t strong_len=16):
+    """Whether ``strong_fn`` runs from C here (see bind_xxh3_128)."""
+    return _strong_in_c(strong_fn, strong_len)
+
+
+# ---------------------------------------------------------------------------
 # FITS ones'-complement sum (FITS 4.0 appendix J; DATASUM / CHECKSUM)
 # ---------------------------------------------------------------------------
 
@@ -137,9 +215,9 @@ def hash_blocks(object buffer, const int64_t[::1] offsets not None, const int64_
     """Weak and strong sums of blocks of ``buffer`` (offsets relative to it).
 
     One block at a time, weak then strong, so the strong digest reads the
-    block from cache instead of memory. The weak sum runs without the GIL;
-    ``strong_fn`` (xxhash.xxh3_128_digest, which releases the GIL while
-    hashing) is called once per block."""
+    block from cache instead of memory. When ``strong_fn`` runs from C
+    (bind_xxh3_128) the whole loop runs without the GIL; otherwise the weak
+    sum does, and ``strong_fn`` is called once per block."""
     cdef const uint8_t[::1] data = buffer
     cdef Py_ssize_t nb = offsets.shape[0], k
     cdef Py_ssize_t size = data.shape[0]
@@ -154,6 +232,12 @@ def hash_blocks(object buffer, const int64_t[::1] offsets not None, const int64_
     cdef const uint8_t* p = &data[0] if size else NULL
     cdef bytes digest
     cdef int64_t o, n
+    if _strong_in_c(strong_fn, strong_len):
+        with nogil:
+            for k in range(nb):
+                weak_out[k] = _weak_block(p + offsets[k], <size_t>lengths[k])
+                _xxh3_128_canonical(p + offsets[k], <size_t>lengths[k], &strong_out[k * strong_len])
+        return
     for k in range(nb):
         o = offsets[k]
         n = lengths[k]
@@ -288,23 +372,32 @@ cdef class BlockIndex:
     cdef inline uint32_t _filter_slot(self, uint32_t w) noexcept nogil:
         return (w * GOLDEN) >> (32 - self.filter_bits)
 
-    cdef int _strong_of(self, object view, object strong_fn, int64_t pos, int64_t length,
-                        uint8_t* out) except -1 with gil:
+    cdef int _strong_of(self, object view, object strong_fn, const uint8_t* fast, int64_t pos, int64_t length,
+                        uint8_t* out) except -1 nogil:
+        """The strong digest of view[pos:pos + length]: from C when ``fast``
+        (the buffer's start) is given, else through ``strong_fn``."""
+        if fast != NULL:
+            _xxh3_128_canonical(fast + pos, <size_t>length, out)
+            return 0
+        return self._strong_of_py(view, strong_fn, pos, length, out)
+
+    cdef int _strong_of_py(self, object view, object strong_fn, int64_t pos, int64_t length,
+                           uint8_t* out) except -1 with gil:
         digest = strong_fn(view[pos:pos + length])
         if len(digest) != self.strong_len:
             raise ValueError("strong digest has the wrong length")
         memcpy(out, <const char*>(<bytes>digest), self.strong_len)
         return 0
 
-    cdef int _confirm(self, object view, object strong_fn, int64_t pos, Py_ssize_t j,
+    cdef int _confirm(self, object view, object strong_fn, const uint8_t* fast, int64_t pos, Py_ssize_t j,
                       uint8_t* scratch) except -1 nogil:
         """1 when block j is at pos, else 0. Only the strong digest is
         compared: this is the likely case (the block after a match), and
         xxh3 reads a block faster than the weak sum does."""
-        self._strong_of(view, strong_fn, pos, self.lengths[j], scratch)
+        self._strong_of(view, strong_fn, fast, pos, self.lengths[j], scratch)
         return memcmp(scratch, self.strong + j * self.strong_len, self.strong_len) == 0
 
-    cdef Py_ssize_t _lookup(self, object view, object strong_fn, uint32_t w, int64_t pos,
+    cdef Py_ssize_t _lookup(self, object view, object strong_fn, const uint8_t* fast, uint32_t w, int64_t pos,
                             uint8_t* scratch) except -2 nogil:
         """A full-size block whose sums match the window at pos, or NO_BLOCK."""
         cdef uint32_t h = self._bucket(w)
@@ -319,7 +412,7 @@ cdef class BlockIndex:
             if self.weak[j] != w:
                 continue
             if not have_strong:
-                self._strong_of(view, strong_fn, pos, self.block_size, scratch)
+                self._strong_of(view, strong_fn, fast, pos, self.block_size, scratch)
                 have_strong = True
             if memcmp(scratch, self.strong + j * self.strong_len, self.strong_len) == 0:
                 return j
@@ -373,12 +466,13 @@ cdef class BlockIndex:
         cdef int64_t length
         cdef bint rolling = False
         cdef uint32_t s1 = 0, s2 = 0, x_out
+        cdef const uint8_t* fast = p if _strong_in_c(strong_fn, self.strong_len) else NULL
         with nogil:
             while pos < stop:
                 # 1. the block after the previous match, whatever its length
                 if 0 <= nxt < n:
                     length = self.lengths[nxt]
-                    if pos + length <= stop and self._confirm(view, strong_fn, pos, nxt, scratch):
+                    if pos + length <= stop and self._confirm(view, strong_fn, fast, pos, nxt, scratch):
                         _push(found, pos, nxt)
                         pos += length
                         lit_start = pos
@@ -394,7 +488,7 @@ cdef class BlockIndex:
                     rolling = True
                 j = NO_BLOCK
                 while _roll_to_hit(p, &pos, stop, <uint32_t>bs, &s1, &s2, &self.filter[0], self.filter_bits):
-                    j = self._lookup(view, strong_fn, _weak_of(s1, s2), pos, scratch)
+                    j = self._lookup(view, strong_fn, fast, _weak_of(s1, s2), pos, scratch)
                     if j != NO_BLOCK or pos + bs >= stop:
                         break
                     x_out = p[pos]  # a false hit: roll on by one byte
@@ -408,7 +502,7 @@ cdef class BlockIndex:
                 k = j - 1
                 q = pos
                 while k >= 0 and q - self.lengths[k] >= lit_start:
-                    if not self._confirm(view, strong_fn, q - self.lengths[k], k, scratch):
+                    if not self._confirm(view, strong_fn, fast, q - self.lengths[k], k, scratch):
                         break
                     q -= self.lengths[k]
                     _push(back, q, k)

@@ -146,3 +146,51 @@ def test_scan_range_and_bad_arguments():
         index.scan(data, strong_digest, 10, 5, 0)
     with pytest.raises(ValueError):
         _native.BlockIndex(sig.weak, np.frombuffer(sig.strong, np.uint8)[:-1], sig.block_lengths(), 128, STRONG_LEN)
+
+
+# -- xxh3-128 from C ------------------------------------------------------------
+
+def _through_python(data) -> bytes:
+    """The strong digest, but not the function bound in C: the GIL-holding path."""
+    return strong_digest(data)
+
+
+def test_strong_digest_runs_from_c():
+    # python-xxhash's wheels export XXH3_128bits; signature import binds it.
+    assert _native.strong_in_c(strong_digest)
+    assert not _native.strong_in_c(_through_python)
+    assert not _native.strong_in_c(strong_digest, 8)
+
+
+def test_binding_refuses_a_missing_library_or_a_disagreeing_function():
+    import xxhash._xxhash
+
+    assert _native.bind_xxh3_128("/nonexistent/libxxhash.so", strong_digest) is False
+    assert _native.bind_xxh3_128(xxhash._xxhash.__file__, lambda data: bytes(16)) is False
+    assert _native.strong_in_c(strong_digest)  # a refused binding leaves the one in use
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 6000), st.sampled_from([16, 100, 257, 2880]))
+def test_c_and_python_strong_paths_agree(seed, size, block_size):
+    rng = np.random.default_rng(seed)
+    old = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    new = _mutate(rng, old)
+    blocks = reference.block_layout(len(old), block_size, [0])
+    offsets = np.array([o for o, _ in blocks], dtype=np.int64)
+    lengths = np.array([n for _, n in blocks], dtype=np.int64)
+    sums = []
+    for fn in (strong_digest, _through_python):
+        weak = np.zeros(len(blocks), dtype=np.uint32)
+        strong = np.zeros(len(blocks) * STRONG_LEN, dtype=np.uint8)
+        _native.hash_blocks(old, offsets, lengths, weak, strong, fn, STRONG_LEN)
+        sums.append((weak.tolist(), strong.tobytes()))
+    assert sums[0] == sums[1]
+    if not blocks or not new:
+        return
+    sig = signature_of_buffer(old, block_size, fits_aware=False)
+    index = _native.BlockIndex(sig.weak, np.frombuffer(sig.strong, np.uint8), sig.block_lengths(),
+                               block_size, STRONG_LEN)
+    found = [tuple(a.tolist() for a in index.scan(new, fn, 0, len(new), 0))
+             for fn in (strong_digest, _through_python)]
+    assert found[0] == found[1]

@@ -27,6 +27,12 @@ def block_weak_sums(
 ) -> None:
     """out[k] = weak sum of data[offsets[k]:offsets[k]+lengths[k]]."""
 
+def bind_xxh3_128(library_path: str | bytes, py_fn: StrongFn) -> bool:
+    """Call XXH3_128bits from C wherever ``py_fn`` is the strong digest; whether it is in use."""
+
+def strong_in_c(strong_fn: StrongFn, strong_len: int = ...) -> bool:
+    """Whether ``strong_fn`` is computed from C."""
+
 def hash_blocks(
     buffer: Buffer,
     offsets: npt.NDArray[np.int64],

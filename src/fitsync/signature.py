@@ -19,6 +19,7 @@ import math
 import mmap
 import os
 import struct
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import blake3
@@ -29,10 +30,15 @@ from fitsync import _native
 from fitsync.errors import BadInput, NotFound, SourceChanged
 from fitsync.fits import BLOCK as FITS_BLOCK
 from fitsync.fits import segment_boundaries
+from fitsync.threads import run_beside
 
 STRONG_LEN = 16  # xxh3-128 per block
 DIGEST_LEN = 32  # BLAKE3 of the whole file
 strong_digest = xxhash.xxh3_128_digest  # canonical (big-endian) 16 bytes
+# The compiled loops call the same function from C where python-xxhash's
+# extension exports it (checked against it first): block hashing and
+# scanning then never take the GIL.
+_native.bind_xxh3_128(getattr(sys.modules.get("xxhash._xxhash"), "__file__", None) or "", strong_digest)
 
 # Block size bounds, in 2880-byte FITS records (docs/signature-format.md has
 # the benchmark behind them): at 1 record the per-block cost adds ~10 % CPU to
@@ -276,8 +282,10 @@ class SignatureBuilder:
             raise SourceChanged(f"file grew past its expected size of {self.file_size} bytes while being read")
         self._received += len(view)
         if len(view) < PARALLEL_MIN_BYTES or THREADS < 2 or self._hasher is None:
-            # Block hashing stays on one thread: xxhash is called per block,
-            # and two threads taking turns at the GIL were measured slower.
+            # Block hashing stays on one thread beside BLAKE3: xxhash is called
+            # per block, and two threads taking turns at the GIL were measured
+            # slower. Without a digest to compute, the cores are free for the
+            # block sums themselves (_hash_range splits them).
             if self._hasher is not None:
                 self._hasher.update(view)
             self._hash_blocks_in(view, start)
@@ -316,7 +324,21 @@ class SignatureBuilder:
 
     def _hash_range(self, view, view_offset: int, first: int, last: int) -> None:
         """Hash blocks first..last-1, which lie inside ``view`` (whose first
-        byte is at file offset ``view_offset``)."""
+        byte is at file offset ``view_offset``). With no digest running
+        beside, a large range is split between threads: the weak sums run
+        without the GIL and xxhash releases it, so the parts overlap (the
+        layout hint of a pull hashes a whole 1 GiB basis this way)."""
+        parts = min(THREADS, 2) if self._hasher is None else 1
+        span = int(self._ends[last - 1] - self._offsets[first]) if last > first else 0
+        if parts < 2 or span < PARALLEL_MIN_BYTES:
+            self._hash_blocks_native(view, view_offset, first, last)
+            return
+        middle = (first + last) // 2
+        other = run_beside(lambda: self._hash_blocks_native(view, view_offset, middle, last))
+        self._hash_blocks_native(view, view_offset, first, middle)
+        other()
+
+    def _hash_blocks_native(self, view, view_offset: int, first: int, last: int) -> None:
         _native.hash_blocks(
             view, self._offsets[first:last] - view_offset, self._lengths[first:last],
             self._weak[first:last], self._strong[first * STRONG_LEN : last * STRONG_LEN],
