@@ -47,11 +47,15 @@ cdef inline void _put_be64(uint8_t* out, uint64_t v) noexcept nogil:
         out[i] = <uint8_t>(v >> (56 - 8 * i))
 
 
-cdef inline void _xxh3_128_canonical(const uint8_t* p, size_t n, uint8_t* out) noexcept nogil:
+cdef inline void _canonical_with(xxh3_128_fn fn, const uint8_t* p, size_t n, uint8_t* out) noexcept nogil:
     """The 16 bytes xxhash.xxh3_128_digest returns: high then low half, big-endian."""
-    cdef xxh128_hash h = _xxh3_128(p, n)
+    cdef xxh128_hash h = fn(p, n)
     _put_be64(out, h.high64)
     _put_be64(out + 8, h.low64)
+
+
+cdef inline void _xxh3_128_canonical(const uint8_t* p, size_t n, uint8_t* out) noexcept nogil:
+    _canonical_with(_xxh3_128, p, n, out)
 
 
 cdef inline bint _strong_in_c(object strong_fn, Py_ssize_t strong_len):
@@ -73,13 +77,10 @@ def bind_xxh3_128(library_path, py_fn):
         return False
     cdef xxh3_128_fn candidate = <xxh3_128_fn>symbol
     cdef uint8_t out[16]
-    cdef xxh128_hash h
     sample = bytes((i * 131 + 7) & 0xFF for i in range(20000))
     cdef const uint8_t* data = sample
     for n in (0, 1, 3, 4, 8, 9, 16, 17, 128, 129, 240, 241, 1024, 2880, 17280, 20000):
-        h = candidate(data, n)
-        _put_be64(out, h.high64)
-        _put_be64(out + 8, h.low64)
+        _canonical_with(candidate, data, n, out)
         if out[:16] != py_fn(sample[:n]):
             return False
     _xxh3_128, _xxh3_128_py = candidate, py_fn

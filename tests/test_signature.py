@@ -245,3 +245,17 @@ def test_signature_without_digest_has_the_same_blocks_and_round_trips(tmp_path):
 
     with pytest.raises(BadInput):
         Signature.from_bytes(signature_module.seal(bytes(unknown_flag)))
+
+
+def test_block_sums_split_between_threads_equal_the_single_thread_ones():
+    # Above PARALLEL_MIN_BYTES and without a digest, the block sums are split
+    # between two threads; with a digest they are not. Both give the same sums.
+    from fitsync.signature import PARALLEL_MIN_BYTES
+
+    data = np.random.default_rng(7).integers(0, 256, PARALLEL_MIN_BYTES * 2 + 12345, dtype=np.uint8).tobytes()
+    split = signature_of_buffer(data, 17280, fits_aware=False, digest=False)
+    whole = signature_of_buffer(data, 17280, fits_aware=False, digest=True)
+    assert split.digest is None
+    assert split.weak.tolist() == whole.weak.tolist()
+    assert split.strong == whole.strong
+    assert split.strong[-16:] == xxhash.xxh3_128_digest(data[-(len(data) % 17280):])

@@ -325,12 +325,13 @@ class SignatureBuilder:
     def _hash_range(self, view, view_offset: int, first: int, last: int) -> None:
         """Hash blocks first..last-1, which lie inside ``view`` (whose first
         byte is at file offset ``view_offset``). With no digest running
-        beside, a large range is split between threads: the weak sums run
-        without the GIL and xxhash releases it, so the parts overlap (the
-        layout hint of a pull hashes a whole 1 GiB basis this way)."""
-        parts = min(THREADS, 2) if self._hasher is None else 1
+        beside and the strong digest computed from C (no GIL at all), a
+        large range is split between two threads (the layout hint of a pull
+        hashes a whole 1 GiB basis this way). Through Python's xxhash the
+        threads would take turns at the GIL: measured slower, so not split."""
         span = int(self._ends[last - 1] - self._offsets[first]) if last > first else 0
-        if parts < 2 or span < PARALLEL_MIN_BYTES:
+        if (self._hasher is not None or THREADS < 2 or span < PARALLEL_MIN_BYTES
+                or not _native.strong_in_c(strong_digest, STRONG_LEN)):
             self._hash_blocks_native(view, view_offset, first, last)
             return
         middle = (first + last) // 2
