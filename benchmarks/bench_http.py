@@ -15,7 +15,10 @@ overwritten in the middle of the data) the edited file is published in one
 local HTTP server (tests/http_fixture.py: Range, multi-range, sendfile) with
 both a fitsync manifest (--blocks) and a .zsync control file. Then, A B A B:
 
-  A  fitsync mirror http://127.0.0.1:PORT/rel/ DST   (DST holds the old file)
+  A  fitsync mirror http://127.0.0.1:PORT/rel/ DST   (DST holds the old file and
+     the old release's manifest, as a fitsync mirror of the old release does)
+  A' the same with no manifest in DST (an old copy made by other means: the
+     old file is hashed to find its blocks)
   B  zsync -i OLD -o OUT http://127.0.0.1:PORT/zs/image.fits.zsync
 
 Each run starts from a fresh copy of the old file with the page cache warm;
@@ -25,7 +28,8 @@ Bytes are the bodies the server sent, control files (manifest / .zsync)
 included. Also: block-signature generation (``fitsync manifest --blocks``
 vs ``zsyncmake``) and the manifest's size as a percentage of the data, for
 the 1 GiB file and the H.E.S.S. DL3 DR1 release. Medians are printed.
-Targets: bytes <= zsync's, wall time <= 0.3 x zsync's.
+Targets: bytes <= zsync's, wall time <= 0.3 x zsync's (A against B; A'
+is printed beside).
 """
 
 from __future__ import annotations
@@ -150,7 +154,7 @@ def fresh_copy(old: str, target: str, *also_warm: str) -> None:
     warm(target, *also_warm)
 
 
-def compare_edit(srv: HttpFixture, site: str, old: str, which: int, rounds: int) -> list:
+def compare_edit(srv: HttpFixture, site: str, old: str, old_manifest: str, which: int, rounds: int) -> list:
     rel = os.path.join(site, "rel")
     new = os.path.join(rel, "image.fits")
     make_edit(old, new, which)
@@ -166,11 +170,13 @@ def compare_edit(srv: HttpFixture, site: str, old: str, which: int, rounds: int)
     seed = os.path.join(WORK, "dst-zsync", "seed.fits")
     env = {k: v for k, v in installed_env().items() if not k.lower().endswith("_proxy")}
 
-    def prepare_fitsync():
+    def prepare_fitsync(recorded: bool):
         shutil.rmtree(os.path.join(dst, ".fitsync"), ignore_errors=True)
         for name in (MANIFEST,):
             if os.path.exists(os.path.join(dst, name)):
                 os.unlink(os.path.join(dst, name))
+        if recorded:
+            shutil.copyfile(old_manifest, os.path.join(dst, MANIFEST))
         fresh_copy(old, os.path.join(dst, "image.fits"), new, os.path.join(rel, MANIFEST))
 
     def prepare_zsync():
@@ -178,10 +184,12 @@ def compare_edit(srv: HttpFixture, site: str, old: str, which: int, rounds: int)
             os.unlink(out_zsync)
         fresh_copy(old, seed, new, control)
 
+    def mirror():
+        subprocess.run(FITSYNC + ["mirror", f"{srv.url}/rel/", dst, "--quiet"], check=True, env=env)
+
     cases = [
-        Case("fitsync", srv, prepare_fitsync,
-             lambda: subprocess.run(FITSYNC + ["mirror", f"{srv.url}/rel/", dst, "--quiet"], check=True, env=env),
-             os.path.join(dst, "image.fits"), new),
+        Case("fitsync", srv, lambda: prepare_fitsync(True), mirror, os.path.join(dst, "image.fits"), new),
+        Case("fitsync-no-manifest", srv, lambda: prepare_fitsync(False), mirror, os.path.join(dst, "image.fits"), new),
         Case("zsync", srv, prepare_zsync,
              lambda: subprocess.run(["zsync", "-q", "-i", seed, "-o", out_zsync, f"{srv.url}/zs/image.fits.zsync"],
                                     check=True, env=env, cwd=os.path.dirname(out_zsync),
@@ -195,13 +203,28 @@ def compare_edit(srv: HttpFixture, site: str, old: str, which: int, rounds: int)
     for _ in range(rounds):
         for case in cases:
             case.run_once()
-    a, b = cases
+    a, unrecorded, b = cases
     for case in cases:
         print(f"  {EDITS[which]}: {case.name} runs " + " ".join(f"{t:.2f}" for t in case.seconds), flush=True)
-    ta, tb = statistics.median(a.seconds), statistics.median(b.seconds)
+    ta, tu, tb = (statistics.median(c.seconds) for c in cases)
     ba, bb = statistics.median(a.bytes), statistics.median(b.bytes)
-    return [EDITS[which], f"{ba:,.0f}", f"{bb:,.0f}", f"{ba / bb:.2f}", f"{ta:.2f}", f"{tb:.2f}", f"{ta / tb:.2f}",
+    return [EDITS[which], f"{ba:,.0f}", f"{bb:,.0f}", f"{ba / bb:.2f}", f"{ta:.2f}", f"{tu:.2f}", f"{tb:.2f}",
+            f"{ta / tb:.2f}", f"{tu / tb:.2f}",
             f"{os.path.getsize(os.path.join(rel, MANIFEST)):,}", f"{os.path.getsize(control):,}"]
+
+
+def old_release_manifest(old: str) -> str:
+    """The manifest a mirror of the old release holds: the old file as
+    image.fits with the mtime fresh_copy gives the destination's copy."""
+    oldrel = os.path.join(WORK, "old-release")
+    os.makedirs(oldrel, exist_ok=True)
+    image = os.path.join(oldrel, "image.fits")
+    if not os.path.exists(image):
+        os.link(old, image)  # the same bytes; only its mtime is looked at
+    os.utime(image, (1_600_000_000, 1_600_000_000))
+    path = os.path.join(WORK, "old-" + MANIFEST)
+    subprocess.run(FITSYNC + ["manifest", oldrel, "--blocks", "--no-fits", "--quiet", f"--output={path}"], check=True)
+    return path
 
 
 def signature_generation(site: str, rounds: int) -> list:
@@ -244,13 +267,14 @@ def main() -> None:
     os.makedirs(os.path.join(site, "rel"), exist_ok=True)
     old = os.path.join(WORK, "old.fits")
     make_old(old, mib)
+    old_manifest = old_release_manifest(old)
     rows = []
     with HttpFixture(site) as srv:
         for which in range(len(EDITS)):
-            rows.append(compare_edit(srv, site, old, which, rounds))
+            rows.append(compare_edit(srv, site, old, old_manifest, which, rounds))
             print(rows[-1], flush=True)
-    print(table(rows, ("edit", "fitsync bytes", "zsync bytes", "ratio", "fitsync s", "zsync s", "ratio",
-                       "manifest bytes", ".zsync bytes")))
+    print(table(rows, ("edit", "fitsync bytes", "zsync bytes", "ratio", "fitsync s", "no-manifest s", "zsync s",
+                       "ratio", "no-manifest ratio", "manifest bytes", ".zsync bytes")))
     print()
     gen = [signature_generation(site, rounds)]
     print(table(gen, ("block signatures", "fitsync s", "zsyncmake s", "ratio")))

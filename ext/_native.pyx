@@ -250,6 +250,36 @@ def hash_blocks(object buffer, const int64_t[::1] offsets not None, const int64_
         memcpy(&strong_out[k * strong_len], <const char*>digest, strong_len)
 
 
+def strong_blocks(object buffer, const int64_t[::1] offsets not None, const int64_t[::1] lengths not None,
+                  uint8_t[::1] strong_out not None, object strong_fn, Py_ssize_t strong_len):
+    """Strong digests only (no weak sums) of blocks of ``buffer``: what
+    comparing two files block by block at known places needs. The weak sum
+    costs three times the strong one (10 vs 30 GB/s a core)."""
+    cdef const uint8_t[::1] data = buffer
+    cdef Py_ssize_t nb = offsets.shape[0], k
+    cdef Py_ssize_t size = data.shape[0]
+    if lengths.shape[0] != nb or strong_out.shape[0] < nb * strong_len:
+        raise ValueError("offsets, lengths and output differ in length")
+    for k in range(nb):
+        if offsets[k] < 0 or lengths[k] <= 0 or offsets[k] + lengths[k] > size:
+            raise ValueError(f"block {k} lies outside the buffer")
+    cdef const uint8_t* p = &data[0] if size else NULL
+    cdef bytes digest
+    if _strong_in_c(strong_fn, strong_len):
+        with nogil:
+            for k in range(nb):
+                _xxh3_128_canonical(p + offsets[k], <size_t>lengths[k], &strong_out[k * strong_len])
+        return
+    view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    for k in range(nb):
+        digest = strong_fn(view[offsets[k]:offsets[k] + lengths[k]])
+        if len(digest) != strong_len:
+            raise ValueError("strong digest has the wrong length")
+        memcpy(&strong_out[k * strong_len], <const char*>digest, strong_len)
+
+
 # ---------------------------------------------------------------------------
 # Matching: find blocks of a signature at any byte offset of a buffer
 # (rsync's match.c idea: rolling weak sum, hash table, strong confirm)

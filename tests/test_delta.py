@@ -18,6 +18,7 @@ from fitsync.delta import (
     BASIS,
     SOURCE,
     Recipe,
+    aligned_offsets,
     aligned_recipe,
     apply_recipe,
     delta_recipe,
@@ -304,6 +305,29 @@ def test_recipe_from_two_signatures_rebuilds_the_new_file(pair):
     _check_recipe(recipe, old, new)
     if new == old and old:
         assert recipe.ops == [(BASIS, 0, len(old))]
+
+
+@settings(max_examples=250, deadline=None)
+@given(pair=file_pairs())
+def test_aligned_offsets_equal_a_join_on_whole_block_keys(pair):
+    """The vectorised pairing agrees with the plain definition: a block at its
+    own offset stays there, any other comes from the first basis block with
+    the same length, weak and strong sums."""
+    old, new, block_size = pair
+    source = signature_of_buffer(new, block_size, fits_aware=False)
+    basis = signature_of_buffer(old, block_size, fits_aware=False)
+
+    def keys(sig):
+        return [(int(n), int(sig.weak[i]), sig.strong_of(i)) for i, n in enumerate(sig.block_lengths())]
+
+    basis_offsets = basis.block_offsets().tolist()
+    at_offset = dict(zip(basis_offsets, keys(basis)))
+    first: dict = {}
+    for key, offset in zip(keys(basis), basis_offsets):
+        first.setdefault(key, offset)
+    expected = [offset if at_offset.get(offset) == key else first.get(key, -1)
+                for key, offset in zip(keys(source), source.block_offsets().tolist())]
+    assert aligned_offsets(source, basis).tolist() == expected
 
 
 def test_recipe_from_two_signatures_keeps_fits_data_blocks_after_header_edits():

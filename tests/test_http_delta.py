@@ -12,6 +12,7 @@ import io
 import mmap
 import os
 
+import blake3
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -151,6 +152,66 @@ def test_mirror_of_old_release_updates_by_delta(site, tmp_path, cli):
     assert (dst / DEFAULT_NAME).read_bytes() == (site / DEFAULT_NAME).read_bytes()
     assert fetched <= SLACK * sum(ideal.values()), (fetched, ideal)
     assert summary["bytes_reused"] > 0
+
+
+def _hints_given(monkeypatch) -> dict[int, list]:
+    """What fetch_recipe is told about the old copies (its ``known=``), by the
+    BLAKE3 of the file it rebuilds."""
+    import fitsync.delta
+
+    seen: dict[int, list] = {}
+    real = fitsync.delta.fetch_recipe
+
+    def spy(sig, basis, known=None):
+        seen.setdefault(sig.digest.hex(), []).append(known)
+        return real(sig, basis, known=known)
+
+    monkeypatch.setattr(fitsync.delta, "fetch_recipe", spy)
+    return seen
+
+
+def test_the_destinations_manifest_pairs_old_blocks_without_reading_them(site, tmp_path, cli, monkeypatch):
+    """The mirror of the old release keeps the old manifest: the next update
+    pairs the old copies' blocks from the two manifests (no pass over them)."""
+    dst = tmp_path / "mirror"
+    with HttpFixture(str(site.parent)) as srv:
+        assert cli("mirror", srv.url + "/release/", dst).code == 0
+        _publish(site, NEW, 1_700_086_400.0, cli)
+        hints = _hints_given(monkeypatch)
+        second = cli("mirror", srv.url + "/release/", dst, "--json")
+    assert second.code == 0, second.err
+    for rel in CHANGED:
+        assert (dst / rel).read_bytes() == NEW[rel], rel
+        [known] = hints[blake3.blake3(NEW[rel]).hexdigest()]
+        assert known is not None, rel
+        if rel != "obs/replaced.fits":
+            assert (np.asarray(known) >= 0).any(), rel  # blocks of the old copy were placed
+
+
+def test_a_copy_changed_behind_the_destinations_manifest_is_still_rebuilt_exactly(site, tmp_path, cli,
+                                                                                 monkeypatch):
+    """Same size and mtime as recorded, other bytes: the pairing is wrong, the
+    rebuilt file fails verification, and the old copy is hashed instead."""
+    dst = tmp_path / "mirror"
+    with HttpFixture(str(site.parent)) as srv:
+        assert cli("mirror", srv.url + "/release/", dst).code == 0
+        for rel in ("obs/header_edit.fits", "obs/header_grown.fits"):
+            path = dst / rel
+            st = path.stat()
+            data = bytearray(path.read_bytes())
+            data[-20_000:-19_000] = bytes(1000)  # inside the last data unit, which the new release keeps
+            path.write_bytes(bytes(data))
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        _publish(site, NEW, 1_700_086_400.0, cli)
+        hints = _hints_given(monkeypatch)
+        second = cli("mirror", srv.url + "/release/", dst, "--json")
+    assert second.code == 0, second.err
+    assert second.json()["files_failed"] == 0
+    for rel in ("obs/header_edit.fits", "obs/header_grown.fits"):
+        first_try, second_try = hints[blake3.blake3(NEW[rel]).hexdigest()]  # paired from the record, then by reading the copy
+        assert first_try is not None and second_try is None, rel
+    for rel, data in NEW.items():
+        assert (dst / rel).read_bytes() == data, rel
 
 
 @pytest.mark.parametrize("behaviour, extra", [

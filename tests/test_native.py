@@ -86,6 +86,9 @@ def test_block_outside_buffer_is_refused():
                             strong_digest, STRONG_LEN)
     with pytest.raises(ValueError):
         _native.block_weak_sums(b"abc", np.array([0], np.int64), np.array([0], np.int64), weak)
+    with pytest.raises(ValueError):
+        _native.strong_blocks(b"abc", np.array([1], np.int64), np.array([3], np.int64), strong,
+                              strong_digest, STRONG_LEN)
 
 
 def _mutate(rng, data: bytes) -> bytes:
@@ -184,8 +187,12 @@ def test_c_and_python_strong_paths_agree(seed, size, block_size):
         weak = np.zeros(len(blocks), dtype=np.uint32)
         strong = np.zeros(len(blocks) * STRONG_LEN, dtype=np.uint8)
         _native.hash_blocks(old, offsets, lengths, weak, strong, fn, STRONG_LEN)
+        alone = np.zeros(len(blocks) * STRONG_LEN, dtype=np.uint8)
+        _native.strong_blocks(old, offsets, lengths, alone, fn, STRONG_LEN)  # no weak sums
+        assert alone.tobytes() == strong.tobytes()
         sums.append((weak.tolist(), strong.tobytes()))
     assert sums[0] == sums[1]
+    assert sums[0][1] == b"".join(strong_digest(old[o:o + n]) for o, n in blocks)
     if not blocks or not new:
         return
     sig = signature_of_buffer(old, block_size, fits_aware=False)

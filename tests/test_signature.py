@@ -259,3 +259,18 @@ def test_block_sums_split_between_threads_equal_the_single_thread_ones():
     assert split.weak.tolist() == whole.weak.tolist()
     assert split.strong == whole.strong
     assert split.strong[-16:] == xxhash.xxh3_128_digest(data[-(len(data) % 17280):])
+
+
+def test_block_strong_rows_equal_the_signatures_strong_digests():
+    """The weak-sum-free hashing of LocalSegments (split over two threads for
+    large buffers) gives exactly the strong digests of a signature."""
+    from fitsync.signature import PARALLEL_MIN_BYTES, STRONG_LEN, block_strong_rows
+
+    rng = np.random.default_rng(11)
+    for size in (0, 1, 2879, 100_000, PARALLEL_MIN_BYTES + 12345):
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        rows, lengths = block_strong_rows(data, 2880)
+        sig = signature_of_buffer(data, 2880, fits_aware=False)
+        assert rows.shape == (len(sig), STRONG_LEN)
+        assert rows.tobytes() == sig.strong
+        assert lengths.tolist() == sig.block_lengths().tolist()

@@ -44,6 +44,16 @@ def hash_blocks(
 ) -> None:
     """Weak sum and strong digest (strong_fn, strong_len bytes) of every block."""
 
+def strong_blocks(
+    buffer: Buffer,
+    offsets: npt.NDArray[np.int64],
+    lengths: npt.NDArray[np.int64],
+    strong_out: npt.NDArray[np.uint8],
+    strong_fn: StrongFn,
+    strong_len: int,
+) -> None:
+    """Strong digest (strong_fn, strong_len bytes) of every block, no weak sums."""
+
 class BlockIndex:
     """Hash table over a signature's full-size blocks, for scanning."""
 

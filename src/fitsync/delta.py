@@ -334,8 +334,9 @@ def layout_hint(source_sig: Signature, basis_buffer, min_bytes: int = HINT_MIN_B
     into its own FITS segments and hashed in the source's block size, and a
     source block whose sums equal the basis block at the same place in the
     counterpart segment (same length, nearest in order; else the same index)
-    is known to be there. A header edit or a grown header then leaves only
-    the header's bytes to scan. None for a basis under ``min_bytes``."""
+    is known to be there (only the basis blocks' strong digests are computed).
+    A header edit or a grown header then leaves only the header's bytes to
+    scan. None for a basis under ``min_bytes``."""
     view = _byte_view(basis_buffer)
     if len(view) < min_bytes or len(source_sig) == 0:
         return None
@@ -349,12 +350,12 @@ def layout_hint(source_sig: Signature, basis_buffer, min_bytes: int = HINT_MIN_B
         count = -(-(end - start) // source_sig.block_size)
         k = local.counterpart(end - start, j)
         if k is not None:
-            theirs = local.signature(k)
-            n = min(count, len(theirs))
+            # Strong digests and lengths only: equal 128-bit digests make the
+            # weak sums redundant, and a wrong hint costs only a failed verify.
+            their_strong, their_lengths = local.strong_rows(k)
+            n = min(count, len(their_lengths))
             mine = slice(first, first + n)
-            same = ((source_sig.weak[mine] == theirs.weak[:n])
-                    & (lengths[mine] == theirs.block_lengths()[:n])
-                    & (strong[mine] == _strong_rows(theirs)[:n]).all(axis=1))
+            same = (lengths[mine] == their_lengths[:n]) & (strong[mine] == their_strong[:n]).all(axis=1)
             at = np.flatnonzero(same)
             known[first + at] = local.segments[k][0] + at * source_sig.block_size
         first += count
@@ -391,26 +392,46 @@ def aligned_recipe(source_sig: Signature, basis_sig: Signature) -> Recipe:
     inside a data unit loses the blocks after it."""
     if source_sig.digest is None:
         raise BadInput("the source's signature was made without its file digest; it cannot drive a transfer")
-    offsets, lengths = source_sig.block_offsets(), source_sig.block_lengths()
-
-    def keys(sig):
-        weak = sig.weak.tolist()
-        return [(length, weak[i], sig.strong_of(i)) for i, length in enumerate(sig.block_lengths().tolist())]
-
-    basis_keys, basis_offsets = keys(basis_sig), basis_sig.block_offsets().tolist()
-    at_offset = dict(zip(basis_offsets, basis_keys))
-    place = {}
-    for key, offset in zip(reversed(basis_keys), reversed(basis_offsets)):  # the first of equal blocks wins
-        place[key] = offset
-    # A block still at its own offset stays there (runs stay long); any other
-    # is taken from wherever the basis has it.
-    found = np.fromiter(
-        (offset if at_offset.get(offset) == key else place.get(key, -1)
-         for key, offset in zip(keys(source_sig), offsets.tolist())),
-        dtype=np.int64, count=len(source_sig),
-    )
-    ops = _ops_from_found(found, offsets, lengths)
+    found = aligned_offsets(source_sig, basis_sig)
+    ops = _ops_from_found(found, source_sig.block_offsets(), source_sig.block_lengths())
     return Recipe(ops, source_sig.file_size, source_sig.digest.hex(), basis_sig.file_size)
+
+
+def aligned_offsets(source_sig: Signature, basis_sig: Signature) -> np.ndarray:
+    """Per source block, the basis offset of a block with the same length,
+    weak and strong sums, or -1: a ``known=`` for fetch_recipe, or the pairs
+    of aligned_recipe. A block still at its own offset stays there (runs stay
+    long); any other is taken from the first place the basis has it.
+    Vectorised: a join on the strong digests' first words, then every pair
+    compared in full."""
+    offsets, lengths = source_sig.block_offsets(), source_sig.block_lengths()
+    basis_offsets, basis_lengths = basis_sig.block_offsets(), basis_sig.block_lengths()
+    found = np.full(len(source_sig), -1, dtype=np.int64)
+    if not len(source_sig) or not len(basis_sig):
+        return found
+    mine, theirs = _strong_words(source_sig), _strong_words(basis_sig)
+
+    def equal(blocks: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        return ((lengths[blocks] == basis_lengths[candidates])
+                & (source_sig.weak[blocks] == basis_sig.weak[candidates])
+                & (mine[blocks] == theirs[candidates]).all(axis=1))
+
+    same_place = np.minimum(np.searchsorted(basis_offsets, offsets), len(basis_offsets) - 1)
+    here = (basis_offsets[same_place] == offsets) & equal(np.arange(len(offsets)), same_place)
+    found[here] = offsets[here]
+    rest = np.flatnonzero(~here)
+    order = np.argsort(theirs[:, 0], kind="stable")  # equal keys keep file order: the first wins
+    keys = theirs[order, 0]
+    at = np.minimum(np.searchsorted(keys, mine[rest, 0]), len(keys) - 1)
+    candidates = order[at]
+    ok = (keys[at] == mine[rest, 0]) & equal(rest, candidates)
+    found[rest[ok]] = basis_offsets[candidates[ok]]
+    return found
+
+
+def _strong_words(sig: Signature) -> np.ndarray:
+    """A signature's strong digests as rows of two 64-bit words."""
+    return np.frombuffer(sig.strong, dtype="<u8").reshape(-1, STRONG_LEN // 8)
 
 
 def _find_short_blocks_in_place(sig: Signature, view: memoryview, found, offsets, lengths) -> None:

@@ -440,6 +440,30 @@ def buffer_digest(buffer) -> bytes:
     return blake3.blake3(buffer, max_threads=blake3.blake3.AUTO).digest()
 
 
+def block_strong_rows(buffer, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(strong digests as rows of STRONG_LEN bytes, block lengths) of
+    ``buffer`` cut into ``block_size`` blocks, without weak sums: enough to
+    compare two files block by block at known places, where the weak sum
+    (three times the strong one's cost) would only be compared too. Split
+    between two threads when the digest runs from C, as in _hash_range."""
+    view = memoryview(buffer).cast("B")
+    offsets, lengths = block_layout(len(view), block_size)
+    out = np.zeros(len(offsets) * STRONG_LEN, dtype=np.uint8)
+
+    def hash_part(first: int, last: int) -> None:
+        _native.strong_blocks(view, offsets[first:last], lengths[first:last],
+                              out[first * STRONG_LEN : last * STRONG_LEN], strong_digest, STRONG_LEN)
+
+    if THREADS >= 2 and len(view) >= PARALLEL_MIN_BYTES and _native.strong_in_c(strong_digest, STRONG_LEN):
+        middle = len(offsets) // 2
+        other = run_beside(lambda: hash_part(middle, len(offsets)))
+        hash_part(0, middle)
+        other()
+    elif len(offsets):
+        hash_part(0, len(offsets))
+    return out.reshape(-1, STRONG_LEN), lengths
+
+
 class LocalSegments:
     """A local file cut into its own FITS segments (header and data units),
     with the block sums of a segment computed on demand in ``block_size``
@@ -469,6 +493,15 @@ class LocalSegments:
             self._sigs[k] = signature_of_buffer(memoryview(self.data)[start:end], self.block_size, fits_aware=False,
                                                 digest=False)  # sums only: matching needs no digest
         return self._sigs[k]
+
+    def strong_rows(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(strong digest rows, block lengths) of segment k: from its
+        signature when that was computed, else hashed without weak sums."""
+        if k in self._sigs:
+            sig = self._sigs[k]
+            return np.frombuffer(sig.strong, dtype=np.uint8).reshape(-1, STRONG_LEN), sig.block_lengths()
+        start, end = self.segments[k]
+        return block_strong_rows(memoryview(self.data)[start:end], self.block_size)
 
     def find_segment(self, length: int, remote_hash: str, near: int) -> int | None:
         """A local segment with the remote segment's content (its strong sums hash the same)."""

@@ -151,6 +151,7 @@ class Mirror:
         self.result = MirrorResult(dry_run=options.dry_run)
         self.aborted: FitsyncError | None = None  # a failure that ends the whole run
         self.resolution = max(src.mtime_resolution, dst.mtime_resolution)
+        self.recorded = None  # what DST's copy of a release manifest says its files are
 
     # -- the run -------------------------------------------------------
     def run(self) -> MirrorResult:
@@ -406,6 +407,11 @@ class Mirror:
                     self._count(item.action)
             return
         self.reporter.phase("transfer", sum(i.src.size for i in transfers))
+        if isinstance(self.dst, LocalRemote) and any(i.action == Action.DELTA for i in transfers):
+            # Read now: a transfer of this run may replace it with the new release's.
+            from fitsync.recorded import RecordedSignatures
+
+            self.recorded = RecordedSignatures.of_destination(self.dst.root)
         if transfers:
             import concurrent.futures as cf
 
@@ -485,7 +491,7 @@ class Mirror:
         if isinstance(self.dst, LocalRemote):
             if item.action == Action.NEW or item.dst is None:
                 return transfer.pull_new(self.src, self.dst, item, advance, fits_check)
-            return transfer.pull_delta(self.src, self.dst, item, advance, fits_check)
+            return transfer.pull_delta(self.src, self.dst, item, advance, fits_check, self.recorded)
         return transfer.push(self.src, self.dst, item, advance, fits_check)
 
     def refresh_source(self, item: Item) -> Item | None:

@@ -20,6 +20,7 @@ Push to a remote destination:
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 from dataclasses import dataclass
@@ -28,10 +29,12 @@ import xxhash
 
 from fitsync.errors import SourceChanged, VerificationFailed
 from fitsync.hashes import file_digest, new_hasher
-from fitsync.plan import Item
+from fitsync.plan import Action, Item
 from fitsync.remotes.base import Capability, Remote
 from fitsync.remotes.local import LocalRemote, finish_file, unlink_quietly
 from fitsync.threads import run_beside
+
+log = logging.getLogger("fitsync.transfer")
 
 CHUNK = 8 << 20
 JOURNAL_DIGEST = 16  # xxh3-128 per chunk
@@ -347,28 +350,70 @@ def source_signature(src: Remote, path: str, like: str | None = None):
     return None
 
 
-def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_check: bool = False) -> Moved:
-    """Update the local copy of ``item`` using what it already holds."""
+def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_check: bool = False,
+               recorded=None) -> Moved:
+    """Update the local copy of ``item`` using what it already holds.
+    ``recorded`` (fitsync.recorded.RecordedSignatures) may say what the
+    local copy's blocks are, sparing a pass over it."""
     before = source_identity(src, item)
     basis_path = dst.path_of(item.path)
     sig = source_signature(src, item.path, like=basis_path)
     if sig is None or item.dst is None or item.dst.size == 0:
         return pull_new(src, dst, item, on_bytes, fits_check)
-    from fitsync.delta import apply_recipe, fetch_recipe, layout_hint
-
     trusted = _trusted_digest(item)
     if trusted is not None and sig.digest.hex() != trusted:
         raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
-    tmp_dir = dst.state_dir("tmp")
-    tmp = os.path.join(tmp_dir, _identity_key(item) + ".delta")
+    record = None
+    if recorded is not None and sig.like_offsets is None and item.action == Action.DELTA:
+        record = recorded.signature(item.path, item.dst)  # never for a repair: that copy is known bad
+    fetched = [0]
+    try:
+        reused = _rebuild_from_basis(src, dst, item, sig, record, fetched, on_bytes)
+    except VerificationFailed:
+        if record is None:
+            raise
+        # The old copy is not what the record says (changed behind it, same
+        # size and mtime): find its blocks by hashing it after all.
+        log.info("%s: the local copy differs from the destination's manifest; hashing it", item.path)
+        reused = _rebuild_from_basis(src, dst, item, sig, None, fetched, on_bytes)
+    tmp = _delta_tmp(dst, item)
+    try:
+        _check_source_unchanged(src, item, before)
+        if fits_check:
+            refuse_incomplete_fits(tmp, item)
+        finish_file(tmp, basis_path, item.src.mtime)
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
+    if on_bytes:
+        on_bytes(reused)
+    return Moved(transferred=fetched[0], reused=reused)
+
+
+def _delta_tmp(dst: LocalRemote, item: Item) -> str:
+    return os.path.join(dst.state_dir("tmp"), _identity_key(item) + ".delta")
+
+
+def _rebuild_from_basis(src: Remote, dst: LocalRemote, item: Item, sig, record, fetched: list, on_bytes) -> int:
+    """Write the new file to its temporary name from the local basis and the
+    source's missing ranges, verified; the bytes taken from the basis."""
+    from fitsync.delta import aligned_offsets, apply_recipe, fetch_recipe, layout_hint
+
+    basis_path = dst.path_of(item.path)
+    tmp = _delta_tmp(dst, item)
     with open(basis_path, "rb") as basis:
         with mmap.mmap(basis.fileno(), 0, access=mmap.ACCESS_READ) as basis_map:
-            # A signature rebuilt from the basis says where its blocks are;
-            # any other (a release manifest's, a local source's) is placed by
-            # hashing the basis in its layout: either way only the rest is scanned.
-            known = sig.like_offsets if sig.like_offsets is not None else layout_hint(sig, basis_map)
+            # A signature rebuilt from the basis says where its blocks are; a
+            # record of the basis pairs them from signatures alone; any other
+            # (a release manifest's, a local source's) is placed by hashing
+            # the basis in its layout. Either way only the rest is scanned.
+            if sig.like_offsets is not None:
+                known = sig.like_offsets
+            elif record is not None:
+                known = aligned_offsets(sig, record)
+            else:
+                known = layout_hint(sig, basis_map)
             recipe = fetch_recipe(sig, basis_map, known=known)
-        fetched = [0]
 
         def read_source(ranges):
             # Bounded pieces: a replaced file is one huge SOURCE range, and
@@ -385,17 +430,7 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_ch
         except BaseException:
             unlink_quietly(tmp)
             raise
-    try:
-        _check_source_unchanged(src, item, before)
-        if fits_check:
-            refuse_incomplete_fits(tmp, item)
-        finish_file(tmp, basis_path, item.src.mtime)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
-    if on_bytes:
-        on_bytes(recipe.basis_bytes)
-    return Moved(transferred=fetched[0], reused=recipe.basis_bytes)
+    return recipe.basis_bytes
 
 
 def split_ranges(ranges, limit: int) -> list[tuple[int, int]]:
