@@ -28,3 +28,21 @@ def run_beside(work):
         return result
 
     return wait
+
+
+def preload(*modules: str) -> None:
+    """Import ``modules`` in a background thread, while this one waits on
+    something else (a server starting a process for us). The import lock
+    makes a later ``import`` of one of them wait for that import rather than
+    start another; a failure is left for that later import to raise."""
+
+    def target():
+        import importlib
+
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - re-raised by the import that needs it
+                return
+
+    threading.Thread(target=target, name="fitsync-preload", daemon=True).start()

@@ -50,6 +50,7 @@ from fitsync.hashes import hash_stream, new_hasher
 from fitsync.paths import safe_relpath
 from fitsync.remotes.base import Capability, Entry, Remote
 from fitsync.sshconn import DEFAULT_TIMEOUT, SshConnection, SshTarget, connect, resolve_target
+from fitsync.threads import preload
 
 log = logging.getLogger(__name__)
 
@@ -478,12 +479,13 @@ def signature_by_difference(agent: AgentClient, full: str, like: str, digest: bo
     Returns None when the rebuilt signature fails the agent's checksum."""
     import mmap
 
-    from fitsync.signature import LocalSegments, Signature, default_block_size
-
     # The agent computes the full signature while the local blocks are hashed
     # here: the stat answers at once and gives the block size both will use.
+    # Asked before anything is imported here, so the agent starts at once.
     agent.send({"op": "stat", "path": full})
     agent.send(signature_request("sigsummary", full, digest))
+    from fitsync.signature import LocalSegments, Signature, default_block_size
+
     remote_size = agent.finish()[0]["size"]
     with open(like, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -681,6 +683,9 @@ class SftpRemote(Remote):
         if self.use_agent:
             threading.Thread(target=self._start_first_agent, args=(conn,), name="fitsync-agent-start",
                              daemon=True).start()
+            # The block-signature code (numpy: ~0.1 s to import) loads while
+            # the server starts the agent, not after the agent is asked to hash.
+            preload("fitsync.signature", "fitsync.delta")
         else:
             conn.open_spares(self.jobs + 1)
 
