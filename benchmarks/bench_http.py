@@ -1,13 +1,16 @@
 """HTTP release updates: fitsync (manifest with block signatures) vs zsync (issue 7), run by hand.
 
 Usage:
-  bench_http.py [--mib=N] [--rounds=N] [--skip-hess] [--keep]
+  bench_http.py [--mib=N] [--rounds=N] [--skip-hess] [--keep] [--cold]
 
 Options:
   --mib=N      Size of the FITS image's data in MiB [default: 1024].
   --rounds=N   Interleaved rounds per comparison [default: 3].
   --skip-hess  Do not measure the manifest overhead of the H.E.S.S. release.
   --keep       Keep benchmarks/work/http (the 1 GiB files) afterwards.
+  --cold       Drop the old copy (fitsync's DST file, zsync's seed) from the
+               page cache before each run, as an archive's old files are
+               (the new file and control files stay warm on the server).
 
 For each of the three edits of a 1 GiB FITS image (a header keyword value
 changed; a keyword added so the header grows by 2880 bytes; 1 MiB
@@ -143,6 +146,9 @@ class Case:
             raise SystemExit(f"{self.name} produced a copy that differs from the new file")
 
 
+COLD = False  # --cold
+
+
 def fresh_copy(old: str, target: str, *also_warm: str) -> None:
     os.makedirs(os.path.dirname(target), exist_ok=True)
     for stale in (target, target + ".part", target + ".zs-old"):
@@ -152,6 +158,12 @@ def fresh_copy(old: str, target: str, *also_warm: str) -> None:
     os.utime(target, (1_600_000_000, 1_600_000_000))
     os.sync()  # the copy's writeback must not land inside the timed run
     warm(target, *also_warm)
+    if COLD:
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def compare_edit(srv: HttpFixture, site: str, old: str, old_manifest: str, which: int, rounds: int) -> list:
@@ -260,8 +272,10 @@ def manifest_overhead(root: str, label: str) -> list:
 def main() -> None:
     from docopt import docopt
 
+    global COLD
     opts = docopt(__doc__)
     mib, rounds = int(opts["--mib"]), int(opts["--rounds"])
+    COLD = bool(opts["--cold"])
     os.makedirs(WORK, exist_ok=True)
     site = os.path.join(WORK, "site")
     os.makedirs(os.path.join(site, "rel"), exist_ok=True)

@@ -192,6 +192,15 @@ def rolling_weak_sums(const uint8_t[::1] data not None, size_t window, uint32_t[
     return count
 
 
+cdef int _check_blocks_inside(const int64_t[::1] offsets, const int64_t[::1] lengths, Py_ssize_t size) except -1:
+    """ValueError unless every block is non-empty and lies inside a buffer of ``size`` bytes."""
+    cdef Py_ssize_t k
+    for k in range(offsets.shape[0]):
+        if offsets[k] < 0 or lengths[k] <= 0 or offsets[k] + lengths[k] > size:
+            raise ValueError(f"block {k} lies outside the buffer")
+    return 0
+
+
 def block_weak_sums(const uint8_t[::1] data not None, const int64_t[::1] offsets not None,
                     const int64_t[::1] lengths not None, uint32_t[::1] out not None):
     """out[k] = weak sum of data[offsets[k] : offsets[k] + lengths[k]]."""
@@ -199,9 +208,7 @@ def block_weak_sums(const uint8_t[::1] data not None, const int64_t[::1] offsets
     cdef Py_ssize_t size = data.shape[0]
     if lengths.shape[0] != nb or out.shape[0] < nb:
         raise ValueError("offsets, lengths and out differ in length")
-    for k in range(nb):
-        if offsets[k] < 0 or lengths[k] <= 0 or offsets[k] + lengths[k] > size:
-            raise ValueError(f"block {k} lies outside the buffer")
+    _check_blocks_inside(offsets, lengths, size)
     if nb == 0:
         return
     cdef const uint8_t* p = &data[0]
@@ -224,9 +231,7 @@ def hash_blocks(object buffer, const int64_t[::1] offsets not None, const int64_
     cdef Py_ssize_t size = data.shape[0]
     if lengths.shape[0] != nb or weak_out.shape[0] < nb or strong_out.shape[0] < nb * strong_len:
         raise ValueError("offsets, lengths and outputs differ in length")
-    for k in range(nb):
-        if offsets[k] < 0 or lengths[k] <= 0 or offsets[k] + lengths[k] > size:
-            raise ValueError(f"block {k} lies outside the buffer")
+    _check_blocks_inside(offsets, lengths, size)
     view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
@@ -260,9 +265,7 @@ def strong_blocks(object buffer, const int64_t[::1] offsets not None, const int6
     cdef Py_ssize_t size = data.shape[0]
     if lengths.shape[0] != nb or strong_out.shape[0] < nb * strong_len:
         raise ValueError("offsets, lengths and output differ in length")
-    for k in range(nb):
-        if offsets[k] < 0 or lengths[k] <= 0 or offsets[k] + lengths[k] > size:
-            raise ValueError(f"block {k} lies outside the buffer")
+    _check_blocks_inside(offsets, lengths, size)
     cdef const uint8_t* p = &data[0] if size else NULL
     cdef bytes digest
     if _strong_in_c(strong_fn, strong_len):

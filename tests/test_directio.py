@@ -13,7 +13,6 @@ import blake3
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from fitsync import directio
 from fitsync.delta import apply_recipe, fetch_recipe
@@ -93,6 +92,39 @@ def test_copy_past_the_end_of_the_basis_returns_what_was_there(small_buffers, di
         os.close(out)
         os.close(basis_fd)
     assert (direct_dir / "out").read_bytes() == b"x" * 1000
+
+
+def test_a_long_copy_asks_the_disk_for_the_basis_ahead_of_it(small_buffers, direct_dir, monkeypatch):
+    """A cold old copy is read while the new one is written: every copied
+    range is asked for (WILLNEED) before it is read, never more than
+    READ_AHEAD ahead of the copy, and the bytes land as before."""
+    monkeypatch.setattr(directio, "READ_AHEAD", 8 * directio.BUFFER)
+    asked: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def note(fd, offset, length, advice):
+        if advice == os.POSIX_FADV_WILLNEED:
+            asked.append((offset, length))
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", note)
+    basis = np.random.default_rng(3).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+    (direct_dir / "basis").write_bytes(basis)
+    out = _open_out(direct_dir / "out")
+    basis_fd = os.open(direct_dir / "basis", os.O_RDONLY)
+    try:
+        writer = directio.open_direct(out, 0)
+        assert writer.copy_from(basis_fd, 1000, 150_000) == 150_000
+        assert writer.copy_from(basis_fd, 0, 20_000) == 20_000  # a jump back starts again there
+        writer.finish()
+    finally:
+        os.close(out)
+        os.close(basis_fd)
+    assert (direct_dir / "out").read_bytes() == basis[1000:151_000] + basis[:20_000]
+    first = [a for a in asked if a[0] >= 1000]
+    assert first[0][0] == 1000 and sum(n for _, n in first) == 150_000  # contiguous, the whole range once
+    assert all(n <= directio.READ_AHEAD for _, n in asked)
+    assert asked[-1] == (0, 20_000)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
