@@ -196,7 +196,7 @@ cdef int _check_blocks_inside(const int64_t[::1] offsets, const int64_t[::1] len
     """ValueError unless every block is non-empty and lies inside a buffer of ``size`` bytes."""
     cdef Py_ssize_t k
     for k in range(offsets.shape[0]):
-        if offsets[k] < 0 or lengths[k] <= 0 or offsets[k] + lengths[k] > size:
+        if offsets[k] < 0 or lengths[k] <= 0 or lengths[k] > size - offsets[k]:  # no sum to overflow
             raise ValueError(f"block {k} lies outside the buffer")
     return 0
 

@@ -330,6 +330,20 @@ def test_aligned_offsets_equal_a_join_on_whole_block_keys(pair):
     assert aligned_offsets(source, basis).tolist() == expected
 
 
+def test_aligned_offsets_tell_digests_apart_by_all_their_bits():
+    """Two basis blocks whose strong digests share the first 64 bits (craftable:
+    xxh3 is not cryptographic) are still told apart: the source block pairs
+    with the one equal in full."""
+    from fitsync.signature import Signature
+
+    w, x, y = b"W" * 8, b"X" * 8, b"Y" * 8
+    basis = Signature(2 * 64, 64, [0], np.array([7, 9], np.uint32), w + x + w + y, None)
+    source = Signature(64, 64, [0], np.array([9], np.uint32), w + y, bytes(32))
+    assert aligned_offsets(source, basis).tolist() == [64]
+    other = Signature(64, 64, [0], np.array([9], np.uint32), w + b"Z" * 8, bytes(32))
+    assert aligned_offsets(other, basis).tolist() == [-1]
+
+
 def test_recipe_from_two_signatures_keeps_fits_data_blocks_after_header_edits():
     data = np.random.default_rng(6).standard_normal((500, 500)).astype(np.float32)
     old = _fits({"OBJECT": "crab"}, data)

@@ -72,3 +72,21 @@ def test_of_destination_reads_only_a_plain_file_at_the_root(tmp_path):
     assert RecordedSignatures.of_destination(str(tmp_path)).signature("a.fits", held) is None  # none there
     (tmp_path / DEFAULT_NAME).write_bytes(_manifest(_good_blocks()))
     assert RecordedSignatures.of_destination(str(tmp_path)).signature("a.fits", held) is not None
+
+
+def test_a_fifo_at_the_root_does_not_hang_the_run(tmp_path):
+    os.mkfifo(tmp_path / DEFAULT_NAME)
+    held = Entry("a.fits", len(DATA), MTIME)
+    assert RecordedSignatures.of_destination(str(tmp_path)).signature("a.fits", held) is None
+
+
+def test_the_mtime_is_compared_as_the_planner_does_and_a_wrong_record_is_forgotten():
+    raw = _manifest(_good_blocks())
+    held_a_second_later = Entry("a.fits", len(DATA), MTIME + 0.6)
+    assert RecordedSignatures(raw).signature("a.fits", held_a_second_later) is None
+    coarse = RecordedSignatures(raw, mtime_resolution=1.0)  # a file system that keeps whole seconds
+    assert coarse.signature("a.fits", held_a_second_later) is not None
+    coarse.forget("a.fits")
+    assert coarse.signature("a.fits", held_a_second_later) is None
+    nan = raw.replace(str(MTIME).encode(), b"NaN")
+    assert RecordedSignatures(nan).signature("a.fits", Entry("a.fits", len(DATA), MTIME)) is None

@@ -402,8 +402,8 @@ def aligned_offsets(source_sig: Signature, basis_sig: Signature) -> np.ndarray:
     weak and strong sums, or -1: a ``known=`` for fetch_recipe, or the pairs
     of aligned_recipe. A block still at its own offset stays there (runs stay
     long); any other is taken from the first place the basis has it.
-    Vectorised: a join on the strong digests' first words, then every pair
-    compared in full."""
+    Vectorised: a sorted join on the whole 128-bit strong digests, then
+    length and weak sum compared for each pair found."""
     offsets, lengths = source_sig.block_offsets(), source_sig.block_lengths()
     basis_offsets, basis_lengths = basis_sig.block_offsets(), basis_sig.block_lengths()
     found = np.full(len(source_sig), -1, dtype=np.int64)
@@ -420,11 +420,12 @@ def aligned_offsets(source_sig: Signature, basis_sig: Signature) -> np.ndarray:
     here = (basis_offsets[same_place] == offsets) & equal(np.arange(len(offsets)), same_place)
     found[here] = offsets[here]
     rest = np.flatnonzero(~here)
-    order = np.argsort(theirs[:, 0], kind="stable")  # equal keys keep file order: the first wins
-    keys = theirs[order, 0]
-    at = np.minimum(np.searchsorted(keys, mine[rest, 0]), len(keys) - 1)
+    their_keys, my_keys = _as_keys(theirs), _as_keys(mine)
+    order = np.argsort(their_keys, kind="stable")  # equal digests keep file order: the first wins
+    keys = their_keys[order]
+    at = np.minimum(np.searchsorted(keys, my_keys[rest]), len(keys) - 1)
     candidates = order[at]
-    ok = (keys[at] == mine[rest, 0]) & equal(rest, candidates)
+    ok = (keys[at] == my_keys[rest]) & equal(rest, candidates)
     found[rest[ok]] = basis_offsets[candidates[ok]]
     return found
 
@@ -432,6 +433,14 @@ def aligned_offsets(source_sig: Signature, basis_sig: Signature) -> np.ndarray:
 def _strong_words(sig: Signature) -> np.ndarray:
     """A signature's strong digests as rows of two 64-bit words."""
     return np.frombuffer(sig.strong, dtype="<u8").reshape(-1, STRONG_LEN // 8)
+
+
+_KEY = np.dtype([("high", "<u8"), ("low", "<u8")])
+
+
+def _as_keys(words: np.ndarray) -> np.ndarray:
+    """Rows of two words as one sortable 128-bit key each."""
+    return np.ascontiguousarray(words).view(_KEY).reshape(-1)
 
 
 def _find_short_blocks_in_place(sig: Signature, view: memoryview, found, offsets, lengths) -> None:

@@ -56,7 +56,7 @@ class DirectWriter:
         self._direct = True
         self._current = self._take_buffer()
         self._fill = 0
-        self._ahead = (-1, 0, 0)  # (fd, start, end) of the range already asked for
+        self._ahead = (-1, 0, 0)  # (fd, position of the last copy, end of what was asked for)
         self._thread = threading.Thread(target=self._write_loop, name="fitsync-direct-write", daemon=True)
         self._thread.start()
 
@@ -91,17 +91,18 @@ class DirectWriter:
         ``fd`` beyond ``at``, a buffer's worth at a time; a cached range costs
         a look at its pages. The sequential readahead of the kernel is far
         smaller, and it stops while this thread hashes and waits."""
-        ahead_fd, start, asked = self._ahead
-        if ahead_fd != fd or not start <= at <= asked:
-            start = asked = at
+        ahead_fd, last, asked = self._ahead
+        if ahead_fd != fd or not last <= at <= asked:  # another file, or a jump: start again here
+            asked = at
         target = min(end, at + READ_AHEAD)
         if target - asked >= BUFFER or (target == end and target > asked):
-            try:
-                os.posix_fadvise(fd, asked, target - asked, os.POSIX_FADV_WILLNEED)
-            except OSError:  # advice only
-                pass
+            if hasattr(os, "posix_fadvise"):
+                try:
+                    os.posix_fadvise(fd, asked, target - asked, os.POSIX_FADV_WILLNEED)
+                except OSError:  # advice only
+                    pass
             asked = target
-        self._ahead = (fd, start, asked)
+        self._ahead = (fd, at, asked)
 
     def _flush_if_full(self) -> None:
         if self._fill == BUFFER:

@@ -25,6 +25,7 @@ import threading
 
 from fitsync.errors import BadInput
 from fitsync.manifest import DEFAULT_NAME, parse_manifest_bytes
+from fitsync.plan import same_mtime
 from fitsync.remotes.base import Entry
 
 log = logging.getLogger("fitsync.recorded")
@@ -32,25 +33,26 @@ log = logging.getLogger("fitsync.recorded")
 # A record larger than this is not worth holding for a hint (a release
 # manifest with blocks is ~0.2 % of its data).
 MAX_RECORD_BYTES = 256 << 20
-MTIME_TOLERANCE = 1e-6  # the mtime the mirror set, read back through the file system
 
 
 class RecordedSignatures:
     """Block signatures of the destination's files, as its manifest copy records them."""
 
-    def __init__(self, raw: bytes | None, name: str = DEFAULT_NAME):
-        self._raw = raw
+    def __init__(self, raw: bytes | None, name: str = DEFAULT_NAME, mtime_resolution: float = 0.0):
+        self._raw = raw  # parsed at the first question, then dropped
         self._name = name
-        self._entries: dict | None = None
+        self._resolution = mtime_resolution  # as the planner compares mtimes
+        self._entries: dict | None = None if raw is not None else {}
         self._lock = threading.Lock()
 
     @classmethod
-    def of_destination(cls, root: str) -> "RecordedSignatures":
+    def of_destination(cls, root: str, mtime_resolution: float = 0.0) -> "RecordedSignatures":
         """The record at ``root``, empty when there is none (or it is not a
-        plain file of a sensible size)."""
+        plain file of a sensible size). Non-blocking open: a FIFO put there
+        must not hang the run."""
         path = os.path.join(root, DEFAULT_NAME)
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
             return cls(None)
         try:
@@ -58,7 +60,8 @@ class RecordedSignatures:
             if not (stat.S_ISREG(st.st_mode) and st.st_size <= MAX_RECORD_BYTES):
                 return cls(None)
             with os.fdopen(fd, "rb", closefd=False) as f:
-                return cls(f.read(), path)
+                raw = f.read(MAX_RECORD_BYTES + 1)  # bounded even if it grows meanwhile
+            return cls(raw if len(raw) <= MAX_RECORD_BYTES else None, path, mtime_resolution)
         except OSError:
             return cls(None)
         finally:
@@ -67,10 +70,11 @@ class RecordedSignatures:
     def signature(self, path: str, held: Entry | None):
         """The recorded block signature of ``path``, if the file the
         destination holds (``held``) has the recorded size and mtime; else None."""
-        if held is None or self._raw is None:
+        if held is None:
             return None
         entry = self._parsed().get(path)
-        if entry is None or entry.size != held.size or abs(entry.mtime - held.mtime) > MTIME_TOLERANCE:
+        if (entry is None or entry.size != held.size
+                or not same_mtime(entry.mtime, held.mtime, self._resolution)):  # False for a NaN too
             return None
         try:
             sig = entry.signature()
@@ -80,12 +84,19 @@ class RecordedSignatures:
             return None
         return sig
 
+    def forget(self, path: str) -> None:
+        """The record of ``path`` proved wrong: later attempts hash the copy."""
+        with self._lock:
+            if self._entries:
+                self._entries.pop(path, None)
+
     def _parsed(self) -> dict:
         with self._lock:
             if self._entries is None:
                 try:
-                    self._entries = parse_manifest_bytes(self._raw, self._name).entries
+                    self._entries = dict(parse_manifest_bytes(self._raw, self._name).entries)
                 except BadInput as exc:  # a damaged record only costs the hint
                     log.debug("ignoring the destination's manifest: %s", exc)
                     self._entries = {}
+                self._raw = None
             return self._entries

@@ -411,7 +411,7 @@ class Mirror:
             # Read now: a transfer of this run may replace it with the new release's.
             from fitsync.recorded import RecordedSignatures
 
-            self.recorded = RecordedSignatures.of_destination(self.dst.root)
+            self.recorded = RecordedSignatures.of_destination(self.dst.root, self.resolution)
         if transfers:
             import concurrent.futures as cf
 

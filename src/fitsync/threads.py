@@ -30,11 +30,15 @@ def run_beside(work):
     return wait
 
 
+_PRELOADS: list[threading.Thread] = []
+
+
 def preload(*modules: str) -> None:
     """Import ``modules`` in a background thread, while this one waits on
-    something else (a server starting a process for us). The import lock
-    makes a later ``import`` of one of them wait for that import rather than
-    start another; a failure is left for that later import to raise."""
+    something else (a server starting a process for us). Code that needs
+    them calls await_preloads() first: importing a package in one thread
+    while another imports its submodules can end in CPython's import
+    deadlock detection. A failure is left for that later import to raise."""
 
     def target():
         import importlib
@@ -45,4 +49,12 @@ def preload(*modules: str) -> None:
             except Exception:  # noqa: BLE001 - re-raised by the import that needs it
                 return
 
-    threading.Thread(target=target, name="fitsync-preload", daemon=True).start()
+    thread = threading.Thread(target=target, name="fitsync-preload", daemon=True)
+    _PRELOADS.append(thread)
+    thread.start()
+
+
+def await_preloads() -> None:
+    """Wait for every preload() started so far."""
+    for thread in list(_PRELOADS):
+        thread.join()

@@ -363,19 +363,26 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_ch
     trusted = _trusted_digest(item)
     if trusted is not None and sig.digest.hex() != trusted:
         raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
-    record = None
+    recorded_sig = None
     if recorded is not None and sig.like_offsets is None and item.action == Action.DELTA:
-        record = recorded.signature(item.path, item.dst)  # never for a repair: that copy is known bad
+        # Never for a repair (that copy is known to be bad), nor in another
+        # block size (nothing would pair, and the whole copy would be rolled).
+        recorded_sig = recorded.signature(item.path, item.dst)
+        if recorded_sig is not None and recorded_sig.block_size != sig.block_size:
+            recorded_sig = None
     fetched = [0]
+    progress = _CountedProgress(on_bytes, item.src.size)
     try:
-        reused = _rebuild_from_basis(src, dst, item, sig, record, fetched, on_bytes)
+        reused = _rebuild_from_basis(src, dst, item, sig, recorded_sig, fetched, progress)
     except VerificationFailed:
-        if record is None:
+        if recorded_sig is None:
             raise
+        _check_source_unchanged(src, item, before)  # a changed source is the engine's to retry
         # The old copy is not what the record says (changed behind it, same
         # size and mtime): find its blocks by hashing it after all.
         log.info("%s: the local copy differs from the destination's manifest; hashing it", item.path)
-        reused = _rebuild_from_basis(src, dst, item, sig, None, fetched, on_bytes)
+        recorded.forget(item.path)
+        reused = _rebuild_from_basis(src, dst, item, sig, None, fetched, progress)
     tmp = _delta_tmp(dst, item)
     try:
         _check_source_unchanged(src, item, before)
@@ -385,16 +392,36 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_ch
     except BaseException:
         unlink_quietly(tmp)
         raise
-    if on_bytes:
-        on_bytes(reused)
+    progress.finish()
     return Moved(transferred=fetched[0], reused=reused)
+
+
+class _CountedProgress:
+    """``on_bytes`` for one file of ``size`` bytes that never reports more
+    than the file holds (a second attempt fetches again), and reports the
+    rest at the end (the bytes taken from the old copy)."""
+
+    def __init__(self, on_bytes, size: int):
+        self._on_bytes = on_bytes
+        self._size = size
+        self._reported = 0
+
+    def __call__(self, n: int) -> None:
+        n = min(n, self._size - self._reported)
+        if self._on_bytes and n > 0:
+            self._reported += n
+            self._on_bytes(n)
+
+    def finish(self) -> None:
+        self(self._size - self._reported)
 
 
 def _delta_tmp(dst: LocalRemote, item: Item) -> str:
     return os.path.join(dst.state_dir("tmp"), _identity_key(item) + ".delta")
 
 
-def _rebuild_from_basis(src: Remote, dst: LocalRemote, item: Item, sig, record, fetched: list, on_bytes) -> int:
+def _rebuild_from_basis(src: Remote, dst: LocalRemote, item: Item, sig, recorded_sig, fetched: list,
+                        on_bytes) -> int:
     """Write the new file to its temporary name from the local basis and the
     source's missing ranges, verified; the bytes taken from the basis."""
     from fitsync.delta import aligned_offsets, apply_recipe, fetch_recipe, layout_hint
@@ -409,8 +436,8 @@ def _rebuild_from_basis(src: Remote, dst: LocalRemote, item: Item, sig, record, 
             # the basis in its layout. Either way only the rest is scanned.
             if sig.like_offsets is not None:
                 known = sig.like_offsets
-            elif record is not None:
-                known = aligned_offsets(sig, record)
+            elif recorded_sig is not None:
+                known = aligned_offsets(sig, recorded_sig)
             else:
                 known = layout_hint(sig, basis_map)
             recipe = fetch_recipe(sig, basis_map, known=known)

@@ -50,7 +50,7 @@ from fitsync.hashes import hash_stream, new_hasher
 from fitsync.paths import safe_relpath
 from fitsync.remotes.base import Capability, Entry, Remote
 from fitsync.sshconn import DEFAULT_TIMEOUT, SshConnection, SshTarget, connect, resolve_target
-from fitsync.threads import preload
+from fitsync.threads import await_preloads, preload
 
 log = logging.getLogger(__name__)
 
@@ -484,7 +484,14 @@ def signature_by_difference(agent: AgentClient, full: str, like: str, digest: bo
     # Asked before anything is imported here, so the agent starts at once.
     agent.send({"op": "stat", "path": full})
     agent.send(signature_request("sigsummary", full, digest))
-    from fitsync.signature import LocalSegments, Signature, default_block_size
+    try:
+        await_preloads()
+        from fitsync.signature import LocalSegments, Signature, default_block_size
+    except BaseException:
+        for _ in range(2):  # both answers read: the agent stays in step for the next request
+            with contextlib.suppress(Exception):
+                agent.finish()
+        raise
 
     remote_size = agent.finish()[0]["size"]
     with open(like, "rb") as f:
