@@ -192,6 +192,25 @@ def rolling_weak_sums(const uint8_t[::1] data not None, size_t window, uint32_t[
     return count
 
 
+cdef object _byte_view(object buffer):
+    """``buffer`` as a one-dimensional memoryview of bytes (slices of it go to strong_fn)."""
+    view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+cdef int _strong_through(object strong_fn, object view, int64_t pos, int64_t length, uint8_t* out,
+                         Py_ssize_t strong_len) except -1:
+    """out = strong_fn(view[pos:pos + length]), checked to be ``strong_len`` bytes: the
+    path taken when the strong digest does not run from C."""
+    digest = strong_fn(view[pos:pos + length])
+    if len(digest) != strong_len:
+        raise ValueError("strong digest has the wrong length")
+    memcpy(out, <const char*>(<bytes>digest), strong_len)
+    return 0
+
+
 cdef int _check_blocks_inside(const int64_t[::1] offsets, const int64_t[::1] lengths, Py_ssize_t size) except -1:
     """ValueError unless every block is non-empty and lies inside a buffer of ``size`` bytes."""
     cdef Py_ssize_t k
@@ -232,11 +251,8 @@ def hash_blocks(object buffer, const int64_t[::1] offsets not None, const int64_
     if lengths.shape[0] != nb or weak_out.shape[0] < nb or strong_out.shape[0] < nb * strong_len:
         raise ValueError("offsets, lengths and outputs differ in length")
     _check_blocks_inside(offsets, lengths, size)
-    view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
+    view = _byte_view(buffer)
     cdef const uint8_t* p = &data[0] if size else NULL
-    cdef bytes digest
     cdef int64_t o, n
     if _strong_in_c(strong_fn, strong_len):
         with nogil:
@@ -249,10 +265,7 @@ def hash_blocks(object buffer, const int64_t[::1] offsets not None, const int64_
         n = lengths[k]
         with nogil:
             weak_out[k] = _weak_block(p + o, <size_t>n)
-        digest = strong_fn(view[o:o + n])
-        if len(digest) != strong_len:
-            raise ValueError("strong digest has the wrong length")
-        memcpy(&strong_out[k * strong_len], <const char*>digest, strong_len)
+        _strong_through(strong_fn, view, o, n, &strong_out[k * strong_len], strong_len)
 
 
 def strong_blocks(object buffer, const int64_t[::1] offsets not None, const int64_t[::1] lengths not None,
@@ -267,20 +280,14 @@ def strong_blocks(object buffer, const int64_t[::1] offsets not None, const int6
         raise ValueError("offsets, lengths and output differ in length")
     _check_blocks_inside(offsets, lengths, size)
     cdef const uint8_t* p = &data[0] if size else NULL
-    cdef bytes digest
     if _strong_in_c(strong_fn, strong_len):
         with nogil:
             for k in range(nb):
                 _xxh3_128_canonical(p + offsets[k], <size_t>lengths[k], &strong_out[k * strong_len])
         return
-    view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
+    view = _byte_view(buffer)
     for k in range(nb):
-        digest = strong_fn(view[offsets[k]:offsets[k] + lengths[k]])
-        if len(digest) != strong_len:
-            raise ValueError("strong digest has the wrong length")
-        memcpy(&strong_out[k * strong_len], <const char*>digest, strong_len)
+        _strong_through(strong_fn, view, offsets[k], lengths[k], &strong_out[k * strong_len], strong_len)
 
 
 # ---------------------------------------------------------------------------
@@ -417,11 +424,7 @@ cdef class BlockIndex:
 
     cdef int _strong_of_py(self, object view, object strong_fn, int64_t pos, int64_t length,
                            uint8_t* out) except -1 with gil:
-        digest = strong_fn(view[pos:pos + length])
-        if len(digest) != self.strong_len:
-            raise ValueError("strong digest has the wrong length")
-        memcpy(out, <const char*>(<bytes>digest), self.strong_len)
-        return 0
+        return _strong_through(strong_fn, view, pos, length, out, self.strong_len)
 
     cdef int _confirm(self, object view, object strong_fn, const uint8_t* fast, int64_t pos, Py_ssize_t j,
                       uint8_t* scratch) except -1 nogil:
@@ -463,9 +466,7 @@ cdef class BlockIndex:
         up. A match found after literal bytes is extended backwards over the
         blocks that precede it in the signature."""
         cdef const uint8_t[::1] data = buffer
-        view = buffer if isinstance(buffer, memoryview) else memoryview(buffer)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
+        view = _byte_view(buffer)
         cdef Py_ssize_t size = data.shape[0]
         if stop < 0 or stop > size:
             stop = size

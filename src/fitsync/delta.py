@@ -342,7 +342,7 @@ def layout_hint(source_sig: Signature, basis_buffer, min_bytes: int = HINT_MIN_B
         return None
     local = LocalSegments(view, source_sig.block_size)
     known = np.full(len(source_sig), -1, dtype=np.int64)
-    strong = _strong_rows(source_sig)
+    strong = source_sig.strong_rows()
     lengths = source_sig.block_lengths()
     ends = source_sig.boundaries[1:] + [source_sig.file_size]
     first = 0
@@ -360,10 +360,6 @@ def layout_hint(source_sig: Signature, basis_buffer, min_bytes: int = HINT_MIN_B
             known[first + at] = local.segments[k][0] + at * source_sig.block_size
         first += count
     return known
-
-
-def _strong_rows(sig: Signature) -> np.ndarray:
-    return np.frombuffer(sig.strong, dtype=np.uint8).reshape(-1, STRONG_LEN)
 
 
 def _place_found(sig: Signature, found: np.ndarray, positions: np.ndarray, blocks: np.ndarray) -> None:

@@ -200,6 +200,10 @@ class Signature:
     def hexdigest(self) -> str | None:
         return None if self.digest is None else self.digest.hex()
 
+    def strong_rows(self) -> np.ndarray:
+        """The strong digests as rows of STRONG_LEN bytes (a view, not a copy)."""
+        return np.frombuffer(self.strong, dtype=np.uint8).reshape(-1, STRONG_LEN)
+
     def strong_of(self, index: int) -> bytes:
         return self.strong[index * STRONG_LEN : (index + 1) * STRONG_LEN]
 
@@ -325,19 +329,14 @@ class SignatureBuilder:
     def _hash_range(self, view, view_offset: int, first: int, last: int) -> None:
         """Hash blocks first..last-1, which lie inside ``view`` (whose first
         byte is at file offset ``view_offset``). With no digest running
-        beside and the strong digest computed from C (no GIL at all), a
-        large range is split between two threads (the layout hint of a pull
-        hashes a whole 1 GiB basis this way). Through Python's xxhash the
-        threads would take turns at the GIL: measured slower, so not split."""
-        span = int(self._ends[last - 1] - self._offsets[first]) if last > first else 0
-        if (self._hasher is not None or THREADS < 2 or span < PARALLEL_MIN_BYTES
-                or not _native.strong_in_c(strong_digest, STRONG_LEN)):
+        beside, a large range is split between two threads (_in_halves: the
+        local side of an SSH signature by difference hashes a whole 1 GiB
+        old copy this way)."""
+        if self._hasher is not None:  # BLAKE3 has the other cores
             self._hash_blocks_native(view, view_offset, first, last)
             return
-        middle = (first + last) // 2
-        other = run_beside(lambda: self._hash_blocks_native(view, view_offset, middle, last))
-        self._hash_blocks_native(view, view_offset, first, middle)
-        other()
+        span = int(self._ends[last - 1] - self._offsets[first]) if last > first else 0
+        _in_halves(lambda lo, hi: self._hash_blocks_native(view, view_offset, lo, hi), first, last, span)
 
     def _hash_blocks_native(self, view, view_offset: int, first: int, last: int) -> None:
         _native.hash_blocks(
@@ -444,8 +443,7 @@ def block_strong_rows(buffer, block_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(strong digests as rows of STRONG_LEN bytes, block lengths) of
     ``buffer`` cut into ``block_size`` blocks, without weak sums: enough to
     compare two files block by block at known places, where the weak sum
-    (three times the strong one's cost) would only be compared too. Split
-    between two threads when the digest runs from C, as in _hash_range."""
+    (three times the strong one's cost) would only be compared too."""
     view = memoryview(buffer).cast("B")
     offsets, lengths = block_layout(len(view), block_size)
     out = np.zeros(len(offsets) * STRONG_LEN, dtype=np.uint8)
@@ -454,14 +452,22 @@ def block_strong_rows(buffer, block_size: int) -> tuple[np.ndarray, np.ndarray]:
         _native.strong_blocks(view, offsets[first:last], lengths[first:last],
                               out[first * STRONG_LEN : last * STRONG_LEN], strong_digest, STRONG_LEN)
 
-    if THREADS >= 2 and len(view) >= PARALLEL_MIN_BYTES and _native.strong_in_c(strong_digest, STRONG_LEN):
-        middle = len(offsets) // 2
-        other = run_beside(lambda: hash_part(middle, len(offsets)))
-        hash_part(0, middle)
-        other()
-    elif len(offsets):
-        hash_part(0, len(offsets))
+    _in_halves(hash_part, 0, len(offsets), len(view))
     return out.reshape(-1, STRONG_LEN), lengths
+
+
+def _in_halves(work, first: int, last: int, span: int) -> None:
+    """``work(lo, hi)`` over blocks first..last-1 (``span`` bytes): in two
+    halves on two threads when the span is large and the strong digest runs
+    from C (no GIL at all); through Python's xxhash the threads would take
+    turns at the GIL (measured slower), so then on this thread alone."""
+    if THREADS < 2 or span < PARALLEL_MIN_BYTES or not _native.strong_in_c(strong_digest, STRONG_LEN):
+        work(first, last)
+        return
+    middle = (first + last) // 2
+    other = run_beside(lambda: work(middle, last))
+    work(first, middle)
+    other()
 
 
 class LocalSegments:
@@ -499,7 +505,7 @@ class LocalSegments:
         signature when that was computed, else hashed without weak sums."""
         if k in self._sigs:
             sig = self._sigs[k]
-            return np.frombuffer(sig.strong, dtype=np.uint8).reshape(-1, STRONG_LEN), sig.block_lengths()
+            return sig.strong_rows(), sig.block_lengths()
         start, end = self.segments[k]
         return block_strong_rows(memoryview(self.data)[start:end], self.block_size)
 
