@@ -145,7 +145,7 @@ manifest_bytes = st.one_of(
 
 
 def target_manifest(data: bytes) -> None:
-    from fitsync.manifest import parse_manifest_bytes
+    from fitsync.formats.manifest import parse_manifest_bytes
 
     manifest = expect_only((BadInput,), parse_manifest_bytes, data, "fuzz")
     if manifest is not None:

@@ -115,7 +115,7 @@ def copy_tree(src: Path, dst: Path) -> None:
 def state_bytes(dst: Path) -> dict:
     """What a killed run left in DST/.fitsync: partial downloads (and how much of
     each its journal still vouches for), delta temporaries, other files."""
-    from fitsync.transfer import _validated_prefix  # the resume logic's own measure
+    from fitsync.engine.transfer import _validated_prefix  # the resume logic's own measure
 
     state = dst / STATE_DIR
     found = {"partial_bytes": 0, "reusable_bytes": 0, "tmp_bytes": 0, "files": 0}

@@ -17,10 +17,12 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
+from fitsync import __version__
+from fitsync.options import Selection
 from fitsync.datastore import Locator, mirror_production, read_master, split_location
 from fitsync.errors import UnsafePath
 from fitsync.remotes.local import LocalRemote
-from fitsync.sync import Mirror, MirrorOptions
+from fitsync.engine.mirror import Mirror, MirrorOptions
 
 RUNLIST_1 = [20136, 20137, 20151]
 RUNLIST_2 = [20301, 20302, 20137]
@@ -63,7 +65,8 @@ def test_datasets_reads_the_index_and_says_what_master_json_claims(cli, hess):
     assert "105 files" in result.out
     as_json = cli("datasets", hess, "--json")
     assert as_json.code == 0
-    (summary,) = as_json.json()
+    assert as_json.json()["version"] == __version__  # the versioned --json schema (docs/api.md)
+    (summary,) = as_json.json()["productions"]
     assert summary["observations"] == 105 and summary["declared"]["Total observations"] == 106
     assert summary["events"] == 1046156  # sum of EVENT_COUNT, not master.json's 662826
     assert summary["files"] == 105 and summary["missing_files"] == []
@@ -130,14 +133,14 @@ def test_interrupted_copy_completes_on_rerun_without_recopying(cli, hess, tmp_pa
     dst = tmp_path / "d"
     runlist = write_runlist(tmp_path / "r.txt", RUNLIST_1)
     src, dst_remote = LocalRemote(str(hess)), LocalRemote(str(dst))
-    opts = {"SRC": str(hess), "--production": "hess_dl3_dr1", "--runlist": str(runlist)}
+    opts = Selection(production="hess_dl3_dr1", runlist=str(runlist))
 
     def interrupted(paths):
         Mirror(src, dst_remote, MirrorOptions(only_paths=set(paths[:1]), fits_check=False)).run()
         raise KeyboardInterrupt  # the user pressed ^C after the first file
 
     with pytest.raises(KeyboardInterrupt):
-        mirror_production(src, dst_remote, opts, interrupted)
+        mirror_production(src, dst_remote, src.root, opts, None, False, interrupted)
     assert data_files(dst) == ["data/hess_dl3_dr1_obs_id_020136.fits.gz"]
     assert not (dst / "hdu-index.fits.gz").exists()  # no index names files that are not there
     inode = (dst / "data/hess_dl3_dr1_obs_id_020136.fits.gz").stat().st_ino
@@ -152,13 +155,12 @@ def test_interrupted_copy_completes_on_rerun_without_recopying(cli, hess, tmp_pa
 def test_observation_with_a_failed_file_gets_no_index_rows(hess, tmp_path):
     dst = tmp_path / "d"
     src, dst_remote = LocalRemote(str(hess)), LocalRemote(str(dst))
-    opts = {"SRC": str(hess), "--production": "hess_dl3_dr1",
-            "--runlist": str(write_runlist(tmp_path / "r.txt", RUNLIST_1))}
+    opts = Selection(production="hess_dl3_dr1", runlist=str(write_runlist(tmp_path / "r.txt", RUNLIST_1)))
 
     def all_but_last(paths):
         return Mirror(src, dst_remote, MirrorOptions(only_paths=set(paths[:-1]), fits_check=False)).run()
 
-    assert mirror_production(src, dst_remote, opts, all_but_last) == 3
+    assert mirror_production(src, dst_remote, src.root, opts, None, False, all_but_last) == 3
     hdu, obs, _ = store_rows(dst)
     assert sorted(set(int(x) for x in hdu["OBS_ID"])) == [20136, 20137]
 
@@ -217,8 +219,8 @@ def test_shared_irf_is_copied_once_and_indexes_resolve(cli, tmp_path):
         asked.append(list(paths))
         return Mirror(src, dst_remote, MirrorOptions(only_paths=set(paths), fits_check=False)).run()
 
-    opts = {"SRC": str(store), "--production": "synthetic", "--runlist": str(write_runlist(tmp_path / "r", [2, 3]))}
-    assert mirror_production(src, dst_remote, opts, record) == 0
+    opts = Selection(production="synthetic", runlist=str(write_runlist(tmp_path / "r", [2, 3])))
+    assert mirror_production(src, dst_remote, src.root, opts, None, False, record) == 0
     assert asked == [["caldb/irf_file.fits", "data/obs_2.fits", "data/obs_3.fits"]]
     hdu, obs, entry = store_rows(dst, "synthetic")
     assert entry["hduindx"] == "index/all/hdu-index.fits.gz"
@@ -261,9 +263,9 @@ def test_hostile_index_rows_are_refused(tmp_path, file_dir, file_name):
     make_store(store, [1], extra_rows=[(1, "psf", "psf_table", file_dir, file_name, "PSF")])
     src = LocalRemote(str(store))
     calls = []
-    opts = {"SRC": str(store), "--production": "synthetic"}
+    opts = Selection(production="synthetic")
     with pytest.raises(UnsafePath):
-        mirror_production(src, LocalRemote(str(tmp_path / "dst")), opts, calls.append)
+        mirror_production(src, LocalRemote(str(tmp_path / "dst")), src.root, opts, None, False, calls.append)
     assert calls == []  # refused before anything was copied
 
 
@@ -278,7 +280,7 @@ def test_base_dir_keyword_is_honoured(tmp_path):
     def mirror(paths):
         return Mirror(src, dst_remote, MirrorOptions(only_paths=set(paths), fits_check=False)).run()
 
-    assert mirror_production(src, dst_remote, {"SRC": str(store), "--production": "synthetic"}, mirror) == 0
+    assert mirror_production(src, dst_remote, str(store), Selection(production="synthetic"), None, False, mirror) == 0
     hdu, _, _ = store_rows(tmp_path / "dst")
     assert "BASE_DIR" not in hdu.meta  # rewritten FILE_DIRs make it unnecessary
     assert set(hdu["FILE_DIR"]) == {"../files/obs", "../files/irfs"}

@@ -230,7 +230,7 @@ def test_a_failing_disk_is_reported_and_stops_the_writer(small_buffers, direct_d
 def pulled_directly(small_buffers, direct_dir, monkeypatch):
     """A source tree whose files all count as large; records which digests the
     source computed and whether any copy was read back."""
-    from fitsync import transfer
+    from fitsync.engine import transfer
     from fitsync.remotes.local import LocalRemote
 
     monkeypatch.setattr(transfer, "CHUNK", 64 * 1024)  # journal chunks a test file crosses
@@ -279,7 +279,7 @@ def test_a_copy_that_differs_from_the_source_digest_is_not_kept(pulled_directly,
 
 
 def test_a_direct_copy_cut_mid_way_keeps_its_bytes_and_resumes(pulled_directly, cli, monkeypatch):
-    from fitsync import transfer
+    from fitsync.engine import transfer
     from fitsync.errors import ConnectionFailed
 
     src, dst, files, seen = pulled_directly

@@ -18,12 +18,12 @@ import pytest
 from astropy.io import fits
 
 from fitsync.delta import apply_recipe, fetch_recipe
-from fitsync.manifest import DEFAULT_NAME
+from fitsync.formats.manifest import DEFAULT_NAME
 from fitsync.release import ReleaseRemote, release_source
 from fitsync.remotes.base import Capability
 from fitsync.remotes.http import HttpRemote
 from fitsync.remotes.local import LocalRemote
-from fitsync.sync import Mirror, MirrorOptions
+from fitsync.engine.mirror import Mirror, MirrorOptions
 from http_fixture import HttpFixture
 
 SLACK = 1.05  # the target: at most the changed blocks + 5 %

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fitsync.errors import BadInput, ConnectionFailed, NotFound, SourceChanged, TransferFailed
-from fitsync.manifest import DEFAULT_NAME, build_entries, write_atomically, write_jsonl
+from fitsync.formats.manifest import DEFAULT_NAME, build_entries, write_atomically, write_jsonl
+from fitsync.options import RemoteOptions
 from fitsync.remotes import open_remote
 from fitsync.remotes.base import Capability
 from fitsync.remotes.http import HttpRemote, index_links
@@ -135,11 +136,11 @@ def test_manifest_with_escaping_path_is_refused(site):
 
 def test_open_remote_parses_options(site, tmp_path):
     with _serve(site) as srv:
-        remote = open_remote(srv.url + "/rel", {"--retries": "5", "--ca-bundle": None})
+        remote = open_remote(srv.url + "/rel", RemoteOptions(retries=5))
         assert isinstance(remote, HttpRemote) and remote.retries == 5 and remote.url.endswith("/rel/")
         remote.close()
         with pytest.raises(NotFound, match="CA bundle"):
-            open_remote("https://127.0.0.1:1/x/", {"--ca-bundle": str(tmp_path / "missing.pem")})
+            open_remote("https://127.0.0.1:1/x/", RemoteOptions(ca_bundle=str(tmp_path / "missing.pem")))
 
 
 def test_missing_file_and_credentials_are_not_leaked(site):

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from conftest import write_tree
 from fitsync.errors import BadInput, VerificationFailed
-from fitsync.manifest import DEFAULT_NAME
+from fitsync.formats.manifest import DEFAULT_NAME
 from fitsync.release import ReleaseRemote, release_source
 from fitsync.remotes.http import HttpRemote
 from fitsync.remotes.local import LocalRemote
@@ -226,8 +226,8 @@ def test_signed_mirror_copies_manifest_and_signature_verbatim(release, keys, tmp
 def test_release_source_wraps_a_plain_remote_when_a_key_is_given(release, keys):
     """The same verification for any remote (SFTP, Dropbox): here a local tree."""
     local = LocalRemote(str(release))
-    assert release_source(local, {}) is local  # no key: a local tree is listed as it is
-    wrapped = release_source(local, {"--verify-key": f"{keys[0]}.pub"})
+    assert release_source(local) is local  # no key: a local tree is listed as it is
+    wrapped = release_source(local, f"{keys[0]}.pub")
     assert isinstance(wrapped, ReleaseRemote)
     assert {e.path for e in wrapped.list()} == set(DATA) | {DEFAULT_NAME, DEFAULT_NAME + ".sig"}
     (release / "a.fits").write_bytes(b"Z" * len(DATA["a.fits"]))
@@ -236,7 +236,7 @@ def test_release_source_wraps_a_plain_remote_when_a_key_is_given(release, keys):
             f.read()
     sign_manifest_file(str(release / DEFAULT_NAME), str(keys[1]))
     with pytest.raises(SignatureRejected):
-        release_source(local, {"--verify-key": f"{keys[0]}.pub"})
+        release_source(local, f"{keys[0]}.pub")
 
 
 def test_audit_of_a_signed_mirror(release, keys, tmp_path, cli):

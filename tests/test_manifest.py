@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fitsync.errors import BadInput
-from fitsync.manifest import parse_manifest_bytes, read_manifest
+from fitsync.formats.manifest import parse_manifest_bytes, read_manifest
 
 from conftest import write_tree
 

@@ -43,7 +43,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from fitsync._walk import jsonl_lines  # noqa: E402
-from fitsync.manifest import ManifestEntry, _jsonl_line, parse_manifest_bytes, write_jsonl  # noqa: E402
+from fitsync.formats.manifest import ManifestEntry, _jsonl_line, parse_manifest_bytes, write_jsonl  # noqa: E402
 
 names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40) | st.sampled_from(
     ['a"b.fits', "back\\slash", "tab\there", "nl\nx", "\x7fdel", "caf\u00e9/\u6587\u4ef6.fits", "\U0001f52d.fz",

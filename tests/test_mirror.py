@@ -136,8 +136,8 @@ def test_manifest_mismatch_is_repaired(trees, cli, tmp_path):
 
 
 def test_resume_reuses_a_validated_partial_and_discards_a_bad_one(tmp_path, cli):
-    from fitsync import transfer
-    from fitsync.plan import Action, Item
+    from fitsync.engine import transfer
+    from fitsync.engine.plan import Action, Item
     from fitsync.remotes.local import LocalRemote
 
     big = os.urandom(3 * transfer.CHUNK + 12345)

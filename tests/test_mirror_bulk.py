@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from fitsync._walk import BatchReader, Listing, hex_digests, scan
 from fitsync.remotes.local import LocalRemote
-from fitsync.sync import Mirror, MirrorOptions
+from fitsync.engine.mirror import Mirror, MirrorOptions
 
 BASE_NS = 1_700_000_000_123_456_789
 

@@ -11,7 +11,7 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fitsync.manifest import DEFAULT_NAME
+from fitsync.formats.manifest import DEFAULT_NAME
 from fitsync.recorded import RecordedSignatures
 from fitsync.remotes.base import Entry
 from fitsync.signature import signature_of_buffer

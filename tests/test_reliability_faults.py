@@ -38,8 +38,8 @@ from harness import (  # noqa: E402
 )
 
 from fitsync.remotes.local import LocalRemote  # noqa: E402
-from fitsync.sync import Mirror, MirrorOptions  # noqa: E402
-from fitsync.transfer import CHUNK  # noqa: E402
+from fitsync.engine.mirror import Mirror, MirrorOptions  # noqa: E402
+from fitsync.engine.transfer import CHUNK  # noqa: E402
 
 MIB = 1 << 20
 

@@ -68,7 +68,7 @@ HEADER = b'{"format": "fitsync-manifest", "version": 1}\n'
 @pytest.mark.parametrize("line", [b"[" * 100_000, b'{"path": "a", "size": ' + b"9" * 5000 + b"}"], ids=["deep", "huge-int"])
 def test_manifest_with_deep_or_huge_json_is_bad_input(line):
     from fitsync.errors import BadInput
-    from fitsync.manifest import parse_manifest_bytes
+    from fitsync.formats.manifest import parse_manifest_bytes
 
     with pytest.raises(BadInput):
         parse_manifest_bytes(HEADER + line + b"\n", "m")
@@ -76,7 +76,7 @@ def test_manifest_with_deep_or_huge_json_is_bad_input(line):
 
 def test_manifest_digest_must_be_64_plain_hex_digits():
     from fitsync.errors import BadInput
-    from fitsync.manifest import parse_manifest_bytes
+    from fitsync.formats.manifest import parse_manifest_bytes
 
     for digest in ("0x" + "0" * 62, "0_" * 32, " +" + "a" * 62):
         with pytest.raises(BadInput):
@@ -87,7 +87,7 @@ def test_manifest_digest_must_be_64_plain_hex_digits():
 @pytest.mark.parametrize("blocks", [{}, [], 7], ids=["object", "list", "number"])
 def test_manifest_blocks_field_of_the_wrong_type_is_bad_input(blocks):
     from fitsync.errors import BadInput
-    from fitsync.manifest import parse_manifest_bytes
+    from fitsync.formats.manifest import parse_manifest_bytes
 
     record = {"path": "a", "size": 1, "mtime": 0, "blake3": "0" * 64, "blocks": blocks}
     manifest = parse_manifest_bytes(HEADER.replace(b"1}", b'1, "files": 1}') + json.dumps(record).encode() + b"\n", "m")

@@ -25,7 +25,7 @@ from harness import run_fitsync, snapshot, write_file  # noqa: E402
 from fitsync.errors import FitsyncError  # noqa: E402
 from fitsync.remotes.base import Entry  # noqa: E402
 from fitsync.remotes.local import LocalRemote  # noqa: E402
-from fitsync.sync import Mirror, MirrorOptions  # noqa: E402
+from fitsync.engine.mirror import Mirror, MirrorOptions  # noqa: E402
 
 HOSTILE_PATHS = ["../escape.txt", "a/../../escape.txt", "/tmp/abs-escape.txt", "a\x00b", "a\nb", "x" * 300,
                  "a\\..\\..\\escape.txt", "./../escape.txt"]

@@ -15,6 +15,9 @@ from hypothesis import strategies as st
 
 from fitsync.errors import NotFound, UnsafePath, UsageError
 from fitsync.remotes.base import Entry
+from fitsync.cli.options import rule_order
+from fitsync.cli.options import selection as cli_selection
+from fitsync.options import Selection
 from fitsync.selection import (
     FilterRules,
     build_selection,
@@ -22,7 +25,6 @@ from fitsync.selection import (
     parse_duration,
     parse_when,
     read_files_from,
-    rule_order,
 )
 
 RSYNC = shutil.which("rsync")
@@ -34,11 +36,9 @@ TREE = [
 ]
 
 
-def opts(**kw) -> dict:
-    base = {"--include": [], "--exclude": [], "--where": [], "--files-from": None, "--since": None,
-            "--max-age": None, "--date": None, "--template": None, "--profile": None}
-    base.update({("--" + k.replace("_", "-")): v for k, v in kw.items()})
-    return base
+def opts(include=(), exclude=(), **kw) -> Selection:
+    """A selection as the command line gives it: includes, then excludes."""
+    return Selection(filters=tuple(f"+ {p}" for p in include) + tuple(f"- {p}" for p in exclude), **kw)
 
 
 def selected(rules: list[tuple[bool, str]], paths=TREE) -> list[str]:
@@ -136,9 +136,10 @@ def test_single_star_never_crosses_a_slash(name):
 def test_rule_order_comes_from_argv():
     argv = ["mirror", "S", "D", "--exclude=top.txt", "--include", "top.*", "--include=*.fits", "--exclude", "*"]
     assert rule_order(argv) == [(False, "top.txt"), (True, "top.*"), (True, "*.fits"), (False, "*")]
-    sel = build_selection(opts(include=["top.*", "*.fits"], exclude=["top.txt", "*"]), argv=argv)
+    cli_opts = {"--include": ["top.*", "*.fits"], "--exclude": ["top.txt", "*"]}
+    sel = build_selection(cli_selection(cli_opts, argv))
     assert not sel.matches(Entry("top.txt", 1, 0))  # the exclude came first on the command line
-    plain = build_selection(opts(include=["top.*", "*.fits"], exclude=["top.txt", "*"]), argv=[])
+    plain = build_selection(cli_selection(cli_opts, []))
     assert plain.matches(Entry("top.txt", 1, 0))  # without argv: includes first
 
 
@@ -272,8 +273,7 @@ def test_selection_applies_to_real_listings(tmp_path):
     for rel in TREE:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
-    sel = build_selection(opts(include=["*/", "*.fits"], exclude=["QC/", "*"]),
-                          argv=["--include=*/", "--include=*.fits", "--exclude=QC/", "--exclude=*"])
+    sel = build_selection(opts(include=["*/", "*.fits"], exclude=["QC/", "*"]))
     chosen = sorted(e.path for e in LocalRemote(str(tmp_path)).list() if sel.matches(e))
     assert chosen == sorted(p for p in TREE if p.endswith(".fits"))
     assert os.path.exists(tmp_path / "QC/q.png")  # nothing was touched

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from fitsync.errors import BadInput, NotFound, UsageError
 from fitsync.remotes.base import Entry
+from fitsync.options import Selection
 from fitsync.selection import build_selection
 from fitsync.templates_paths import (
     compile_template,
@@ -24,11 +25,9 @@ from fitsync.templates_paths import (
 VAST = "EPOCH{epoch}/{kind}/STOKES{stokes}_{product}/{field}.EPOCH{epoch}.{stokes}.{ext}"
 
 
-def opts(**kw) -> dict:
-    base = {"--include": [], "--exclude": [], "--where": [], "--files-from": None, "--since": None,
-            "--max-age": None, "--date": None, "--template": None, "--profile": None}
-    base.update({("--" + k.replace("_", "-")): v for k, v in kw.items()})
-    return base
+def opts(include=(), exclude=(), **kw) -> Selection:
+    """A selection as the command line gives it: includes, then excludes."""
+    return Selection(filters=tuple(f"+ {p}" for p in include) + tuple(f"- {p}" for p in exclude), **kw)
 
 
 def test_the_issue_template_parses_vast_paths():

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from fitsync import sshconn
 from fitsync.errors import (AuthenticationFailed, HostKeyRejected, NotFound, TransferFailed, UsageError,
                             VerificationFailed)
+from fitsync.options import RemoteOptions
 from fitsync.remotes import Capability, open_remote
 from fitsync.remotes import sftp as sftp_mod
 from fitsync.remotes.sftp import parse_ssh_location
@@ -77,7 +78,7 @@ def test_sftp_url_roundtrip(user, host, port, path):
 def remote(request, sshd, home, tree):
     root, files = tree
     port = sshd.port if request.param == "agent" else sshd.sftp_only_port
-    r = open_remote(url(sshd, root, port), {})
+    r = open_remote(url(sshd, root, port))
     yield r, root, files, request.param
     r.close()
 
@@ -136,7 +137,7 @@ def test_missing_paths(remote, sshd):
         r.read_range("nope.fits", 0, 10)
     with pytest.raises(NotFound):
         r.open_read("nope.fits")
-    missing = open_remote(url(sshd, root / "absent"), {})
+    missing = open_remote(url(sshd, root / "absent"))
     assert not missing.exists()
     with pytest.raises(NotFound):
         list(missing.list())
@@ -149,15 +150,15 @@ def test_a_relative_root_is_under_the_login_directory_and_a_file_is_no_tree(sshd
     root, files = tree
     login_dir = pwd.getpwuid(os.getuid()).pw_dir  # the server's, not the client's HOME
     port = sshd.port if kind == "agent" else sshd.sftp_only_port
-    r = open_remote(f"sftp://127.0.0.1:{port}/~/{os.path.relpath(root, login_dir)}", {})
+    r = open_remote(f"sftp://127.0.0.1:{port}/~/{os.path.relpath(root, login_dir)}")
     assert r.root == str(root)
     assert r.exists() and sorted(e.path for e in r.list()) == sorted(files)
-    assert not open_remote(url(sshd, root / "a.txt", port), {}).exists()  # a file, not a directory
+    assert not open_remote(url(sshd, root / "a.txt", port)).exists()  # a file, not a directory
 
 
 def test_permission_denied_on_remote_side(sshd, home, tree):
     root, files = tree
-    r = open_remote(url(sshd, root, sshd.readonly_port), {})  # sftp-server -R refuses writes
+    r = open_remote(url(sshd, root, sshd.readonly_port))  # sftp-server -R refuses writes
     assert r.read_range("a.txt", 0, 5) == b"hello"
     with pytest.raises(TransferFailed, match="permission denied"):
         r.write_atomic("blocked.txt", [b"x"])
@@ -170,7 +171,7 @@ def test_sftp_only_warns_once(sshd, home, tree, caplog):
     root, files = tree
     caplog.set_level(logging.WARNING, logger="fitsync.remotes.sftp")
     for _ in range(2):
-        r = open_remote(url(sshd, root, sshd.sftp_only_port), {})
+        r = open_remote(url(sshd, root, sshd.sftp_only_port))
         assert Capability.PATCH not in r.capabilities
         assert r.mtime_resolution == 1.0
     warnings = [rec for rec in caplog.records if "cannot run the fitsync agent" in rec.getMessage()]
@@ -179,7 +180,7 @@ def test_sftp_only_warns_once(sshd, home, tree, caplog):
 
 def test_agent_cache_is_verified_before_use(sshd, home, tree):
     root, files = tree
-    r = open_remote(url(sshd, root), {})
+    r = open_remote(url(sshd, root))
     assert Capability.DIGEST in r.capabilities
     payload = sftp_mod.agent_payload()
     digest = hashlib.sha256(payload).hexdigest()
@@ -188,7 +189,7 @@ def test_agent_cache_is_verified_before_use(sshd, home, tree):
     assert cached.read_bytes() == payload
     cached.write_bytes(b"import os; os.system('touch /tmp/fitsync-pwned')\n")  # tampered cache
     r.close()
-    r2 = open_remote(url(sshd, root), {})
+    r2 = open_remote(url(sshd, root))
     assert r2.digest("a.txt") == blake3.blake3(b"hello\n").hexdigest()
     assert cached.read_bytes() == payload  # replaced by the verified copy
     r2.close()
@@ -197,7 +198,7 @@ def test_agent_cache_is_verified_before_use(sshd, home, tree):
 def test_agent_without_blake3_or_xxhash_agrees_on_hashlib(sshd, home, tree, monkeypatch):
     root, files = tree
     monkeypatch.setenv("FITSYNC_AGENT_AVOID", "blake3,xxhash")
-    r = open_remote(url(sshd, root), {})
+    r = open_remote(url(sshd, root))
     hashes = r.agent_info()["hashes"]
     assert "blake3" not in hashes and "xxh3_128" not in hashes
     assert r.digest_algo() == "sha256"
@@ -218,8 +219,8 @@ def test_aes_gcm_is_chosen_when_the_server_offers_it(remote):
 
 def test_parallel_readers_share_one_connection(sshd, home, tree):
     root, files = tree
-    r = open_remote(url(sshd, root), {})
-    other = open_remote(f"testhost:{root}", {})
+    r = open_remote(url(sshd, root))
+    other = open_remote(f"testhost:{root}")
     assert r.connection() is other.connection()
     results, errors = {}, []
 
@@ -252,7 +253,7 @@ def test_channels_for_the_workers_are_opened_ahead_and_adopted(sshd, home, tree,
     by side as the connection comes up; threads adopt them instead of opening."""
     root, files = tree
     sshconn.close_all()  # a connection of this test's own
-    r = open_remote(url(sshd, root), {"--jobs": "2"})
+    r = open_remote(url(sshd, root), RemoteOptions(jobs=2))
     assert r.stat("a.txt").size == len(files["a.txt"])
     conn = r.connection()
     _settled(conn, 3)
@@ -289,7 +290,7 @@ def test_one_agent_starts_however_early_it_is_asked_for(sshd, home, tree, monkey
 
     monkeypatch.setattr(sftp_mod, "AgentClient", CountedAgent)
     sshconn.close_all()
-    r = open_remote(url(sshd, root), {})
+    r = open_remote(url(sshd, root))
     assert Capability.SIGNATURE in r.capabilities
     assert r.digest("a.txt")
     with r.using_agent() as agent:
@@ -304,12 +305,12 @@ def test_unknown_host_key_is_refused_then_accepted_on_request(sshd, home, tree):
     known = home / ".ssh" / "known_hosts"
     known.write_text("")
     with pytest.raises(HostKeyRejected, match="--accept-new-host-key"):
-        open_remote(url(sshd, root), {}).stat("a.txt")
-    r = open_remote(url(sshd, root), {"--accept-new-host-key": True})
+        open_remote(url(sshd, root)).stat("a.txt")
+    r = open_remote(url(sshd, root), RemoteOptions(accept_new_host_key=True))
     assert r.stat("a.txt").size == 6
     assert known.read_text() == sshd.host_key_line(sshd.port)
     sshconn.close_all()
-    assert open_remote(url(sshd, root), {}).stat("a.txt").size == 6  # recorded: no flag needed now
+    assert open_remote(url(sshd, root)).stat("a.txt").size == 6  # recorded: no flag needed now
 
 
 def test_changed_host_key_is_always_refused(sshd, home, tree, tmp_path):
@@ -318,7 +319,7 @@ def test_changed_host_key_is_always_refused(sshd, home, tree, tmp_path):
     kind, blob = Path(str(other) + ".pub").read_text().split()[:2]
     known = home / ".ssh" / "known_hosts"
     known.write_text(f"[127.0.0.1]:{sshd.port} {kind} {blob}\n")
-    for options in ({}, {"--accept-new-host-key": True}):
+    for options in ({}, RemoteOptions(accept_new_host_key=True)):
         with pytest.raises(HostKeyRejected, match="CHANGED"):
             open_remote(url(sshd, root), options).stat("a.txt")
     assert known.read_text() == f"[127.0.0.1]:{sshd.port} {kind} {blob}\n"
@@ -330,7 +331,7 @@ def test_wrong_key_fails_authentication(sshd, home, tree, tmp_path):
     (home / ".ssh" / "config").write_text(f"Host *\n  IdentityFile {stranger}\n")
     os.unlink(home / ".ssh" / "id_ed25519")
     with pytest.raises(AuthenticationFailed, match="authentication to"):
-        open_remote(url(sshd, root), {}).stat("a.txt")
+        open_remote(url(sshd, root)).stat("a.txt")
 
 
 def test_encrypted_key_passphrase_from_environment(sshd, home, tree, tmp_path, monkeypatch):
@@ -343,9 +344,9 @@ def test_encrypted_key_passphrase_from_environment(sshd, home, tree, tmp_path, m
     (home / ".ssh" / "config").write_text(f"Host locked\n  HostName 127.0.0.1\n  Port {sshd.port}\n"
                                           f"  IdentityFile {locked}\n")
     with pytest.raises(AuthenticationFailed):  # stdin is not a terminal: no prompt, no key
-        open_remote(f"locked:{root}", {}).stat("a.txt")
+        open_remote(f"locked:{root}").stat("a.txt")
     monkeypatch.setenv("FITSYNC_SSH_PASSPHRASE", "s3cret")
-    assert open_remote(f"locked:{root}", {}).stat("a.txt").size == 6
+    assert open_remote(f"locked:{root}").stat("a.txt").size == 6
 
 
 @pytest.fixture
@@ -384,9 +385,9 @@ def test_password_from_the_environment_logs_in_and_a_wrong_one_is_one_line(passw
     server, user, password, root = password_server
     location = f"sftp://{user}@127.0.0.1:{server.port}{root}"
     with pytest.raises(AuthenticationFailed, match=sshconn.PASSWORD_ENV):  # no terminal to ask on
-        open_remote(location, {}).stat("night/obs.fits")
+        open_remote(location).stat("night/obs.fits")
     monkeypatch.setenv(sshconn.PASSWORD_ENV, password)
-    assert open_remote(location, {}).stat("night/obs.fits").size == 900
+    assert open_remote(location).stat("night/obs.fits").size == 900
     sshconn.close_all()
     monkeypatch.setenv(sshconn.PASSWORD_ENV, password + "-wrong")
     result = cli("compare", location, root)
@@ -400,7 +401,7 @@ def test_proxyjump_through_a_gateway(sshd, home, tree):
     root, files = tree
     with open(home / ".ssh" / "config", "a") as f:
         f.write(f"Host behind\n  HostName 127.0.0.1\n  Port {sshd.port}\n  ProxyJump testhost\n")
-    r = open_remote(f"behind:{root}", {})
+    r = open_remote(f"behind:{root}")
     assert r.read_range("sub/b.bin", 0, 100) == files["sub/b.bin"][:100]
     assert r.connection().via is not None
 
@@ -422,7 +423,7 @@ def test_read_resumes_after_connection_killed(sshd, home, big_file, caplog, monk
     monkeypatch.setenv("FITSYNC_SSH_CONNECTIONS", str(lanes))
     monkeypatch.setattr(sftp_mod, "STRIPE_SIZE", 1 << 20)  # many stripes, so lanes interleave
     monkeypatch.setattr(sftp_mod, "STRIPED_MIN_BYTES", 1 << 20)
-    r = open_remote(url(sshd, root, sshd.sftp_only_port), {"--retries": "3"})
+    r = open_remote(url(sshd, root, sshd.sftp_only_port), RemoteOptions(retries=3))
     got = bytearray()
     with r.open_read("big.bin") as f:
         got += f.read(4 << 20)
@@ -442,7 +443,7 @@ def test_striped_read_equals_file(sshd, home, big_file, monkeypatch):
     root, data = big_file
     monkeypatch.setattr(sftp_mod, "STRIPE_SIZE", 3 << 20)
     monkeypatch.setattr(sftp_mod, "STRIPED_MIN_BYTES", 1 << 20)
-    r = open_remote(url(sshd, root), {})
+    r = open_remote(url(sshd, root))
     with r.open_read("big.bin") as f:
         assert f.read(1) == data[:1]
         assert f.read(5 << 20) == data[1:1 + (5 << 20)]
@@ -456,7 +457,7 @@ def test_striped_read_equals_file(sshd, home, big_file, monkeypatch):
 
 def test_write_interrupted_leaves_no_file_under_final_name(sshd, home, big_file):
     root, data = big_file
-    r = open_remote(url(sshd, root), {"--retries": "1"})
+    r = open_remote(url(sshd, root), RemoteOptions(retries=1))
 
     def chunks():
         for i in range(0, len(data), 1 << 20):
@@ -474,7 +475,7 @@ def test_gives_up_with_one_line_error_when_server_is_gone(tmp_path, home):
     server = SshServer(tmp_path / "short").start()
     (home / ".ssh" / "known_hosts").write_text(server.host_key_line())
     (home / ".ssh" / "config").write_text(f"Host *\n  IdentityFile {server.client_key}\n")
-    r = open_remote(url(server, tmp_path), {"--retries": "1"})
+    r = open_remote(url(server, tmp_path), RemoteOptions(retries=1))
     assert r.exists()
     server.kill_sessions()
     server.stop()
@@ -501,7 +502,7 @@ def sig_pair(sshd, home, tmp_path):
     """(remote, remote dir, local dir): put the new version remotely, the old locally."""
     (tmp_path / "r").mkdir()
     (tmp_path / "l").mkdir()
-    return open_remote(url(sshd, tmp_path / "r"), {}), tmp_path / "r", tmp_path / "l"
+    return open_remote(url(sshd, tmp_path / "r")), tmp_path / "r", tmp_path / "l"
 
 
 _DATA = os.urandom(8 << 20)
@@ -546,8 +547,8 @@ def test_remote_destination_lock(sshd, home, tree):
     from fitsync.errors import Locked
 
     root, _ = tree
-    first = open_remote(url(sshd, root), {})
-    second = open_remote(f"testhost:{root}", {})
+    first = open_remote(url(sshd, root))
+    second = open_remote(f"testhost:{root}")
     first.lock()
     assert (root / ".fitsync" / "lock").read_text().split()[0] == str(os.getpid())
     with pytest.raises(Locked, match="locked by fitsync pid"):  # our own pid is alive: not stale

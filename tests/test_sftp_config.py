@@ -105,7 +105,7 @@ def test_named_remote_connects_over_ssh(tmp_path, monkeypatch, config_file):
         (data / "run.fits").write_bytes(b"x" * 2880)
         write_private(config_file, f'[mountain]\ntype = "sftp"\nhost = "127.0.0.1"\nport = {server.port}\n'
                                    f'key_file = "{server.client_key}"\npath = "{tmp_path / "data"}"\n')
-        remote = open_remote("mountain:night1", {})
+        remote = open_remote("mountain:night1")
         assert isinstance(remote, SftpRemote)
         assert [(e.path, e.size) for e in remote.list()] == [("run.fits", 2880)]
     finally:

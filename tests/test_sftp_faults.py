@@ -114,10 +114,11 @@ BIG = 8 << 20
 def test_an_idle_connection_is_kept_alive_not_declared_stalled(sshd, home, tmp_path):
     """Silence without a stall: the watchdog's probes get answers, so an idle
     connection outlives several timeouts and is not replaced."""
-    from fitsync.remotes import open_remote
+    from fitsync.options import RemoteOptions
+from fitsync.remotes import open_remote
 
     write_tree(tmp_path / "r", {"x.bin": b"x"})
-    remote = open_remote(sftp_url(sshd.port, tmp_path / "r"), {"--timeout": "1"})
+    remote = open_remote(sftp_url(sshd.port, tmp_path / "r"), RemoteOptions(timeout=1))
     assert [e.path for e in remote.list()] == ["x.bin"]
     conn = remote.connection()
     generation = conn.generation

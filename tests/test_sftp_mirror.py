@@ -77,7 +77,8 @@ def test_large_new_files_are_checked_against_the_hosts_own_digest(sshd, home, tm
     """With the agent, a large new file is written around the page cache and
     checked against the BLAKE3 the host computed of its own data; an
     sftp-only host cannot hash, so the copy is read back instead."""
-    from fitsync import directio, transfer
+    from fitsync import directio
+    from fitsync.engine import transfer
 
     monkeypatch.setattr(directio, "MIN_SIZE", 100_000)
     at_source, read_back = [], []
@@ -234,7 +235,7 @@ def test_remote_signature_equals_local_signature(sshd, home, tmp_path, monkeypat
 
     data = fits_file(1_000_000)
     write_tree(tmp_path / "r", {"x.fits": data, "y.bin": os.urandom(70_000)})
-    remote = open_remote(sftp_url(sshd, tmp_path / "r"), {})
+    remote = open_remote(sftp_url(sshd, tmp_path / "r"))
     assert remote.agent_info()["signature"] == "python"  # the remote python has no fitsync on its path
     for name in ("x.fits", "y.bin"):
         assert remote.block_signature(name) == signature_of_file(tmp_path / "r" / name)
@@ -243,7 +244,7 @@ def test_remote_signature_equals_local_signature(sshd, home, tmp_path, monkeypat
     sshconn.close_all()
     src = os.path.dirname(os.path.dirname(sftp_mod.__file__)).rsplit("/fitsync", 1)[0]
     monkeypatch.setenv("FITSYNC_SSH_PYTHON", f"env PYTHONPATH={src} {os.environ['FITSYNC_SSH_PYTHON']}")
-    fast = open_remote(sftp_url(sshd, tmp_path / "r"), {})
+    fast = open_remote(sftp_url(sshd, tmp_path / "r"))
     assert fast.agent_info()["signature"] == "fitsync"
     assert fast.block_signature("x.fits") == signature_of_file(tmp_path / "r" / "x.fits")
     like = tmp_path / "like.fits"

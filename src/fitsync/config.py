@@ -82,7 +82,7 @@ def load_remotes(path: str | None = None) -> dict[str, dict]:
     return remotes
 
 
-def find_remote(name: str, options: dict | None = None) -> dict | None:
+def find_remote(name: str) -> dict | None:
     """The config table of remote ``name``, or None when it is not configured."""
     return load_remotes().get(name)
 

@@ -27,10 +27,10 @@ import json
 import logging
 import os
 import posixpath
-import sys
 import urllib.parse
 import zlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable
 
 import blake3
 
@@ -47,6 +47,9 @@ from fitsync.errors import (
 from fitsync.paths import safe_relpath
 from fitsync.remotes import open_remote, parse_location
 from fitsync.remotes.base import Remote
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fitsync.options import RemoteOptions, Selection
 
 log = logging.getLogger("fitsync")
 
@@ -203,7 +206,7 @@ class Summary:
     outside_files: int = 0
     declared: dict = field(default_factory=dict)
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
@@ -319,11 +322,11 @@ class Locator:
     """Resolves FILE_DIR/FILE_NAME of HDU index rows to locations that are
     provably inside the store root or an allowed root."""
 
-    def __init__(self, store_spec: str, allowed_roots: list[str] | None = None, options: dict | None = None):
+    def __init__(self, store_spec: str, allowed_roots: Iterable[str] = (), options: RemoteOptions | None = None):
         self.prefix, self.store_path = split_location(store_spec)
-        self.options = options or {}
+        self.options = options
         self.allowed: list[tuple[str, str]] = []  # (root spec, absolute path)
-        for root in allowed_roots or []:
+        for root in allowed_roots:
             prefix, path = split_location(root, relative_to=self.prefix)
             if prefix != self.prefix:
                 raise UsageError(f"--allow-root={root} is not on the same host as the store {store_spec}")
@@ -420,11 +423,6 @@ def join_location(prefix: str, path: str) -> str:
     return prefix + path
 
 
-def allowed_roots(opts: dict) -> list[str]:
-    value = opts.get("--allow-root") or []
-    return [value] if isinstance(value, str) else list(value)
-
-
 # -- runlists ------------------------------------------------------------------------
 
 
@@ -470,16 +468,17 @@ class SubsetPlan:
     rows_by_obs: dict  # OBS_ID -> list of Locations
 
 
-def plan_subset(src: Remote, production: Production, opts: dict, locator: Locator, dst_hdu=None) -> SubsetPlan:
+def plan_subset(src: Remote, production: Production, selection: Selection, locator: Locator,
+                dst_hdu=None) -> SubsetPlan:
     hdu = read_index_table(src, production.hdu_index)
     obs = read_index_table(src, production.obs_index)
     in_index = [int(x) for x in dict.fromkeys(int(v) for v in hdu["OBS_ID"])]
-    requested = read_runlist(opts["--runlist"]) if opts.get("--runlist") else in_index
+    requested = read_runlist(selection.runlist) if selection.runlist else in_index
     known = set(in_index)
     unknown = [i for i in requested if i not in known]
     wanted = [i for i in requested if i in known]
     kept_local: list[int] = []
-    if opts.get("--keep-local") and dst_hdu is not None:
+    if selection.keep_local and dst_hdu is not None:
         present = {int(v) for v in dst_hdu["OBS_ID"]}
         kept_local = [i for i in wanted if i in present]
         wanted = [i for i in wanted if i not in present]
@@ -499,7 +498,8 @@ def plan_subset(src: Remote, production: Production, opts: dict, locator: Locato
     return SubsetPlan(production, hdu_rows, obs_rows, wanted, unknown, kept_local, files, rows_by_obs)
 
 
-def mirror_production(src_remote: Remote, dst_remote: Remote, opts: dict, mirror_paths) -> int:
+def mirror_production(src_remote: Remote, dst_remote: Remote, store_spec: str, selection: Selection,
+                      options: RemoteOptions | None, dry_run: bool, mirror_paths) -> int:
     """``fitsync mirror STORE DST --production=NAME [--runlist=FILE]``.
 
     ``mirror_paths(paths)`` (from the mirror command) mirrors exactly those
@@ -507,20 +507,18 @@ def mirror_production(src_remote: Remote, dst_remote: Remote, opts: dict, mirror
     Then the subset index tables and master.json are written into DST for
     the observations whose files are all there. Returns the exit code.
     """
-    name = opts.get("--production")
+    name = selection.production
     if not name:
         raise UsageError("--production=NAME is required; list the names with 'fitsync datasets STORE'")
-    store_spec = opts.get("SRC") or opts.get("STORE") or src_remote.url
-    locator = Locator(store_spec, allowed_roots(opts), opts)
+    locator = Locator(store_spec, selection.allow_root, options)
     try:
         production = find_production(read_master(src_remote), name)
         dst_hdu = existing_table(dst_remote, production.hdu_index)
-        plan = plan_subset(src_remote, production, opts, locator, dst_hdu)
+        plan = plan_subset(src_remote, production, selection, locator, dst_hdu)
         _report_unknown(plan)
         store_paths = sorted({loc.path for loc in plan.files if loc.root is None and plan.files[loc] is not None})
         result = mirror_paths(store_paths)
         code = _exit_code_of(result)
-        dry_run = bool(opts.get("--dry-run"))
         if not dry_run:
             code = max(code, _copy_outside_files(plan, locator, dst_remote))
         complete, incomplete = _complete_observations(plan, dst_remote, dry_run)
@@ -530,7 +528,7 @@ def mirror_production(src_remote: Remote, dst_remote: Remote, opts: dict, mirror
             for obs_id, reason in sorted(incomplete.items()):
                 log.warning("OBS_ID %d: %s; its index rows are not written", obs_id, reason)
         if not dry_run and (complete or dst_hdu is not None):
-            write_subset_indexes(dst_remote, plan, complete, dst_hdu, keep_local=bool(opts.get("--keep-local")))
+            write_subset_indexes(dst_remote, plan, complete, dst_hdu, keep_local=selection.keep_local)
         if plan.unknown:
             code = max(code, EXIT_DIFFERENCES)
         return code
@@ -541,7 +539,7 @@ def mirror_production(src_remote: Remote, dst_remote: Remote, opts: dict, mirror
 def _report_unknown(plan: SubsetPlan) -> None:
     if plan.unknown:
         numbers = ", ".join(str(i) for i in plan.unknown)
-        print(f"fitsync: OBS_ID not in the index of {plan.production.name}: {numbers}", file=sys.stderr)
+        log.warning("OBS_ID not in the index of %s: %s", plan.production.name, numbers)
     if plan.kept_local:
         log.info("--keep-local: %d observations already in the destination were left as they are",
                  len(plan.kept_local))

@@ -24,7 +24,7 @@ import tempfile
 import zlib
 
 from fitsync.errors import BadInput, UnsafePath
-from fitsync.manifest import write_atomically
+from fitsync.formats.manifest import write_atomically
 from fitsync.paths import join_under, safe_relpath
 from fitsync.remotes.local import STATE_DIR, finish_file, unlink_quietly
 

@@ -22,7 +22,7 @@ from typing import BinaryIO, Callable, Iterator
 import blake3
 
 from fitsync.errors import BadInput, NotFound
-from fitsync.manifest import DEFAULT_NAME, Manifest, parse_manifest_bytes
+from fitsync.formats.manifest import DEFAULT_NAME, Manifest, parse_manifest_bytes
 from fitsync.remotes.base import Capability, Entry, Remote
 from fitsync.signing import (
     SIGNATURE_SUFFIX,
@@ -271,14 +271,12 @@ class ReleaseRemote(Remote):
         self.inner.close()
 
 
-def release_source(remote: Remote, options: dict | None = None) -> Remote:
+def release_source(remote: Remote, verify_key: str | None = None) -> Remote:
     """``remote`` as a mirror source: listed from its release manifest when
     it has one, can read ranges and cannot compute signatures itself (Dropbox,
     an sftp-only account), or whenever --verify-key demands a signed manifest."""
-    options = options or {}
     if getattr(remote, "release_aware", False):
         return remote
-    verify_key = options.get("--verify-key")
     if not verify_key:
         if Capability.LOCAL in remote.capabilities:
             return remote  # a local tree is listed as it is; its manifest is just a file

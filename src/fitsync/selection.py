@@ -1,7 +1,8 @@
 """Which files a command works on: filters, file lists, ages, dates, templates.
 
-``build_selection(opts)`` turns the command line into a ``Selection`` (or None
-when nothing is selected, so callers can skip the checks). ``matches(entry)``
+``build_selection(spec)`` turns a typed ``fitsync.options.Selection`` into the
+matcher ``Selection`` (or None when nothing is selected, so callers can skip
+the checks). ``matches(entry)``
 is True only when every given criterion holds:
 
 - ``--include``/``--exclude`` follow rsync's filter rules: rules are tried in
@@ -32,9 +33,9 @@ import datetime as dt
 import functools
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fitsync.errors import BadInput, NotFound, UnsafePath, UsageError
 from fitsync.paths import safe_relpath
@@ -48,6 +49,9 @@ from fitsync.templates_paths import (
     parse_where,
     profile_where,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fitsync.options import Selection as SelectionOptions
 
 # -- rsync-style filter rules ---------------------------------------------------
 
@@ -125,22 +129,6 @@ class FilterRules:
             rule = self.first_match(directory, is_dir=True)
             verdict = self._directory_excluded[directory] = rule is not None and not rule.include
         return verdict
-
-
-def rule_order(argv: list[str]) -> list[tuple[bool, str]]:
-    """The --include/--exclude options of ``argv`` in the order given."""
-    order = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        for name, include in (("--include", True), ("--exclude", False)):
-            if arg == name and i + 1 < len(argv):
-                order.append((include, argv[i + 1]))
-                i += 1
-            elif arg.startswith(name + "="):
-                order.append((include, arg[len(name) + 1 :]))
-        i += 1
-    return order
 
 
 # -- --files-from -----------------------------------------------------------------
@@ -287,73 +275,48 @@ class Selection:
         return True
 
 
-SELECTION_OPTIONS = (
-    "--include", "--exclude", "--files-from", "--since", "--max-age", "--date", "--template", "--where", "--profile",
-)
-
-
-def build_selection(opts: dict, now=None, argv: list[str] | None = None) -> Selection | None:
-    """The selection the command line asks for, or None when it asks for none.
-
-    ``opts`` is the docopt dict; ``now`` (datetime or epoch seconds) fixes the
-    clock for tests; ``argv`` (or ``opts["ARGV"]``, or sys.argv) restores the
-    relative order of --include and --exclude, which the docopt dict does not
-    keep (without it, all includes are tried before all excludes).
-    """
-    if argv is None:
-        argv = opts.get("ARGV")
-    if not any(opts.get(name) for name in SELECTION_OPTIONS):
+def build_selection(spec: "SelectionOptions | None", now=None) -> Selection | None:
+    """The matcher for the typed selection ``spec`` (fitsync.options.Selection),
+    or None when it narrows nothing (so callers can skip the checks).
+    ``now`` (datetime or epoch seconds) fixes the clock for tests."""
+    if spec is None or not spec.selects_files():
         return None
     now_local = as_local_datetime(now)
-    profile = load_profile(opts["--profile"]) if opts.get("--profile") else {}
+    profile = load_profile(spec.profile) if spec.profile else {}
     selection = Selection()
-    selection.rules = _rules(opts, profile, argv)
-    if opts.get("--files-from"):
-        selection.files = read_files_from(opts["--files-from"])
-    selection.since = _cutoff(opts, now_local)
-    if opts.get("--date"):
-        selection.on_date = parse_date(opts["--date"])
-    selection.template, selection.where = template_and_where(opts, profile)
+    selection.rules = _rules(spec, profile)
+    if spec.files_from:
+        selection.files = read_files_from(spec.files_from)
+    selection.since = _cutoff(spec, now_local)
+    if spec.date:
+        selection.on_date = parse_date(spec.date)
+    selection.template, selection.where = template_and_where(spec, profile)
     return selection
 
 
-def _rules(opts: dict, profile: dict, argv) -> FilterRules | None:
-    includes = list(opts.get("--include") or [])
-    excludes = list(opts.get("--exclude") or [])
-    order = command_line_order(includes, excludes, argv)
-    # The profile's rules come after the command line's, so the user's own rules win.
+def _rules(spec: "SelectionOptions", profile: dict) -> FilterRules | None:
+    order = spec.ordered_rules()
+    # The profile's rules come after the caller's, so the user's own rules win.
     order += [(True, p) for p in profile.get("include", [])] + [(False, p) for p in profile.get("exclude", [])]
     return FilterRules([compile_rule(p, inc) for inc, p in order]) if order else None
 
 
-def command_line_order(includes: list[str], excludes: list[str], argv) -> list[tuple[bool, str]]:
-    """--include/--exclude in the order typed. docopt keeps two separate lists,
-    so the order comes from ``argv`` (or sys.argv when it holds the same
-    rules); failing both, includes are tried before excludes."""
-    wanted = sorted([(True, p) for p in includes] + [(False, p) for p in excludes])
-    for candidate in (argv, sys.argv[1:]):
-        if candidate is not None:
-            order = rule_order(list(candidate))
-            if sorted(order) == wanted:
-                return order
-    return [(True, p) for p in includes] + [(False, p) for p in excludes]
-
-
-def _cutoff(opts: dict, now: dt.datetime) -> dt.datetime | None:
+def _cutoff(spec: "SelectionOptions", now: dt.datetime) -> dt.datetime | None:
     cutoffs = []
-    if opts.get("--since"):
-        cutoffs.append(parse_when(opts["--since"], now))
-    if opts.get("--max-age"):
-        cutoffs.append(now - parse_duration(opts["--max-age"]))
+    if spec.since:
+        cutoffs.append(parse_when(spec.since, now))
+    if spec.max_age:
+        cutoffs.append(now - parse_duration(spec.max_age))
     return max(cutoffs) if cutoffs else None
 
 
-def template_and_where(opts: dict, profile: dict | None = None) -> tuple[PathTemplate | None, list[WhereClause]]:
-    """The template (command line over profile) and the --where clauses; a
-    command-line clause on a field replaces the profile's clauses on it."""
-    profile = profile if profile is not None else (load_profile(opts["--profile"]) if opts.get("--profile") else {})
-    text = opts.get("--template") or profile.get("template")
-    clauses = [parse_where(w) for w in opts.get("--where") or []]
+def template_and_where(spec: "SelectionOptions", profile: dict | None = None
+                       ) -> tuple[PathTemplate | None, list[WhereClause]]:
+    """The template (the caller's over the profile's) and the where clauses; a
+    clause of the caller's on a field replaces the profile's clauses on it."""
+    profile = profile if profile is not None else (load_profile(spec.profile) if spec.profile else {})
+    text = spec.template or profile.get("template")
+    clauses = [parse_where(w) for w in spec.where]
     if profile:
         given = {c.field for c in clauses}
         clauses = [c for c in profile_where(profile) if c.field not in given] + clauses

@@ -39,7 +39,7 @@ import tempfile
 import blake3
 
 from fitsync.errors import BadInput, NotFound, VerificationFailed
-from fitsync.manifest import write_atomically
+from fitsync.formats.manifest import write_atomically
 
 SIGNATURE_SUFFIX = ".sig"
 SIGNATURE_FORMAT = "fitsync-manifest-signature"

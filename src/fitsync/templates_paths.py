@@ -456,6 +456,30 @@ class MissingReport:
     def key_text(self, key: tuple[str, ...]) -> str:
         return "\t".join(key)  # one field: the value as listed, ready for --where=FIELD=@file
 
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.missing else 0
+
+    def summary_line(self) -> str:
+        what = "/".join(self.key_fields) or "key"
+        return f"{len(self.missing)} of {len(self.keys)} {what} keys lack expected {self.expect_field} files"
+
+    def report_text(self) -> str:
+        lines = [f"# {self.summary_line()}; {self.complete} complete",
+                 f"# expected {self.expect_field}: {', '.join(self.expected)}"]
+        for key in self.keys:
+            lacking = self.missing.get(key)
+            status = f"lacks {', '.join(lacking)}" if lacking else "complete"
+            lines.append(f"{self.key_text(key)}\t{status}")
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict:
+        from fitsync import __version__
+
+        return {"version": __version__, "key_fields": list(self.key_fields), "expect_field": self.expect_field,
+                "expected": list(self.expected), "keys": len(self.keys), "complete": self.complete,
+                "missing": {self.key_text(k): list(v) for k, v in self.missing.items()}}
+
 
 def find_missing(paths, template: PathTemplate, where: list[WhereClause], expect: WhereClause) -> MissingReport:
     """Which keys lack a file for some expected value of ``expect.field``.

@@ -22,23 +22,18 @@ exits 1 when they differ.
 
 from __future__ import annotations
 
-from fitsync.cli.common import int_option, load_selection, open_source, print_json
-from fitsync.compare import compare_trees
-from fitsync.errors import EXIT_DIFFERENCES, EXIT_OK, NotFound
-from fitsync.manifest import write_atomically
+from fitsync.cli.options import int_option, print_json, remote_options, selection
+from fitsync.errors import EXIT_DIFFERENCES, EXIT_OK
 
 
 def run(opts: dict) -> int:
-    with open_source(opts["A"], opts) as a, open_source(opts["B"], opts) as b:
-        for side, name in ((a, opts["A"]), (b, opts["B"])):
-            if not side.exists():
-                raise NotFound(f"{name} does not exist; check the path")
-        report = compare_trees(a, b, checksum=opts["--checksum"], selection=load_selection(opts),
-                               jobs=int_option(opts, "--jobs", 2, minimum=1))
-    if opts["--report"]:
-        write_atomically(opts["--report"], lambda out: out.writelines(line + "\n" for line in report.combined_lines()))
+    from fitsync import api
+
+    report = api.compare(opts["A"], opts["B"], checksum=bool(opts["--checksum"]), select=selection(opts),
+                         jobs=int_option(opts, "--jobs", 2, minimum=1), report=opts["--report"] or None,
+                         remote_options=remote_options(opts))
     if opts["--json"]:
-        print_json(report.to_json())
+        print_json(report.to_dict())
     elif not report.agree and not opts["--quiet"]:
         _print_text(report, opts["A"], opts["B"])
     return EXIT_OK if report.agree else EXIT_DIFFERENCES

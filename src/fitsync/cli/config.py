@@ -24,7 +24,7 @@ import os
 import sys
 from importlib import resources
 
-from fitsync.cli.common import print_json
+from fitsync.cli.options import print_json
 from fitsync.config import config_path, load_remotes, public_view
 from fitsync.errors import EXIT_OK, BadInput, UsageError
 

@@ -21,23 +21,19 @@ list; where master.json states other totals, both are shown.
 
 from __future__ import annotations
 
-from fitsync.cli.common import print_json
-from fitsync.datastore import Locator, allowed_roots, format_summary, read_master, summarize
-from fitsync.errors import EXIT_DIFFERENCES, EXIT_OK, NotFound
-from fitsync.remotes import open_remote
+from fitsync.cli.options import print_json, remote_options, selection
+from fitsync.datastore import format_summary
+from fitsync.errors import EXIT_DIFFERENCES, EXIT_OK
 
 
 def run(opts: dict) -> int:
-    locator = Locator(opts["STORE"], allowed_roots(opts), opts)
-    try:
-        with open_remote(opts["STORE"], opts) as store:
-            if not store.exists():
-                raise NotFound(f"{opts['STORE']} does not exist; check the path")
-            summaries = [summarize(store, production, locator) for production in read_master(store)]
-    finally:
-        locator.close()
+    from fitsync import __version__, api
+
+    chosen = selection(opts)
+    summaries = api.datasets(opts["STORE"], allow_root=chosen.allow_root if chosen else (),
+                             remote_options=remote_options(opts))
     if opts["--json"]:
-        print_json([s.to_json() for s in summaries])
+        print_json({"version": __version__, "productions": [s.to_dict() for s in summaries]})
     else:
         print("\n\n".join(format_summary(s) for s in summaries))
     # Files the index lists but the store lacks are a finding, as in audit.

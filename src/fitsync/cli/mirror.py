@@ -54,63 +54,34 @@ from __future__ import annotations
 
 import sys
 
-from fitsync.cli.common import int_option, load_manifest, load_selection, open_source, print_json
-from fitsync.errors import EXIT_FAILED, EXIT_OK
+from fitsync.cli.options import int_option, print_json, remote_options, selection
 from fitsync.paths import shown
 from fitsync.progress import Reporter, setup_logging
-from fitsync.remotes import open_remote
-from fitsync.sync import Mirror, MirrorOptions
-
-
-def build_options(opts: dict) -> MirrorOptions:
-    return MirrorOptions(
-        checksum=bool(opts["--checksum"]),
-        delete=bool(opts["--delete"]),
-        dry_run=bool(opts["--dry-run"]),
-        manifest=load_manifest(opts["--manifest"], opts),
-        jobs=int_option(opts, "--jobs", 2, minimum=1),
-        retries=int_option(opts, "--retries", 3),
-        fits_check=not opts["--no-fits-check"],
-        selection=load_selection(opts),
-    )
 
 
 def run(opts: dict) -> int:
+    from fitsync import api
+
     setup_logging(opts["--log-file"], opts["--quiet"], opts.get("--verbose", False))
-    options = build_options(opts)
-    # With --json, stdout carries only the summary object; itemized lines go to stderr.
-    reporter = Reporter(itemize=opts["--itemize"] or options.dry_run, quiet=opts["--quiet"],
-                        out=sys.stderr if opts["--json"] else None)
-    with open_source(opts["SRC"], opts) as src, open_remote(opts["DST"], opts) as dst:
-        if opts["--production"]:
-            from fitsync.datastore import mirror_production
-
-            def mirror_paths(paths):
-                options.only_paths = set(paths)
-                result = Mirror(src, dst, options, reporter).run()
-                report(result, opts)
-                return result
-
-            return mirror_production(src, dst, opts, mirror_paths)
-        if opts["--extract"]:
-            from fitsync.extract import extract_archives, extracted_paths
-
-            # What earlier runs unpacked is not in the source; --delete must keep it.
-            options.protected = set(extracted_paths(dst.root))
-        result = Mirror(src, dst, options, reporter).run()
-        if opts["--extract"] and not options.dry_run:
-            extract_archives(dst.root, _archives(dst))
+    connect = remote_options(opts)
+    select = selection(opts)
+    options = api.mirror_options(
+        checksum=bool(opts["--checksum"]), delete=bool(opts["--delete"]), dry_run=bool(opts["--dry-run"]),
+        manifest=opts["--manifest"] or None, jobs=int_option(opts, "--jobs", 2, minimum=1),
+        retries=int_option(opts, "--retries", 3), fits_check=not opts["--no-fits-check"], select=select,
+        verify_key=connect.verify_key)
+    # With --json, stdout carries only the summary object; itemized lines go to
+    # stderr (with --itemize they are in the object's "files" list instead).
+    itemize = (opts["--itemize"] or options.dry_run) and not (opts["--json"] and opts["--itemize"])
+    reporter = Reporter(itemize=itemize, quiet=opts["--quiet"], out=sys.stderr if opts["--json"] else None)
+    result = api.run_mirror(opts["SRC"], opts["DST"], options, connect, select, bool(opts["--extract"]), reporter)
     report(result, opts)
-    return EXIT_FAILED if result.files_failed else EXIT_OK
-
-
-def _archives(dst):
-    return [e.path for e in dst.list() if e.path.endswith((".tar", ".tgz", ".tar.gz"))]
+    return result.exit_code
 
 
 def report(result, opts: dict) -> None:
     if opts["--json"]:
-        print_json(result.to_json())
+        print_json(result.to_dict(files=bool(opts["--itemize"])))
     elif not opts["--quiet"]:
         verb = "would copy" if result.dry_run else "copied"
         print(

@@ -10,6 +10,7 @@ import importlib
 import re
 
 from fitsync.errors import UsageError
+from fitsync.options import RemoteOptions
 from fitsync.remotes.base import Capability, Entry, Remote
 
 __all__ = ["Capability", "Entry", "Remote", "open_remote", "register_scheme", "parse_location"]
@@ -59,9 +60,9 @@ def _load(target: str):
     return getattr(module, class_name)
 
 
-def open_remote(spec: str, options: dict | None = None) -> Remote:
-    """Open the location ``spec`` with the command line's ``options``."""
-    options = options or {}
+def open_remote(spec: str, options: RemoteOptions | None = None) -> Remote:
+    """Open the location ``spec`` (a path, URL or NAME:path) with ``options``."""
+    options = options or RemoteOptions()
     named = _resolve_named(spec, options)
     if named is not None:
         return named
@@ -73,7 +74,7 @@ def open_remote(spec: str, options: dict | None = None) -> Remote:
     return _load(target).from_url(url, options)
 
 
-def _resolve_named(spec: str, options: dict) -> Remote | None:
+def _resolve_named(spec: str, options: RemoteOptions) -> Remote | None:
     """``name:path`` where ``name`` is a remote in the config file."""
     name, sep, path = spec.partition(":")
     if not sep or "/" in name or _URL.match(spec):
@@ -82,7 +83,7 @@ def _resolve_named(spec: str, options: dict) -> Remote | None:
         config = importlib.import_module("fitsync.config")
     except ModuleNotFoundError:
         return None
-    remote_conf = config.find_remote(name, options)
+    remote_conf = config.find_remote(name)
     if remote_conf is None:
         return None
     scheme = remote_conf.get("type", "")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator, Mapping
 from fitsync.errors import FitsyncError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from fitsync.options import RemoteOptions
     from fitsync.signature import Signature
 
 READ_CHUNK = 4 << 20
@@ -92,8 +93,8 @@ class Remote(ABC):
 
     # -- construction -------------------------------------------------
     @classmethod
-    def from_url(cls, url: str, options: dict) -> "Remote":
-        """Build from a URL and the command line's options (credentials, flags)."""
+    def from_url(cls, url: str, options: "RemoteOptions") -> "Remote":
+        """Build from a URL and the caller's options (credentials, trust, retries)."""
         return cls(url)  # type: ignore[call-arg]
 
     # -- listing ------------------------------------------------------

@@ -54,6 +54,7 @@ from fitsync.errors import (
     UsageError,
     VerificationFailed,
 )
+from fitsync.options import RemoteOptions
 from fitsync.paths import safe_relpath
 from fitsync.remotes.base import Capability, Entry, ReadOnlyRemote, Remote
 
@@ -268,11 +269,11 @@ class DropboxRemote(Remote):
 
     # -- construction -------------------------------------------------
     @classmethod
-    def from_url(cls, url: str, options: dict) -> "DropboxRemote":
+    def from_url(cls, url: str, options: RemoteOptions) -> "DropboxRemote":
         path = url[len("dropbox:"):]
         if path.startswith("//"):
             path = path[1:]
-        config_file = options.get("--dropbox-config")
+        config_file = options.dropbox_config
         if config_file:
             creds = read_old_ini(config_file)
         elif os.environ.get(TOKEN_ENV):
@@ -285,7 +286,7 @@ class DropboxRemote(Remote):
         return cls._build(url, path, creds, options, {})
 
     @classmethod
-    def from_config(cls, name: str, conf: dict, path: str, options: dict) -> "DropboxRemote":
+    def from_config(cls, name: str, conf: dict, path: str, options: RemoteOptions) -> "DropboxRemote":
         creds = credentials_from_config(name, conf)
         # NAME:sub/dir is sub/dir under the remote's base ``path`` (in the Dropbox, or in the link).
         base = (conf.get("path") or "").strip("/")
@@ -294,18 +295,16 @@ class DropboxRemote(Remote):
         return cls._build(f"{name}:{path}", "/" + full, creds, options, conf)
 
     @classmethod
-    def _build(cls, url: str, path: str, creds: Credentials, options: dict, conf: dict) -> "DropboxRemote":
-        if options.get("--ca-bundle"):
-            creds.ca_bundle = options["--ca-bundle"]
+    def _build(cls, url: str, path: str, creds: Credentials, options: RemoteOptions, conf: dict) -> "DropboxRemote":
+        if options.ca_bundle:
+            creds.ca_bundle = options.ca_bundle
         if creds.ca_bundle and not os.path.isfile(creds.ca_bundle):
             raise NotFound(f"CA bundle {creds.ca_bundle} does not exist")
         chunk_mib = conf.get("upload_chunk_mib", UPLOAD_CHUNK >> 20)
         if not isinstance(chunk_mib, int) or not 1 <= chunk_mib <= 148:
             raise BadInput("upload_chunk_mib must be a whole number of MiB from 1 to 148")
-        from fitsync.cli.common import int_option
-
-        retry = RetryPolicy(attempts=int_option(options, "--retries", RetryPolicy.attempts))
-        return cls(url, path, creds, retry=retry, jobs=int_option(options, "--jobs", 4, minimum=1),
+        retry = RetryPolicy(attempts=RetryPolicy.attempts if options.retries is None else options.retries)
+        return cls(url, path, creds, retry=retry, jobs=options.jobs or 4,
                    upload_chunk=chunk_mib << 20)
 
     # -- the SDK client and the one place its errors are handled -------------

@@ -44,6 +44,7 @@ from fitsync.errors import (
     TransferFailed,
     UsageError,
 )
+from fitsync.options import RemoteOptions
 from fitsync.paths import safe_relpath
 from fitsync.remotes.base import Capability, Entry, Remote
 
@@ -307,14 +308,9 @@ class HttpRemote(Remote):
         self.listed_from: str | None = None
 
     @classmethod
-    def from_url(cls, url: str, options: dict) -> "HttpRemote":
-        retries = options.get("--retries")
-        try:
-            retries = 3 if retries is None else int(retries)
-        except ValueError:
-            raise UsageError(f"--retries takes a whole number, not {retries!r}") from None
-        return cls(url, ca_bundle=options.get("--ca-bundle"), retries=retries,
-                   verify_key=options.get("--verify-key"))
+    def from_url(cls, url: str, options: RemoteOptions) -> "HttpRemote":
+        return cls(url, ca_bundle=options.ca_bundle, retries=3 if options.retries is None else options.retries,
+                   verify_key=options.verify_key)
 
     # -- what this remote can do ---------------------------------------------------
     @property

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import stat as stat_mod
-from typing import BinaryIO, Iterable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
 
 from fitsync.errors import BadInput, FitsyncError, NotFound, TransferFailed, UnsafePath, VerificationFailed
 from fitsync.paths import join_under, safe_relpath
 from fitsync.remotes.base import Capability, Entry, Remote
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fitsync.options import RemoteOptions
 
 # fitsync's own state inside a destination root: lock, partial files.
 STATE_DIR = ".fitsync"
@@ -32,7 +35,7 @@ class LocalRemote(Remote):
         self.rejected_names: list[tuple[str, str]] = []
 
     @classmethod
-    def from_url(cls, url: str, options: dict) -> "LocalRemote":
+    def from_url(cls, url: str, options: "RemoteOptions") -> "LocalRemote":
         return cls(url)
 
     # -- listing ------------------------------------------------------

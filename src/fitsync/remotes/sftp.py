@@ -47,6 +47,7 @@ from fitsync import agent as agent_module
 from fitsync.errors import (BadInput, ConnectionFailed, FitsyncError, Locked, NotFound, SourceChanged,
                             TransferFailed, UsageError, VerificationFailed)
 from fitsync.hashes import hash_stream, new_hasher
+from fitsync.options import RemoteOptions
 from fitsync.paths import safe_relpath
 from fitsync.remotes.base import Capability, Entry, Remote
 from fitsync.sshconn import DEFAULT_TIMEOUT, SshConnection, SshTarget, connect, resolve_target
@@ -89,9 +90,8 @@ def parse_ssh_location(url: str) -> tuple[str | None, str, int | None, str]:
     raise UsageError(f"cannot parse SSH location {url!r}; use sftp://[user@]host[:port]/path or [user@]host:path")
 
 
-def _option_seconds(options: dict, name: str, default: float) -> float:
-    """A duration in seconds (>= 0) from the command line or a config."""
-    value = options.get(name)
+def _seconds(value, name: str, default: float) -> float:
+    """A duration in seconds (>= 0) from the caller's options or a config."""
     if value in (None, False, ""):
         return default
     try:
@@ -103,15 +103,14 @@ def _option_seconds(options: dict, name: str, default: float) -> float:
     return seconds
 
 
-def _timeout(options: dict, conf: dict) -> float:
-    """--timeout, else the remote's ``timeout`` key, else the default."""
-    if options.get("--timeout") not in (None, False, ""):
-        return _option_seconds(options, "--timeout", DEFAULT_TIMEOUT)
-    return _option_seconds({"timeout": conf.get("timeout")}, "timeout", DEFAULT_TIMEOUT)
+def _timeout(options: RemoteOptions, conf: dict) -> float:
+    """The caller's timeout, else the remote's ``timeout`` key, else the default."""
+    if options.timeout is not None:
+        return _seconds(options.timeout, "timeout", DEFAULT_TIMEOUT)
+    return _seconds(conf.get("timeout"), "timeout", DEFAULT_TIMEOUT)
 
 
-def _option_int(options: dict, name: str, default: int) -> int:
-    value = options.get(name)
+def _whole_number(value, name: str, default: int) -> int:
     if value in (None, False, ""):
         return default
     try:
@@ -613,16 +612,16 @@ _CONNECTION_ERRORS = (paramiko.SSHException, EOFError, ConnectionError, socket.t
 class SftpRemote(Remote):
     scheme = "sftp"
 
-    def __init__(self, url: str, target: SshTarget, root: str, *, options: dict | None = None,
+    def __init__(self, url: str, target: SshTarget, root: str, *, options: RemoteOptions | None = None,
                  conf: dict | None = None):
         super().__init__(url)
-        options = options or {}
+        options = options or RemoteOptions()
         conf = conf or {}
         self.target = target
         self._root_spec = root
         self._root: str | None = None
-        self.retries = _option_int(options, "--retries", DEFAULT_RETRIES)
-        self.jobs = max(1, _option_int(options, "--jobs", 2))
+        self.retries = DEFAULT_RETRIES if options.retries is None else options.retries
+        self.jobs = options.jobs or 2
         # The interpreter (or command) that runs the agent, e.g. "env PYTHONPATH=/opt/fitsync python3".
         self.python = conf.get("python") or os.environ.get("FITSYNC_SSH_PYTHON", "python3")
         self.use_agent = conf.get("agent", True) and os.environ.get("FITSYNC_SSH_AGENT", "1") != "0"
@@ -630,7 +629,7 @@ class SftpRemote(Remote):
         self.agent_avoid = tuple(x for x in str(conf.get("agent_avoid", os.environ.get(
             "FITSYNC_AGENT_AVOID", ""))).split(",") if x)
         lanes = conf.get("connections") or os.environ.get("FITSYNC_SSH_CONNECTIONS") or DEFAULT_LANES
-        self.lanes = max(1, _option_int({"connections": lanes}, "connections", DEFAULT_LANES))
+        self.lanes = max(1, _whole_number(lanes, "connections", DEFAULT_LANES))
         self._conn: SshConnection | None = None
         self._agent_state: bool | None = None  # None = not probed yet
         self._lock = threading.Lock()
@@ -642,15 +641,15 @@ class SftpRemote(Remote):
 
     # -- construction -----------------------------------------------------------
     @classmethod
-    def from_url(cls, url: str, options: dict) -> "SftpRemote":
+    def from_url(cls, url: str, options: RemoteOptions) -> "SftpRemote":
         user, host, port, path = parse_ssh_location(url)
         target = resolve_target(host, user=user, port=port,
-                                accept_new_host_key=bool(options.get("--accept-new-host-key")),
+                                accept_new_host_key=options.accept_new_host_key,
                                 timeout=_timeout(options, {}))
         return cls(url, target, path, options=options)
 
     @classmethod
-    def from_config(cls, name: str, conf: dict, path: str, options: dict) -> "SftpRemote":
+    def from_config(cls, name: str, conf: dict, path: str, options: RemoteOptions) -> "SftpRemote":
         host = conf.get("host")
         if not host:
             raise BadInput(f"remote {name!r} in the remotes config has no host; add host = \"...\"")
@@ -659,7 +658,7 @@ class SftpRemote(Remote):
         target = resolve_target(host, user=conf.get("user"), port=conf.get("port"),
                                 identity_file=conf.get("key_file"),
                                 known_hosts=conf.get("known_hosts"),
-                                accept_new_host_key=bool(options.get("--accept-new-host-key")),
+                                accept_new_host_key=options.accept_new_host_key,
                                 timeout=_timeout(options, conf))
         secrets = {k: conf[k] for k in ("password_env", "password") if conf.get(k)}
         if secrets:

@@ -29,12 +29,12 @@ import xxhash
 
 from fitsync.errors import SourceChanged, VerificationFailed
 from fitsync.hashes import file_digest, new_hasher
-from fitsync.plan import Action, Item
+from fitsync.engine.plan import Action, Item
 from fitsync.remotes.base import Capability, Remote
 from fitsync.remotes.local import LocalRemote, finish_file, unlink_quietly
 from fitsync.threads import run_beside
 
-log = logging.getLogger("fitsync.transfer")
+log = logging.getLogger("fitsync.engine.transfer")
 
 CHUNK = 8 << 20
 JOURNAL_DIGEST = 16  # xxh3-128 per chunk

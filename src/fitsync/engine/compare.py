@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 from dataclasses import dataclass, field
 
-from fitsync.plan import same_mtime
+from fitsync.engine.plan import same_mtime
 from fitsync.remotes.base import Remote
 from fitsync.scan import common_algorithm, digest_entries
 
@@ -22,7 +22,7 @@ class CompareReport:
     def agree(self) -> bool:
         return not (self.only_a or self.only_b or self.differ or self.errors)
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         return {
             "agree": self.agree,
             "only_a": self.only_a,

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from fitsync.errors import (
+    EXIT_FAILED,
     BadInput,
     ConnectionFailed,
     FitsyncError,
@@ -22,15 +23,17 @@ from fitsync.errors import (
     TransferFailed,
     VerificationFailed,
 )
+from fitsync.events import BytesDone, FileFinished, FileStarted, ProgressCallback, Totals
 from fitsync.paths import shown
-from fitsync.plan import Action, Item, decide, deletions, itemize_line, same_mtime
+from fitsync.engine.plan import Action, Item, decide, deletions, itemize_line, same_mtime
 from fitsync.progress import Reporter
 from fitsync.remotes.base import Capability, Entry, Remote
 from fitsync.remotes.local import LocalRemote, entry_of
+from fitsync.results import FileAction, MirrorResult
 from fitsync.threads import run_beside
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fitsync import transfer
+    from fitsync.engine import transfer
 
 # transfer, lock, scan and thread pools are imported where used: a no-op run
 # needs few of them, and their import time is paid on every run.
@@ -43,9 +46,6 @@ _COUNTER_LOCK = threading.RLock()
 RETRYABLE = (SourceChanged, VerificationFailed, ConnectionFailed, TimeoutError, ConnectionError)
 
 
-# MirrorOptions and MirrorResult are plain classes, not dataclasses: importing
-# dataclasses (and inspect with it) costs every run ~10 ms of start-up.
-
 class MirrorOptions:
     """What a mirror run does besides making DST equal SRC by size and mtime."""
 
@@ -55,7 +55,7 @@ class MirrorOptions:
         checksum: bool = False,
         delete: bool = False,
         dry_run: bool = False,
-        manifest: object | None = None,  # fitsync.manifest.Manifest of the source
+        manifest: object | None = None,  # fitsync.formats.manifest.Manifest of the source
         jobs: int = 2,
         retries: int = 3,
         fits_check: bool = True,
@@ -63,6 +63,7 @@ class MirrorOptions:
         only_paths: set[str] | None = None,  # mirror exactly these (dataset subsets)
         protected: set[str] | None = None,  # never deleted (e.g. files unpacked by --extract)
         retry_delay: float = 0.5,
+        progress: ProgressCallback | None = None,  # receives fitsync.events
     ):
         self.checksum = checksum
         self.delete = delete
@@ -75,38 +76,10 @@ class MirrorOptions:
         self.only_paths = only_paths
         self.protected = set() if protected is None else protected
         self.retry_delay = retry_delay
+        self.progress = progress
 
     def __repr__(self) -> str:
         return f"MirrorOptions({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
-
-
-class MirrorResult:
-    """Counts and failures of one run; ``to_json`` is the --json summary."""
-
-    def __init__(self, dry_run: bool = False):
-        self.files_total = 0
-        self.files_new = 0
-        self.files_updated = 0
-        self.files_repaired = 0
-        self.files_unchanged = 0
-        self.files_deleted = 0
-        self.files_failed = 0
-        self.files_incomplete = 0
-        self.bytes_total = 0
-        self.bytes_transferred = 0
-        self.bytes_reused = 0
-        self.seconds = 0.0
-        self.failures: list = []
-        self.incomplete: list = []
-        self.dry_run = dry_run
-
-    def to_json(self) -> dict:
-        data = dict(self.__dict__)
-        data["seconds"] = round(self.seconds, 3)
-        return data
-
-    def __repr__(self) -> str:
-        return f"MirrorResult({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
 def check_locations(src: Remote, dst: Remote) -> None:
@@ -152,6 +125,8 @@ class Mirror:
         self.aborted: FitsyncError | None = None  # a failure that ends the whole run
         self.resolution = max(src.mtime_resolution, dst.mtime_resolution)
         self.recorded = None  # what DST's copy of a release manifest says its files are
+        self.stopping = False  # set on Ctrl-C: start no further file
+        self.progress = options.progress
 
     # -- the run -------------------------------------------------------
     def run(self) -> MirrorResult:
@@ -179,6 +154,8 @@ class Mirror:
             if local_dst and not self.options.dry_run:
                 self.dst.tidy_state_dir()
         self.result.seconds = time.monotonic() - started
+        if self.result.files_failed:
+            self.result.exit_code = EXIT_FAILED
         return self.result
 
     def destination_lock(self, local_dst: bool):
@@ -384,7 +361,7 @@ class Mirror:
 
     def _fits_state(self, path: str):
         """(state, reason) of a local source FITS file, None for other files."""
-        from fitsync.transfer import local_fits_state
+        from fitsync.engine.transfer import local_fits_state
 
         try:
             return local_fits_state(self.src.local_path(path), path)
@@ -405,8 +382,12 @@ class Mirror:
                 if item.transfers or item.action == Action.DELETE:
                     self.reporter.line(itemize_line(item))
                     self._count(item.action)
+                    self.result.files.append(FileAction(item.path, item.action.value))
             return
-        self.reporter.phase("transfer", sum(i.src.size for i in transfers))
+        total = sum(i.src.size for i in transfers)
+        self.reporter.phase("transfer", total)
+        if self.progress is not None:
+            self.progress(Totals("transfer", len(transfers), total))
         if isinstance(self.dst, LocalRemote) and any(i.action == Action.DELTA for i in transfers):
             # Read now: a transfer of this run may replace it with the new release's.
             from fitsync.recorded import RecordedSignatures
@@ -417,8 +398,15 @@ class Mirror:
 
             with cf.ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
                 futures = {pool.submit(self.transfer_with_retries, item): item for item in transfers}
-                for future in cf.as_completed(futures):
-                    future.result()
+                try:
+                    for future in cf.as_completed(futures):
+                        future.result()
+                except KeyboardInterrupt:
+                    # Start no further file; those in flight finish or keep their
+                    # partial data for the next run. Then the interrupt goes on.
+                    self.stopping = True
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
         self.reporter.close_phase()
         if self.aborted is not None:
             raise self.aborted
@@ -433,6 +421,7 @@ class Mirror:
     def record_incomplete(self, item: Item, reason: str) -> None:
         self.result.files_incomplete += 1
         self.result.incomplete.append({"path": item.path, "reason": reason})
+        self.result.files.append(FileAction(item.path, Action.INCOMPLETE.value, error=reason))
         self.reporter.line(f"{'incomplete':<10} {item.path}  ({reason}; skipped)")
         log.warning("%s: source is incomplete (%s); skipped", item.path, reason)
 
@@ -444,8 +433,10 @@ class Mirror:
         setattr(self.result, field_name, getattr(self.result, field_name) + 1)
 
     def transfer_with_retries(self, item: Item) -> None:
-        if self.aborted is not None:
+        if self.aborted is not None or self.stopping:
             return
+        if self.progress is not None:
+            self.progress(FileStarted(item.path, item.src.size))
         attempt = 0
         while True:
             try:
@@ -481,18 +472,32 @@ class Mirror:
                 self._count(item.action)
                 self.result.bytes_transferred += moved.transferred
                 self.result.bytes_reused += moved.reused
+                self.result.files.append(FileAction(item.path, item.action.value, moved.transferred, moved.reused))
             self.reporter.line(itemize_line(item))
+            if self.progress is not None:
+                self.progress(FileFinished(item.path, item.action.value, moved.transferred, moved.reused))
             return
 
     def transfer_one(self, item: Item) -> transfer.Moved:
-        from fitsync import transfer
+        from fitsync.engine import transfer
 
-        advance, fits_check = self.reporter.advance, self.options.fits_check
+        advance, fits_check = self._advance_for(item.path), self.options.fits_check
         if isinstance(self.dst, LocalRemote):
             if item.action == Action.NEW or item.dst is None:
                 return transfer.pull_new(self.src, self.dst, item, advance, fits_check)
             return transfer.pull_delta(self.src, self.dst, item, advance, fits_check, self.recorded)
         return transfer.push(self.src, self.dst, item, advance, fits_check)
+
+    def _advance_for(self, path: str):
+        """The bytes-done callback of one file's transfer."""
+        if self.progress is None:
+            return self.reporter.advance
+        progress, reporter = self.progress, self.reporter
+
+        def advance(amount: int) -> None:
+            reporter.advance(amount)
+            progress(BytesDone(path, amount))
+        return advance
 
     def refresh_source(self, item: Item) -> Item | None:
         """After the source changed under us: look again, and re-check FITS completeness."""
@@ -515,7 +520,10 @@ class Mirror:
         with _COUNTER_LOCK:
             self.result.files_failed += 1
             self.result.failures.append({"path": item.path, "reason": reason})  # JSON escapes it
+            self.result.files.append(FileAction(item.path, "failed", error=reason))
         log.error("%s: %s", shown(item.path), reason)
+        if self.progress is not None:
+            self.progress(FileFinished(item.path, "failed", error=reason))
 
     def delete(self, item: Item) -> None:
         try:
@@ -524,7 +532,10 @@ class Mirror:
             self.fail(item, exc)
             return
         self._count(Action.DELETE)
+        self.result.files.append(FileAction(item.path, Action.DELETE.value))
         self.reporter.line(itemize_line(item))
+        if self.progress is not None:
+            self.progress(FileFinished(item.path, Action.DELETE.value))
 
 
 class _RemoteLock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fitsync.manifest import Manifest
+from fitsync.formats.manifest import Manifest
 from fitsync.remotes.base import Capability, Entry, Remote
 from fitsync.scan import digest_entries, for_each_file
 
@@ -23,7 +23,7 @@ class AuditReport:
     def clean(self) -> bool:
         return not (self.missing or self.corrupt or self.extra or self.fits_problems)
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         data = {
             "clean": self.clean,
             "ok": sorted(self.ok),
@@ -102,3 +102,60 @@ def _record_fits(report: AuditReport, fits_report, recorded: dict | None) -> Non
 
 def _selected(selection, manifest_entry) -> bool:
     return selection.matches(Entry(manifest_entry.path, manifest_entry.size, manifest_entry.mtime))
+
+
+def audit_location(target: str, *, manifest: str | None, fits: bool, against: str | None, selection,
+                   jobs: int, options) -> "AuditResult":
+    """``fitsync.audit``: ``target`` against a manifest (given, or its own
+    fitsync-manifest.jsonl), another copy, and/or its FITS structure."""
+    import os
+
+    from fitsync.errors import UsageError
+    from fitsync.formats.manifest import DEFAULT_NAME
+    from fitsync.remotes import open_remote
+    from fitsync.results import AuditResult
+    from fitsync.selection import build_selection
+
+    if manifest is None and against is None:
+        own = os.path.join(target, DEFAULT_NAME)
+        manifest = own if os.path.isfile(own) else None
+    if manifest is None and against is None and not fits:
+        raise UsageError(f"no manifest for {target}: pass --manifest=FILE, --against=LOCATION, "
+                         "or --fits to check FITS files by their own structure")
+    result = AuditResult(target=target)
+    matcher = build_selection(selection)
+    if against is not None:
+        result.against = _audit_against(target, against, matcher, jobs, options)
+    if manifest is not None:
+        from fitsync.api import _load_manifest
+
+        loaded = _load_manifest(manifest, options.verify_key)
+        with open_remote(target, options) as remote:
+            if fits and Capability.LOCAL not in remote.capabilities:
+                raise UsageError(f"--fits reads the files' structure on this machine; {target} is not a local path")
+            result.manifest = audit_against_manifest(remote, loaded, ignore={DEFAULT_NAME, DEFAULT_NAME + ".sig"},
+                                                     selection=matcher, jobs=jobs, fits=fits)
+    elif fits:
+        from fitsync import fitsaudit
+
+        with open_remote(target, options) as remote:
+            if Capability.LOCAL not in remote.capabilities:
+                raise UsageError(f"--fits reads the files' structure on this machine; {target} is not a local path")
+            local_root = remote.root
+        result.fits = fitsaudit.audit_tree(local_root, jobs=jobs)
+    return result
+
+
+def _audit_against(target: str, against: str, matcher, jobs: int, options) -> AuditReport:
+    """Audit ``target`` against another copy: compare by content, in audit's terms."""
+    from fitsync.api import open_source
+    from fitsync.engine.compare import compare_trees
+    from fitsync.errors import NotFound
+    from fitsync.remotes import open_remote
+
+    with open_source(against, options) as reference, open_remote(target, options) as copy:
+        for side, name in ((reference, against), (copy, target)):
+            if not side.exists():
+                raise NotFound(f"{name} does not exist; check the path")
+        diff = compare_trees(reference, copy, checksum=True, selection=matcher, jobs=jobs)
+    return AuditReport(ok=diff.identical, missing=diff.only_a, corrupt=diff.differ + diff.errors, extra=diff.only_b)

@@ -6,7 +6,7 @@ import datetime as _dt
 import os
 
 from fitsync.errors import UsageError
-from fitsync.manifest import write_atomically
+from fitsync.formats.manifest import write_atomically
 
 
 def write_bag_tags(bag_dir: str, payload_dir: str, entries, digests: dict[str, str]) -> None:

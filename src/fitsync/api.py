@@ -1,0 +1,281 @@
+"""The public functions: what ``import fitsync`` offers, and what every CLI command calls.
+
+Each takes locations as the CLI does (a path, a URL or ``NAME:path`` of a
+configured remote), keyword options named as the CLI's, and returns a
+result dataclass (fitsync.results) with ``to_dict()``. Nothing here prints,
+exits, or touches the caller's logging; failures raise the typed errors of
+``fitsync.errors``, whose ``exit_code`` is what the CLI exits with.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import IO, Iterator, List, Optional, Sequence, Union
+
+from fitsync.errors import NotFound, TransferFailed, UsageError
+from fitsync.events import ProgressCallback
+from fitsync.options import RemoteOptions, Selection
+from fitsync.remotes.base import Remote
+from fitsync.results import AuditResult, ManifestResult, MirrorResult
+
+Location = Union[str, "os.PathLike[str]"]
+
+MANIFEST_FORMATS = ("jsonl", "b3sum", "sha256sum", "bagit")
+STREAM_BATCH = 2000  # files hashed per batch when a manifest is streamed
+
+
+def _spec(location: Location) -> str:
+    if isinstance(location, (str, os.PathLike)):
+        return os.fspath(location)
+    raise UsageError(f"a location is a path, URL or NAME:path, not {type(location).__name__}")
+
+
+def _remote_options(given: Optional[RemoteOptions], jobs: Optional[int] = None, retries: Optional[int] = None,
+                    verify_key: Optional[str] = None) -> RemoteOptions:
+    """The caller's RemoteOptions with the function's own jobs/retries/verify_key filled in."""
+    import dataclasses
+
+    options = given or RemoteOptions()
+    changes = {name: value for name, value in (("jobs", jobs), ("retries", retries), ("verify_key", verify_key))
+               if value is not None and getattr(options, name) is None}
+    return dataclasses.replace(options, **changes) if changes else options
+
+
+def open(location: Location, *, remote_options: Optional[RemoteOptions] = None) -> Remote:  # noqa: A001
+    """Open a location as a ``Remote`` (a context manager: ``with fitsync.open(...) as r``).
+
+    ``r.list()`` yields its files (``Entry``: path, size, mtime), ``r.stat(path)``
+    one, ``r.open_read(path)`` a binary file object.
+    """
+    from fitsync.remotes import open_remote
+
+    return open_remote(_spec(location), remote_options)
+
+
+def open_source(location: Location, options: RemoteOptions) -> Remote:
+    """A location that is read from: a remote that publishes a release manifest
+    (and cannot compute signatures itself) is listed and delta-served from it;
+    with ``options.verify_key`` its signature must verify."""
+    from fitsync.remotes import Capability
+
+    remote = open(location, remote_options=options)
+    if Capability.LOCAL in remote.capabilities and not options.verify_key:
+        return remote  # a local tree is listed as it is (release_source agrees); spare its import
+    from fitsync.release import release_source
+
+    return release_source(remote, options.verify_key)
+
+
+def _load_manifest(path: Optional[Location], verify_key: Optional[str]):
+    if path is None:
+        return None
+    path = _spec(path)
+    if os.path.isdir(path):
+        raise UsageError(f"manifest {path} is a directory; give the manifest file (e.g. {path}/fitsync-manifest.jsonl)")
+    if verify_key:
+        from fitsync.signing import verify_manifest_file
+
+        verify_manifest_file(path, verify_key)
+    from fitsync.formats.manifest import read_manifest
+
+    return read_manifest(path)
+
+
+def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool = False, dry_run: bool = False,
+           select: Optional[Selection] = None, jobs: int = 2, retries: int = 3, manifest: Optional[Location] = None,
+           progress: Optional[ProgressCallback] = None, fits_check: bool = True, extract: bool = False,
+           verify_key: Optional[str] = None, remote_options: Optional[RemoteOptions] = None,
+           raise_on_failure: bool = False) -> MirrorResult:
+    """Make ``dst`` an exact, verified copy of ``src``, moving only new, changed or corrupt data.
+
+    ``checksum`` compares content even where size and mtime agree; ``delete``
+    removes destination files the source lacks (never after a failure);
+    ``manifest`` checks the destination against a manifest of the source;
+    ``select`` narrows the files (and picks an IACT production); ``progress``
+    receives ``fitsync.events``. Per-file failures are listed in the result;
+    with ``raise_on_failure`` they raise ``TransferFailed`` (its ``result``
+    attribute holds the result).
+    """
+    from fitsync.progress import Reporter
+
+    connect = _remote_options(remote_options, jobs, retries, verify_key)
+    options = mirror_options(checksum=checksum, delete=delete, dry_run=dry_run, jobs=jobs, retries=retries,
+                             manifest=manifest, fits_check=fits_check, select=select, progress=progress,
+                             verify_key=connect.verify_key)
+    reporter = Reporter(quiet=True, show_progress=False)  # events go to ``progress``; nothing is printed
+    return run_mirror(src, dst, options, connect, select, extract, reporter, raise_on_failure)
+
+
+def mirror_options(*, checksum: bool, delete: bool, dry_run: bool, jobs: int, retries: int,
+                   manifest: Optional[Location], fits_check: bool, select: Optional[Selection],
+                   verify_key: Optional[str], progress: Optional[ProgressCallback] = None):
+    """The engine's MirrorOptions for ``mirror``'s arguments (the CLI builds them here too)."""
+    from fitsync.engine.mirror import MirrorOptions
+    from fitsync.selection import build_selection
+
+    if jobs < 1 or retries < 0:
+        raise UsageError("jobs must be at least 1 and retries 0 or more")
+    return MirrorOptions(checksum=checksum, delete=delete, dry_run=dry_run, jobs=jobs, retries=retries,
+                         manifest=_load_manifest(manifest, verify_key), fits_check=fits_check,
+                         selection=build_selection(select), progress=progress)
+
+
+def run_mirror(src: Location, dst: Location, options, connect: RemoteOptions, select: Optional[Selection],
+               extract: bool, reporter, raise_on_failure: bool = False) -> MirrorResult:
+    """``mirror`` with its options built and a Reporter of the caller's (the
+    CLI's itemized lines and progress bar)."""
+    from fitsync.engine.mirror import Mirror
+
+    with open_source(src, connect) as source, open(dst, remote_options=connect) as target:
+        if select is not None and select.production:
+            result = _mirror_production(source, target, _spec(src), select, connect, options, reporter)
+        else:
+            if extract:
+                from fitsync.extract import extracted_paths
+
+                # What earlier runs unpacked is not in the source; delete must keep it.
+                options.protected = set(extracted_paths(target.root))
+            result = Mirror(source, target, options, reporter).run()
+            if extract and not options.dry_run:
+                from fitsync.extract import extract_archives
+
+                archives = [e.path for e in target.list() if e.path.endswith((".tar", ".tgz", ".tar.gz"))]
+                extract_archives(target.root, archives)
+    if raise_on_failure and result.files_failed:
+        error = TransferFailed(f"{result.files_failed} files failed; the first: "
+                               f"{result.failures[0]['path']}: {result.failures[0]['reason']}")
+        error.result = result  # type: ignore[attr-defined]
+        raise error
+    return result
+
+
+def _mirror_production(source: Remote, target: Remote, store_spec: str, select: Selection, connect: RemoteOptions,
+                       options, reporter) -> MirrorResult:
+    """An IACT production: its files, then the subset index tables (datastore.mirror_production)."""
+    from fitsync.datastore import mirror_production
+    from fitsync.engine.mirror import Mirror
+
+    results: List[MirrorResult] = []
+
+    def mirror_paths(paths):
+        options.only_paths = set(paths)
+        results.append(Mirror(source, target, options, reporter).run())
+        return results[-1]
+
+    code = mirror_production(source, target, store_spec, select, connect, options.dry_run, mirror_paths)
+    result = results[-1] if results else MirrorResult(dry_run=options.dry_run)
+    result.exit_code = max(code, result.exit_code)
+    return result
+
+
+def manifest(root: Location, *, output: Union[Location, IO[str], None] = None, blocks: bool = False, format: str = "jsonl",
+             sign: Optional[str] = None, select: Optional[Selection] = None, jobs: int = 2, fits: bool = True,
+             remote_options: Optional[RemoteOptions] = None) -> ManifestResult:
+    """Hash every file under ``root`` (BLAKE3; sizes, mtimes, FITS fields).
+
+    With ``output`` (a path, written atomically, or a text stream), write a
+    manifest in ``format``: jsonl (docs/manifest.md), b3sum, sha256sum, or
+    bagit (``output`` is then the bag directory, by default ROOT's parent).
+    ``sign`` signs a jsonl file with an Ed25519 key file. Without ``output``,
+    the result is an iterator over the entries, hashed as it is read.
+    ``blocks`` adds block signatures (release manifests for delta downloads).
+    """
+    from fitsync.engine import manifest as manifests
+
+    if format not in MANIFEST_FORMATS:
+        raise UsageError(f"unknown manifest format {format!r}; choose one of {', '.join(MANIFEST_FORMATS)}")
+    stream = output if output is not None and hasattr(output, "write") else None
+    path = None if output is None or stream is not None else _spec(output)  # type: ignore[arg-type]
+    if sign and (format != "jsonl" or path is None):
+        raise UsageError("--sign needs --format=jsonl and --output=FILE")
+    connect = _remote_options(remote_options, jobs)
+    result = ManifestResult(root=_spec(root), format=format, output=path)
+    if output is None and format != "bagit":
+        result.entries = _stream_entries(root, result, blocks, fits, select, jobs, connect)
+        return result
+    manifests.write(result, stream, blocks=blocks, fits=fits, selection=select, jobs=jobs, options=connect,
+                    sign=sign)
+    return result
+
+
+def _stream_entries(root: Location, result: ManifestResult, blocks: bool, fits: bool, select: Optional[Selection],
+                    jobs: int, connect: RemoteOptions) -> Iterator:
+    """Entries of ``root`` in path order, hashed STREAM_BATCH files at a time."""
+    from fitsync.engine import manifest as manifests
+
+    with open(root, remote_options=connect) as remote:
+        listed = manifests.listed_files(remote, result, select)
+        for start in range(0, len(listed), STREAM_BATCH):
+            batch = listed[start:start + STREAM_BATCH]
+            entries = manifests.hash_batch(remote, batch, result, blocks=blocks, fits=fits, jobs=jobs)
+            yield from entries
+
+
+def audit(target: Location, *, manifest: Optional[Location] = None, fits: bool = False,
+          against: Optional[Location] = None, select: Optional[Selection] = None, jobs: int = 2,
+          verify_key: Optional[str] = None, remote_options: Optional[RemoteOptions] = None) -> AuditResult:
+    """Check a copy: against a manifest (default: ``target``'s own
+    fitsync-manifest.jsonl, if any), against another copy (``against``, by
+    content), and/or each FITS file by its own structure and checksums (``fits``).
+    """
+    from fitsync.engine.audit import audit_location
+
+    connect = _remote_options(remote_options, jobs, verify_key=verify_key)
+    return audit_location(_spec(target), manifest=None if manifest is None else _spec(manifest), fits=fits,
+                        against=None if against is None else _spec(against), selection=select, jobs=jobs,
+                        options=connect)
+
+
+def compare(a: Location, b: Location, *, checksum: bool = False, select: Optional[Selection] = None, jobs: int = 2,
+            report: Optional[Location] = None, remote_options: Optional[RemoteOptions] = None):
+    """List files only on ``a``, only on ``b``, differing and identical
+    (``CompareReport``; ``agree`` is True when there is no difference). With
+    ``checksum`` contents are compared, else sizes and mtimes. ``report``
+    writes rclone-style combined lines (+ - * = !) to that file."""
+    from fitsync.engine.compare import compare_trees
+    from fitsync.formats.manifest import write_atomically
+    from fitsync.selection import build_selection
+
+    connect = _remote_options(remote_options, jobs)
+    with open_source(a, connect) as first, open_source(b, connect) as second:
+        for side, name in ((first, a), (second, b)):
+            if not side.exists():
+                raise NotFound(f"{_spec(name)} does not exist; check the path")
+        result = compare_trees(first, second, checksum=checksum, selection=build_selection(select), jobs=jobs)
+    if report is not None:
+        lines = result.combined_lines()
+        write_atomically(_spec(report), lambda out: out.writelines(line + "\n" for line in lines))
+    return result
+
+
+def datasets(store: Location, *, allow_root: Sequence[str] = (), remote_options: Optional[RemoteOptions] = None
+             ) -> list:
+    """The productions of an IACT data store (its master.json, or bare index
+    tables), each a ``fitsync.datastore.Summary``: observations, events,
+    livetime, files and bytes, and the files its index lists but the store lacks."""
+    from fitsync.datastore import Locator, read_master, summarize
+
+    spec = _spec(store)
+    connect = remote_options or RemoteOptions()
+    locator = Locator(spec, allow_root, connect)
+    try:
+        with open(spec, remote_options=connect) as remote:
+            if not remote.exists():
+                raise NotFound(f"{spec} does not exist; check the path")
+            return [summarize(remote, production, locator) for production in read_master(remote)]
+    finally:
+        locator.close()
+
+
+def missing(src: Location, *, expect: str, select: Selection, output: Optional[Location] = None,
+            report: Optional[Location] = None, remote_options: Optional[RemoteOptions] = None):
+    """Which keys (tiles, fields, nights) lack any expected file
+    (``MissingReport``). ``select`` needs a template or profile naming the
+    fields; its ``where`` lists give the keys. ``expect`` is
+    ``field=v1,v2`` or ``field=@file``. ``output`` receives the keys that
+    lack files, one per line; ``report`` every key and what it lacks."""
+    from fitsync.engine.missing import find_missing_keys
+
+    return find_missing_keys(_spec(src), expect, select, output=None if output is None else _spec(output),
+                             report=None if report is None else _spec(report),
+                             options=remote_options or RemoteOptions())

@@ -1,0 +1,107 @@
+"""Making a manifest of a tree: list, hash, write in one of four formats, sign.
+
+``fitsync.manifest`` (api.py) and ``fitsync manifest`` both come here; the
+formats themselves are in fitsync.formats.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import IO, Optional
+
+from fitsync.errors import NotFound, UsageError
+from fitsync.formats.manifest import DEFAULT_NAME, build_entries, write_atomically, write_b3sum, write_hashlist, write_jsonl
+from fitsync.options import RemoteOptions, Selection
+from fitsync.remotes.base import Remote
+from fitsync.results import ManifestResult
+
+
+def listed_files(remote: Remote, result: ManifestResult, select: Optional[Selection]) -> list:
+    """The files of ``remote`` a manifest lists: selected, never the manifest itself."""
+    from fitsync.selection import build_selection
+
+    if not remote.exists():
+        raise NotFound(f"{result.root} does not exist; check the path")
+    selection = build_selection(select)
+    skip = _own_files(remote, result.output)
+    listed = [e for e in remote.list() if e.path not in skip and (selection is None or selection.matches(e))]
+    # Names the tree holds but a manifest cannot record are errors of the run.
+    result.errors.extend({"path": p, "reason": r} for p, r in getattr(remote, "rejected_names", ()))
+    return listed
+
+
+def hash_batch(remote: Remote, batch: list, result: ManifestResult, *, blocks: bool, fits: bool, jobs: int) -> list:
+    """Manifest entries of ``batch`` (sorted by path); failures go to ``result.errors``."""
+    entries, errors = build_entries(remote, batch, blocks=blocks, fits_fields=fits, jobs=jobs)
+    _count(result, entries, errors)
+    return entries
+
+
+def _count(result: ManifestResult, entries: list, errors: dict) -> None:
+    result.files += len(entries)
+    result.bytes += sum(e.size for e in entries)
+    result.errors.extend({"path": p, "reason": r} for p, r in sorted(errors.items()))
+
+
+def write(result: ManifestResult, stream: Optional[IO[str]], *, blocks: bool, fits: bool,
+          selection: Optional[Selection], jobs: int, options: RemoteOptions, sign: Optional[str]) -> None:
+    """Hash ``result.root`` and write its manifest to ``result.output`` (a
+    path) or ``stream``, in ``result.format``."""
+    from fitsync.remotes import open_remote
+
+    with open_remote(result.root, options) as root:
+        listed = listed_files(root, result, selection)
+        if result.format == "bagit":
+            _write_bagit(root, listed, result, jobs)
+            return
+        if result.format == "sha256sum":
+            from fitsync.scan import digest_entries
+
+            digests, errors = digest_entries(root, listed, algo="sha256", jobs=jobs)
+            entries = [e for e in listed if e.path in digests]
+            _count(result, entries, errors)
+            _emit(result.output, stream, lambda out: write_hashlist(out, entries, digests))
+            return
+        entries = hash_batch(root, listed, result, blocks=blocks, fits=fits, jobs=jobs)
+    if result.format == "b3sum":
+        _emit(result.output, stream, lambda out: write_b3sum(out, entries))
+        return
+    _emit(result.output, stream, lambda out: write_jsonl(out, entries, blocks=blocks))
+    if sign and result.output:
+        from fitsync.signing import sign_manifest_file
+
+        sign_manifest_file(result.output, sign)
+        result.signed = True
+
+
+def _own_files(root: Remote, output: Optional[str]) -> set:
+    """A manifest never lists itself (nor its signature)."""
+    skip = {DEFAULT_NAME, DEFAULT_NAME + ".sig"}
+    local_root = getattr(root, "root", None)
+    if output and local_root:
+        rel = os.path.relpath(os.path.abspath(output), local_root)
+        if not rel.startswith(".."):
+            skip.update({rel.replace(os.sep, "/"), rel.replace(os.sep, "/") + ".sig"})
+    return skip
+
+
+def _emit(path: Optional[str], stream: Optional[IO[str]], write) -> None:
+    if path:
+        write_atomically(path, write)
+    elif stream is not None:
+        write(stream)
+
+
+def _write_bagit(root: Remote, listed: list, result: ManifestResult, jobs: int) -> None:
+    """BagIt 1.0 tag files for a bag whose payload directory is ROOT (named data/)."""
+    from fitsync.formats.bagit import write_bag_tags
+    from fitsync.remotes.base import Capability
+    from fitsync.scan import digest_entries
+
+    if Capability.LOCAL not in root.capabilities:
+        raise UsageError(f"--format=bagit needs a local ROOT (the bag's data/ directory), not {result.root}")
+    digests, errors = digest_entries(root, listed, algo="sha512", jobs=jobs)
+    entries = [e for e in listed if e.path in digests]
+    _count(result, entries, errors)
+    result.output = result.output or os.path.dirname(root.root)
+    write_bag_tags(result.output, root.root, entries, digests)

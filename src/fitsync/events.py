@@ -1,0 +1,50 @@
+"""Progress events handed to a ``progress`` callable of the Python API.
+
+A run calls ``progress(event)`` from its worker threads, so the callable must
+be quick and thread-safe (``fitsync.progress.tqdm_bar()`` is). Events:
+
+- ``Totals``: the work of a phase is known (``phase`` is "scan" for content
+  comparisons and hashing, "transfer" for copies);
+- ``FileStarted``: a file's transfer or hashing starts;
+- ``BytesDone``: ``bytes`` more of a file were processed (sent, reused or hashed);
+- ``FileFinished``: a file is done, with what was done to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+
+@dataclass(frozen=True)
+class Totals:
+    """The size of a phase, once the listing is known."""
+
+    phase: str
+    files: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class FileStarted:
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class BytesDone:
+    path: str
+    bytes: int  # an increment, not a running total
+
+
+@dataclass(frozen=True)
+class FileFinished:
+    path: str
+    action: str  # new, delta, repair, delete, failed, ...
+    bytes_moved: int = 0
+    bytes_reused: int = 0
+    error: Optional[str] = None
+
+
+Event = Union[Totals, FileStarted, BytesDone, FileFinished]
+ProgressCallback = Callable[[Event], None]
