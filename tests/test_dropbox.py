@@ -13,6 +13,7 @@ import random
 import pytest
 
 from dropbox_fixture import dropbox_server  # noqa: F401  (pytest fixture)
+from fitsync.options import RemoteOptions
 from fitsync.dbhash import content_hash
 from fitsync.errors import (
     AuthenticationFailed,
@@ -448,7 +449,7 @@ def test_old_ini_config(tmp_path, dropbox_server):
     creds = read_old_ini(ini)
     assert (creds.shared_url, creds.password, creds.access_token) == (LINK, PASSWORD, "good-token")
     assert PASSWORD not in repr(creds) and "good-token" not in repr(creds)
-    r = DropboxRemote.from_url("dropbox:/EPOCH01", {"--dropbox-config": ini, "--ca-bundle": srv.ca_file})
+    r = DropboxRemote.from_url("dropbox:/EPOCH01", RemoteOptions(dropbox_config=str(ini), ca_bundle=srv.ca_file))
     assert [e.path for e in r.list()] == ["a.fits"]
 
 
@@ -472,7 +473,7 @@ def test_dropbox_url_without_credentials_says_what_to_do(monkeypatch):
     from fitsync.errors import UsageError
 
     with pytest.raises(UsageError, match="needs credentials"):
-        DropboxRemote.from_url("dropbox:/x", {})
+        DropboxRemote.from_url("dropbox:/x", RemoteOptions())
 
 
 def test_named_remote_config(dropbox_server):
@@ -481,12 +482,12 @@ def test_named_remote_config(dropbox_server):
     srv.add_shared_link(LINK, "/S", PASSWORD)
     conf = {"type": "dropbox", "access_token": "good-token", "shared_url": LINK, "password": PASSWORD,
             "ca_bundle": srv.ca_file}
-    r = DropboxRemote.from_config("vast", dict(conf, name="vast"), "/in", {})
+    r = DropboxRemote.from_config("vast", dict(conf, name="vast"), "/in", RemoteOptions())
     assert r.url == "vast:/in" and [e.path for e in r.list()] == ["link.txt"]
-    based = DropboxRemote.from_config("vast", dict(conf, path="/in"), "", {})
+    based = DropboxRemote.from_config("vast", dict(conf, path="/in"), "", RemoteOptions())
     assert [e.path for e in based.list()] == ["link.txt"]
     with pytest.raises(BadInput, match="unknown key"):
-        DropboxRemote.from_config("vast", dict(conf, passwd="x"), "/", {})
+        DropboxRemote.from_config("vast", dict(conf, passwd="x"), "/", RemoteOptions())
 
 
 def test_named_remote_secrets_from_environment(dropbox_server, monkeypatch):
@@ -497,10 +498,10 @@ def test_named_remote_secrets_from_environment(dropbox_server, monkeypatch):
             "ca_bundle": srv.ca_file}
     monkeypatch.setenv("T_VAR", "good-token")
     monkeypatch.setenv("P_VAR", PASSWORD)
-    assert [e.path for e in DropboxRemote.from_config("v", conf, "/", {}).list()] == ["a.txt"]
+    assert [e.path for e in DropboxRemote.from_config("v", conf, "/", RemoteOptions()).list()] == ["a.txt"]
     monkeypatch.delenv("P_VAR")
     with pytest.raises(BadInput, match="password_env names P_VAR, which is not set"):
-        DropboxRemote.from_config("v", conf, "/", {})
+        DropboxRemote.from_config("v", conf, "/", RemoteOptions())
 
 
 def test_secrets_never_reach_the_log(dropbox_server, log):

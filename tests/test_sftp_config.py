@@ -34,26 +34,26 @@ def test_config_location(monkeypatch, tmp_path):
     assert config_path() == str(tmp_path / "xdg" / "fitsync" / "remotes.toml")
     monkeypatch.setenv("FITSYNC_CONFIG", str(tmp_path / "mine.toml"))
     assert config_path() == str(tmp_path / "mine.toml")
-    assert load_remotes() == {} and find_remote("anything", {}) is None
+    assert load_remotes() == {} and find_remote("anything") is None
 
 
 def test_remotes_are_found_by_name(config_file):
     write_private(config_file, '[mountain]\ntype = "sftp"\nhost = "gw"\npath = "/data"\n')
-    assert find_remote("mountain", {}) == {"type": "sftp", "host": "gw", "path": "/data", "name": "mountain"}
-    assert find_remote("city", {}) is None
+    assert find_remote("mountain") == {"type": "sftp", "host": "gw", "path": "/data", "name": "mountain"}
+    assert find_remote("city") is None
 
 
 def test_secrets_in_a_readable_file_are_refused(config_file):
     config_file.write_text('[m]\ntype = "sftp"\nhost = "gw"\npassword = "hunter2"\n')
     os.chmod(config_file, 0o644)
     with pytest.raises(BadInput, match="chmod 600"):
-        find_remote("m", {})
+        find_remote("m")
     os.chmod(config_file, 0o600)
-    assert find_remote("m", {})["password"] == "hunter2"
+    assert find_remote("m")["password"] == "hunter2"
     # no secrets: a readable file is fine
     config_file.write_text('[m]\ntype = "sftp"\nhost = "gw"\npassword_env = "M_PW"\n')
     os.chmod(config_file, 0o644)
-    assert find_remote("m", {})["password_env"] == "M_PW"
+    assert find_remote("m")["password_env"] == "M_PW"
 
 
 @pytest.mark.parametrize("text, message", [

@@ -115,7 +115,7 @@ def test_an_idle_connection_is_kept_alive_not_declared_stalled(sshd, home, tmp_p
     """Silence without a stall: the watchdog's probes get answers, so an idle
     connection outlives several timeouts and is not replaced."""
     from fitsync.options import RemoteOptions
-from fitsync.remotes import open_remote
+    from fitsync.remotes import open_remote
 
     write_tree(tmp_path / "r", {"x.bin": b"x"})
     remote = open_remote(sftp_url(sshd.port, tmp_path / "r"), RemoteOptions(timeout=1))

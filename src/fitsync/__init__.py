@@ -18,6 +18,13 @@ never prints. docs/api.md has examples.
 """
 
 import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # type checkers see the real names; at run time they come from __getattr__
+    from fitsync.api import audit, compare, datasets, manifest, mirror, missing, open
+    from fitsync.errors import FitsyncError
+    from fitsync.options import RemoteOptions, Selection
+    from fitsync.results import AuditResult, FileAction, ManifestResult, MirrorResult
 
 __version__ = "0.1.0"
 
@@ -41,7 +48,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'fitsync' has no attribute {name!r}")
@@ -52,5 +59,5 @@ def __getattr__(name):
     return value
 
 
-def __dir__():
+def __dir__() -> list:
     return sorted(set(globals()) | set(_EXPORTS))

@@ -10,13 +10,18 @@ exits, or touches the caller's logging; failures raise the typed errors of
 from __future__ import annotations
 
 import os
-from typing import IO, Iterator, List, Optional, Sequence, Union
+from typing import IO, TYPE_CHECKING, Iterator, List, Optional, Sequence, Union
 
 from fitsync.errors import NotFound, TransferFailed, UsageError
 from fitsync.events import ProgressCallback
 from fitsync.options import RemoteOptions, Selection
 from fitsync.remotes.base import Remote
 from fitsync.results import AuditResult, ManifestResult, MirrorResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fitsync.datastore import Summary
+    from fitsync.engine.compare import CompareReport
+    from fitsync.templates_paths import MissingReport
 
 Location = Union[str, "os.PathLike[str]"]
 
@@ -227,7 +232,7 @@ def audit(target: Location, *, manifest: Optional[Location] = None, fits: bool =
 
 
 def compare(a: Location, b: Location, *, checksum: bool = False, select: Optional[Selection] = None, jobs: int = 2,
-            report: Optional[Location] = None, remote_options: Optional[RemoteOptions] = None):
+            report: Optional[Location] = None, remote_options: Optional[RemoteOptions] = None) -> CompareReport:
     """List files only on ``a``, only on ``b``, differing and identical
     (``CompareReport``; ``agree`` is True when there is no difference). With
     ``checksum`` contents are compared, else sizes and mtimes. ``report``
@@ -249,7 +254,7 @@ def compare(a: Location, b: Location, *, checksum: bool = False, select: Optiona
 
 
 def datasets(store: Location, *, allow_root: Sequence[str] = (), remote_options: Optional[RemoteOptions] = None
-             ) -> list:
+             ) -> List[Summary]:
     """The productions of an IACT data store (its master.json, or bare index
     tables), each a ``fitsync.datastore.Summary``: observations, events,
     livetime, files and bytes, and the files its index lists but the store lacks."""
@@ -268,7 +273,7 @@ def datasets(store: Location, *, allow_root: Sequence[str] = (), remote_options:
 
 
 def missing(src: Location, *, expect: str, select: Selection, output: Optional[Location] = None,
-            report: Optional[Location] = None, remote_options: Optional[RemoteOptions] = None):
+            report: Optional[Location] = None, remote_options: Optional[RemoteOptions] = None) -> MissingReport:
     """Which keys (tiles, fields, nights) lack any expected file
     (``MissingReport``). ``select`` needs a template or profile naming the
     fields; its ``where`` lists give the keys. ``expect`` is

@@ -192,6 +192,8 @@ def table_bytes(table, gzip_it: bool) -> bytes:
 
 @dataclass
 class Summary:
+    """One production of an IACT data store, with figures read from its index tables."""
+
     name: str
     hdu_index: str
     obs_index: str

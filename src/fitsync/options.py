@@ -8,8 +8,8 @@ keyword arguments, so a run behaves the same whichever door it came in by.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterable, Optional, Tuple
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence, Tuple
 
 from fitsync.errors import UsageError
 
@@ -61,23 +61,23 @@ class Selection:
     data store's production and observations (``mirror`` only).
     """
 
-    include: Tuple[str, ...] = ()
-    exclude: Tuple[str, ...] = ()
-    filters: Tuple[str, ...] = ()
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    filters: Sequence[str] = ()
     files_from: Optional[str] = None  # a file listing the paths, one per line
     since: Optional[str] = None  # 2026-11-01, 2026-11-01T18:00, 30d, 12h, today, yesterday
     max_age: Optional[str] = None  # 30d, 12h
     date: Optional[str] = None  # YYYY-MM-DD (local time)
     template: Optional[str] = None  # '{yyyy}/{mmdd}/{name}'
     profile: Optional[str] = None  # a saved template profile (saao-nightly, vast-pilot, shapepipe, ...)
-    where: Tuple[str, ...] = ()
+    where: Sequence[str] = ()
     production: Optional[str] = None  # IACT data store: the production to copy
     runlist: Optional[str] = None  # IACT data store: a file of OBS_IDs
     keep_local: bool = False  # IACT data store: local index rows win when merging
-    allow_root: Tuple[str, ...] = field(default=())  # IACT data store: index paths allowed outside the store
+    allow_root: Sequence[str] = ()  # IACT data store: index paths allowed outside the store
 
     def __post_init__(self) -> None:
-        # Accept lists (and single strings) from callers; store tuples so the object stays hashable.
+        # Lists (and single strings) are accepted; tuples are stored, so the object stays hashable.
         for name in ("include", "exclude", "filters", "where", "allow_root"):
             object.__setattr__(self, name, _strings(getattr(self, name)))
         for rule in self.filters:

@@ -90,3 +90,48 @@ class Reporter:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class TqdmBar:
+    """A ``progress`` callback for the Python API that draws a tqdm bar of
+    bytes per phase (``tqdm.auto``: a terminal bar, or a widget in Jupyter).
+    Thread-safe; the bar closes when every file of the phase has finished."""
+
+    def __init__(self, **tqdm_options):
+        self.options = {"unit": "B", "unit_scale": True, "unit_divisor": 1024, "leave": False, **tqdm_options}
+        self._bar = None
+        self._left = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, event) -> None:
+        from fitsync.events import BytesDone, FileFinished, Totals
+
+        with self._lock:
+            if isinstance(event, Totals):
+                self._close()
+                if event.files:
+                    from tqdm.auto import tqdm
+
+                    self._bar = tqdm(total=event.bytes, desc=event.phase, **self.options)
+                    self._left = event.files
+            elif self._bar is not None and isinstance(event, BytesDone):
+                self._bar.update(event.bytes)
+            elif self._bar is not None and isinstance(event, FileFinished):
+                self._left -= 1
+                if self._left <= 0:
+                    self._close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def tqdm_bar(**tqdm_options) -> TqdmBar:
+    """A ready ``progress=`` callback: ``fitsync.mirror(src, dst, progress=fitsync.progress.tqdm_bar())``.
+    Keyword arguments go to tqdm (``desc``, ``file``, ``disable``, ...)."""
+    return TqdmBar(**tqdm_options)

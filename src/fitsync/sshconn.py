@@ -536,16 +536,20 @@ class SshConnection:
 
 
 _POOL: dict = {}
+_HOLDERS: dict = {}  # pool key -> ids of the objects (remotes) using that connection
 _POOL_LOCK = threading.Lock()
 
 
-def connect(target: SshTarget, lane: int = 0) -> SshConnection:
+def connect(target: SshTarget, lane: int = 0, holder: object = None) -> SshConnection:
     """The shared connection for ``target`` (through its ProxyJump hops).
     ``lane`` > 0 gives further connections to the same host, for striped
     transfers: one paramiko connection is limited by one Python thread's
-    packet processing."""
+    packet processing. A ``holder`` (the remote using it) gives it back with
+    ``release``; the connection closes when its last holder has."""
     key = (target.user, target.hostname, target.port, target.proxy_jump, target.proxy_command, lane)
     with _POOL_LOCK:
+        if holder is not None:
+            _HOLDERS.setdefault(key, set()).add(id(holder))
         conn = _POOL.get(key)
         if conn is not None and conn.alive():
             return conn
@@ -561,8 +565,25 @@ def connect(target: SshTarget, lane: int = 0) -> SshConnection:
         return conn
 
 
+def release(holder: object) -> None:
+    """``holder`` no longer uses its connections: close those nobody else holds,
+    so that a library call leaves no connection behind it."""
+    closing = []
+    with _POOL_LOCK:
+        for key, holders in list(_HOLDERS.items()):
+            holders.discard(id(holder))
+            if not holders:
+                del _HOLDERS[key]
+                conn = _POOL.pop(key, None)
+                if conn is not None:
+                    closing.append(conn)
+    for conn in closing:
+        conn.close()
+
+
 def close_all() -> None:
     with _POOL_LOCK:
         for conn in _POOL.values():
             conn.close()
         _POOL.clear()
+        _HOLDERS.clear()

@@ -443,6 +443,8 @@ def profile_where(profile: dict) -> list[WhereClause]:
 # -- expected sets (fitsync missing) ------------------------------------------------
 @dataclass
 class MissingReport:
+    """Which keys (tuples of field values) lack which expected values."""
+
     key_fields: tuple[str, ...]
     expect_field: str
     expected: list[str]

@@ -74,10 +74,15 @@ def dispatch(module, argv: list[str]) -> int:
     # docopt keeps --include and --exclude in separate lists; the filter rules
     # need their command-line order (first match wins), so keep the words too.
     opts["ARGV"] = argv
+    import logging
+
     from fitsync.progress import setup_logging
 
-    setup_logging(opts.get("--log-file"), bool(opts.get("--quiet")), bool(opts.get("--verbose")))
+    # main() may be called from a caller's Python: its "fitsync" logger comes back as it was.
+    logger = logging.getLogger("fitsync")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
     try:
+        setup_logging(opts.get("--log-file"), bool(opts.get("--quiet")), bool(opts.get("--verbose")))
         return module.run(opts)
     except FitsyncError as exc:
         print(f"fitsync: {exc}", file=sys.stderr)
@@ -92,6 +97,13 @@ def dispatch(module, argv: list[str]) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    finally:
+        for handler in logger.handlers:
+            if handler not in saved[0]:
+                handler.close()
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -56,13 +56,12 @@ import sys
 
 from fitsync.cli.options import int_option, print_json, remote_options, selection
 from fitsync.paths import shown
-from fitsync.progress import Reporter, setup_logging
+from fitsync.progress import Reporter
 
 
 def run(opts: dict) -> int:
     from fitsync import api
 
-    setup_logging(opts["--log-file"], opts["--quiet"], opts.get("--verbose", False))
     connect = remote_options(opts)
     select = selection(opts)
     options = api.mirror_options(

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from fitsync.cli.options import remote_options, selection
 from fitsync.options import Selection
-from fitsync.progress import setup_logging
 
 SHOWN = 50  # keys printed on the terminal; --report has them all
 
@@ -38,7 +37,6 @@ SHOWN = 50  # keys printed on the terminal; --report has them all
 def run(opts: dict) -> int:
     from fitsync import api
 
-    setup_logging(opts["--log-file"], opts["--quiet"])
     report = api.missing(opts["SRC"], expect=opts["--expect"], select=selection(opts) or Selection(),
                          output=opts["--output"] or None, report=opts["--report"] or None,
                          remote_options=remote_options(opts))

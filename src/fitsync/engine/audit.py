@@ -12,6 +12,9 @@ from fitsync.scan import digest_entries, for_each_file
 
 @dataclass
 class AuditReport:
+    """One audit of a copy (against a manifest, or another copy): files ok,
+    missing, corrupt (with a reason) and extra, and FITS findings."""
+
     ok: list = field(default_factory=list)
     missing: list = field(default_factory=list)
     corrupt: list = field(default_factory=list)  # {"path", "reason"}

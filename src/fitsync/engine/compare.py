@@ -12,6 +12,9 @@ from fitsync.scan import common_algorithm, digest_entries
 
 @dataclass
 class CompareReport:
+    """What ``fitsync.compare`` found: paths only on A, only on B, differing
+    (with a reason), identical, and those that could not be compared."""
+
     only_a: list = field(default_factory=list)
     only_b: list = field(default_factory=list)
     differ: list = field(default_factory=list)  # {"path", "reason"}
@@ -23,7 +26,10 @@ class CompareReport:
         return not (self.only_a or self.only_b or self.differ or self.errors)
 
     def to_dict(self) -> dict:
+        from fitsync import __version__
+
         return {
+            "version": __version__,
             "agree": self.agree,
             "only_a": self.only_a,
             "only_b": self.only_b,

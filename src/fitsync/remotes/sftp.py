@@ -50,6 +50,7 @@ from fitsync.hashes import hash_stream, new_hasher
 from fitsync.options import RemoteOptions
 from fitsync.paths import safe_relpath
 from fitsync.remotes.base import Capability, Entry, Remote
+from fitsync import sshconn
 from fitsync.sshconn import DEFAULT_TIMEOUT, SshConnection, SshTarget, connect, resolve_target
 from fitsync.threads import await_preloads, preload
 
@@ -671,7 +672,7 @@ class SftpRemote(Remote):
         with self._lock:
             first = self._conn is None
             if first:
-                self._conn = connect(self.target)
+                self._conn = connect(self.target, holder=self)
             conn = self._conn
         if first:
             self._get_ready(conn)
@@ -708,7 +709,7 @@ class SftpRemote(Remote):
         """An extra connection to the same host (lane 0 is ``connection()``)."""
         if lane == 0:
             return self.connection()
-        conn = connect(self.target, lane)
+        conn = connect(self.target, lane, holder=self)
         if not conn.alive():
             conn.reconnect(conn.generation)
         return conn
@@ -1277,6 +1278,7 @@ class SftpRemote(Remote):
             agent.close()
         if self._stale_temps and self._conn is not None:
             self._sweep_stale_temps()
+        sshconn.release(self)  # connections no other remote holds are closed
 
 
 class SftpReader:
