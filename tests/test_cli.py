@@ -38,7 +38,7 @@ def test_readme_first_command_on_the_shipped_sample(tmp_path, cli):
     dst = tmp_path / "fitsync-demo"
     result = cli("mirror", SAMPLE, dst, "--itemize")
     assert result.code == 0, result.err
-    assert result.out.count("new ") == len(read_tree(SAMPLE))
+    assert result.out.count(">f+++++++++ ") == len(read_tree(SAMPLE))
     assert read_tree(dst) == read_tree(SAMPLE)
     assert cli("manifest", SAMPLE, f"--output={tmp_path / 'sample.jsonl'}").code == 0
     assert cli("audit", dst, f"--manifest={tmp_path / 'sample.jsonl'}").code == 0

@@ -100,17 +100,22 @@ def test_dry_run_changes_nothing_and_itemizes(trees, cli):
     before = read_tree(dst)
     result = cli("mirror", src, dst, "--dry-run", "--delete")
     assert result.code == 0
-    assert "new        new.fits" in result.out
-    assert "delete     extra.txt" in result.out
+    assert ">f+++++++++ new.fits" in result.out.splitlines()
+    assert "*deleting   extra.txt" in result.out.splitlines()
+    assert "would copy 10 B of new files" in result.err
     assert read_tree(dst) == before
 
 
-def test_itemize_says_why(trees, cli):
+def test_itemize_speaks_rsyncs_format_and_the_log_says_why(trees, cli, tmp_path):
     src, dst = trees
-    result = cli("mirror", src, dst, "--itemize")
-    assert "new        night1/a.fits  (not in destination)" in result.out
-    result = cli("mirror", src, dst, "--itemize")
-    assert "unchanged  night1/a.fits  (same size and mtime)" in result.out
+    result = cli("mirror", src, dst, "--itemize", f"--log-file={tmp_path / 'log'}")
+    lines = result.out.splitlines()
+    assert ">f+++++++++ night1/a.fits" in lines and lines == sorted(lines)  # path order, whatever finished first
+    assert "new        night1/a.fits  (not in destination)" in (tmp_path / "log").read_text()
+    assert cli("mirror", src, dst, "-i").out == ""  # unchanged files only with -ii, as in rsync
+    assert ".f          night1/a.fits" in cli("mirror", src, dst, "-ii").out.splitlines()
+    write_tree(src, {"night1/a.fits": b"changed, and longer than before"}, mtime=1_800_000_000.0)
+    assert cli("mirror", src, dst, "--itemize-changes").out.splitlines() == [">f.st...... night1/a.fits"]
 
 
 def test_source_is_never_modified(trees, cli):

@@ -135,7 +135,8 @@ def test_single_star_never_crosses_a_slash(name):
 
 def test_rule_order_comes_from_argv():
     argv = ["mirror", "S", "D", "--exclude=top.txt", "--include", "top.*", "--include=*.fits", "--exclude", "*"]
-    assert rule_order(argv) == [(False, "top.txt"), (True, "top.*"), (True, "*.fits"), (False, "*")]
+    assert rule_order(argv) == [("--exclude", "top.txt"), ("--include", "top.*"), ("--include", "*.fits"),
+                                ("--exclude", "*")]
     cli_opts = {"--include": ["top.*", "*.fits"], "--exclude": ["top.txt", "*"]}
     sel = build_selection(cli_selection(cli_opts, argv))
     assert not sel.matches(Entry("top.txt", 1, 0))  # the exclude came first on the command line

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
 Location = Union[str, "os.PathLike[str]"]
 
 MANIFEST_FORMATS = ("jsonl", "b3sum", "sha256sum", "bagit")
+LINK_MODES = ("skip", "links", "unsafe-links", "follow")  # symlinks in a source: rsync's (none), -l, -l --unsafe-links, -L
 STREAM_BATCH = 2000  # files hashed per batch when a manifest is streamed
 
 
@@ -89,6 +90,7 @@ def _load_manifest(path: Optional[Location], verify_key: Optional[str]):
 def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool = False, dry_run: bool = False,
            select: Optional[Selection] = None, jobs: int = 2, retries: int = 3, manifest: Optional[Location] = None,
            progress: Optional[ProgressCallback] = None, fits_check: bool = True, extract: bool = False,
+           links: str = "skip", bwlimit: Union[str, int, None] = None,
            verify_key: Optional[str] = None, remote_options: Optional[RemoteOptions] = None,
            raise_on_failure: bool = False) -> MirrorResult:
     """Make ``dst`` an exact, verified copy of ``src``, moving only new, changed or corrupt data.
@@ -97,7 +99,11 @@ def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool
     removes destination files the source lacks (never after a failure);
     ``manifest`` checks the destination against a manifest of the source;
     ``select`` narrows the files (and picks an IACT production); ``progress``
-    receives ``fitsync.events``. Per-file failures are listed in the result;
+    receives ``fitsync.events``. ``links`` says what becomes of symlinks in a
+    local source: "skip" (counted in ``links_skipped``), "links" (copied as
+    links, those pointing outside the source skipped), "unsafe-links" (all
+    copied as links) or "follow" (their targets copied). ``bwlimit`` caps the
+    read rate (bytes per second, or "10M"). Per-file failures are listed in the result;
     with ``raise_on_failure`` they raise ``TransferFailed`` (its ``result``
     attribute holds the result).
     """
@@ -106,23 +112,31 @@ def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool
     connect = _remote_options(remote_options, jobs, retries, verify_key)
     options = mirror_options(checksum=checksum, delete=delete, dry_run=dry_run, jobs=jobs, retries=retries,
                              manifest=manifest, fits_check=fits_check, select=select, progress=progress,
-                             verify_key=connect.verify_key)
+                             verify_key=connect.verify_key, links=links, bwlimit=bwlimit)
     reporter = Reporter(quiet=True, show_progress=False)  # events go to ``progress``; nothing is printed
     return run_mirror(src, dst, options, connect, select, extract, reporter, raise_on_failure)
 
 
 def mirror_options(*, checksum: bool, delete: bool, dry_run: bool, jobs: int, retries: int,
                    manifest: Optional[Location], fits_check: bool, select: Optional[Selection],
-                   verify_key: Optional[str], progress: Optional[ProgressCallback] = None):
+                   verify_key: Optional[str], progress: Optional[ProgressCallback] = None, links: str = "skip",
+                   bwlimit: Union[str, int, None] = None):
     """The engine's MirrorOptions for ``mirror``'s arguments (the CLI builds them here too)."""
     from fitsync.engine.mirror import MirrorOptions
     from fitsync.selection import build_selection
 
+    from fitsync.units import parse_size
+
     if jobs < 1 or retries < 0:
         raise UsageError("jobs must be at least 1 and retries 0 or more")
+    if links not in LINK_MODES:
+        raise UsageError(f"links={links!r}: choose one of {', '.join(LINK_MODES)}")
+    rate = parse_size(str(bwlimit), "--bwlimit") if bwlimit is not None else None
+    if rate is not None and rate < 1024:
+        raise UsageError(f"--bwlimit={bwlimit} is below 1 KiB/s; give a rate such as 500k or 10M")
     return MirrorOptions(checksum=checksum, delete=delete, dry_run=dry_run, jobs=jobs, retries=retries,
                          manifest=_load_manifest(manifest, verify_key), fits_check=fits_check,
-                         selection=build_selection(select), progress=progress)
+                         selection=build_selection(select), progress=progress, links=links, bwlimit=rate)
 
 
 def run_mirror(src: Location, dst: Location, options, connect: RemoteOptions, select: Optional[Selection],

@@ -64,9 +64,14 @@ class Selection:
     include: Sequence[str] = ()
     exclude: Sequence[str] = ()
     filters: Sequence[str] = ()
+    include_from: Optional[str] = None  # a file of include patterns, one per line (after ``include``)
+    exclude_from: Optional[str] = None  # a file of exclude patterns, one per line (after ``exclude``)
     files_from: Optional[str] = None  # a file listing the paths, one per line
     since: Optional[str] = None  # 2026-11-01, 2026-11-01T18:00, 30d, 12h, today, yesterday
     max_age: Optional[str] = None  # 30d, 12h
+    min_age: Optional[str] = None  # only files at least this old (by mtime): 1h, 2d
+    min_size: Optional[str] = None  # only files at least this large: 100k, 1.5G (K = 1024; KB = 1000)
+    max_size: Optional[str] = None  # only files at most this large
     date: Optional[str] = None  # YYYY-MM-DD (local time)
     template: Optional[str] = None  # '{yyyy}/{mmdd}/{name}'
     profile: Optional[str] = None  # a saved template profile (saao-nightly, vast-pilot, shapepipe, ...)
@@ -91,5 +96,6 @@ class Selection:
 
     def selects_files(self) -> bool:
         """Whether any criterion narrows the files (the data store keys do not)."""
-        return bool(self.filters or self.include or self.exclude or self.files_from or self.since or self.max_age
-                    or self.date or self.template or self.profile or self.where)
+        return bool(self.filters or self.include or self.exclude or self.include_from or self.exclude_from
+                    or self.files_from or self.since or self.max_age or self.min_age or self.min_size
+                    or self.max_size or self.date or self.template or self.profile or self.where)

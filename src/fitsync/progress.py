@@ -7,8 +7,11 @@ progress bar and errors, so ``--json`` output stays machine-readable.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
+
+from fitsync.errors import UsageError
 
 log = logging.getLogger("fitsync")
 
@@ -26,10 +29,21 @@ def setup_logging(log_file: str | None, quiet: bool, verbose: bool = False) -> N
     console.setFormatter(logging.Formatter("fitsync: %(message)s"))
     root.addHandler(console)
     if log_file:
-        handler = logging.FileHandler(log_file, encoding="utf-8")
+        try:
+            handler = logging.FileHandler(os.path.expanduser(log_file), encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write the log file {log_file} ({exc.strerror}); "
+                             "check that its directory exists and is writable") from None
         handler.setLevel(logging.DEBUG if verbose else logging.INFO)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         root.addHandler(handler)
+
+
+def log_to_file_only(level: int, message: str) -> None:
+    """A record for the log file alone (the terminal was told already)."""
+    for handler in logging.getLogger("fitsync").handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(logging.LogRecord("fitsync", level, __file__, 0, message, None, None))
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -49,27 +63,50 @@ class _StderrHandler(logging.StreamHandler):
 
 
 class Reporter:
-    """Thread-safe sink for per-file lines and progress."""
+    """Thread-safe sink for per-file lines and progress.
 
-    def __init__(self, *, itemize: bool = False, quiet: bool = False, show_progress: bool | None = None, out=None):
-        self.itemize = itemize and not quiet
+    ``itemize`` counts -i: 1 lists changed files, 2 unchanged ones too, in
+    rsync's --itemize-changes format, sorted by path when the run ends (the
+    workers finish in any order). The log file gets fitsync's own line for
+    every file, with the reason.
+    """
+
+    def __init__(self, *, itemize: int = 0, quiet: bool = False, show_progress: bool | None = None, out=None):
+        self.itemize = 0 if quiet else int(itemize)
         self.quiet = quiet
-        self.out = out or sys.stdout
+        self.out = out
         if show_progress is None:
             show_progress = not quiet and sys.stderr.isatty()
         self.show_progress = show_progress
         self._bar = None
         self._lock = threading.Lock()
+        self._items: list[tuple[str, str]] = []  # (path, itemized line), printed by flush()
 
-    def line(self, text: str, level: int = logging.INFO) -> None:
-        """A result line (itemize, dry-run), also logged when a log file is kept."""
+    @property
+    def itemize_unchanged(self) -> bool:
+        return self.itemize >= 2
+
+    def item(self, item, level: int = logging.INFO) -> None:
+        """A decision or outcome for one file (an engine.plan.Item)."""
+        from fitsync.engine.plan import Action, itemize_line, rsync_itemize
+
         if log.isEnabledFor(level):
-            log.log(level, text)
-        if self.itemize:
+            log.log(level, itemize_line(item))
+        if self.itemize and (item.action != Action.UNCHANGED or self.itemize_unchanged):
             with self._lock:
-                if self._bar is not None:
-                    self._bar.clear()
-                print(text, file=self.out, flush=True)
+                self._items.append((item.path, rsync_itemize(item)))
+
+    def flush(self) -> None:
+        """Print the itemized lines gathered so far, in path order."""
+        with self._lock:
+            items, self._items = sorted(self._items), []
+            if items and self._bar is not None:
+                self._bar.clear()
+        out = self.out or sys.stdout
+        for _, text in items:
+            print(text, file=out)
+        if items:
+            out.flush()
 
     def phase(self, name: str, total: int, unit: str = "B") -> None:
         """Start a progress phase with a fixed total (scan, then transfer)."""

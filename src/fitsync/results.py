@@ -42,6 +42,7 @@ class MirrorResult:
     bytes_total: int = 0
     bytes_transferred: int = 0
     bytes_reused: int = 0
+    bytes_to_update: int = 0  # dry run: size of the files a delta would update (the most it can move)
     seconds: float = 0.0
     dry_run: bool = False
     failures: List[dict] = field(default_factory=list)  # {"path", "reason"}

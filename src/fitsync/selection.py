@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from fitsync.errors import BadInput, NotFound, UnsafePath, UsageError
 from fitsync.paths import safe_relpath
+from fitsync.units import parse_size
 from fitsync.remotes.base import Entry
 from fitsync.templates_paths import (
     PathTemplate,
@@ -129,6 +130,25 @@ class FilterRules:
             rule = self.first_match(directory, is_dir=True)
             verdict = self._directory_excluded[directory] = rule is not None and not rule.include
         return verdict
+
+
+MAX_PATTERN_FILE = 16 << 20  # characters; a pattern file is read whole, so it is bounded first
+
+
+def read_patterns(path: str) -> list[str]:
+    """Filter patterns of an --include-from/--exclude-from file, as rsync reads
+    them: one per line; blank lines and lines starting with ``#`` or ``;`` skipped."""
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as f:
+            text = f.read(MAX_PATTERN_FILE + 1)
+    except FileNotFoundError:
+        raise NotFound(f"pattern file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"cannot read pattern file {path}: {exc}") from None
+    if len(text) > MAX_PATTERN_FILE:
+        raise BadInput(f"pattern file {path} is larger than {MAX_PATTERN_FILE >> 20} MiB; is it the right file?")
+    lines = text.splitlines()
+    return [line.rstrip("\r") for line in lines if line.strip() and not line.startswith(("#", ";"))]
 
 
 # -- --files-from -----------------------------------------------------------------
@@ -227,9 +247,18 @@ class Selection:
     on_date: dt.date | None = None
     template: PathTemplate | None = None
     where: list[WhereClause] = field(default_factory=list)
+    min_size: int | None = None
+    max_size: int | None = None
+    older_than: float | None = None  # --min-age: only files whose mtime is at or before this
 
     def matches(self, entry: Entry) -> bool:
         path = entry.path
+        if self.min_size is not None and entry.size < self.min_size:
+            return False
+        if self.max_size is not None and entry.size > self.max_size:
+            return False
+        if self.older_than is not None and entry.mtime > self.older_than:
+            return False
         if self.files is not None and not self._listed(path):
             return False
         if self.rules is not None and not self.rules.allows(path):
@@ -290,12 +319,18 @@ def build_selection(spec: "SelectionOptions | None", now=None) -> Selection | No
     selection.since = _cutoff(spec, now_local)
     if spec.date:
         selection.on_date = parse_date(spec.date)
+    if spec.min_age:
+        selection.older_than = _timestamp(now_local - parse_duration(spec.min_age))
+    selection.min_size = parse_size(spec.min_size, "--min-size") if spec.min_size else None
+    selection.max_size = parse_size(spec.max_size, "--max-size") if spec.max_size else None
     selection.template, selection.where = template_and_where(spec, profile)
     return selection
 
 
 def _rules(spec: "SelectionOptions", profile: dict) -> FilterRules | None:
     order = spec.ordered_rules()
+    order += [(True, p) for p in read_patterns(spec.include_from)] if spec.include_from else []
+    order += [(False, p) for p in read_patterns(spec.exclude_from)] if spec.exclude_from else []
     # The profile's rules come after the caller's, so the user's own rules win.
     order += [(True, p) for p in profile.get("include", [])] + [(False, p) for p in profile.get("exclude", [])]
     return FilterRules([compile_rule(p, inc) for inc, p in order]) if order else None

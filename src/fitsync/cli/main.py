@@ -33,25 +33,46 @@ authentication failure; 5 destination locked by another fitsync.
 from __future__ import annotations
 
 import importlib
+import logging
+import re
 import sys
+import time
 
 from fitsync import __version__
 from fitsync.errors import EXIT_FAILED, EXIT_USAGE, FitsyncError
 
-COMMANDS = ("mirror", "manifest", "audit", "compare", "datasets", "missing", "config", "keygen")
+COMMANDS = ("mirror", "manifest", "audit", "compare", "datasets", "missing", "config", "keygen", "completion")
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:
+        # The reader went away (``fitsync --help | head -1``): not an error of ours.
+        # Point stdout at /dev/null so the interpreter's final flush is silent too.
+        import os
+
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0 if argv else EXIT_USAGE
-    if argv[0] == "--version":
+    if argv[0] in ("--version", "-V"):
         print(f"fitsync {__version__}")
         return 0
     command = argv[0]
     if command not in COMMANDS:
-        print(f"fitsync: unknown command {command!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        import difflib
+
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        print(f"fitsync: unknown command {command!r}; {hint}commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return EXIT_USAGE
     try:
         module = importlib.import_module(f"fitsync.cli.{command}")
@@ -62,8 +83,39 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def dispatch(module, argv: list[str]) -> int:
+    opts = parse(module, argv)
+    if isinstance(opts, int):
+        return opts
+    logger = logging.getLogger("fitsync")
+    # main() may be called from a caller's Python: its "fitsync" logger comes back as it was.
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    started = time.monotonic()
+    code = EXIT_FAILED
+    try:
+        code = run_logged(module, opts, logger)
+        return code
+    finally:
+        logger.info("end: exit %d after %.2f s", code, time.monotonic() - started)
+        for handler in logger.handlers:
+            if handler not in saved[0]:
+                handler.close()
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]
+
+
+def parse(module, argv: list[str]) -> dict | int:
+    """docopt's dictionary for ``argv`` (short options and aliases spelled out
+    first), or the exit code when there is nothing to run."""
     from docopt import DocoptExit, docopt
 
+    from fitsync.cli.argv import normalize
+
+    try:
+        argv, itemize = normalize(argv, module.__doc__)
+    except FitsyncError as exc:
+        print(f"fitsync: {exc}", file=sys.stderr)
+        return exc.exit_code
     try:
         opts = docopt(module.__doc__, argv=argv, version=f"fitsync {__version__}")
     except DocoptExit as exc:
@@ -74,36 +126,41 @@ def dispatch(module, argv: list[str]) -> int:
     # docopt keeps --include and --exclude in separate lists; the filter rules
     # need their command-line order (first match wins), so keep the words too.
     opts["ARGV"] = argv
-    import logging
+    if "--itemize" in opts:
+        opts["--itemize"] = itemize  # -ii: unchanged files too
+    return opts
 
-    from fitsync.progress import setup_logging
 
-    # main() may be called from a caller's Python: its "fitsync" logger comes back as it was.
-    logger = logging.getLogger("fitsync")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
+def run_logged(module, opts: dict, logger: logging.Logger) -> int:
+    """Run the command; every error becomes one line and its exit code, and
+    the log file records the command line, and a fatal error."""
+    from fitsync.progress import log_to_file_only, setup_logging
+
     try:
         setup_logging(opts.get("--log-file"), bool(opts.get("--quiet")), bool(opts.get("--verbose")))
+        logger.info("start: fitsync %s %s", __version__, " ".join(masked(opts["ARGV"])))
         return module.run(opts)
     except FitsyncError as exc:
-        print(f"fitsync: {exc}", file=sys.stderr)
-        return exc.exit_code
+        message, code = str(exc), exc.exit_code
+    except BrokenPipeError:
+        raise  # main() ends the run quietly
     except OSError as exc:
         # Last resort for a system error no layer translated: still one line.
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"fitsync: {exc.strerror or exc}{where}", file=sys.stderr)
-        return EXIT_FAILED
+        message, code = f"{exc.strerror or exc}{where}", EXIT_FAILED
     except KeyboardInterrupt:
-        print("fitsync: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
-    finally:
-        for handler in logger.handlers:
-            if handler not in saved[0]:
-                handler.close()
-        logger.handlers[:] = saved[0]
-        logger.setLevel(saved[1])
-        logger.propagate = saved[2]
+        message, code = "interrupted; run the same command again to resume", 130
+    print(f"fitsync: {message}", file=sys.stderr)
+    log_to_file_only(logging.ERROR, f"fatal: {message}")
+    return code
+
+
+_USERINFO = re.compile(r"(://[^/@:\s]*:)[^/@\s]*@")
+
+
+def masked(argv: list[str]) -> list[str]:
+    """The command line as the log file records it: passwords in URLs hidden."""
+    return [_USERINFO.sub(r"\1***@", word) for word in argv]
 
 
 if __name__ == "__main__":  # pragma: no cover

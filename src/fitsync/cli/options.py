@@ -51,16 +51,17 @@ def remote_options(opts: dict) -> RemoteOptions:
 
 def selection(opts: dict, argv: Optional[list] = None) -> Optional[Selection]:
     """The files this command works on, or None for all. ``argv`` gives the
-    order of --include and --exclude, which docopt's lists lose."""
+    order of the filter options, which docopt's lists lose."""
     def listed(name: str) -> tuple:
         value = opts.get(name) or ()
         return (value,) if isinstance(value, str) else tuple(value)
 
-    includes, excludes = listed("--include"), listed("--exclude")
-    order = command_line_order(list(includes), list(excludes), argv if argv is not None else opts.get("ARGV"))
+    given = {name: list(listed(name)) for name in FILTER_OPTIONS}
+    order = command_line_order(given, argv if argv is not None else opts.get("ARGV"))
     chosen = Selection(
-        filters=tuple(("+ " if include else "- ") + pattern for include, pattern in order),
+        filters=tuple(_filter_rules(order)),
         files_from=opts.get("--files-from"), since=opts.get("--since"), max_age=opts.get("--max-age"),
+        min_age=opts.get("--min-age"), min_size=opts.get("--min-size"), max_size=opts.get("--max-size"),
         date=opts.get("--date"), template=opts.get("--template"), profile=opts.get("--profile"),
         where=listed("--where"), production=opts.get("--production"), runlist=opts.get("--runlist"),
         keep_local=bool(opts.get("--keep-local")), allow_root=listed("--allow-root"),
@@ -68,31 +69,47 @@ def selection(opts: dict, argv: Optional[list] = None) -> Optional[Selection]:
     return chosen if chosen.selects_files() or chosen.production or chosen.allow_root else None
 
 
-def command_line_order(includes: list, excludes: list, argv) -> list:
-    """--include/--exclude in the order typed. docopt keeps two separate lists,
-    so the order comes from ``argv`` (or sys.argv when it holds the same
-    rules); failing both, includes are tried before excludes."""
-    wanted = sorted([(True, p) for p in includes] + [(False, p) for p in excludes])
+# The options that make filter rules, and whether each includes.
+FILTER_OPTIONS = {"--include": True, "--exclude": False, "--include-from": True, "--exclude-from": False}
+
+
+def _filter_rules(order: list) -> list:
+    """'+ PATTERN' / '- PATTERN' rules; a pattern file's lines stand where the file was named."""
+    from fitsync.selection import read_patterns
+
+    rules = []
+    for name, value in order:
+        sign = "+ " if FILTER_OPTIONS[name] else "- "
+        patterns = read_patterns(value) if name.endswith("-from") else [value]
+        rules.extend(sign + pattern for pattern in patterns)
+    return rules
+
+
+def command_line_order(given: dict, argv) -> list:
+    """(option, value) of the filter options in the order typed. docopt keeps
+    one list per option, so the order comes from ``argv`` (or sys.argv when it
+    holds the same options); failing both, the options' order above."""
+    wanted = sorted((name, value) for name, values in given.items() for value in values)
     for candidate in (argv, sys.argv[1:]):
         if candidate is not None:
             order = rule_order(list(candidate))
             if sorted(order) == wanted:
                 return order
-    return [(True, p) for p in includes] + [(False, p) for p in excludes]
+    return [(name, value) for name in FILTER_OPTIONS for value in given.get(name, ())]
 
 
 def rule_order(argv: list) -> list:
-    """The --include/--exclude options of ``argv`` in the order given."""
+    """The filter options of ``argv`` as (option, value), in the order given."""
     order = []
     i = 0
     while i < len(argv):
         arg = argv[i]
-        for name, include in (("--include", True), ("--exclude", False)):
+        for name in FILTER_OPTIONS:
             if arg == name and i + 1 < len(argv):
-                order.append((include, argv[i + 1]))
+                order.append((name, argv[i + 1]))
                 i += 1
             elif arg.startswith(name + "="):
-                order.append((include, arg[len(name) + 1 :]))
+                order.append((name, arg[len(name) + 1:]))
         i += 1
     return order
 

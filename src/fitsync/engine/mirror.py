@@ -25,7 +25,7 @@ from fitsync.errors import (
 )
 from fitsync.events import BytesDone, FileFinished, FileStarted, ProgressCallback, Totals
 from fitsync.paths import shown
-from fitsync.engine.plan import Action, Item, decide, deletions, itemize_line, same_mtime
+from fitsync.engine.plan import Action, Item, decide, deletions, same_mtime
 from fitsync.progress import Reporter
 from fitsync.remotes.base import Capability, Entry, Remote
 from fitsync.remotes.local import LocalRemote, entry_of
@@ -64,6 +64,8 @@ class MirrorOptions:
         protected: set[str] | None = None,  # never deleted (e.g. files unpacked by --extract)
         retry_delay: float = 0.5,
         progress: ProgressCallback | None = None,  # receives fitsync.events
+        links: str = "skip",  # symlinks in a local source: skip, links, unsafe-links, follow
+        bwlimit: int | None = None,  # bytes per second read from the source, all files together
     ):
         self.checksum = checksum
         self.delete = delete
@@ -77,6 +79,8 @@ class MirrorOptions:
         self.protected = set() if protected is None else protected
         self.retry_delay = retry_delay
         self.progress = progress
+        self.links = links
+        self.bwlimit = bwlimit
 
     def __repr__(self) -> str:
         return f"MirrorOptions({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
@@ -149,6 +153,7 @@ class Mirror:
                 self.dst.clear_state("partial")
         finally:
             self.reporter.close_phase()
+            self.reporter.flush()
             if lock:
                 lock.release()
             if local_dst and not self.options.dry_run:
@@ -182,7 +187,7 @@ class Mirror:
         self.result.bytes_total = sum(e.size for e in src_entries.values())
         differs, reasons, expected = self.compare_contents(src_entries, dst_entries)
         items = []
-        unchanged_lines = self.reporter.itemize
+        unchanged_lines = self.reporter.itemize_unchanged
         for path, entry in src_entries.items():
             dst = dst_entries.get(path)
             if (dst is not None and path not in differs and dst.size == entry.size
@@ -190,7 +195,7 @@ class Mirror:
                 # The common case of a large no-op run, kept free of per-file objects.
                 self.result.files_unchanged += 1
                 if unchanged_lines:
-                    self.reporter.line(itemize_line(Item(path, Action.UNCHANGED, "same size and mtime")))
+                    self.reporter.item(Item(path, Action.UNCHANGED, "same size and mtime"))
                 continue
             items.append(decide(
                 entry, dst,
@@ -211,7 +216,7 @@ class Mirror:
         no selection, no manifest, no line per unchanged file. The common
         no-op re-run then builds no object per file."""
         o = self.options
-        if not (self.src.has_bulk_listing and self.dst.has_bulk_listing) or self.reporter.itemize:
+        if not (self.src.has_bulk_listing and self.dst.has_bulk_listing) or self.reporter.itemize_unchanged:
             return False
         if o.selection is not None or o.only_paths is not None or o.manifest is not None:
             return False
@@ -374,15 +379,19 @@ class Mirror:
         for item in items:
             if item.action == Action.UNCHANGED:
                 self.result.files_unchanged += 1
-                self.reporter.line(itemize_line(item))
+                self.reporter.item(item)
             elif item.action == Action.INCOMPLETE:
                 self.record_incomplete(item, item.reason)
         if self.options.dry_run:
             for item in items:
                 if item.transfers or item.action == Action.DELETE:
-                    self.reporter.line(itemize_line(item))
+                    self.reporter.item(item)
                     self._count(item.action)
                     self.result.files.append(FileAction(item.path, item.action.value))
+                    if item.action == Action.NEW:
+                        self.result.bytes_transferred += item.src.size
+                    elif item.transfers:
+                        self.result.bytes_to_update += item.src.size
             return
         total = sum(i.src.size for i in transfers)
         self.reporter.phase("transfer", total)
@@ -422,7 +431,7 @@ class Mirror:
         self.result.files_incomplete += 1
         self.result.incomplete.append({"path": item.path, "reason": reason})
         self.result.files.append(FileAction(item.path, Action.INCOMPLETE.value, error=reason))
-        self.reporter.line(f"{'incomplete':<10} {item.path}  ({reason}; skipped)")
+        self.reporter.item(Item(item.path, Action.INCOMPLETE, f"{reason}; skipped"))
         log.warning("%s: source is incomplete (%s); skipped", item.path, reason)
 
     def _count(self, action: Action) -> None:
@@ -473,7 +482,7 @@ class Mirror:
                 self.result.bytes_transferred += moved.transferred
                 self.result.bytes_reused += moved.reused
                 self.result.files.append(FileAction(item.path, item.action.value, moved.transferred, moved.reused))
-            self.reporter.line(itemize_line(item))
+            self.reporter.item(item)
             if self.progress is not None:
                 self.progress(FileFinished(item.path, item.action.value, moved.transferred, moved.reused))
             return
@@ -533,7 +542,7 @@ class Mirror:
             return
         self._count(Action.DELETE)
         self.result.files.append(FileAction(item.path, Action.DELETE.value))
-        self.reporter.line(itemize_line(item))
+        self.reporter.item(item)
         if self.progress is not None:
             self.progress(FileFinished(item.path, Action.DELETE.value))
 

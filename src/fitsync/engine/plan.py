@@ -80,3 +80,23 @@ def deletions(src_paths: set[str], dst_entries: dict[str, Entry]) -> list[Item]:
 
 def itemize_line(item: Item) -> str:
     return f"{item.action.value:<10} {shown(item.path)}  ({item.reason})"
+
+
+def rsync_itemize(item: Item) -> str:
+    """rsync's --itemize-changes (``%i %n``) line: ``>f+++++++++`` new,
+    ``>f.st......`` size/time changed, ``>fc........`` content repaired,
+    ``*deleting  `` gone, ``.f          `` unchanged (-ii)."""
+    if item.action == Action.NEW:
+        code = ">f+++++++++"
+    elif item.action == Action.DELETE:
+        code = "*deleting  "
+    elif item.action == Action.UNCHANGED:
+        code = ".f         "
+    elif item.action == Action.INCOMPLETE:
+        code = "*incomplete"
+    else:
+        size = "s" if item.src is not None and item.dst is not None and item.src.size != item.dst.size else "."
+        time = "t" if item.src is not None and item.dst is not None and item.src.mtime != item.dst.mtime else "."
+        checksum = "c" if item.action == Action.REPAIR else "."
+        code = f">f{checksum}{size}{time}......"
+    return f"{code} {shown(item.path)}"
