@@ -36,6 +36,7 @@ cdef extern from "<dirent.h>" nogil:
     int DT_DIR
     int DT_REG
     int DT_UNKNOWN
+    int DT_LNK
 
 cdef extern from "<fcntl.h>" nogil:
     int openat(int dirfd, const char *pathname, int flags)
@@ -86,6 +87,7 @@ cdef extern from "<sys/stat.h>" nogil:
     int fstatat(int dirfd, const char *pathname, stat *buf, int flags)
     bint S_ISREG(unsigned int m)
     bint S_ISDIR(unsigned int m)
+    bint S_ISLNK(unsigned int m)
 
 
 cdef extern from *:
@@ -163,6 +165,7 @@ cdef struct Found:
     size_t count
     size_t cap
     int error          # first errno that stopped a directory read, 0 if none
+    size_t links       # symlinks passed over
     char *error_path
 
 
@@ -222,8 +225,9 @@ cdef int _child_order(const void *a, const void *b) noexcept nogil:
 
 
 cdef int _read_children(DIR *d, const char *skip, char **names_out, Child **children_out,
-                        size_t *count_out) noexcept nogil:
-    """Every directory and regular-file-like entry of ``d``, sorted in path order."""
+                        size_t *count_out, size_t *links) noexcept nogil:
+    """Every directory and regular-file-like entry of ``d``, sorted in path order;
+    ``links`` counts the symlinks passed over (the mirror reports them)."""
     cdef dirent *e
     cdef stat st
     cdef size_t nlen, used = 0, cap = 4096, count = 0, ccap = 64, i
@@ -256,8 +260,10 @@ cdef int _read_children(DIR *d, const char *skip, char **names_out, Child **chil
             elif S_ISREG(st.st_mode):
                 is_dir = False
             else:
+                links[0] += S_ISLNK(st.st_mode)
                 continue
         else:
+            links[0] += e.d_type == DT_LNK
             continue  # symlinks, fifos, sockets, devices are not listed
         nlen = strlen(e.d_name)
         if used + nlen + 1 > cap:
@@ -315,7 +321,7 @@ cdef int _walk(int dirfd, char *prefix, size_t plen, size_t cap, Found *f, const
         close(dirfd)
         _note_error(f, prefix, plen, errno)
         return 0
-    if _read_children(d, skip_top, &names, &children, &count) != 0:
+    if _read_children(d, skip_top, &names, &children, &count, &f.links) != 0:
         closedir(d)
         return -1
     rc = _walk_children(d, children, 0, count, prefix, plen, cap, f)
@@ -392,7 +398,7 @@ cdef int _walk_in_two(int dirfd, char *prefix, size_t cap, Found *f, const char 
     if d == NULL:
         close(dirfd)
         return -2
-    if _read_children(d, skip_top, &names, &children, &count) != 0:
+    if _read_children(d, skip_top, &names, &children, &count, &f.links) != 0:
         closedir(d)
         return -1
     _found_init(&second)
@@ -424,6 +430,7 @@ cdef void _found_init(Found *f) noexcept nogil:
     f.count = f.cap = 0
     f.error = 0
     f.error_path = NULL
+    f.links = 0
 
 
 cdef void _found_free(Found *f) noexcept nogil:
@@ -449,6 +456,7 @@ cdef int _append(Found *f, Found *more) noexcept nogil:
         f.mtimes[f.count] = more.mtimes[i]
         f.count += 1
     f.names_len += more.names_len
+    f.links += more.links
     if f.error == 0 and more.error != 0:
         f.error, f.error_path, more.error_path = more.error, more.error_path, NULL
     return 0
@@ -524,6 +532,7 @@ cdef class Listing:
     cdef size_t live
     cdef int64_t total
     cdef bint str_order
+    cdef readonly size_t links  # symlinks the walk passed over (never followed, never listed)
 
     def __cinit__(self):
         self.names = NULL
@@ -897,6 +906,7 @@ def scan(root, skip_top=None, bint two_threads=False):
         listing.names, f.names = f.names, NULL
         listing.recs, recs = recs, NULL
         listing.count = listing.live = f.count
+        listing.links = f.links
         error = None
         if f.error:
             error = (f.error, _decode(f.error_path) if f.error_path != NULL else "")

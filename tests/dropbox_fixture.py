@@ -318,6 +318,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "error_summary": "too_many_requests/..",
                 "error": {"reason": {".tag": "too_many_requests"}, "retry_after": fault.retry_after},
             }, {"Retry-After": str(fault.retry_after)})
+        elif fault.kind == "html":  # a proxy's or captive portal's page where the API's JSON belongs
+            self._reply_text(200, "<html><body>Please log in to the guest network</body></html>",
+                             {"Content-Type": "text/html"})
         else:
             self._reply_text(int(fault.kind), "Internal Server Error")
 
@@ -352,10 +355,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reply_text(self, status: int, text: str, headers: dict | None = None) -> None:
         data = text.encode()
+        headers = {"Content-Type": "text/plain; charset=utf-8", **(headers or {})}
         self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
+        for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)

@@ -298,3 +298,16 @@ def test_a_typed_user_script_passes_mypy_strict():
                           str(script)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Success" in run.stdout
+
+
+def test_named_remotes_of_type_file_and_https(tmp_path, monkeypatch, quiet_caller):
+    write_tree(tmp_path / "site" / "dr1", {"a.fits": b"A" * 4000, "sub/b.txt": b"bee"})
+    with HttpFixture(str(tmp_path / "site")) as server:
+        config = tmp_path / "remotes.toml"
+        config.write_text(f'[local]\ntype = "file"\npath = "{tmp_path / "site"}"\n'
+                          f'[web]\ntype = "https"\nurl = "{server.url}/dr1/"\n')
+        monkeypatch.setenv("FITSYNC_CONFIG", str(config))
+        from_web = fitsync.mirror("web:sub", tmp_path / "w")
+        from_disk = fitsync.mirror("local:dr1", tmp_path / "l")
+    assert from_web.files_new == 1 and read_tree(tmp_path / "w") == {"b.txt": b"bee"}
+    assert from_disk.files_new == 2 and read_tree(tmp_path / "l") == read_tree(tmp_path / "site" / "dr1")

@@ -13,7 +13,7 @@ import os
 from typing import IO, TYPE_CHECKING, Iterator, List, Optional, Sequence, Union
 
 from fitsync.errors import NotFound, TransferFailed, UsageError
-from fitsync.events import ProgressCallback
+from fitsync.events import ProgressCallback, hashing_progress
 from fitsync.options import RemoteOptions, Selection
 from fitsync.remotes.base import Remote
 from fitsync.results import AuditResult, ManifestResult, MirrorResult
@@ -144,8 +144,12 @@ def run_mirror(src: Location, dst: Location, options, connect: RemoteOptions, se
     """``mirror`` with its options built and a Reporter of the caller's (the
     CLI's itemized lines and progress bar)."""
     from fitsync.engine.mirror import Mirror
+    from fitsync.remotes import Capability
 
+    src = _tree_of(_spec(src), options, connect)
     with open_source(src, connect) as source, open(dst, remote_options=connect) as target:
+        if extract and Capability.LOCAL not in target.capabilities:
+            raise UsageError(f"--extract unpacks archives in a local destination; {_spec(dst)} is not one")
         if select is not None and select.production:
             result = _mirror_production(source, target, _spec(src), select, connect, options, reporter)
         else:
@@ -166,6 +170,37 @@ def run_mirror(src: Location, dst: Location, options, connect: RemoteOptions, se
         error.result = result  # type: ignore[attr-defined]
         raise error
     return result
+
+
+def _tree_of(spec: str, options, connect: RemoteOptions) -> str:
+    """The tree to mirror from: ``spec`` itself, or, when it names a single
+    file, its directory with only that file selected (rsync's single-file copy)."""
+    with open(spec, remote_options=connect) as remote:
+        if remote.exists():
+            return spec
+    parent, name = _parent_and_name(spec)
+    if parent is None or not name:
+        return spec
+    with open(parent, remote_options=connect) as remote:
+        try:
+            remote.stat(name)
+        except (NotFound, UsageError):
+            return spec  # neither a tree nor a file: the mirror says it does not exist
+    if options.delete:
+        raise UsageError(f"--delete needs a directory as SRC; {spec} is a single file")
+    options.only_paths = {name} if options.only_paths is None else options.only_paths & {name}
+    return parent
+
+
+def _parent_and_name(spec: str) -> tuple:
+    """(parent location, last name) of a location, or (None, None) if it has none."""
+    head, sep, name = spec.rstrip("/").rpartition("/")
+    if sep:
+        return (head or "/") if not head.endswith(":") and not head.endswith("//") else head + "/", name
+    prefix, colon, rest = spec.partition(":")
+    if colon and rest and "/" not in prefix:
+        return prefix + ":", rest  # host:file, NAME:file
+    return (".", spec) if not colon else (None, None)
 
 
 def _mirror_production(source: Remote, target: Remote, store_spec: str, select: Selection, connect: RemoteOptions,
@@ -189,7 +224,8 @@ def _mirror_production(source: Remote, target: Remote, store_spec: str, select: 
 
 def manifest(root: Location, *, output: Union[Location, IO[str], None] = None, blocks: bool = False, format: str = "jsonl",
              sign: Optional[str] = None, select: Optional[Selection] = None, jobs: int = 2, fits: bool = True,
-             remote_options: Optional[RemoteOptions] = None) -> ManifestResult:
+             remote_options: Optional[RemoteOptions] = None, progress: Optional[ProgressCallback] = None
+             ) -> ManifestResult:
     """Hash every file under ``root`` (BLAKE3; sizes, mtimes, FITS fields).
 
     With ``output`` (a path, written atomically, or a text stream), write a
@@ -210,29 +246,31 @@ def manifest(root: Location, *, output: Union[Location, IO[str], None] = None, b
     connect = _remote_options(remote_options, jobs)
     result = ManifestResult(root=_spec(root), format=format, output=path)
     if output is None and format != "bagit":
-        result.entries = _stream_entries(root, result, blocks, fits, select, jobs, connect)
+        result.entries = _stream_entries(root, result, blocks, fits, select, jobs, connect, progress)
         return result
     manifests.write(result, stream, blocks=blocks, fits=fits, selection=select, jobs=jobs, options=connect,
-                    sign=sign)
+                    sign=sign, progress=progress)
     return result
 
 
 def _stream_entries(root: Location, result: ManifestResult, blocks: bool, fits: bool, select: Optional[Selection],
-                    jobs: int, connect: RemoteOptions) -> Iterator:
+                    jobs: int, connect: RemoteOptions, progress: Optional[ProgressCallback]) -> Iterator:
     """Entries of ``root`` in path order, hashed STREAM_BATCH files at a time."""
     from fitsync.engine import manifest as manifests
 
     with open(root, remote_options=connect) as remote:
         listed = manifests.listed_files(remote, result, select)
+        on_done = hashing_progress(progress, listed)
         for start in range(0, len(listed), STREAM_BATCH):
             batch = listed[start:start + STREAM_BATCH]
-            entries = manifests.hash_batch(remote, batch, result, blocks=blocks, fits=fits, jobs=jobs)
+            entries = manifests.hash_batch(remote, batch, result, blocks=blocks, fits=fits, jobs=jobs, on_done=on_done)
             yield from entries
 
 
 def audit(target: Location, *, manifest: Optional[Location] = None, fits: bool = False,
           against: Optional[Location] = None, select: Optional[Selection] = None, jobs: int = 2,
-          verify_key: Optional[str] = None, remote_options: Optional[RemoteOptions] = None) -> AuditResult:
+          verify_key: Optional[str] = None, remote_options: Optional[RemoteOptions] = None,
+          progress: Optional[ProgressCallback] = None) -> AuditResult:
     """Check a copy: against a manifest (default: ``target``'s own
     fitsync-manifest.jsonl, if any), against another copy (``against``, by
     content), and/or each FITS file by its own structure and checksums (``fits``).
@@ -242,11 +280,12 @@ def audit(target: Location, *, manifest: Optional[Location] = None, fits: bool =
     connect = _remote_options(remote_options, jobs, verify_key=verify_key)
     return audit_location(_spec(target), manifest=None if manifest is None else _spec(manifest), fits=fits,
                         against=None if against is None else _spec(against), selection=select, jobs=jobs,
-                        options=connect)
+                        options=connect, progress=progress)
 
 
 def compare(a: Location, b: Location, *, checksum: bool = False, select: Optional[Selection] = None, jobs: int = 2,
-            report: Optional[Location] = None, remote_options: Optional[RemoteOptions] = None) -> CompareReport:
+            report: Optional[Location] = None, remote_options: Optional[RemoteOptions] = None,
+            progress: Optional[ProgressCallback] = None) -> CompareReport:
     """List files only on ``a``, only on ``b``, differing and identical
     (``CompareReport``; ``agree`` is True when there is no difference). With
     ``checksum`` contents are compared, else sizes and mtimes. ``report``
@@ -260,7 +299,8 @@ def compare(a: Location, b: Location, *, checksum: bool = False, select: Optiona
         for side, name in ((first, a), (second, b)):
             if not side.exists():
                 raise NotFound(f"{_spec(name)} does not exist; check the path")
-        result = compare_trees(first, second, checksum=checksum, selection=build_selection(select), jobs=jobs)
+        result = compare_trees(first, second, checksum=checksum, selection=build_selection(select), jobs=jobs,
+                               progress=progress)
     if report is not None:
         lines = result.combined_lines()
         write_atomically(_spec(report), lambda out: out.writelines(line + "\n" for line in lines))

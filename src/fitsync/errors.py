@@ -62,6 +62,12 @@ class AuthenticationFailed(ConnectionFailed):
     transient = False
 
 
+class HostNotFound(ConnectionFailed):
+    """A host name that does not resolve: asking again will not help."""
+
+    transient = False
+
+
 class HostKeyRejected(ConnectionFailed):
     transient = False
 

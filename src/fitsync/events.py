@@ -48,3 +48,18 @@ class FileFinished:
 
 Event = Union[Totals, FileStarted, BytesDone, FileFinished]
 ProgressCallback = Callable[[Event], None]
+
+
+def hashing_progress(progress: Optional[ProgressCallback], entries, phase: str = "scan", sides: int = 1):
+    """An ``on_done(entry)`` for the hashing loops that reports to ``progress``
+    (None without one), after announcing the phase's totals. ``sides`` = 2
+    when each listed file is read on both sides (compare)."""
+    if progress is None:
+        return None
+    entries = list(entries)
+    progress(Totals(phase, sides * len(entries), sides * sum(e.size for e in entries)))
+
+    def on_done(entry) -> None:
+        progress(BytesDone(entry.path, entry.size))
+        progress(FileFinished(entry.path, "hashed"))
+    return on_done

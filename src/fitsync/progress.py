@@ -96,6 +96,13 @@ class Reporter:
             with self._lock:
                 self._items.append((item.path, rsync_itemize(item)))
 
+    def note(self, path: str, text: str) -> None:
+        """An itemized line that is not a file's decision (a symlink), in path order."""
+        log.info("%s", text)
+        if self.itemize:
+            with self._lock:
+                self._items.append((path, text))
+
     def flush(self) -> None:
         """Print the itemized lines gathered so far, in path order."""
         with self._lock:

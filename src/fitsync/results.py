@@ -39,6 +39,8 @@ class MirrorResult:
     files_deleted: int = 0
     files_failed: int = 0
     files_incomplete: int = 0
+    links_skipped: int = 0  # symlinks in the source left out (see ``links``)
+    links_copied: int = 0  # symlinks made in the destination (links="links")
     bytes_total: int = 0
     bytes_transferred: int = 0
     bytes_reused: int = 0

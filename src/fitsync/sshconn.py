@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import paramiko
 
-from fitsync.errors import AuthenticationFailed, ConnectionFailed, HostKeyRejected
+from fitsync.errors import AuthenticationFailed, ConnectionFailed, HostKeyRejected, HostNotFound
 
 log = logging.getLogger(__name__)
 # paramiko's transport thread logs what ends a connection (with a traceback) at
@@ -292,6 +292,12 @@ def _open_socket(target: SshTarget, via: "SshConnection | None"):
         return paramiko.ProxyCommand(command)
     try:
         sock = socket.create_connection((target.hostname, target.port), timeout=target.connect_timeout)
+    except socket.gaierror:
+        from fitsync.config import config_path
+
+        raise HostNotFound(f"no host {target.hostname!r} resolves, and {config_path()} defines no remote named "
+                           f"{target.alias!r}; check the name, or define the remote with "
+                           "`fitsync config template sftp`") from None
     except OSError as exc:
         raise ConnectionFailed(f"cannot connect to {target.hostname}:{target.port}: "
                                f"{exc.strerror or exc}") from None

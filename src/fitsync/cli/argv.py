@@ -15,6 +15,7 @@ SHORT = {"n": "--dry-run", "i": "--itemize", "c": "--checksum", "v": "--verbose"
 ALIASES = {"--itemize-changes": "--itemize", "--transfers": "--jobs"}
 
 _OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)(=)?")
+_REPEATABLE = re.compile(r"\[(--[a-z][a-z0-9-]*)(?:=[A-Z]+)?\]\.\.\.")
 
 
 def known_options(doc: str) -> tuple[set[str], set[str]]:
@@ -57,10 +58,10 @@ def normalize(argv: list[str], doc: str) -> tuple[list[str], int]:
                 itemize += 1
                 if itemize > 1:
                     continue
-            out.append(name + eq + value)
             if name in valued and not eq and i < len(argv):
-                out.append(argv[i])
+                eq, value = "=", argv[i]
                 i += 1
+            out.append(name + eq + value)
             continue
         if word.startswith("-") and len(word) > 1 and not _is_number(word):
             consumed, expanded = _short_cluster(word, argv[i] if i < len(argv) else None, names, doc)
@@ -71,7 +72,18 @@ def normalize(argv: list[str], doc: str) -> tuple[list[str], int]:
                     out.append(long)
             continue
         out.append(word)
-    return out, itemize
+    return _last_wins(out, set(_REPEATABLE.findall(doc))), itemize
+
+
+def _last_wins(words: list[str], repeatable: set[str]) -> list[str]:
+    """An option given twice that takes one value (or is a flag): the last
+    one counts, as in rsync (docopt would refuse the pair)."""
+    last = {}
+    for k, word in enumerate(words):
+        if word.startswith("--"):
+            last[word.partition("=")[0]] = k
+    return [w for k, w in enumerate(words)
+            if not w.startswith("--") or w.partition("=")[0] in repeatable or last[w.partition("=")[0]] == k]
 
 
 def _short_cluster(word: str, following: str | None, names: set[str], doc: str) -> tuple[int, list[str]]:

@@ -4,18 +4,27 @@ Usage:
   fitsync audit TARGET [--manifest=FILE | --against=LOCATION] [--fits] [--json] [--jobs=N] [--verify-key=PUBKEY]
                        [--include=PAT]... [--exclude=PAT]... [--files-from=FILE] [--since=WHEN]
                        [--max-age=DURATION] [--date=DAY] [--template=T] [--profile=NAME] [--where=EXPR]...
+                       [--include-from=FILE]... [--exclude-from=FILE]... [--min-age=DURATION] [--max-size=SIZE]
+                       [--min-size=SIZE] [--log-file=FILE] [--progress]
                        [--accept-new-host-key] [--timeout=SECONDS] [--ca-bundle=FILE] [--dropbox-config=FILE] [--quiet]
   fitsync audit --help
 
 Options:
+  --include-from=FILE  Include patterns from FILE, one per line (# comments).
+  --exclude-from=FILE  Exclude patterns from FILE, one per line (# comments).
+  --min-age=DURATION   Only files older than DURATION.
+  --max-size=SIZE      Only files of at most SIZE (500M, 2GiB).
+  --min-size=SIZE      Only files of at least SIZE.
+  --log-file=FILE      Append a timestamped log to FILE.
+  -P, --progress       Show a progress bar even when stderr is not a terminal.
   --manifest=FILE       The manifest to check against [default: TARGET/fitsync-manifest.jsonl].
   --against=LOCATION    Check against another copy by content (a Dropbox folder's
                         listed content hashes need no download).
   --fits                Also check every FITS file's structure, CHECKSUM/DATASUM and gzip CRC.
   --json                Print the per-file lists as JSON.
-  --jobs=N              Files hashed at once [default: 2].
+  -j N, --jobs=N              Files hashed at once [default: 2].
   --verify-key=PUBKEY   Refuse a manifest whose Ed25519 signature does not verify.
-  --quiet               Print nothing; the exit code tells.
+  -q, --quiet               Print nothing; the exit code tells.
   --timeout=SECONDS     An SSH connection silent for SECONDS is lost (default 60; 0: never).
 
 Exit codes: 0 every file ok; 1 missing, corrupt or extra files (or broken FITS files).
@@ -25,8 +34,9 @@ from __future__ import annotations
 
 import sys
 
-from fitsync.cli.options import int_option, print_json, remote_options, selection
+from fitsync.cli.options import int_option, print_json, progress_bar, remote_options, selection
 from fitsync.fitsaudit import format_table
+from fitsync.progress import log
 
 
 def run(opts: dict) -> int:
@@ -35,7 +45,9 @@ def run(opts: dict) -> int:
     given = opts["--manifest"]
     result = api.audit(opts["TARGET"], manifest=given if given and given != "TARGET/fitsync-manifest.jsonl" else None,
                        fits=bool(opts["--fits"]), against=opts["--against"] or None, select=selection(opts),
-                       jobs=int_option(opts, "--jobs", 2, minimum=1), remote_options=remote_options(opts))
+                       jobs=int_option(opts, "--jobs", 2, minimum=1), remote_options=remote_options(opts),
+                       progress=progress_bar(opts))
+    log.info("summary: %s", "clean" if result.clean else "differences found")
     if opts["--json"]:
         print_json(result.to_dict())
     elif not opts["--quiet"]:

@@ -4,16 +4,25 @@ Usage:
   fitsync compare A B [--checksum] [--json] [--report=FILE] [--jobs=N] [--quiet]
                       [--include=PAT]... [--exclude=PAT]... [--files-from=FILE] [--since=WHEN]
                       [--max-age=DURATION] [--date=DAY] [--template=T] [--profile=NAME] [--where=EXPR]...
+                      [--include-from=FILE]... [--exclude-from=FILE]... [--min-age=DURATION] [--max-size=SIZE]
+                      [--min-size=SIZE] [--log-file=FILE] [--progress]
                       [--accept-new-host-key] [--timeout=SECONDS] [--ca-bundle=FILE] [--dropbox-config=FILE]
   fitsync compare --help
 
 Options:
-  --checksum       Compare content (digests), not size and mtime.
+  --include-from=FILE  Include patterns from FILE, one per line (# comments).
+  --exclude-from=FILE  Exclude patterns from FILE, one per line (# comments).
+  --min-age=DURATION   Only files older than DURATION.
+  --max-size=SIZE      Only files of at most SIZE (500M, 2GiB).
+  --min-size=SIZE      Only files of at least SIZE.
+  --log-file=FILE      Append a timestamped log to FILE.
+  -P, --progress       Show a progress bar even when stderr is not a terminal.
+  -c, --checksum       Compare content (digests), not size and mtime.
   --json           Print the lists as JSON.
   --report=FILE    Write rclone-style combined lines: + only on A, - only on B,
                    * differ, = identical, ! error.
-  --jobs=N         Files hashed at once [default: 2].
-  --quiet          Print nothing; the exit code tells.
+  -j N, --jobs=N         Files hashed at once [default: 2].
+  -q, --quiet          Print nothing; the exit code tells.
   --timeout=SECONDS  An SSH connection silent for SECONDS is lost (default 60; 0: never).
 
 Prints nothing and exits 0 when A and B agree (so cron mails only problems);
@@ -22,8 +31,9 @@ exits 1 when they differ.
 
 from __future__ import annotations
 
-from fitsync.cli.options import int_option, print_json, remote_options, selection
+from fitsync.cli.options import int_option, print_json, progress_bar, remote_options, selection
 from fitsync.errors import EXIT_DIFFERENCES, EXIT_OK
+from fitsync.progress import log
 
 
 def run(opts: dict) -> int:
@@ -31,7 +41,9 @@ def run(opts: dict) -> int:
 
     report = api.compare(opts["A"], opts["B"], checksum=bool(opts["--checksum"]), select=selection(opts),
                          jobs=int_option(opts, "--jobs", 2, minimum=1), report=opts["--report"] or None,
-                         remote_options=remote_options(opts))
+                         remote_options=remote_options(opts), progress=progress_bar(opts))
+    counts = report.to_dict()["counts"]
+    log.info("summary: %s", ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items()))
     if opts["--json"]:
         print_json(report.to_dict())
     elif not report.agree and not opts["--quiet"]:

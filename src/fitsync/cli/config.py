@@ -68,8 +68,10 @@ def write_template(kind: str, output: str | None, force: bool) -> int:
     if not output:
         sys.stdout.write(text)
         return EXIT_OK
+    output = os.path.expanduser(output)
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), mode=0o700, exist_ok=True)
         fd = os.open(output, flags, 0o600)  # a remotes file may come to hold secrets
     except FileExistsError:
         raise BadInput(f"{output} exists; pass --force to overwrite it") from None

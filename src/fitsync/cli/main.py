@@ -9,6 +9,7 @@ Usage:
   fitsync missing SRC [options]
   fitsync config [ARGS...]
   fitsync keygen KEYFILE
+  fitsync completion SHELL
   fitsync COMMAND --help
   fitsync --help | --version
 
@@ -21,6 +22,10 @@ Commands:
   missing    Report which keys (tiles, observations) lack expected files.
   config     List configured remotes; write a commented template.
   keygen     Make an Ed25519 key pair for signing release manifests.
+  completion Print a bash or zsh completion script.
+
+SRC's contents are mirrored into DST, with or without a trailing '/' (rclone's
+rule, not rsync's). rsync's short options work: -n -i -c -v -q -P -j N -V.
 
 Locations: a local path, sftp://[user@]host[:port]/path, [user@]host:path,
 dropbox:/path, https://host/path/, or NAME:path for a configured remote.

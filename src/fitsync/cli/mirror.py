@@ -99,9 +99,22 @@ def run(opts: dict) -> int:
     itemize = 0 if opts["--json"] and opts["--itemize"] else max(int(opts["--itemize"]), int(options.dry_run))
     reporter = Reporter(itemize=itemize, quiet=opts["--quiet"], out=sys.stderr if opts["--json"] else None,
                         show_progress=True if opts["--progress"] and not opts["--quiet"] else None)
+    if not opts["--quiet"]:
+        note_rsync_habit(opts["SRC"], opts["DST"])
     result = api.run_mirror(opts["SRC"], opts["DST"], options, connect, select, bool(opts["--extract"]), reporter)
     report(result, opts)
     return result.exit_code
+
+
+def note_rsync_habit(src: str, dst: str) -> None:
+    """rsync copies SRC itself into DST unless SRC ends in '/'; fitsync always
+    copies SRC's contents. Where the two differ visibly, say which happens."""
+    name = src.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    if src.endswith("/") or not name or name in (".", ".."):
+        return
+    if dst.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1] == name:
+        print(f"fitsync: note: the contents of {src} go into {dst} (not into {dst.rstrip('/')}/{name}, "
+              "as rsync would do without a trailing slash)", file=sys.stderr)
 
 
 def links_mode(opts: dict) -> str:
@@ -132,11 +145,16 @@ def summary_line(result) -> str:
     counts = (f"{result.files_total} files: {result.files_new} new, {result.files_updated} updated, "
               f"{result.files_repaired} repaired, {result.files_unchanged} unchanged, "
               f"{result.files_deleted} deleted, {result.files_failed} failed"
-              + (f", {result.files_incomplete} incomplete (skipped)" if result.files_incomplete else ""))
+              + (f", {result.files_incomplete} incomplete (skipped)" if result.files_incomplete else "")
+              + (f", {result.links_copied} symlinks" if result.links_copied else "")
+              + (f", {result.links_skipped} symlinks skipped (--links or --copy-links copies them)"
+                 if result.links_skipped else ""))
     if result.dry_run:
         moved = f"would copy {human_bytes(result.bytes_transferred)} of new files"
         if result.bytes_to_update:
             moved += f" and at most {human_bytes(result.bytes_to_update)} by delta"
         return f"{counts}; {moved}"
+    processed = result.bytes_transferred + result.bytes_reused
+    rate = f" ({human_rate(processed, result.seconds)})" if processed else ""
     return (f"{counts}; copied {human_bytes(result.bytes_transferred)}, reused {human_bytes(result.bytes_reused)} "
-            f"in {result.seconds:.2f} s ({human_rate(result.bytes_transferred + result.bytes_reused, result.seconds)})")
+            f"in {result.seconds:.2f} s{rate}")

@@ -114,6 +114,15 @@ def rule_order(argv: list) -> list:
     return order
 
 
+def progress_bar(opts: dict):
+    """The hashing commands' progress bar: on a terminal (or with -P), never with -q."""
+    if opts.get("--quiet") or not (opts.get("--progress") or sys.stderr.isatty()):
+        return None
+    from fitsync.progress import tqdm_bar
+
+    return tqdm_bar(file=sys.stderr, dynamic_ncols=True)
+
+
 def print_json(data) -> None:
     import json
 

@@ -42,7 +42,8 @@ class AuditReport:
 
 
 def audit_against_manifest(target: Remote, manifest: Manifest, *, ignore: set[str] = frozenset(),
-                           selection=None, jobs: int | None = None, fits: bool = False, on_done=None) -> AuditReport:
+                           selection=None, jobs: int | None = None, fits: bool = False, on_done=None,
+                           progress=None) -> AuditReport:
     """Each file is read once (its digest, and its FITS checks with ``fits``);
     a size mismatch needs no read at all."""
     report = AuditReport()
@@ -63,6 +64,9 @@ def audit_against_manifest(target: Remote, manifest: Manifest, *, ignore: set[st
     if fits and Capability.LOCAL in target.capabilities:
         digests, errors = _digest_with_fits(target, to_hash, manifest, report, jobs)
     else:
+        from fitsync.events import hashing_progress
+
+        on_done = on_done or hashing_progress(progress, to_hash)
         digests, errors = digest_entries(target, to_hash, jobs=jobs, on_done=on_done)
     for path, error in errors.items():
         report.corrupt.append({"path": path, "reason": error})
@@ -108,7 +112,7 @@ def _selected(selection, manifest_entry) -> bool:
 
 
 def audit_location(target: str, *, manifest: str | None, fits: bool, against: str | None, selection,
-                   jobs: int, options) -> "AuditResult":
+                   jobs: int, options, progress=None) -> "AuditResult":
     """``fitsync.audit``: ``target`` against a manifest (given, or its own
     fitsync-manifest.jsonl), another copy, and/or its FITS structure."""
     import os
@@ -128,7 +132,7 @@ def audit_location(target: str, *, manifest: str | None, fits: bool, against: st
     result = AuditResult(target=target)
     matcher = build_selection(selection)
     if against is not None:
-        result.against = _audit_against(target, against, matcher, jobs, options)
+        result.against = _audit_against(target, against, matcher, jobs, options, progress)
     if manifest is not None:
         from fitsync.api import _load_manifest
 
@@ -137,7 +141,7 @@ def audit_location(target: str, *, manifest: str | None, fits: bool, against: st
             if fits and Capability.LOCAL not in remote.capabilities:
                 raise UsageError(f"--fits reads the files' structure on this machine; {target} is not a local path")
             result.manifest = audit_against_manifest(remote, loaded, ignore={DEFAULT_NAME, DEFAULT_NAME + ".sig"},
-                                                     selection=matcher, jobs=jobs, fits=fits)
+                                                     selection=matcher, jobs=jobs, fits=fits, progress=progress)
     elif fits:
         from fitsync import fitsaudit
 
@@ -149,7 +153,7 @@ def audit_location(target: str, *, manifest: str | None, fits: bool, against: st
     return result
 
 
-def _audit_against(target: str, against: str, matcher, jobs: int, options) -> AuditReport:
+def _audit_against(target: str, against: str, matcher, jobs: int, options, progress) -> AuditReport:
     """Audit ``target`` against another copy: compare by content, in audit's terms."""
     from fitsync.api import open_source
     from fitsync.engine.compare import compare_trees
@@ -160,5 +164,5 @@ def _audit_against(target: str, against: str, matcher, jobs: int, options) -> Au
         for side, name in ((reference, against), (copy, target)):
             if not side.exists():
                 raise NotFound(f"{name} does not exist; check the path")
-        diff = compare_trees(reference, copy, checksum=True, selection=matcher, jobs=jobs)
+        diff = compare_trees(reference, copy, checksum=True, selection=matcher, jobs=jobs, progress=progress)
     return AuditReport(ok=diff.identical, missing=diff.only_a, corrupt=diff.differ + diff.errors, extra=diff.only_b)

@@ -48,7 +48,7 @@ class CompareReport:
 
 
 def compare_trees(a: Remote, b: Remote, *, checksum: bool = False, selection=None, jobs: int | None = None,
-                  on_done=None) -> CompareReport:
+                  on_done=None, progress=None) -> CompareReport:
     def listing(remote):
         return {e.path: e for e in remote.list() if selection is None or selection.matches(e)}
 
@@ -73,6 +73,9 @@ def compare_trees(a: Remote, b: Remote, *, checksum: bool = False, selection=Non
         else:
             report.identical.append(path)
     if to_hash:
+        from fitsync.events import hashing_progress
+
+        on_done = on_done or hashing_progress(progress, [left[p] for p in to_hash], sides=2)
         algo = common_algorithm(a, b)
         with cf.ThreadPoolExecutor(max_workers=2) as pool:  # both sides at once
             side_a = pool.submit(digest_entries, a, [left[p] for p in to_hash], algo=algo, jobs=jobs, on_done=on_done)

@@ -10,6 +10,7 @@ import os
 from typing import IO, Optional
 
 from fitsync.errors import NotFound, UsageError
+from fitsync.events import hashing_progress
 from fitsync.formats.manifest import DEFAULT_NAME, build_entries, write_atomically, write_b3sum, write_hashlist, write_jsonl
 from fitsync.options import RemoteOptions, Selection
 from fitsync.remotes.base import Remote
@@ -30,9 +31,10 @@ def listed_files(remote: Remote, result: ManifestResult, select: Optional[Select
     return listed
 
 
-def hash_batch(remote: Remote, batch: list, result: ManifestResult, *, blocks: bool, fits: bool, jobs: int) -> list:
+def hash_batch(remote: Remote, batch: list, result: ManifestResult, *, blocks: bool, fits: bool, jobs: int,
+               on_done=None) -> list:
     """Manifest entries of ``batch`` (sorted by path); failures go to ``result.errors``."""
-    entries, errors = build_entries(remote, batch, blocks=blocks, fits_fields=fits, jobs=jobs)
+    entries, errors = build_entries(remote, batch, blocks=blocks, fits_fields=fits, jobs=jobs, on_done=on_done)
     _count(result, entries, errors)
     return entries
 
@@ -44,25 +46,27 @@ def _count(result: ManifestResult, entries: list, errors: dict) -> None:
 
 
 def write(result: ManifestResult, stream: Optional[IO[str]], *, blocks: bool, fits: bool,
-          selection: Optional[Selection], jobs: int, options: RemoteOptions, sign: Optional[str]) -> None:
+          selection: Optional[Selection], jobs: int, options: RemoteOptions, sign: Optional[str],
+          progress=None) -> None:
     """Hash ``result.root`` and write its manifest to ``result.output`` (a
     path) or ``stream``, in ``result.format``."""
     from fitsync.remotes import open_remote
 
     with open_remote(result.root, options) as root:
         listed = listed_files(root, result, selection)
+        on_done = hashing_progress(progress, listed)
         if result.format == "bagit":
-            _write_bagit(root, listed, result, jobs)
+            _write_bagit(root, listed, result, jobs, on_done)
             return
         if result.format == "sha256sum":
             from fitsync.scan import digest_entries
 
-            digests, errors = digest_entries(root, listed, algo="sha256", jobs=jobs)
+            digests, errors = digest_entries(root, listed, algo="sha256", jobs=jobs, on_done=on_done)
             entries = [e for e in listed if e.path in digests]
             _count(result, entries, errors)
             _emit(result.output, stream, lambda out: write_hashlist(out, entries, digests))
             return
-        entries = hash_batch(root, listed, result, blocks=blocks, fits=fits, jobs=jobs)
+        entries = hash_batch(root, listed, result, blocks=blocks, fits=fits, jobs=jobs, on_done=on_done)
     if result.format == "b3sum":
         _emit(result.output, stream, lambda out: write_b3sum(out, entries))
         return
@@ -92,7 +96,7 @@ def _emit(path: Optional[str], stream: Optional[IO[str]], write) -> None:
         write(stream)
 
 
-def _write_bagit(root: Remote, listed: list, result: ManifestResult, jobs: int) -> None:
+def _write_bagit(root: Remote, listed: list, result: ManifestResult, jobs: int, on_done) -> None:
     """BagIt 1.0 tag files for a bag whose payload directory is ROOT (named data/)."""
     from fitsync.formats.bagit import write_bag_tags
     from fitsync.remotes.base import Capability
@@ -100,7 +104,7 @@ def _write_bagit(root: Remote, listed: list, result: ManifestResult, jobs: int) 
 
     if Capability.LOCAL not in root.capabilities:
         raise UsageError(f"--format=bagit needs a local ROOT (the bag's data/ directory), not {result.root}")
-    digests, errors = digest_entries(root, listed, algo="sha512", jobs=jobs)
+    digests, errors = digest_entries(root, listed, algo="sha512", jobs=jobs, on_done=on_done)
     entries = [e for e in listed if e.path in digests]
     _count(result, entries, errors)
     result.output = result.output or os.path.dirname(root.root)

@@ -130,6 +130,11 @@ class Mirror:
         self.resolution = max(src.mtime_resolution, dst.mtime_resolution)
         self.recorded = None  # what DST's copy of a release manifest says its files are
         self.stopping = False  # set on Ctrl-C: start no further file
+        self.throttle = None
+        if options.bwlimit:
+            from fitsync.throttle import Throttle
+
+            self.throttle = Throttle(options.bwlimit)
         self.progress = options.progress
 
     # -- the run -------------------------------------------------------
@@ -144,9 +149,12 @@ class Mirror:
             lock.acquire()
             if local_dst:
                 self.dst.clear_state("tmp")  # a killed run's temporaries; nothing there is reusable
+        if self.options.links == "follow" and isinstance(self.src, LocalRemote):
+            self.src.follow_links = True
         try:
             items = self.plan()
             self.execute(items)
+            self.handle_links()
             if local_dst and not self.options.dry_run and not self.result.files_failed:
                 # Every transfer completed, so what is left in partial/ belongs to
                 # source versions that no longer exist.
@@ -218,6 +226,8 @@ class Mirror:
         o = self.options
         if not (self.src.has_bulk_listing and self.dst.has_bulk_listing) or self.reporter.itemize_unchanged:
             return False
+        if o.links == "follow":
+            return False  # the files links lead to are listed in Python
         if o.selection is not None or o.only_paths is not None or o.manifest is not None:
             return False
         if o.checksum:
@@ -427,6 +437,47 @@ class Mirror:
         for item in doomed:
             self.delete(item)
 
+    def handle_links(self) -> None:
+        """Symlinks of a local source: reported as skipped, or made in a local
+        destination (``--links``); ``--copy-links`` listed their targets already."""
+        links = self.src.symlinks() if isinstance(self.src, LocalRemote) else []
+        if not links or self.options.links == "follow":
+            return
+        from fitsync.remotes.links import is_safe
+
+        for link in links:
+            shown_link = f"{shown(link.path)} -> {shown(link.target)}"
+            why = self._link_refused(link, is_safe(link))
+            if why:
+                self.result.links_skipped += 1
+                self.reporter.note(link.path, f"skipping {why} \"{shown(link.path)}\"")
+                continue
+            if self.options.dry_run or self._place_link(link):
+                self.result.links_copied += 1
+                self.reporter.note(link.path, f"cL+++++++++ {shown_link}")
+            elif self.reporter.itemize_unchanged:
+                self.reporter.note(link.path, f".L          {shown_link}")
+
+    def _link_refused(self, link, safe: bool) -> str | None:
+        """Why ``link`` is not made in the destination (rsync's wording), or None."""
+        if self.options.links == "skip":
+            return "non-regular file"
+        if not safe and self.options.links != "unsafe-links":
+            return "unsafe symlink (it leads outside the source; --unsafe-links copies it)"
+        if not isinstance(self.dst, LocalRemote):
+            return "symlink (links are made only in a local destination)"
+        return None
+
+    def _place_link(self, link) -> bool:
+        from fitsync.paths import join_under
+        from fitsync.remotes.links import place_link
+
+        try:
+            return place_link(self.dst.root, link, join_under)
+        except (FitsyncError, OSError) as exc:
+            self.fail(Item(link.path, Action.NEW, "symlink"), exc)
+            return False
+
     def record_incomplete(self, item: Item, reason: str) -> None:
         self.result.files_incomplete += 1
         self.result.incomplete.append({"path": item.path, "reason": reason})
@@ -498,14 +549,17 @@ class Mirror:
         return transfer.push(self.src, self.dst, item, advance, fits_check)
 
     def _advance_for(self, path: str):
-        """The bytes-done callback of one file's transfer."""
-        if self.progress is None:
-            return self.reporter.advance
-        progress, reporter = self.progress, self.reporter
+        """The bytes-done callback of one file's transfer: ``advance(n)`` after
+        reading n bytes from the source, ``advance(n, matched=True)`` for bytes
+        a delta takes from the old copy (progress, but no read to throttle)."""
+        progress, reporter, throttle = self.progress, self.reporter, self.throttle
 
-        def advance(amount: int) -> None:
+        def advance(amount: int, matched: bool = False) -> None:
             reporter.advance(amount)
-            progress(BytesDone(path, amount))
+            if progress is not None:
+                progress(BytesDone(path, amount))
+            if throttle is not None and not matched:
+                throttle.consume(amount)
         return advance
 
     def refresh_source(self, item: Item) -> Item | None:

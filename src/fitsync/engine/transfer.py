@@ -406,14 +406,14 @@ class _CountedProgress:
         self._size = size
         self._reported = 0
 
-    def __call__(self, n: int) -> None:
+    def __call__(self, n: int, matched: bool = False) -> None:
         n = min(n, self._size - self._reported)
         if self._on_bytes and n > 0:
             self._reported += n
-            self._on_bytes(n)
+            self._on_bytes(n, matched=True) if matched else self._on_bytes(n)
 
     def finish(self) -> None:
-        self(self._size - self._reported)
+        self(self._size - self._reported, matched=True)
 
 
 def _delta_tmp(dst: LocalRemote, item: Item) -> str:
@@ -441,6 +441,10 @@ def _rebuild_from_basis(src: Remote, dst: LocalRemote, item: Item, sig, recorded
             else:
                 known = layout_hint(sig, basis_map)
             recipe = fetch_recipe(sig, basis_map, known=known)
+        if on_bytes:
+            # Progress counts bytes processed: the matched ones are done once
+            # the recipe is known, so a delta's bar (and ETA) moves as it goes.
+            on_bytes(recipe.basis_bytes, matched=True)
 
         def read_source(ranges):
             # Bounded pieces: a replaced file is one huge SOURCE range, and
@@ -522,6 +526,8 @@ def _push_delta(local: str, dst: Remote, item: Item, on_bytes=None) -> Moved:
             recipe = delta_recipe(sig, data, source_digest=digest, known=sig.like_offsets)
             if item.expected_digest and recipe.digest != item.expected_digest:
                 raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
+            if on_bytes:
+                on_bytes(recipe.basis_bytes, matched=True)  # processed, not read (see _rebuild_from_basis)
 
             def literals():
                 for offset, length in recipe.source_ranges():
@@ -564,6 +570,9 @@ def _relay_delta(src: Remote, dst: Remote, item: Item, on_bytes, fits_check: boo
         # Headers only, read as ranges (a few kilobytes); no data unit is read.
         _raise_if_incomplete(item, plain_structure_state(lambda pos, n: src.read_range(item.path, pos, n),
                                                          item.src.size))
+
+    if on_bytes:
+        on_bytes(recipe.basis_bytes, matched=True)  # processed, not read (see _rebuild_from_basis)
 
     def literals():
         for data in src.read_ranges(item.path, split_ranges(recipe.source_ranges(), CHUNK)):

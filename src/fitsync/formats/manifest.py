@@ -153,16 +153,26 @@ def write_atomically(path: str, write) -> None:
     import stat
     import tempfile
 
+    from fitsync.errors import UsageError
+
+    path = os.path.expanduser(path)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         mode = stat.S_IFREG
-    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"{path} is a directory; give the name of a file to write")
+    if not stat.S_ISREG(mode):
         with open(path, "w", encoding="utf-8", newline="\n") as out:
             write(out)
         return
     directory = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".fitsync-manifest-", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fitsync-manifest-", dir=directory)
+    except FileNotFoundError:
+        raise UsageError(f"cannot write {path}: the directory {directory} does not exist; create it first") from None
+    except PermissionError:
+        raise UsageError(f"cannot write {path}: the directory {directory} is not writable") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
             write(out)

@@ -371,6 +371,11 @@ class DropboxRemote(Remote):
                 raise BadInput(f"Dropbox rejected the request for {what}: {_first_line(exc.message)}") from None
             except dbx_errors.HttpError as exc:
                 raise TransferFailed(f"Dropbox answered HTTP {exc.status_code} to {what}") from None
+            except (ValueError, AssertionError):
+                # The SDK asserts the answer's content type, then decodes its JSON:
+                # a proxy's or login portal's page came back instead of the API's answer.
+                failures = self._back_off(what, "answer that is not the API's JSON (a proxy or login page on the "
+                                          "way?)", failures, ConnectionFailed)
 
     def _back_off(self, what: str, problem: str, failures: int, error_type) -> int:
         failures += 1

@@ -312,6 +312,26 @@ class HttpRemote(Remote):
         return cls(url, ca_bundle=options.ca_bundle, retries=3 if options.retries is None else options.retries,
                    verify_key=options.verify_key)
 
+    @classmethod
+    def from_config(cls, name: str, conf: dict, path: str, options: RemoteOptions) -> "HttpRemote":
+        """A ``type = "https"`` remote: ``url``, and optionally ``username`` with
+        ``password_env`` (a variable holding the password; never argv), ``ca_bundle``."""
+        base = conf.get("url")
+        if not base:
+            raise BadInput(f"remote {name!r} in the remotes config has no url; add url = \"https://...\"")
+        url = base.rstrip("/") + "/" + path.lstrip("/") if path.strip("/") else base
+        remote = cls(url, ca_bundle=options.ca_bundle or conf.get("ca_bundle"),
+                     retries=3 if options.retries is None else options.retries,
+                     verify_key=options.verify_key or conf.get("verify_key"))
+        if conf.get("username"):
+            variable = conf.get("password_env")
+            password = os.environ.get(variable, "") if variable else conf.get("password", "")
+            if variable and variable not in os.environ:
+                raise AuthenticationFailed(f"remote {name!r}: password_env names {variable}, which is not set")
+            credentials = f"{conf['username']}:{password}".encode()
+            remote._auth = "Basic " + base64.b64encode(credentials).decode("ascii")
+        return remote
+
     # -- what this remote can do ---------------------------------------------------
     @property
     def capabilities(self) -> frozenset:

@@ -33,10 +33,22 @@ class LocalRemote(Remote):
         # Names listed on disk that fitsync must not use (newline, backslash...):
         # reported as failed files, never silently skipped.
         self.rejected_names: list[tuple[str, str]] = []
+        self.symlink_count = 0  # symlinks the last listing passed over
+        self.follow_links = False  # --copy-links: list the files symlinks lead to
+        self._followed: dict[str, str] = {}  # listed path -> real path, for files reached through a symlink
 
     @classmethod
     def from_url(cls, url: str, options: "RemoteOptions") -> "LocalRemote":
         return cls(url)
+
+    @classmethod
+    def from_config(cls, name: str, conf: dict, path: str, options: "RemoteOptions") -> "LocalRemote":
+        """A ``type = "file"`` remote: a directory on this machine named once (``path``)."""
+        base = conf.get("path")
+        if not base:
+            raise BadInput(f"remote {name!r} in the remotes config has no path; add path = \"/data/...\"")
+        inner = path.strip("/")
+        return cls(os.path.join(os.path.expanduser(base), *safe_relpath(inner).split("/")) if inner else base)
 
     # -- listing ------------------------------------------------------
     def exists(self) -> bool:
@@ -47,9 +59,33 @@ class LocalRemote(Remote):
         # Symlinks are never listed (the walker does not follow them), so no
         # read can be led outside the root.
         entries = listing.entries(Entry)
-        if not listing.in_str_order:
+        if self.follow_links and self.symlink_count:
+            entries += self._followed_entries()
+            entries.sort(key=lambda e: e.path)
+        elif not listing.in_str_order:
             entries.sort(key=lambda e: e.path)  # a name that is not UTF-8: byte order is not str order
         return iter(entries)
+
+    def symlinks(self) -> list:
+        """The symlinks of the tree (fitsync.remotes.links.Link), after a listing."""
+        if not self.symlink_count:
+            return []
+        from fitsync.remotes.links import find_links
+
+        return find_links(self.root, STATE_DIR)
+
+    def _followed_entries(self) -> list[Entry]:
+        from fitsync.remotes.links import followed_files
+
+        self._followed = followed_files(self.root, self.symlinks())
+        entries = []
+        for rel, real in self._followed.items():
+            try:
+                st = os.stat(real)
+                entries.append(Entry(safe_relpath(rel), st.st_size, st.st_mtime_ns / 1e9))
+            except (OSError, UnsafePath):
+                continue
+        return entries
 
     @property
     def has_bulk_listing(self) -> bool:
@@ -77,13 +113,15 @@ class LocalRemote(Remote):
             listing, error = scan(self.root, STATE_DIR, two_threads)
         except OSError as exc:
             raise FitsyncError(f"cannot read directory {self.root}: {exc.strerror}") from None
-        if error is not None:
-            errno_value, where = error
-            raise FitsyncError(
-                f"cannot read directory {os.path.join(self.root, where)}: {os.strerror(errno_value)}; "
-                "fix its permissions or exclude it"
-            )
+        self.symlink_count = listing.links
         rejected = []
+        if error is not None:
+            # The walker went on past it; name every directory it could not
+            # read, so that each is a failure of the run (exit 3) and nothing
+            # under it is deleted from a destination, while the rest is mirrored.
+            for where, errno_value in unreadable_directories(self.root, error):
+                rejected.append((where + "/", f"cannot read directory: {os.strerror(errno_value)}; "
+                                              "fix its permissions or exclude it"))
         # The walker flags every name that is not plain printable ASCII of
         # ordinary length; only those go through the full checks.
         for index, path in listing.suspicious():
@@ -108,7 +146,10 @@ class LocalRemote(Remote):
         return Entry(safe_relpath(path), st.st_size, st.st_mtime_ns / 1e9)
 
     def path_of(self, path: str) -> str:
-        """The OS path of a relative path, refusing anything that would leave the root."""
+        """The OS path of a relative path, refusing anything that would leave the
+        root (but a file --copy-links reached through a symlink)."""
+        if self._followed and path in self._followed:
+            return self._followed[path]
         rel = safe_relpath(path)
         parent = rel.rpartition("/")[0]
         if parent in self._safe_dirs:
@@ -237,3 +278,20 @@ def _prune_empty_dirs(directory: str, root: str) -> None:
         except OSError:
             return
         directory = os.path.dirname(directory)
+
+
+def unreadable_directories(root: str, first: tuple) -> list:
+    """(relative path, errno) of each directory under ``root`` that cannot be
+    listed; ``first`` is the (errno, path) the walker met first. Only called
+    when the walker met one, so the slower Python walk is no cost otherwise."""
+    found = {}
+
+    def note(exc: OSError) -> None:
+        if exc.filename:
+            found[os.path.relpath(exc.filename, root).replace(os.sep, "/")] = exc.errno or first[0]
+
+    for top, dirs, _files in os.walk(root, onerror=note):
+        if top == root and STATE_DIR in dirs:
+            dirs.remove(STATE_DIR)
+    found.setdefault(first[1].rstrip("/"), first[0])
+    return sorted(found.items())
