@@ -4,10 +4,14 @@ also each FITS file's own structure and checksums, in the same read."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fitsync.formats.manifest import Manifest
 from fitsync.remotes.base import Capability, Entry, Remote
 from fitsync.scan import digest_entries, for_each_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fitsync.results import AuditResult
 
 
 @dataclass

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 from fitsync.errors import (
     EXIT_FAILED,
-    BadInput,
     ConnectionFailed,
     FitsyncError,
     NotFound,
@@ -29,6 +28,10 @@ from fitsync.engine.plan import Action, Item, decide, deletions, same_mtime
 from fitsync.progress import Reporter
 from fitsync.remotes.base import Capability, Entry, Remote
 from fitsync.remotes.local import LocalRemote, entry_of
+from fitsync.engine.contents import compare_contents
+from fitsync.engine.links import mirror_links
+from fitsync.engine.locations import (RemoteLock, check_locations, describe_os_error, list_selected,
+                                     prepare_local_destination)
 from fitsync.results import FileAction, MirrorResult
 from fitsync.threads import run_beside
 
@@ -86,39 +89,6 @@ class MirrorOptions:
         return f"MirrorOptions({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
-def check_locations(src: Remote, dst: Remote) -> None:
-    """Refuse a missing source and a destination inside a local source."""
-    if not src.exists():
-        raise NotFound(f"source {src.url} does not exist; check the path")
-    if isinstance(src, LocalRemote) and isinstance(dst, LocalRemote):
-        s, d = os.path.realpath(src.root), os.path.realpath(dst.root)
-        if d == s or d.startswith(s + os.sep):
-            raise BadInput(f"destination {dst.root} is inside the source {src.root}; choose a destination outside it")
-
-
-def prepare_local_destination(dst: LocalRemote) -> None:
-    try:
-        os.makedirs(dst.root, exist_ok=True)
-        dst.state_dir()
-    except PermissionError:
-        raise BadInput(f"destination {dst.root} is not writable; check its permissions") from None
-    except FileExistsError:
-        raise BadInput(f"destination {dst.root} exists and is not a directory") from None
-    if not os.access(dst.root, os.W_OK):
-        raise BadInput(f"destination {dst.root} is not writable; check its permissions")
-
-
-def list_selected(remote: Remote, options: MirrorOptions) -> dict[str, Entry]:
-    entries = {}
-    for entry in remote.list():
-        if options.only_paths is not None and entry.path not in options.only_paths:
-            continue
-        if options.selection is not None and not options.selection.matches(entry):
-            continue
-        entries[entry.path] = entry
-    return entries
-
-
 class Mirror:
     def __init__(self, src: Remote, dst: Remote, options: MirrorOptions, reporter: Reporter | None = None):
         self.src = src
@@ -154,7 +124,7 @@ class Mirror:
         try:
             items = self.plan()
             self.execute(items)
-            self.handle_links()
+            mirror_links(self)
             if local_dst and not self.options.dry_run and not self.result.files_failed:
                 # Every transfer completed, so what is left in partial/ belongs to
                 # source versions that no longer exist.
@@ -181,7 +151,7 @@ class Mirror:
 
             return DirectoryLock(self.dst.state_dir())
         if hasattr(self.dst, "lock") and hasattr(self.dst, "unlock"):
-            return _RemoteLock(self.dst)
+            return RemoteLock(self.dst)
         return None
 
     def plan(self) -> list[Item]:
@@ -193,7 +163,7 @@ class Mirror:
             self.fail(Item(path, Action.NEW, reason), TransferFailed(reason))
         self.result.files_total = len(src_entries)
         self.result.bytes_total = sum(e.size for e in src_entries.values())
-        differs, reasons, expected = self.compare_contents(src_entries, dst_entries)
+        differs, reasons, expected = compare_contents(self, src_entries, dst_entries)
         items = []
         unchanged_lines = self.reporter.itemize_unchanged
         for path, entry in src_entries.items():
@@ -307,60 +277,6 @@ class Mirror:
                 lambda: list_selected(self.dst, self.options) if self.dst.exists() else {})
             return src_future.result(), dst_future.result()
 
-    def compare_contents(self, src_entries, dst_entries):
-        """With --checksum or --manifest, find same-size-and-mtime pairs whose content differs."""
-        differs: dict[str, bool] = {}
-        reasons: dict[str, str] = {}
-        expected: dict[str, str] = {}
-        manifest = self.options.manifest
-        if manifest is not None:
-            for path, m in manifest.entries.items():
-                expected[path] = m.blake3
-        if not (self.options.checksum or manifest is not None):
-            return differs, reasons, expected
-        from fitsync.scan import common_algorithm, digest_entries
-
-        pairs = [
-            (src_entries[p], dst_entries[p]) for p in src_entries
-            if p in dst_entries and src_entries[p].size == dst_entries[p].size
-        ]
-        if not pairs:
-            return differs, reasons, expected
-        algo = common_algorithm(self.src, self.dst)
-        total = sum(s.size for s, _ in pairs) * (1 if manifest is not None and algo == "blake3" else 2)
-        self.reporter.phase("scan", total)
-        if manifest is not None and algo == "blake3":
-            src_digests = {s.path: expected[s.path] for s, _ in pairs if s.path in expected}
-            missing = [s for s, _ in pairs if s.path not in expected]
-        else:
-            src_digests, missing = {}, [s for s, _ in pairs]
-        advance = lambda e: self.reporter.advance(e.size)  # noqa: E731
-        # Both sides at once: each is mostly one thread's work for small files.
-        import concurrent.futures as cf
-
-        with cf.ThreadPoolExecutor(max_workers=2) as pool:
-            dst_side = pool.submit(digest_entries, self.dst, [d for _, d in pairs], algo=algo,
-                                   jobs=self.options.jobs, on_done=advance)
-            src_side = pool.submit(digest_entries, self.src, missing, algo=algo, jobs=self.options.jobs,
-                                   on_done=advance)
-            dst_digests, dst_errors = dst_side.result()
-            computed, src_errors = src_side.result()
-        src_digests.update(computed)
-        for path, error in {**src_errors, **dst_errors}.items():
-            differs[path] = True
-            reasons[path] = f"could not compare ({error})"
-        for s, _ in pairs:
-            if s.path in differs:
-                continue
-            a, b = src_digests.get(s.path), dst_digests.get(s.path)
-            differs[s.path] = a != b
-            if manifest is not None and s.path in expected and b != expected[s.path]:
-                reasons[s.path] = "does not match the manifest"
-            else:
-                reasons[s.path] = "content differs"
-        self.reporter.close_phase()
-        return differs, reasons, expected
-
     def hold_back_incomplete_sources(self, items: list[Item]) -> list[Item]:
         """A local source FITS file about to be transferred whose structure is
         incomplete is still being written: skip it (and keep the destination's copy)."""
@@ -436,47 +352,6 @@ class Mirror:
             return
         for item in doomed:
             self.delete(item)
-
-    def handle_links(self) -> None:
-        """Symlinks of a local source: reported as skipped, or made in a local
-        destination (``--links``); ``--copy-links`` listed their targets already."""
-        links = self.src.symlinks() if isinstance(self.src, LocalRemote) else []
-        if not links or self.options.links == "follow":
-            return
-        from fitsync.remotes.links import is_safe
-
-        for link in links:
-            shown_link = f"{shown(link.path)} -> {shown(link.target)}"
-            why = self._link_refused(link, is_safe(link))
-            if why:
-                self.result.links_skipped += 1
-                self.reporter.note(link.path, f"skipping {why} \"{shown(link.path)}\"")
-                continue
-            if self.options.dry_run or self._place_link(link):
-                self.result.links_copied += 1
-                self.reporter.note(link.path, f"cL+++++++++ {shown_link}")
-            elif self.reporter.itemize_unchanged:
-                self.reporter.note(link.path, f".L          {shown_link}")
-
-    def _link_refused(self, link, safe: bool) -> str | None:
-        """Why ``link`` is not made in the destination (rsync's wording), or None."""
-        if self.options.links == "skip":
-            return "non-regular file"
-        if not safe and self.options.links != "unsafe-links":
-            return "unsafe symlink (it leads outside the source; --unsafe-links copies it)"
-        if not isinstance(self.dst, LocalRemote):
-            return "symlink (links are made only in a local destination)"
-        return None
-
-    def _place_link(self, link) -> bool:
-        from fitsync.paths import join_under
-        from fitsync.remotes.links import place_link
-
-        try:
-            return place_link(self.dst.root, link, join_under)
-        except (FitsyncError, OSError) as exc:
-            self.fail(Item(link.path, Action.NEW, "symlink"), exc)
-            return False
 
     def record_incomplete(self, item: Item, reason: str) -> None:
         self.result.files_incomplete += 1
@@ -579,7 +454,7 @@ class Mirror:
         return refreshed
 
     def fail(self, item: Item, exc: BaseException) -> None:
-        reason = str(exc) if isinstance(exc, FitsyncError) else _describe_os_error(exc)
+        reason = str(exc) if isinstance(exc, FitsyncError) else describe_os_error(exc)
         with _COUNTER_LOCK:
             self.result.files_failed += 1
             self.result.failures.append({"path": item.path, "reason": reason})  # JSON escapes it
@@ -599,23 +474,3 @@ class Mirror:
         self.reporter.item(item)
         if self.progress is not None:
             self.progress(FileFinished(item.path, Action.DELETE.value))
-
-
-class _RemoteLock:
-    def __init__(self, remote: Remote):
-        self.remote = remote
-
-    def acquire(self) -> None:
-        self.remote.lock()
-
-    def release(self) -> None:
-        self.remote.unlock()
-
-
-def _describe_os_error(exc: BaseException) -> str:
-    if isinstance(exc, OSError):
-        name = exc.filename2 or exc.filename  # for a rename, the destination
-        where = f" ({name})" if name else ""
-        return f"{exc.strerror or exc.__class__.__name__}{where}"
-    return str(exc)
-

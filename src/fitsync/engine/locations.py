@@ -1,0 +1,65 @@
+"""Where a mirror reads and writes: checks of the two locations, the
+destination lock, the filtered listing, and how an OS error is told."""
+
+from __future__ import annotations
+
+import os
+
+from fitsync.errors import BadInput, NotFound
+from fitsync.remotes.base import Entry, Remote
+from fitsync.remotes.local import LocalRemote
+
+
+def check_locations(src: Remote, dst: Remote) -> None:
+    """Refuse a missing source and a destination inside a local source."""
+    if not src.exists():
+        raise NotFound(f"source {src.url} does not exist; check the path")
+    if isinstance(src, LocalRemote) and isinstance(dst, LocalRemote):
+        s, d = os.path.realpath(src.root), os.path.realpath(dst.root)
+        if d == s or d.startswith(s + os.sep):
+            raise BadInput(f"destination {dst.root} is inside the source {src.root}; choose a destination outside it")
+
+
+def prepare_local_destination(dst: LocalRemote) -> None:
+    try:
+        os.makedirs(dst.root, exist_ok=True)
+        dst.state_dir()
+    except PermissionError:
+        raise BadInput(f"destination {dst.root} is not writable; check its permissions") from None
+    except FileExistsError:
+        raise BadInput(f"destination {dst.root} exists and is not a directory") from None
+    if not os.access(dst.root, os.W_OK):
+        raise BadInput(f"destination {dst.root} is not writable; check its permissions")
+
+
+def list_selected(remote: Remote, options) -> dict[str, Entry]:
+    entries = {}
+    for entry in remote.list():
+        if options.only_paths is not None and entry.path not in options.only_paths:
+            continue
+        if options.selection is not None and not options.selection.matches(entry):
+            continue
+        entries[entry.path] = entry
+    return entries
+
+
+class RemoteLock:
+    """The lock a remote backend offers (lock()/unlock()), as DirectoryLock is used."""
+
+    def __init__(self, remote: Remote):
+        self.remote = remote
+
+    def acquire(self) -> None:
+        self.remote.lock()
+
+    def release(self) -> None:
+        self.remote.unlock()
+
+
+def describe_os_error(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        name = exc.filename2 or exc.filename  # for a rename, the destination
+        where = f" ({name})" if name else ""
+        return f"{exc.strerror or exc.__class__.__name__}{where}"
+    return str(exc)
+
