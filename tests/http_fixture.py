@@ -31,6 +31,7 @@ import datetime
 import hashlib
 import email.utils
 import html
+import base64
 import os
 import posixpath
 import re
@@ -161,6 +162,9 @@ class _Handler(BaseHTTPRequestHandler):
         req = self._record()
         if self.server.take_failure():
             self._simple(req, 503, "try again later", {"Retry-After": "0"})
+            return
+        if self.server.basic_auth and self.headers.get("Authorization") != self.server.basic_auth:
+            self._simple(req, 401, "login needed", {"WWW-Authenticate": 'Basic realm="release"'})
             return
         if req.path in self.server.redirects:
             self._simple(req, 302, "found", {"Location": self.server.redirects[req.path]})
@@ -350,6 +354,9 @@ class _Server(ThreadingHTTPServer):
         self.fail_first = kw.get("fail_first", 0)
         self.honor_if_match = kw.get("honor_if_match", True)
         self.redirects = dict(kw.get("redirects") or {})
+        # ("user", "password"): every request must carry them (HTTP basic authentication)
+        login = kw.get("login")
+        self.basic_auth = ("Basic " + base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()) if login else None
         self.counters = Counters()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._served = {}

@@ -90,7 +90,8 @@ def _load_manifest(path: Optional[Location], verify_key: Optional[str]):
 def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool = False, dry_run: bool = False,
            select: Optional[Selection] = None, jobs: int = 2, retries: int = 3, manifest: Optional[Location] = None,
            progress: Optional[ProgressCallback] = None, fits_check: bool = True, extract: bool = False,
-           links: str = "skip", bwlimit: Union[str, int, None] = None,
+           links: str = "skip", bwlimit: Union[str, int, None] = None, max_delete: Optional[int] = None,
+           allow_empty_source: bool = False,
            verify_key: Optional[str] = None, remote_options: Optional[RemoteOptions] = None,
            raise_on_failure: bool = False) -> MirrorResult:
     """Make ``dst`` an exact, verified copy of ``src``, moving only new, changed or corrupt data.
@@ -103,7 +104,9 @@ def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool
     local source: "skip" (counted in ``links_skipped``), "links" (copied as
     links, those pointing outside the source skipped), "unsafe-links" (all
     copied as links) or "follow" (their targets copied). ``bwlimit`` caps the
-    read rate (bytes per second, or "10M"). Per-file failures are listed in the result;
+    read rate (bytes per second, or "10M"). ``delete`` refuses a source that
+    lists no files unless ``allow_empty_source``, and removes nothing when it
+    would remove more than ``max_delete``. Per-file failures are listed in the result;
     with ``raise_on_failure`` they raise ``TransferFailed`` (its ``result``
     attribute holds the result).
     """
@@ -112,7 +115,8 @@ def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool
     connect = _remote_options(remote_options, jobs, retries, verify_key)
     options = mirror_options(checksum=checksum, delete=delete, dry_run=dry_run, jobs=jobs, retries=retries,
                              manifest=manifest, fits_check=fits_check, select=select, progress=progress,
-                             verify_key=connect.verify_key, links=links, bwlimit=bwlimit)
+                             verify_key=connect.verify_key, links=links, bwlimit=bwlimit, max_delete=max_delete,
+                             allow_empty_source=allow_empty_source)
     reporter = Reporter(quiet=True, show_progress=False)  # events go to ``progress``; nothing is printed
     return run_mirror(src, dst, options, connect, select, extract, reporter, raise_on_failure)
 
@@ -120,7 +124,8 @@ def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool
 def mirror_options(*, checksum: bool, delete: bool, dry_run: bool, jobs: int, retries: int,
                    manifest: Optional[Location], fits_check: bool, select: Optional[Selection],
                    verify_key: Optional[str], progress: Optional[ProgressCallback] = None, links: str = "skip",
-                   bwlimit: Union[str, int, None] = None):
+                   bwlimit: Union[str, int, None] = None, max_delete: Optional[int] = None,
+                   allow_empty_source: bool = False):
     """The engine's MirrorOptions for ``mirror``'s arguments (the CLI builds them here too)."""
     from fitsync.engine.mirror import MirrorOptions
     from fitsync.selection import build_selection
@@ -136,7 +141,8 @@ def mirror_options(*, checksum: bool, delete: bool, dry_run: bool, jobs: int, re
         raise UsageError(f"--bwlimit={bwlimit} is below 1 KiB/s; give a rate such as 500k or 10M")
     return MirrorOptions(checksum=checksum, delete=delete, dry_run=dry_run, jobs=jobs, retries=retries,
                          manifest=_load_manifest(manifest, verify_key), fits_check=fits_check,
-                         selection=build_selection(select), progress=progress, links=links, bwlimit=rate)
+                         selection=build_selection(select), progress=progress, links=links, bwlimit=rate,
+                         max_delete=max_delete, allow_empty_source=allow_empty_source)
 
 
 def run_mirror(src: Location, dst: Location, options, connect: RemoteOptions, select: Optional[Selection],

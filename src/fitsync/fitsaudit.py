@@ -820,12 +820,19 @@ def audit_tree(root: str, paths: Iterable[str] | None = None, jobs: int | None =
         return list(pool.map(lambda rel: _check_under(root, rel), selected))
 
 
+def printable(path: str) -> str:
+    """A path as printed: control characters escaped (fitsync.paths.shown)."""
+    from fitsync.paths import shown
+
+    return shown(path)
+
+
 def format_table(reports: list[FileReport]) -> str:
     """One line per file (status, HDUs, checksums, path); the problems of
     files that are not ok below them; a summary line."""
     lines = [f"{'STATUS':<11} {'HDUS':>4}  {'CHECKSUMS':<9}  PATH"]
     for report in reports:
-        lines.append(f"{report.status:<11} {len(report.hdus):>4}  {report.checksums:<9}  {report.path}")
+        lines.append(f"{report.status:<11} {len(report.hdus):>4}  {report.checksums:<9}  {printable(report.path)}")
         for problem in report.all_problems:
             if report.status != STATUS_OK or problem.severity == WARNING:
                 lines.append(f"{'':<11}   {problem.severity}: {problem.message}")

@@ -8,9 +8,10 @@ racing mirrors cannot both win.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 
-from fitsync.errors import Locked, TransferFailed
+from fitsync.errors import BadInput, Locked, TransferFailed
 
 LOCK_NAME = "lock"
 
@@ -45,7 +46,12 @@ class DirectoryLock:
         exists. A lock is therefore never seen empty (and taken for stale)."""
         tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}"
         try:
-            with open(tmp, "w") as f:
+            try:
+                os.unlink(tmp)  # a leftover (or planted) entry of that name is never written through
+            except FileNotFoundError:
+                pass
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as f:
                 f.write(f"{os.getpid()} {os.uname().nodename}\n")
             os.link(tmp, self.path)
             return True
@@ -62,12 +68,24 @@ class DirectoryLock:
                 pass
 
     def _owner(self) -> tuple[int | None, str]:
+        """(pid, host) written in the lock. Opened without blocking or following
+        a link and read bounded: a FIFO or a huge file there cannot hang the run."""
         try:
-            with open(self.path) as f:
-                pid_text, _, host = f.read().strip().partition(" ")
-            return int(pid_text), host
-        except (OSError, ValueError):
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
             return None, ""
+        except OSError as exc:
+            raise BadInput(f"{self.path} is not a lock fitsync wrote ({exc.strerror}); remove it and run again") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise BadInput(f"{self.path} is not a lock file fitsync wrote (a FIFO, socket or directory); "
+                               "remove it and run again")
+            pid_text, _, host = os.read(fd, 256).decode("utf-8", "replace").strip().partition(" ")
+            return int(pid_text), host
+        except ValueError:
+            return None, ""
+        finally:
+            os.close(fd)
 
     def _reclaim_if_stale(self) -> bool:
         pid, host = self._owner()

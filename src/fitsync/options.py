@@ -29,6 +29,7 @@ class RemoteOptions:
     timeout: Optional[float] = None  # seconds of silence before an SSH connection counts as lost (0: never)
     retries: Optional[int] = None  # retries of a transient failure
     jobs: Optional[int] = None  # files worked on at once (connections and channels follow it)
+    allow_password_in_url: bool = False  # accept https://user:password@host/ (visible to every local user)
 
     def __post_init__(self) -> None:
         if self.timeout is not None and self.timeout < 0:

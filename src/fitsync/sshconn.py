@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import paramiko
 
-from fitsync.errors import AuthenticationFailed, ConnectionFailed, HostKeyRejected, HostNotFound
+from fitsync.errors import AuthenticationFailed, BadInput, ConnectionFailed, HostKeyRejected, HostNotFound
 
 log = logging.getLogger(__name__)
 # paramiko's transport thread logs what ends a connection (with a traceback) at
@@ -109,10 +109,18 @@ def resolve_target(host: str, *, user: str | None = None, port: int | None = Non
     known = ([os.path.expanduser(known_hosts)] if known_hosts else
              [os.path.expanduser(p) for p in conf.get("userknownhostsfile", "").split()] or
              [os.path.expanduser("~/.ssh/known_hosts")])
+    try:
+        port_number = int(port or conf.get("port", 22))
+    except (TypeError, ValueError):
+        port_number = 0
+    if not 0 < port_number < 65536:
+        # The value itself is not repeated: a mistyped line may hold anything.
+        raise BadInput(f"the port for host {host!r} is not a number from 1 to 65535; fix it in the remotes file "
+                       "or ~/.ssh/config")
     return SshTarget(
         alias=host,
         hostname=hostname,
-        port=int(port or conf.get("port", 22)),
+        port=port_number,
         user=user or conf.get("user") or getpass.getuser(),
         identity_files=tuple(os.path.expanduser(p) for p in identity),
         proxy_jump="" if conf.get("proxyjump", "none") == "none" else conf.get("proxyjump", ""),

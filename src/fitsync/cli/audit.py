@@ -6,10 +6,11 @@ Usage:
                        [--max-age=DURATION] [--date=DAY] [--template=T] [--profile=NAME] [--where=EXPR]...
                        [--include-from=FILE]... [--exclude-from=FILE]... [--min-age=DURATION] [--max-size=SIZE]
                        [--min-size=SIZE] [--log-file=FILE] [--progress]
-                       [--accept-new-host-key] [--timeout=SECONDS] [--ca-bundle=FILE] [--dropbox-config=FILE] [--quiet]
+                       [--accept-new-host-key] [--timeout=SECONDS] [--ca-bundle=FILE] [--allow-password-in-url] [--dropbox-config=FILE] [--quiet]
   fitsync audit --help
 
 Options:
+  --allow-password-in-url  Accept https://user:password@host/ (every local user can read it).
   --include-from=FILE  Include patterns from FILE, one per line (# comments).
   --exclude-from=FILE  Exclude patterns from FILE, one per line (# comments).
   --min-age=DURATION   Only files older than DURATION.
@@ -36,6 +37,7 @@ import sys
 
 from fitsync.cli.options import int_option, print_json, progress_bar, remote_options, selection
 from fitsync.fitsaudit import format_table
+from fitsync.paths import shown
 from fitsync.progress import log
 
 
@@ -61,13 +63,13 @@ def run(opts: dict) -> int:
 
 def _print_manifest_report(report) -> None:
     for path in sorted(report.missing):
-        print(f"missing  {path}")
+        print(f"missing  {shown(path)}")
     for item in sorted(report.corrupt, key=lambda c: c["path"]):
-        print(f"corrupt  {item['path']}  ({item['reason']})")
+        print(f"corrupt  {shown(item['path'])}  ({item['reason']})")
     for path in sorted(report.extra):
-        print(f"extra    {path}")
+        print(f"extra    {shown(path)}")
     for item in sorted(report.fits_problems, key=lambda p: p["path"]):
-        print(f"fits     {item['path']}  ({item['reason']})")
+        print(f"fits     {shown(item['path'])}  ({item['reason']})")
     counts = report.to_dict()["counts"]
     print(
         f"{counts['ok']} ok, {counts['missing']} missing, {counts['corrupt']} corrupt, {counts['extra']} extra",

@@ -6,10 +6,11 @@ Usage:
                       [--max-age=DURATION] [--date=DAY] [--template=T] [--profile=NAME] [--where=EXPR]...
                       [--include-from=FILE]... [--exclude-from=FILE]... [--min-age=DURATION] [--max-size=SIZE]
                       [--min-size=SIZE] [--log-file=FILE] [--progress]
-                      [--accept-new-host-key] [--timeout=SECONDS] [--ca-bundle=FILE] [--dropbox-config=FILE]
+                      [--accept-new-host-key] [--timeout=SECONDS] [--ca-bundle=FILE] [--allow-password-in-url] [--dropbox-config=FILE]
   fitsync compare --help
 
 Options:
+  --allow-password-in-url  Accept https://user:password@host/ (every local user can read it).
   --include-from=FILE  Include patterns from FILE, one per line (# comments).
   --exclude-from=FILE  Exclude patterns from FILE, one per line (# comments).
   --min-age=DURATION   Only files older than DURATION.
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 from fitsync.cli.options import int_option, print_json, progress_bar, remote_options, selection
 from fitsync.errors import EXIT_DIFFERENCES, EXIT_OK
+from fitsync.paths import shown
 from fitsync.progress import log
 
 
@@ -53,10 +55,10 @@ def run(opts: dict) -> int:
 
 def _print_text(report, a: str, b: str) -> None:
     sections = (
-        (f"FILES ON {a} THAT ARE NOT ON {b}", report.only_a),
-        (f"FILES ON {b} THAT ARE NOT ON {a}", report.only_b),
-        ("FILES THAT DIFFER", [f"{d['path']}  ({d['reason']})" for d in report.differ]),
-        ("FILES THAT COULD NOT BE COMPARED", [f"{e['path']}  ({e['reason']})" for e in report.errors]),
+        (f"FILES ON {a} THAT ARE NOT ON {b}", [shown(p) for p in report.only_a]),
+        (f"FILES ON {b} THAT ARE NOT ON {a}", [shown(p) for p in report.only_b]),
+        ("FILES THAT DIFFER", [f"{shown(d['path'])}  ({d['reason']})" for d in report.differ]),
+        ("FILES THAT COULD NOT BE COMPARED", [f"{shown(e['path'])}  ({e['reason']})" for e in report.errors]),
     )
     for title, lines in sections:
         if lines:

@@ -1,11 +1,12 @@
 """List the productions of an IACT data store, with figures read from its index tables.
 
 Usage:
-  fitsync datasets STORE [--json] [--allow-root=DIR]... [--accept-new-host-key] [--timeout=SECONDS] [--ca-bundle=FILE]
+  fitsync datasets STORE [--json] [--allow-root=DIR]... [--accept-new-host-key] [--timeout=SECONDS] [--ca-bundle=FILE] [--allow-password-in-url]
                          [--dropbox-config=FILE]
   fitsync datasets --help
 
 Options:
+  --allow-password-in-url  Accept https://user:password@host/ (every local user can read it).
   --json                 Print the productions as JSON.
   --allow-root=DIR       Also accept index paths (FILE_DIR) inside DIR, outside the store.
   --accept-new-host-key  Trust and record an SSH host key seen for the first time.

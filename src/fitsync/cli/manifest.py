@@ -7,10 +7,11 @@ Usage:
                         [--template=T] [--profile=NAME] [--where=EXPR]...
                         [--include-from=FILE]... [--exclude-from=FILE]... [--min-age=DURATION] [--max-size=SIZE]
                         [--min-size=SIZE] [--log-file=FILE] [--progress] [--accept-new-host-key] [--timeout=SECONDS]
-                        [--ca-bundle=FILE] [--dropbox-config=FILE]
+                        [--ca-bundle=FILE] [--allow-password-in-url] [--dropbox-config=FILE]
   fitsync manifest --help
 
 Options:
+  --allow-password-in-url  Accept https://user:password@host/ (every local user can read it).
   --include-from=FILE  Include patterns from FILE, one per line (# comments).
   --exclude-from=FILE  Exclude patterns from FILE, one per line (# comments).
   --min-age=DURATION   Only files older than DURATION.

@@ -8,7 +8,8 @@ Usage:
                          [--min-age=DURATION] [--max-size=SIZE] [--min-size=SIZE] [--date=DAY] [--template=T]
                          [--profile=NAME] [--where=EXPR]... [--production=NAME] [--runlist=FILE] [--keep-local]
                          [--allow-root=DIR]... [--extract] [--links] [--copy-links] [--unsafe-links]
-                         [--bwlimit=RATE] [--accept-new-host-key] [--ca-bundle=FILE]
+                         [--bwlimit=RATE] [--max-delete=N] [--allow-empty-source] [--accept-new-host-key]
+                         [--ca-bundle=FILE] [--allow-password-in-url]
                          [--dropbox-config=FILE] [--verify-key=PUBKEY] [--timeout=SECONDS] [--verbose]
   fitsync mirror --help
 
@@ -17,11 +18,15 @@ rule: 'mirror data backup' fills backup/, never backup/data/). SRC may also
 be a single file, which is mirrored into the directory DST.
 
 Options:
+  --allow-password-in-url  Accept https://user:password@host/ (every local user can read it).
   -c, --checksum         Compare content even when size and mtime agree (bytes side
                          by side for two local trees, digests otherwise); a
                          destination copy whose content differs is repaired.
   --delete               Delete destination files absent from the source (never
-                         after a failed transfer).
+                         after a failed transfer; never all of them because the
+                         source lists nothing, unless --allow-empty-source).
+  --max-delete=N         With --delete: delete nothing when more than N files would go.
+  --allow-empty-source   With --delete: let a source that lists no files empty DST.
   -n, --dry-run          Print what a real run would do; change nothing.
   -i, --itemize          One line per changed file in rsync's --itemize-changes
                          format (>f+++++++++ new, >f.st...... updated, >fc........
@@ -93,7 +98,9 @@ def run(opts: dict) -> int:
         checksum=bool(opts["--checksum"]), delete=bool(opts["--delete"]), dry_run=bool(opts["--dry-run"]),
         manifest=opts["--manifest"] or None, jobs=int_option(opts, "--jobs", 2, minimum=1),
         retries=int_option(opts, "--retries", 3), fits_check=not opts["--no-fits-check"], select=select,
-        verify_key=connect.verify_key, links=links_mode(opts), bwlimit=opts["--bwlimit"] or None)
+        verify_key=connect.verify_key, links=links_mode(opts), bwlimit=opts["--bwlimit"] or None,
+        max_delete=int_option(opts, "--max-delete", 0) if opts["--max-delete"] is not None else None,
+        allow_empty_source=bool(opts["--allow-empty-source"]))
     # With --json, stdout carries only the summary object: itemized lines go to
     # stderr, or with --itemize into the object's "files" list instead.
     itemize = 0 if opts["--json"] and opts["--itemize"] else max(int(opts["--itemize"]), int(options.dry_run))

@@ -5,10 +5,11 @@ Usage:
                       [--output=FILE] [--report=FILE] [--log-file=FILE] [--quiet]
                       [--include=PAT]... [--exclude=PAT]...
                       [--files-from=FILE] [--since=WHEN] [--max-age=DURATION] [--date=DAY]
-                      [--accept-new-host-key] [--timeout=SECONDS] [--ca-bundle=FILE] [--dropbox-config=FILE]
+                      [--accept-new-host-key] [--timeout=SECONDS] [--ca-bundle=FILE] [--allow-password-in-url] [--dropbox-config=FILE]
   fitsync missing --help
 
 Options:
+  --allow-password-in-url  Accept https://user:password@host/ (every local user can read it).
   --expect=EXPR          The field and values every key must have: type=final_cat,logs
                          or type=@types.txt.
   --template=T           Name the fields of a path, e.g. '{type}_{tile}.tgz'.

@@ -46,6 +46,7 @@ def remote_options(opts: dict) -> RemoteOptions:
         timeout=seconds_option(opts, "--timeout"),
         retries=int_option(opts, "--retries", 3) if opts.get("--retries") is not None else None,
         jobs=int_option(opts, "--jobs", 2, minimum=1) if opts.get("--jobs") is not None else None,
+        allow_password_in_url=bool(opts.get("--allow-password-in-url")),
     )
 
 

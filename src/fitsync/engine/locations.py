@@ -15,9 +15,36 @@ def check_locations(src: Remote, dst: Remote) -> None:
     if not src.exists():
         raise NotFound(f"source {src.url} does not exist; check the path")
     if isinstance(src, LocalRemote) and isinstance(dst, LocalRemote):
-        s, d = os.path.realpath(src.root), os.path.realpath(dst.root)
-        if d == s or d.startswith(s + os.sep):
+        # By device and inode, along every existing parent: symlinks and a
+        # bind mount of the same directory count too.
+        if _identity(src.root) in _lineage(dst.root):
             raise BadInput(f"destination {dst.root} is inside the source {src.root}; choose a destination outside it")
+        if _identity(dst.root) is not None and _identity(dst.root) in _lineage(src.root):
+            raise BadInput(f"source {src.root} is inside the destination {dst.root}: a mirror (and its --delete) "
+                           "would write where it reads; choose a destination outside it")
+
+
+def _identity(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _lineage(path: str) -> set:
+    """(device, inode) of ``path`` (or, if it does not exist yet, of the
+    directory that will hold it) and of every directory above it."""
+    found = set()
+    path = os.path.abspath(path)
+    while True:
+        identity = _identity(path)
+        if identity is not None:
+            found.add(identity)
+        parent = os.path.dirname(path)
+        if parent == path:
+            return found
+        path = parent
 
 
 def prepare_local_destination(dst: LocalRemote) -> None:

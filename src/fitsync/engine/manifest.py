@@ -28,7 +28,19 @@ def listed_files(remote: Remote, result: ManifestResult, select: Optional[Select
     listed = [e for e in remote.list() if e.path not in skip and (selection is None or selection.matches(e))]
     # Names the tree holds but a manifest cannot record are errors of the run.
     result.errors.extend({"path": p, "reason": r} for p, r in getattr(remote, "rejected_names", ()))
-    return listed
+    recordable = [e for e in listed if _is_utf8(e.path)]
+    result.errors.extend({"path": e.path, "reason": "the name is not UTF-8, which a manifest records; rename the file"}
+                         for e in listed if not _is_utf8(e.path))
+    return recordable
+
+
+def _is_utf8(path: str) -> bool:
+    """Whether a listed name (bytes that are not UTF-8 arrive as surrogates) is UTF-8."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def hash_batch(remote: Remote, batch: list, result: ManifestResult, *, blocks: bool, fits: bool, jobs: int,

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from fitsync.errors import (
     EXIT_FAILED,
+    BadInput,
     ConnectionFailed,
     FitsyncError,
     NotFound,
@@ -69,6 +70,8 @@ class MirrorOptions:
         progress: ProgressCallback | None = None,  # receives fitsync.events
         links: str = "skip",  # symlinks in a local source: skip, links, unsafe-links, follow
         bwlimit: int | None = None,  # bytes per second read from the source, all files together
+        max_delete: int | None = None,  # --delete removes nothing when it would remove more
+        allow_empty_source: bool = False,  # --delete may empty the destination when the source lists nothing
     ):
         self.checksum = checksum
         self.delete = delete
@@ -84,6 +87,8 @@ class MirrorOptions:
         self.progress = progress
         self.links = links
         self.bwlimit = bwlimit
+        self.max_delete = max_delete
+        self.allow_empty_source = allow_empty_source
 
     def __repr__(self) -> str:
         return f"MirrorOptions({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
@@ -121,6 +126,8 @@ class Mirror:
                 self.dst.clear_state("tmp")  # a killed run's temporaries; nothing there is reusable
         if self.options.links == "follow" and isinstance(self.src, LocalRemote):
             self.src.follow_links = True
+        if isinstance(self.dst, LocalRemote):
+            self.dst.replaces_other_types = self.options.delete
         try:
             items = self.plan()
             self.execute(items)
@@ -185,8 +192,17 @@ class Mirror:
         items = self.hold_back_incomplete_sources(items)
         if self.options.delete:
             kept = {p: e for p, e in dst_entries.items() if p not in self.options.protected}
-            items.extend(deletions(set(src_entries), kept))
+            items.extend(self.guard_empty_source(deletions(set(src_entries), kept)))
         return items
+
+    def guard_empty_source(self, doomed: list[Item]) -> list[Item]:
+        """A source that lists nothing (an unmounted disk, a wrong path) would
+        have --delete empty the destination: refused unless asked for."""
+        if doomed and self.result.files_total == 0 and not self.options.allow_empty_source:
+            raise BadInput(f"the source {self.src.url} lists no files, so --delete would remove all {len(doomed)} "
+                           "files of the destination; check the source (an empty mount point?), or pass "
+                           "--allow-empty-source")
+        return doomed
 
     def can_plan_in_bulk(self) -> bool:
         """Whether both sides list in bulk and the plan needs nothing per file
@@ -233,7 +249,7 @@ class Mirror:
         if self.options.delete:
             kept = {e.path: e for e in map(entry_of, map(dst_listing.row, diff.only_other))
                     if e.path not in self.options.protected}
-            items.extend(deletions(set(), kept))
+            items.extend(self.guard_empty_source(deletions(set(), kept)))
         return items
 
     def repairs_in_bulk(self, diff) -> list[tuple[int, Item]]:
@@ -349,6 +365,14 @@ class Mirror:
         if doomed and self.result.files_failed:
             log.warning("not deleting %d destination files because %d transfers failed",
                         len(doomed), self.result.files_failed)
+            return
+        limit = self.options.max_delete
+        if limit is not None and len(doomed) > limit:
+            reason = (f"--delete would remove {len(doomed)} files, more than --max-delete={limit}; "
+                      "none was deleted (check the source, or raise the limit)")
+            log.info("%s", reason)  # the CLI prints the failure; the log file keeps it too
+            self.result.failures.append({"path": ".", "reason": reason})
+            self.result.exit_code = EXIT_FAILED
             return
         for item in doomed:
             self.delete(item)

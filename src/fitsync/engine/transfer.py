@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import stat
 from dataclasses import dataclass
 
 import xxhash
@@ -31,7 +32,7 @@ from fitsync.errors import SourceChanged, VerificationFailed
 from fitsync.hashes import file_digest, new_hasher
 from fitsync.engine.plan import Action, Item
 from fitsync.remotes.base import Capability, Remote
-from fitsync.remotes.local import LocalRemote, finish_file, unlink_quietly
+from fitsync.remotes.local import LocalRemote, finish_file, open_state_file, unlink_quietly
 from fitsync.threads import run_beside
 
 log = logging.getLogger("fitsync.engine.transfer")
@@ -123,6 +124,8 @@ def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_chec
     key = _identity_key(item)
     part = os.path.join(partial_dir, key + ".part")
     journal = os.path.join(partial_dir, key + ".journal")
+    for name in (part, journal):
+        _drop_unless_regular(name)
     resume_at = _validated_prefix(part, journal)
     moved = Moved(reused=resume_at)
     trusted = _trusted_digest(item)
@@ -153,9 +156,15 @@ def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_chec
         raise
     if fits_check:
         refuse_incomplete_fits(part, item)
-    finish_file(part, dst.path_of(item.path), item.src.mtime)
+    finish_file(part, dst.path_of(item.path), item.src.mtime, _local_source(src, item),
+                replace_other_types=dst.replaces_other_types)
     os.unlink(journal)
     return moved
+
+
+def _local_source(src: Remote, item: Item) -> str | None:
+    """The OS path of a local source file (its permissions are copied), else None."""
+    return src.local_path(item.path) if Capability.LOCAL in src.capabilities else None
 
 
 def _checkable_by_source(src: Remote, item: Item, trusted: str | None) -> bool:
@@ -186,7 +195,8 @@ def _receive(src: Remote, item: Item, part: str, journal: str, resume_at: int, r
     hex BLAKE3 of the bytes written is returned then, else None."""
     from fitsync.directio import open_direct
 
-    with open(part, "r+b" if resume_at else "wb") as out, open(journal, "r+b" if resume_at else "wb") as jour:
+    mode = "r+b" if resume_at else "wb"
+    with open_state_file(part, mode) as out, open_state_file(journal, mode) as jour:
         out.truncate(resume_at)
         out.seek(resume_at)
         jour.truncate(resume_at // CHUNK * JOURNAL_DIGEST)
@@ -292,10 +302,22 @@ def _read_exact(f, n: int) -> bytes:
     return b"".join(parts)
 
 
+def _drop_unless_regular(path: str) -> None:
+    """A partial download or journal that is not a plain file (a symlink
+    planted in the state directory) is removed, never read or written through."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        log.warning("%s is not a regular file; removing it (a partial download is started over)", path)
+        os.unlink(path)
+
+
 def _validated_prefix(part: str, journal: str) -> int:
     """Length of the partial file's prefix whose chunk hashes match the journal."""
     try:
-        with open(part, "rb") as p, open(journal, "rb") as j:
+        with open_state_file(part, "rb") as p, open_state_file(journal, "rb") as j:
             hashes = j.read()
             good = 0
             for i in range(len(hashes) // JOURNAL_DIGEST):
@@ -318,9 +340,9 @@ def _verify_file(part: str, journal: str | None, item: Item, trusted: str | None
     hashers["blake3"] = new_hasher("blake3")
     expected_chunks = b""
     if journal is not None:
-        with open(journal, "rb") as j:
+        with open_state_file(journal, "rb") as j:
             expected_chunks = j.read()
-    with open(part, "rb") as f:
+    with open_state_file(part, "rb") as f:
         index = 0
         for chunk in iter(lambda: f.read(CHUNK), b""):
             for hasher in hashers.values():
@@ -388,7 +410,7 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_ch
         _check_source_unchanged(src, item, before)
         if fits_check:
             refuse_incomplete_fits(tmp, item)
-        finish_file(tmp, basis_path, item.src.mtime)
+        finish_file(tmp, basis_path, item.src.mtime, _local_source(src, item))
     except BaseException:
         unlink_quietly(tmp)
         raise
@@ -456,7 +478,7 @@ def _rebuild_from_basis(src: Remote, dst: LocalRemote, item: Item, sig, recorded
                 yield data
 
         try:
-            with open(tmp, "wb") as out:
+            with open_state_file(tmp, "wb") as out:
                 apply_recipe(recipe, basis.fileno(), read_source, out.fileno())
         except BaseException:
             unlink_quietly(tmp)

@@ -219,9 +219,12 @@ def _parse(stream, name: str) -> Manifest:
     header = None
     entries: dict[str, ManifestEntry] = {}
     lineno = 0
-    for lineno, line in enumerate(stream, 1):
+    # Each line is read bounded (readline with a limit): an endless line is
+    # refused after MAX_LINE characters instead of being held whole first.
+    for lineno, line in enumerate(iter(lambda: stream.readline(MAX_LINE + 1), ""), 1):
         if len(line) > MAX_LINE:
-            raise BadInput(f"manifest {name} line {lineno}: line too long")
+            raise BadInput(f"manifest {name} line {lineno}: longer than {MAX_LINE >> 20} MiB; this is not a "
+                           "fitsync manifest")
         if not line.strip():
             continue
         try:

@@ -265,6 +265,23 @@ def index_links(page: str, page_url: str) -> tuple[list[str], list[str]]:
     return sorted(set(files)), sorted(set(dirs))
 
 
+def _netrc_auth(host: str) -> str | None:
+    """Basic credentials for ``host`` from ~/.netrc (as curl and wget read it), if any."""
+    import netrc
+
+    path = os.path.join(os.path.expanduser("~"), ".netrc")
+    if not os.path.isfile(path):
+        return None
+    try:
+        found = netrc.netrc(path).authenticators(host)
+    except (netrc.NetrcParseError, OSError) as exc:
+        raise BadInput(f"cannot read {path}: {exc}; fix the file") from None
+    if not found:
+        return None
+    login, _account, password = found
+    return "Basic " + base64.b64encode(f"{login}:{password or ''}".encode()).decode("ascii")
+
+
 # -- the remote ------------------------------------------------------------------
 
 class HttpRemote(Remote):
@@ -309,8 +326,17 @@ class HttpRemote(Remote):
 
     @classmethod
     def from_url(cls, url: str, options: RemoteOptions) -> "HttpRemote":
-        return cls(url, ca_bundle=options.ca_bundle, retries=3 if options.retries is None else options.retries,
-                   verify_key=options.verify_key)
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is not None and not options.allow_password_in_url:
+            # argv is readable by every local user (ps, /proc/PID/cmdline).
+            raise UsageError("a password in the URL is visible to every user of this machine; put the user in a "
+                             "remotes file entry (username, password_env) or in ~/.netrc, or pass "
+                             "--allow-password-in-url")
+        remote = cls(url, ca_bundle=options.ca_bundle, retries=3 if options.retries is None else options.retries,
+                     verify_key=options.verify_key)
+        if remote._auth is None and parts.hostname:
+            remote._auth = _netrc_auth(parts.hostname)
+        return remote
 
     @classmethod
     def from_config(cls, name: str, conf: dict, path: str, options: RemoteOptions) -> "HttpRemote":

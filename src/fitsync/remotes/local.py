@@ -35,6 +35,7 @@ class LocalRemote(Remote):
         self.rejected_names: list[tuple[str, str]] = []
         self.symlink_count = 0  # symlinks the last listing passed over
         self.follow_links = False  # --copy-links: list the files symlinks lead to
+        self.replaces_other_types = False  # --delete: a file may replace a directory, and the reverse
         self._followed: dict[str, str] = {}  # listed path -> real path, for files reached through a symlink
 
     @classmethod
@@ -181,19 +182,33 @@ class LocalRemote(Remote):
 
     # -- writing ------------------------------------------------------
     def state_dir(self, *parts: str) -> str:
-        d = os.path.join(self.root, STATE_DIR, *parts)
-        os.makedirs(d, exist_ok=True)
+        """DST/.fitsync (or a subdirectory), made private if missing. Each level
+        must be a real directory of this user's: a symlink planted there would
+        lead temporary files, partial downloads and their cleanup elsewhere."""
+        d = os.path.join(self.root, STATE_DIR)
+        for part in ("", *parts):
+            d = os.path.join(d, part) if part else d
+            private_directory(d)
         return d
 
     def clear_state(self, sub: str) -> None:
-        """Remove every file in one state subdirectory (caller holds the lock)."""
+        """Remove every file in one state subdirectory (caller holds the lock),
+        through a descriptor of that directory opened without following a link."""
         directory = os.path.join(self.root, STATE_DIR, sub)
         try:
-            names = os.listdir(directory)
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return
-        for name in names:
-            unlink_quietly(os.path.join(directory, name))
+        except OSError as exc:
+            raise BadInput(f"{directory} is not a directory fitsync made ({exc.strerror}); remove it") from None
+        try:
+            for name in os.listdir(fd):
+                try:
+                    os.unlink(name, dir_fd=fd)
+                except (FileNotFoundError, IsADirectoryError, PermissionError):
+                    pass
+        finally:
+            os.close(fd)
 
     def tidy_state_dir(self) -> None:
         """Remove fitsync's state directory when nothing in it is worth keeping
@@ -230,8 +245,8 @@ class LocalRemote(Remote):
         full = self.path_of(path)
         try:
             os.unlink(full)
-        except FileNotFoundError:
-            return
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return  # gone, or already replaced by the source's entry of the other type
         _prune_empty_dirs(os.path.dirname(full), self.root)
 
 
@@ -247,18 +262,128 @@ def _needs_check(path: str) -> bool:
     return len(path) > 200 or not path.isprintable() or "\\" in path
 
 
-def finish_file(tmp: str, final: str, mtime: float | None) -> None:
-    """Set the mtime of a verified temporary file and rename it into place."""
+def finish_file(tmp: str, final: str, mtime: float | None, source: str | None = None,
+                replace_other_types: bool = False) -> None:
+    """Give a verified temporary file its mtime and permissions, then rename it
+    into place. ``source`` (a local source file) lends its permission bits,
+    its owner when running as root, and those of the directories made for it;
+    without one, a replaced file keeps its own bits and a new one gets the
+    umask's (temporary files are private, 0600, until this point).
+    ``replace_other_types`` (--delete): a directory where the file goes, or a
+    file where one of its directories goes, is replaced, only now that the
+    file is verified."""
     if mtime is not None:
         ns = int(round(mtime * 1e9))
         os.utime(tmp, ns=(ns, ns))
+    old_directory = None
     if os.path.isdir(final) and not os.path.islink(final):
-        raise BadInput(f"{final} is a directory in the destination but a file in the source")
+        if not replace_other_types:
+            raise BadInput(f"{final} is a directory in the destination but a file in the source; "
+                           "run with --delete to replace it")
+        old_directory = f"{tmp}.replaced-directory"
+        os.rename(final, old_directory)  # kept beside the temporary file until the new one is in place
+    _copy_attributes(tmp, source, final)
     try:
-        os.makedirs(os.path.dirname(final), exist_ok=True)
+        make_parents(os.path.dirname(final), os.path.dirname(source) if source else None, replace_other_types)
         os.replace(tmp, final)
+        if old_directory is not None:
+            import shutil
+
+            shutil.rmtree(old_directory)
+    except BaseException:
+        if old_directory is not None and not os.path.lexists(final):
+            os.rename(old_directory, final)
+        raise
     except PermissionError:
         raise TransferFailed(f"cannot replace {final}: permission denied (is its directory read-only?)") from None
+
+
+def _copy_attributes(tmp: str, source: str | None, final: str) -> None:
+    """Permission bits (never setuid or setgid) and, as root, ownership of ``tmp``."""
+    try:
+        st = os.stat(source) if source else os.stat(final)
+        mode = stat_mod.S_IMODE(st.st_mode) & ~(stat_mod.S_ISUID | stat_mod.S_ISGID)
+    except (FileNotFoundError, TypeError):
+        st, mode = None, 0o666 & ~_umask()
+    os.chmod(tmp, mode)
+    if st is not None and source and os.geteuid() == 0:
+        os.chown(tmp, st.st_uid, st.st_gid)
+
+
+def make_parents(directory: str, source_directory: str | None = None, replace_files: bool = False) -> None:
+    """Make ``directory`` and any missing parents; each made one takes the
+    permission bits (and, as root, the owner) of the source directory it copies.
+    With ``replace_files`` a file standing where a directory belongs is removed."""
+    missing = []
+    while not os.path.isdir(directory):
+        missing.append((directory, source_directory))
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+        source_directory = os.path.dirname(source_directory) if source_directory else None
+    for made, like in reversed(missing):
+        try:
+            os.mkdir(made)
+        except FileExistsError:
+            if os.path.isdir(made) or not replace_files:
+                if not os.path.isdir(made):
+                    raise BadInput(f"{made} is a file in the destination but a directory in the source; "
+                                   "run with --delete to replace it") from None
+                continue
+            os.unlink(made)
+            os.mkdir(made)
+        if like is not None:
+            st = os.stat(like)
+            os.chmod(made, stat_mod.S_IMODE(st.st_mode) & ~(stat_mod.S_ISUID | stat_mod.S_ISGID))
+            if os.geteuid() == 0:
+                os.chown(made, st.st_uid, st.st_gid)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (threads may be creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def private_directory(path: str) -> None:
+    """Make ``path`` (mode 0700) or check that it is a real directory owned by
+    this user; refuse a symlink, another kind of file, or another user's."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except PermissionError:
+        raise BadInput(f"cannot create {path}: permission denied; check the destination's permissions") from None
+    st = os.lstat(path)
+    if stat_mod.S_ISLNK(st.st_mode) or not stat_mod.S_ISDIR(st.st_mode):
+        kind = "a symlink" if stat_mod.S_ISLNK(st.st_mode) else "not a directory"
+        raise BadInput(f"{path} is {kind}, not the state directory fitsync makes; remove it and run again")
+    if st.st_uid != os.geteuid():
+        raise BadInput(f"{path} belongs to user {st.st_uid}, not to this user; refusing to use it")
+
+
+def open_state_file(path: str, mode: str):
+    """Open a file of the state directory (partial download, journal,
+    temporary) without following a symlink; a new file is made private
+    (0600) and any entry already there under that name is replaced, never
+    written through."""
+    if mode == "wb":
+        unlink_quietly(path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    else:
+        flags = {"rb": os.O_RDONLY, "r+b": os.O_RDWR}[mode]
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadInput(f"{path} is not a regular file; remove it and run again")
+    return os.fdopen(fd, mode)
 
 
 def unlink_quietly(path: str) -> None:

@@ -1,0 +1,235 @@
+"""A destination that fights back, sources that change shape, deletes that must
+not reach the wrong files: the installed ``fitsync`` run as root, as from cron."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import read_tree, write_tree
+from http_fixture import HttpFixture
+
+FITSYNC = str(Path(sys.executable).with_name("fitsync"))
+
+
+def run(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
+    result = subprocess.run([FITSYNC, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, **(env or {})})
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def snapshot(root: Path) -> dict:
+    """Every entry under root with its kind, bytes or link target (a canary's fingerprint)."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = ("link", os.readlink(path))
+        elif path.is_file():
+            out[rel] = ("file", path.read_bytes())
+        else:
+            out[rel] = ("dir", None)
+    return out
+
+
+@pytest.fixture
+def canary(tmp_path):
+    write_tree(tmp_path / "canary", {"victim.txt": b"must stay", "tmp/keep": b"k", "partial/keep": b"p"})
+    return tmp_path / "canary"
+
+
+def test_a_planted_partial_is_never_written_through(tmp_path, canary):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_tree(src, {"obs.fits": os.urandom(200_000)})
+    before = snapshot(canary)
+    # The partial's name is derived from the source file's identity: predictable, hence plantable.
+    from fitsync.engine.plan import Action, Item
+    from fitsync.engine.transfer import _identity_key
+    from fitsync.remotes.local import LocalRemote
+
+    entry = next(LocalRemote(str(src)).list())
+    key = _identity_key(Item("obs.fits", Action.NEW, "", entry))
+    (dst / ".fitsync" / "partial").mkdir(parents=True, mode=0o700)
+    (dst / ".fitsync").chmod(0o700)
+    for suffix in (".part", ".journal"):
+        (dst / ".fitsync" / "partial" / f"{key}{suffix}").symlink_to(canary / "victim.txt")
+    result = run("mirror", src, dst)
+    assert result.returncode == 0, result.stderr
+    assert snapshot(canary) == before
+    assert not (dst / "obs.fits").is_symlink() and (dst / "obs.fits").read_bytes() == (src / "obs.fits").read_bytes()
+
+
+def test_a_symlinked_state_directory_is_refused(tmp_path, canary):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_tree(src, {"a.fits": b"a" * 100})
+    dst.mkdir()
+    (dst / ".fitsync").symlink_to(canary)
+    before = snapshot(canary)
+    result = run("mirror", src, dst)
+    assert result.returncode == 2 and "is a symlink" in result.stderr
+    assert snapshot(canary) == before
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_lock_that_is_not_a_file_is_one_line_not_a_hang(tmp_path, kind):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_tree(src, {"a.fits": b"a"})
+    (dst / ".fitsync").mkdir(parents=True, mode=0o700)
+    lock = dst / ".fitsync" / "lock"
+    os.mkfifo(lock) if kind == "fifo" else lock.mkdir()
+    started = time.monotonic()
+    result = run("mirror", src, dst, timeout=20)
+    assert time.monotonic() - started < 10
+    assert result.returncode == 2 and "remove it and run again" in result.stderr
+
+
+def test_nesting_is_refused_both_ways(tmp_path):
+    write_tree(tmp_path / "archive", {"new/a.fits": b"a", "old.fits": b"o"})
+    inner = run("mirror", tmp_path / "archive" / "new", tmp_path / "archive", "--delete")
+    assert inner.returncode == 2 and "inside the destination" in inner.stderr
+    outer = run("mirror", tmp_path / "archive", tmp_path / "archive" / "new" / "copy")
+    assert outer.returncode == 2 and "inside the source" in outer.stderr
+    (tmp_path / "alias").symlink_to(tmp_path / "archive")
+    assert run("mirror", tmp_path / "alias" / "new", tmp_path / "archive", "--delete").returncode == 2
+    assert read_tree(tmp_path / "archive") == {"new/a.fits": b"a", "old.fits": b"o"}
+
+
+def test_an_empty_source_does_not_empty_the_destination(tmp_path):
+    (tmp_path / "mnt").mkdir()  # an unmounted mount point
+    write_tree(tmp_path / "dst", {f"{i}.fits": b"x" for i in range(20)})
+    refused = run("mirror", tmp_path / "mnt", tmp_path / "dst", "--delete")
+    assert refused.returncode == 2 and "--allow-empty-source" in refused.stderr
+    assert len(read_tree(tmp_path / "dst")) == 20
+    write_tree(tmp_path / "mnt", {"0.fits": b"x"})
+    capped = run("mirror", tmp_path / "mnt", tmp_path / "dst", "--delete", "--max-delete=5")
+    assert capped.returncode == 3 and "more than --max-delete=5" in capped.stderr
+    assert len(read_tree(tmp_path / "dst")) == 20
+    assert run("mirror", tmp_path / "mnt", tmp_path / "dst", "--delete", "--max-delete=19").returncode == 0
+    assert sorted(read_tree(tmp_path / "dst")) == ["0.fits"]
+    (tmp_path / "mnt" / "0.fits").unlink()
+    assert run("mirror", tmp_path / "mnt", tmp_path / "dst", "--delete", "--allow-empty-source").returncode == 0
+    assert read_tree(tmp_path / "dst") == {}
+
+
+def test_a_type_change_converges(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_tree(src, {"x/a.fits": b"a", "y": b"file"})
+    run("mirror", src, dst)
+    (src / "x" / "a.fits").unlink()
+    (src / "x").rmdir()
+    (src / "y").unlink()
+    write_tree(src, {"x": b"now a file", "y/b.fits": b"now a directory"})
+    kept = run("mirror", src, dst)
+    assert kept.returncode == 3 and "run with --delete to replace it" in kept.stderr
+    assert run("mirror", src, dst, "--delete").returncode == 0
+    assert read_tree(dst) == {"x": b"now a file", "y/b.fits": b"now a directory"}
+    assert run("mirror", src, dst, "--delete", "--json").returncode == 0
+
+
+def test_modes_are_kept_and_never_widened(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_tree(src, {"private/key.fits": b"k" * 100, "public.fits": b"p"})
+    (src / "private" / "key.fits").chmod(0o600)
+    (src / "private").chmod(0o700)
+    (src / "public.fits").chmod(0o644)
+    os.chown(src / "private" / "key.fits", 65534, 65534)
+    assert run("mirror", src, dst).returncode == 0
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(dst / "private" / "key.fits") == 0o600 and mode(dst / "private") == 0o700
+    assert mode(dst / "public.fits") == 0o644
+    assert (dst / "private" / "key.fits").stat().st_uid == 65534  # root keeps ownership
+    with open(src / "private" / "key.fits", "ab") as f:
+        f.write(b"more")
+    assert run("mirror", src, dst).returncode == 0  # a delta update
+    assert mode(dst / "private" / "key.fits") == 0o600
+
+
+def test_names_are_escaped_in_every_report(tmp_path):
+    hostile = "bad\x1b[2Kname.fits"
+    write_tree(tmp_path / "a", {hostile: b"1", "ok.fits": b"2"})
+    write_tree(tmp_path / "b", {"ok.fits": b"2"})
+    compared = run("compare", tmp_path / "a", tmp_path / "b")
+    assert "\x1b" not in compared.stdout and "bad\\x1b[2Kname.fits" in compared.stdout
+    run("manifest", tmp_path / "a", f"--output={tmp_path / 'm.jsonl'}")
+    audited = run("audit", tmp_path / "b", f"--manifest={tmp_path / 'm.jsonl'}")
+    assert audited.returncode == 1 and "\x1b" not in audited.stdout + audited.stderr
+    assert "missing  bad\\x1b[2Kname.fits" in audited.stdout
+
+
+def test_non_utf8_names_in_a_manifest(tmp_path):
+    root = tmp_path / "t"
+    root.mkdir()
+    (root / "ok.fits").write_bytes(b"ok")
+    with open(os.path.join(os.fsencode(root), b"caf\xe9.fits"), "wb") as f:
+        f.write(b"x")
+    for fmt in ("jsonl", "b3sum", "sha256sum"):
+        result = run("manifest", root, f"--format={fmt}", f"--output={tmp_path / ('m.' + fmt)}",
+                     env={"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"})
+        assert result.returncode == 3 and "the name is not UTF-8" in result.stderr, result.stderr
+        assert "ok.fits" in (tmp_path / f"m.{fmt}").read_text()
+
+
+def test_a_bad_port_in_the_remotes_file(tmp_path):
+    config = tmp_path / "remotes.toml"
+    config.write_text('[obs]\ntype = "sftp"\nhost = "127.0.0.1"\nport = "s3cr3t-typo"\n')
+    config.chmod(0o600)
+    result = run("mirror", "obs:/data", tmp_path / "d", env={"FITSYNC_CONFIG": str(config)})
+    assert result.returncode == 2 and "port" in result.stderr and "s3cr3t" not in result.stderr
+
+
+def test_an_endless_manifest_line_is_refused_early(tmp_path):
+    with open(tmp_path / "huge.jsonl", "w") as f:
+        f.write('{"format": "fitsync-manifest", "version": 1, "files": 1}\n{"path": "')
+        f.write("a" * (70 << 20))
+    write_tree(tmp_path / "t", {"a": b"1"})
+    result = run("audit", tmp_path / "t", f"--manifest={tmp_path / 'huge.jsonl'}")
+    assert result.returncode == 2 and "longer than 64 MiB" in result.stderr
+
+
+def test_http_passwords_stay_out_of_argv(tmp_path):
+    write_tree(tmp_path / "site" / "rel", {"a.fits": b"A" * 1000})
+    with HttpFixture(str(tmp_path / "site"), login=("survey", "pa55")) as server:
+        in_url = server.url.replace("http://", "http://survey:pa55@") + "/rel/"
+        refused = run("mirror", in_url, tmp_path / "d1")
+        assert refused.returncode == 2 and "~/.netrc" in refused.stderr and "pa55" not in refused.stderr
+        assert run("mirror", in_url, tmp_path / "d1", "--allow-password-in-url").returncode == 0
+        home = tmp_path / "home"
+        home.mkdir()
+        (home / ".netrc").write_text("machine 127.0.0.1 login survey password pa55\n")
+        (home / ".netrc").chmod(0o600)
+        from_netrc = run("mirror", server.url + "/rel/", tmp_path / "d2", env={"HOME": str(home)})
+        assert from_netrc.returncode == 0, from_netrc.stderr
+        config = tmp_path / "remotes.toml"
+        config.write_text(f'[dr1]\ntype = "https"\nurl = "{server.url}/rel/"\nusername = "survey"\n'
+                          'password_env = "DR1_PASSWORD"\n')
+        named = run("mirror", "dr1:", tmp_path / "d3", env={"FITSYNC_CONFIG": str(config), "DR1_PASSWORD": "pa55"})
+        assert named.returncode == 0, named.stderr
+    for d in ("d1", "d2", "d3"):
+        assert read_tree(tmp_path / d) == {"a.fits": b"A" * 1000}
+
+
+def test_ctrl_c_stops_the_run_within_seconds(tmp_path):
+    write_tree(tmp_path / "src", {f"{i:05d}.fits": b"x" * 4096 for i in range(3000)})
+    proc = subprocess.Popen([FITSYNC, "mirror", str(tmp_path / "src"), str(tmp_path / "dst"), "--bwlimit=2M"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and time.monotonic() - started < 3, err
+    assert "Traceback" not in err and "run the same command again" in err
+    copied = read_tree(tmp_path / "dst")
+    assert 0 < len(copied) < 3000 and all(v == b"x" * 4096 for v in copied.values())
+    assert run("mirror", tmp_path / "src", tmp_path / "dst").returncode == 0
+    assert len(read_tree(tmp_path / "dst")) == 3000
+    assert hashlib.sha256(b"".join(read_tree(tmp_path / "dst").values())).hexdigest() == hashlib.sha256(
+        b"".join(read_tree(tmp_path / "src").values())).hexdigest()
