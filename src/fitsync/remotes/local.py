@@ -356,12 +356,15 @@ def private_directory(path: str) -> None:
     """Make ``path`` (mode 0700) or check that it is a real directory owned by
     this user; refuse a symlink, another kind of file, or another user's."""
     try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except PermissionError:
-        raise BadInput(f"cannot create {path}: permission denied; check the destination's permissions") from None
-    st = os.lstat(path)
+        st = os.lstat(path)  # the common case: it exists (one system call per level and file)
+    except FileNotFoundError:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except PermissionError:
+            raise BadInput(f"cannot create {path}: permission denied; check the destination's permissions") from None
+        st = os.lstat(path)
     if stat_mod.S_ISLNK(st.st_mode) or not stat_mod.S_ISDIR(st.st_mode):
         kind = "a symlink" if stat_mod.S_ISLNK(st.st_mode) else "not a directory"
         raise BadInput(f"{path} is {kind}, not the state directory fitsync makes; remove it and run again")
