@@ -311,3 +311,33 @@ def test_named_remotes_of_type_file_and_https(tmp_path, monkeypatch, quiet_calle
         from_disk = fitsync.mirror("local:dr1", tmp_path / "l")
     assert from_web.files_new == 1 and read_tree(tmp_path / "w") == {"b.txt": b"bee"}
     assert from_disk.files_new == 2 and read_tree(tmp_path / "l") == read_tree(tmp_path / "site" / "dr1")
+
+
+def test_checksum_compares_bytes_with_a_log_file_too(tmp_path, monkeypatch):
+    """A log file once switched local --checksum runs from the byte compare to hashing both sides."""
+    from fitsync.cli.main import main
+    from fitsync.engine.mirror import Mirror
+
+    write_tree(tmp_path / "s", {"a.fits": b"A" * 5000, "b.fits": b"B" * 5000})
+    assert main(["mirror", str(tmp_path / "s"), str(tmp_path / "d"), "-q"]) == 0
+    victim = tmp_path / "d" / "b.fits"
+    stat = victim.stat()
+    victim.write_bytes(b"X" * 5000)
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    bulk = []
+    original = Mirror.plan_in_bulk
+    monkeypatch.setattr(Mirror, "plan_in_bulk", lambda self: bulk.append(1) or original(self))
+    assert main(["mirror", str(tmp_path / "s"), str(tmp_path / "d"), "-c", "-q",
+                 f"--log-file={tmp_path / 'log'}"]) == 0
+    assert bulk and victim.read_bytes() == b"B" * 5000
+
+
+def test_local_only_features_refuse_remote_locations(tmp_path, sshd, home):
+    write_tree(tmp_path / "r", {"a.fits": b"a"})
+    url = f"sftp://127.0.0.1:{sshd.port}{tmp_path / 'r'}"
+    with pytest.raises(UsageError, match="--extract"):
+        fitsync.mirror(SAMPLE, url, extract=True)
+    with pytest.raises(UsageError, match="bagit"):
+        fitsync.manifest(url, format="bagit", output=tmp_path / "bag")
+    with pytest.raises(UsageError, match="--fits"):
+        fitsync.audit(url, fits=True)

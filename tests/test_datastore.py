@@ -241,8 +241,10 @@ def test_escaping_file_dir_is_refused_unless_its_root_is_allowed(cli, tmp_path):
     assert "outside the store root" in refused.err and "--allow-root" in refused.err
     assert not dst.exists() or data_files(dst) == []
 
-    allowed = cli("mirror", store, dst, "--production=synthetic", f"--allow-root={top}")
+    allowed = cli("mirror", store, dst, "--production=synthetic", f"--allow-root={top}", "--json")
     assert allowed.code == 0, allowed.err
+    summary = allowed.json()  # the files outside the store root are counted like the others
+    assert summary["files_new"] == 3 and summary["files_total"] == 3 and summary["bytes_transferred"] > 0
     assert data_files(dst) == [
         "_outside/1dc/caldb/data/cta/1dc/bcf/South_z20_50h/irf_file.fits",
         "_outside/1dc/data/baseline/gps/obs_10.fits",

@@ -522,7 +522,7 @@ def mirror_production(src_remote: Remote, dst_remote: Remote, store_spec: str, s
         result = mirror_paths(store_paths)
         code = _exit_code_of(result)
         if not dry_run:
-            code = max(code, _copy_outside_files(plan, locator, dst_remote))
+            code = max(code, _copy_outside_files(plan, locator, dst_remote, result))
         complete, incomplete = _complete_observations(plan, dst_remote, dry_run)
         if incomplete:
             failed = any(reason.endswith("not copied") for reason in incomplete.values())
@@ -564,18 +564,41 @@ def _exit_code_of(result) -> int:
     return EXIT_OK
 
 
-def _copy_outside_files(plan: SubsetPlan, locator: Locator, dst: Remote) -> int:
-    """Files under an allowed root outside the store: copied once each, verified."""
+def _copy_outside_files(plan: SubsetPlan, locator: Locator, dst: Remote, result=None) -> int:
+    """Files under an allowed root outside the store: copied once each,
+    verified, and counted in the mirror's ``result`` (a MirrorResult) too."""
     code = EXIT_OK
     for location, size in plan.files.items():
         if location.root is None or size is None:
             continue
         try:
-            copy_file(locator.root_remote(location.root), location.path, dst, location.destination())
+            copied = copy_file(locator.root_remote(location.root), location.path, dst, location.destination())
         except FitsyncError as exc:
             log.error("%s: %s", location.display, exc)
             code = EXIT_FAILED
+            _count_outside(result, location.destination(), size, None, str(exc))
+            continue
+        _count_outside(result, location.destination(), size, copied, None)
     return code
+
+
+def _count_outside(result, path: str, size: int, copied: bool | None, error: str | None) -> None:
+    if result is None or not hasattr(result, "files_total"):
+        return
+    from fitsync.results import FileAction
+
+    result.files_total += 1
+    result.bytes_total += size
+    if error is not None:
+        result.files_failed += 1
+        result.failures.append({"path": path, "reason": error})
+        result.files.append(FileAction(path, "failed", error=error))
+    elif copied:
+        result.files_new += 1
+        result.bytes_transferred += size
+        result.files.append(FileAction(path, "new", size))
+    else:
+        result.files_unchanged += 1
 
 
 def copy_file(src: Remote, path: str, dst: Remote, dst_path: str) -> bool:
