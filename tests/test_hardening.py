@@ -233,3 +233,18 @@ def test_ctrl_c_stops_the_run_within_seconds(tmp_path):
     assert len(read_tree(tmp_path / "dst")) == 3000
     assert hashlib.sha256(b"".join(read_tree(tmp_path / "dst").values())).hexdigest() == hashlib.sha256(
         b"".join(read_tree(tmp_path / "src").values())).hexdigest()
+
+
+def test_fsync_syncs_each_file_and_its_directory(tmp_path):
+    """--fsync, observed with strace: one fsync per file before its rename, one per directory after."""
+    write_tree(tmp_path / "src", {"a.fits": b"a" * 1000, "night/b.fits": b"b" * 1000})
+    traced = subprocess.run(["strace", "-f", "-e", "trace=fsync,rename,renameat,renameat2", "-o",
+                             str(tmp_path / "trace"), FITSYNC, "mirror", str(tmp_path / "src"), str(tmp_path / "dst"),
+                             "--fsync", "-q"], capture_output=True, text=True)
+    assert traced.returncode == 0, traced.stderr
+    calls = [line for line in (tmp_path / "trace").read_text().splitlines() if "fsync(" in line or "rename" in line]
+    assert sum("fsync(" in line for line in calls) == 4  # two files, then their two directories
+    assert read_tree(tmp_path / "dst") == read_tree(tmp_path / "src")
+    plain = subprocess.run(["strace", "-f", "-e", "trace=fsync", "-o", str(tmp_path / "trace2"), FITSYNC, "mirror",
+                            str(tmp_path / "src"), str(tmp_path / "dst2"), "-q"], capture_output=True, text=True)
+    assert plain.returncode == 0 and "fsync(" not in (tmp_path / "trace2").read_text()

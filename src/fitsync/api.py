@@ -91,7 +91,7 @@ def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool
            select: Optional[Selection] = None, jobs: int = 2, retries: int = 3, manifest: Optional[Location] = None,
            progress: Optional[ProgressCallback] = None, fits_check: bool = True, extract: bool = False,
            links: str = "skip", bwlimit: Union[str, int, None] = None, max_delete: Optional[int] = None,
-           allow_empty_source: bool = False,
+           allow_empty_source: bool = False, fsync: bool = False,
            verify_key: Optional[str] = None, remote_options: Optional[RemoteOptions] = None,
            raise_on_failure: bool = False) -> MirrorResult:
     """Make ``dst`` an exact, verified copy of ``src``, moving only new, changed or corrupt data.
@@ -106,7 +106,8 @@ def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool
     copied as links) or "follow" (their targets copied). ``bwlimit`` caps the
     read rate (bytes per second, or "10M"). ``delete`` refuses a source that
     lists no files unless ``allow_empty_source``, and removes nothing when it
-    would remove more than ``max_delete``. Per-file failures are listed in the result;
+    would remove more than ``max_delete``. ``fsync`` makes each file in a local
+    destination durable before its rename. Per-file failures are listed in the result;
     with ``raise_on_failure`` they raise ``TransferFailed`` (its ``result``
     attribute holds the result).
     """
@@ -116,7 +117,7 @@ def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool
     options = mirror_options(checksum=checksum, delete=delete, dry_run=dry_run, jobs=jobs, retries=retries,
                              manifest=manifest, fits_check=fits_check, select=select, progress=progress,
                              verify_key=connect.verify_key, links=links, bwlimit=bwlimit, max_delete=max_delete,
-                             allow_empty_source=allow_empty_source)
+                             allow_empty_source=allow_empty_source, fsync=fsync)
     reporter = Reporter(quiet=True, show_progress=False)  # events go to ``progress``; nothing is printed
     return run_mirror(src, dst, options, connect, select, extract, reporter, raise_on_failure)
 
@@ -125,7 +126,7 @@ def mirror_options(*, checksum: bool, delete: bool, dry_run: bool, jobs: int, re
                    manifest: Optional[Location], fits_check: bool, select: Optional[Selection],
                    verify_key: Optional[str], progress: Optional[ProgressCallback] = None, links: str = "skip",
                    bwlimit: Union[str, int, None] = None, max_delete: Optional[int] = None,
-                   allow_empty_source: bool = False):
+                   allow_empty_source: bool = False, fsync: bool = False):
     """The engine's MirrorOptions for ``mirror``'s arguments (the CLI builds them here too)."""
     from fitsync.engine.mirror import MirrorOptions
     from fitsync.selection import build_selection
@@ -142,7 +143,7 @@ def mirror_options(*, checksum: bool, delete: bool, dry_run: bool, jobs: int, re
     return MirrorOptions(checksum=checksum, delete=delete, dry_run=dry_run, jobs=jobs, retries=retries,
                          manifest=_load_manifest(manifest, verify_key), fits_check=fits_check,
                          selection=build_selection(select), progress=progress, links=links, bwlimit=rate,
-                         max_delete=max_delete, allow_empty_source=allow_empty_source)
+                         max_delete=max_delete, allow_empty_source=allow_empty_source, fsync=fsync)
 
 
 def run_mirror(src: Location, dst: Location, options, connect: RemoteOptions, select: Optional[Selection],

@@ -8,7 +8,7 @@ Usage:
                          [--min-age=DURATION] [--max-size=SIZE] [--min-size=SIZE] [--date=DAY] [--template=T]
                          [--profile=NAME] [--where=EXPR]... [--production=NAME] [--runlist=FILE] [--keep-local]
                          [--allow-root=DIR]... [--extract] [--links] [--copy-links] [--unsafe-links]
-                         [--bwlimit=RATE] [--max-delete=N] [--allow-empty-source] [--accept-new-host-key]
+                         [--bwlimit=RATE] [--max-delete=N] [--allow-empty-source] [--fsync] [--accept-new-host-key]
                          [--ca-bundle=FILE] [--allow-password-in-url]
                          [--dropbox-config=FILE] [--verify-key=PUBKEY] [--timeout=SECONDS] [--verbose]
   fitsync mirror --help
@@ -27,6 +27,8 @@ Options:
                          source lists nothing, unless --allow-empty-source).
   --max-delete=N         With --delete: delete nothing when more than N files would go.
   --allow-empty-source   With --delete: let a source that lists no files empty DST.
+  --fsync                Sync each file to disk before it is renamed into place, and
+                         its directory after (local destinations; survives power loss).
   -n, --dry-run          Print what a real run would do; change nothing.
   -i, --itemize          One line per changed file in rsync's --itemize-changes
                          format (>f+++++++++ new, >f.st...... updated, >fc........
@@ -100,7 +102,7 @@ def run(opts: dict) -> int:
         retries=int_option(opts, "--retries", 3), fits_check=not opts["--no-fits-check"], select=select,
         verify_key=connect.verify_key, links=links_mode(opts), bwlimit=opts["--bwlimit"] or None,
         max_delete=int_option(opts, "--max-delete", 0) if opts["--max-delete"] is not None else None,
-        allow_empty_source=bool(opts["--allow-empty-source"]))
+        allow_empty_source=bool(opts["--allow-empty-source"]), fsync=bool(opts["--fsync"]))
     # With --json, stdout carries only the summary object: itemized lines go to
     # stderr, or with --itemize into the object's "files" list instead.
     itemize = 0 if opts["--json"] and opts["--itemize"] else max(int(opts["--itemize"]), int(options.dry_run))

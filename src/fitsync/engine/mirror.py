@@ -72,6 +72,7 @@ class MirrorOptions:
         bwlimit: int | None = None,  # bytes per second read from the source, all files together
         max_delete: int | None = None,  # --delete removes nothing when it would remove more
         allow_empty_source: bool = False,  # --delete may empty the destination when the source lists nothing
+        fsync: bool = False,  # each local file synced before its rename, its directory after
     ):
         self.checksum = checksum
         self.delete = delete
@@ -89,6 +90,7 @@ class MirrorOptions:
         self.bwlimit = bwlimit
         self.max_delete = max_delete
         self.allow_empty_source = allow_empty_source
+        self.fsync = fsync
 
     def __repr__(self) -> str:
         return f"MirrorOptions({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
@@ -128,6 +130,7 @@ class Mirror:
             self.src.follow_links = True
         if isinstance(self.dst, LocalRemote):
             self.dst.replaces_other_types = self.options.delete
+            self.dst.fsync = self.options.fsync
         try:
             items = self.plan()
             self.execute(items)

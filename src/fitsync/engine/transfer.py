@@ -157,7 +157,7 @@ def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_chec
     if fits_check:
         refuse_incomplete_fits(part, item)
     finish_file(part, dst.path_of(item.path), item.src.mtime, _local_source(src, item),
-                replace_other_types=dst.replaces_other_types)
+                replace_other_types=dst.replaces_other_types, fsync=dst.fsync)
     os.unlink(journal)
     return moved
 
@@ -410,7 +410,7 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_ch
         _check_source_unchanged(src, item, before)
         if fits_check:
             refuse_incomplete_fits(tmp, item)
-        finish_file(tmp, basis_path, item.src.mtime, _local_source(src, item))
+        finish_file(tmp, basis_path, item.src.mtime, _local_source(src, item), fsync=dst.fsync)
     except BaseException:
         unlink_quietly(tmp)
         raise

@@ -36,6 +36,7 @@ class LocalRemote(Remote):
         self.symlink_count = 0  # symlinks the last listing passed over
         self.follow_links = False  # --copy-links: list the files symlinks lead to
         self.replaces_other_types = False  # --delete: a file may replace a directory, and the reverse
+        self.fsync = False  # --fsync: each file reaches the disk before its rename, its directory entry after
         self._followed: dict[str, str] = {}  # listed path -> real path, for files reached through a symlink
 
     @classmethod
@@ -263,7 +264,7 @@ def _needs_check(path: str) -> bool:
 
 
 def finish_file(tmp: str, final: str, mtime: float | None, source: str | None = None,
-                replace_other_types: bool = False) -> None:
+                replace_other_types: bool = False, fsync: bool = False) -> None:
     """Give a verified temporary file its mtime and permissions, then rename it
     into place. ``source`` (a local source file) lends its permission bits,
     its owner when running as root, and those of the directories made for it;
@@ -271,7 +272,8 @@ def finish_file(tmp: str, final: str, mtime: float | None, source: str | None = 
     umask's (temporary files are private, 0600, until this point).
     ``replace_other_types`` (--delete): a directory where the file goes, or a
     file where one of its directories goes, is replaced, only now that the
-    file is verified."""
+    file is verified. ``fsync`` (--fsync) syncs the file before the rename and
+    its directory after, so a power loss leaves the old file or the new one."""
     if mtime is not None:
         ns = int(round(mtime * 1e9))
         os.utime(tmp, ns=(ns, ns))
@@ -283,9 +285,13 @@ def finish_file(tmp: str, final: str, mtime: float | None, source: str | None = 
         old_directory = f"{tmp}.replaced-directory"
         os.rename(final, old_directory)  # kept beside the temporary file until the new one is in place
     _copy_attributes(tmp, source, final)
+    if fsync:
+        _sync(tmp)
     try:
         make_parents(os.path.dirname(final), os.path.dirname(source) if source else None, replace_other_types)
         os.replace(tmp, final)
+        if fsync:
+            _sync(os.path.dirname(final))
         if old_directory is not None:
             import shutil
 
@@ -338,6 +344,15 @@ def make_parents(directory: str, source_directory: str | None = None, replace_fi
             os.chmod(made, stat_mod.S_IMODE(st.st_mode) & ~(stat_mod.S_ISUID | stat_mod.S_ISGID))
             if os.geteuid() == 0:
                 os.chown(made, st.st_uid, st.st_gid)
+
+
+def _sync(path: str) -> None:
+    """fsync a file, or a directory (its entries), by path."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
