@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fitsync._walk import BatchReader, Listing, hex_digests, scan
@@ -233,9 +233,20 @@ def _consistent(files: dict) -> dict:
     return out
 
 
+def outcome_of(src, dst, **options):
+    """plan_of's (items, summary), or ("refused", error type) when the plan is refused."""
+    from fitsync.errors import FitsyncError
+
+    try:
+        return plan_of(src, dst, **options)[:2]
+    except FitsyncError as exc:
+        return "refused", type(exc).__name__
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(src=st.dictionaries(NAMES, FILE, max_size=8), dst=st.dictionaries(NAMES, FILE, max_size=8),
        dst_exists=st.booleans(), delete=st.booleans())
+@example(src={}, dst={"a": (0, 0)}, dst_exists=True, delete=True)  # an empty source with --delete: refused
 def test_bulk_plan_decides_exactly_as_the_per_entry_plan(src, dst, dst_exists, delete):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -244,13 +255,14 @@ def test_bulk_plan_decides_exactly_as_the_per_entry_plan(src, dst, dst_exists, d
         if dst_exists:
             make(root / "dst", {p: (size, BASE_NS) for p, (size, off) in _consistent(dst).items()})
             (root / "dst").mkdir(exist_ok=True)
-        bulk, bulk_summary, mirror = plan_of(LocalRemote(str(root / "src")), LocalRemote(str(root / "dst")),
-                                             delete=delete)
-        assert mirror.can_plan_in_bulk()
-        generic, generic_summary, _ = plan_of(PerEntry(str(root / "src")), PerEntry(str(root / "dst")),
-                                              delete=delete)
+        local = (LocalRemote(str(root / "src")), LocalRemote(str(root / "dst")))
+        assert Mirror(*local, MirrorOptions(delete=delete)).can_plan_in_bulk()
+        # Both planners decide the same, refusals included (--delete with a source that lists nothing).
+        bulk = outcome_of(*local, delete=delete)
+        generic = outcome_of(PerEntry(str(root / "src")), PerEntry(str(root / "dst")), delete=delete)
         assert bulk == generic
-        assert bulk_summary == generic_summary
+        if delete and not src and _consistent(dst) and dst_exists:
+            assert bulk == ("refused", "BadInput")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
