@@ -164,7 +164,9 @@ def test_short_options_and_aliases(tmp_path, tree):
     assert run("-V").stdout.startswith("fitsync ")
     dry = run("mirror", tree, tmp_path / "d", "-n")
     assert dry.returncode == 0 and not (tmp_path / "d").exists()
-    assert ">f+++++++++ a.fits" in dry.stdout and "would copy 7.8 KiB of new files" in dry.stderr
+    assert dry.stdout.splitlines() == [">f+++++++++ a.fits", "cd+++++++++ night/", ">f+++++++++ night/b.log",
+                                       ">f+++++++++ night/c.fits"]
+    assert "would copy 7.8 KiB of new files" in dry.stderr
     assert run("mirror", tree, tmp_path / "d", "-q", "-j", "3", "--transfers=2").stderr == ""
     (tree / "a.fits").write_bytes(b"B" * 3000)  # same size; the mtime moves
     os.utime(tree / "a.fits", (1_700_000_000, 1_700_000_000))

@@ -110,7 +110,9 @@ def test_itemize_speaks_rsyncs_format_and_the_log_says_why(trees, cli, tmp_path)
     src, dst = trees
     result = cli("mirror", src, dst, "--itemize", f"--log-file={tmp_path / 'log'}")
     lines = result.out.splitlines()
-    assert ">f+++++++++ night1/a.fits" in lines and lines == sorted(lines)  # path order, whatever finished first
+    names = [line.split(" ", 1)[1] for line in lines]
+    assert ">f+++++++++ night1/a.fits" in lines and names == sorted(names)  # path order, whatever finished first
+    assert "cd+++++++++ night1/" in lines  # the directory made for it, before its files
     assert "new        night1/a.fits  (not in destination)" in (tmp_path / "log").read_text()
     assert cli("mirror", src, dst, "-i").out == ""  # unchanged files only with -ii, as in rsync
     assert ".f          night1/a.fits" in cli("mirror", src, dst, "-ii").out.splitlines()

@@ -13,13 +13,13 @@ import os
 from typing import IO, TYPE_CHECKING, Iterator, List, Optional, Sequence, Union
 
 from fitsync.errors import NotFound, TransferFailed, UsageError
-from fitsync.events import ProgressCallback, hashing_progress
 from fitsync.options import RemoteOptions, Selection
 from fitsync.remotes.base import Remote
 from fitsync.results import AuditResult, ManifestResult, MirrorResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from fitsync.datastore import Summary
+    from fitsync.events import ProgressCallback
     from fitsync.engine.compare import CompareReport
     from fitsync.templates_paths import MissingReport
 
@@ -129,8 +129,6 @@ def mirror_options(*, checksum: bool, delete: bool, dry_run: bool, jobs: int, re
                    allow_empty_source: bool = False, fsync: bool = False):
     """The engine's MirrorOptions for ``mirror``'s arguments (the CLI builds them here too)."""
     from fitsync.engine.mirror import MirrorOptions
-    from fitsync.selection import build_selection
-
     from fitsync.units import parse_size
 
     if jobs < 1 or retries < 0:
@@ -142,7 +140,8 @@ def mirror_options(*, checksum: bool, delete: bool, dry_run: bool, jobs: int, re
         raise UsageError(f"--bwlimit={bwlimit} is below 1 KiB/s; give a rate such as 500k or 10M")
     return MirrorOptions(checksum=checksum, delete=delete, dry_run=dry_run, jobs=jobs, retries=retries,
                          manifest=_load_manifest(manifest, verify_key), fits_check=fits_check,
-                         selection=build_selection(select), progress=progress, links=links, bwlimit=rate,
+                         selection=select.matcher() if select else None, progress=progress, links=links,
+                         bwlimit=rate,
                          max_delete=max_delete, allow_empty_source=allow_empty_source, fsync=fsync)
 
 
@@ -266,6 +265,8 @@ def _stream_entries(root: Location, result: ManifestResult, blocks: bool, fits: 
     from fitsync.engine import manifest as manifests
 
     with open(root, remote_options=connect) as remote:
+        from fitsync.events import hashing_progress
+
         listed = manifests.listed_files(remote, result, select)
         on_done = hashing_progress(progress, listed)
         for start in range(0, len(listed), STREAM_BATCH):
@@ -299,14 +300,14 @@ def compare(a: Location, b: Location, *, checksum: bool = False, select: Optiona
     writes rclone-style combined lines (+ - * = !) to that file."""
     from fitsync.engine.compare import compare_trees
     from fitsync.formats.manifest import write_atomically
-    from fitsync.selection import build_selection
 
     connect = _remote_options(remote_options, jobs)
     with open_source(a, connect) as first, open_source(b, connect) as second:
         for side, name in ((first, a), (second, b)):
             if not side.exists():
                 raise NotFound(f"{_spec(name)} does not exist; check the path")
-        result = compare_trees(first, second, checksum=checksum, selection=build_selection(select), jobs=jobs,
+        result = compare_trees(first, second, checksum=checksum, selection=select.matcher() if select else None,
+                               jobs=jobs,
                                progress=progress)
     if report is not None:
         lines = result.combined_lines()

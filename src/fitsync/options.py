@@ -95,6 +95,16 @@ class Selection:
         rules = [(rule[0] == "+", rule[2:].strip()) for rule in self.filters]
         return rules + [(True, p) for p in self.include] + [(False, p) for p in self.exclude]
 
+    def matcher(self, now=None):
+        """The compiled matcher (fitsync.selection.Selection), or None when
+        nothing is narrowed: then the selection code is not even imported
+        (~20 ms of a no-op run's start-up)."""
+        if not self.selects_files():
+            return None
+        from fitsync.selection import build_selection
+
+        return build_selection(self, now)
+
     def selects_files(self) -> bool:
         """Whether any criterion narrows the files (the data store keys do not)."""
         return bool(self.filters or self.include or self.exclude or self.include_from or self.exclude_from

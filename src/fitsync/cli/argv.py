@@ -4,7 +4,6 @@ the closest known one, instead of docopt's internals."""
 
 from __future__ import annotations
 
-import difflib
 import re
 
 from fitsync.errors import UsageError
@@ -108,6 +107,8 @@ def _short_cluster(word: str, following: str | None, names: set[str], doc: str) 
 
 
 def _unknown(name: str, names: set[str]) -> str:
+    import difflib
+
     close = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.6)
     return f"unknown option {name}" + (f"; did you mean {close[0]}?" if close else "")
 

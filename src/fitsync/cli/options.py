@@ -76,12 +76,15 @@ FILTER_OPTIONS = {"--include": True, "--exclude": False, "--include-from": True,
 
 def _filter_rules(order: list) -> list:
     """'+ PATTERN' / '- PATTERN' rules; a pattern file's lines stand where the file was named."""
-    from fitsync.selection import read_patterns
-
     rules = []
     for name, value in order:
         sign = "+ " if FILTER_OPTIONS[name] else "- "
-        patterns = read_patterns(value) if name.endswith("-from") else [value]
+        if name.endswith("-from"):
+            from fitsync.selection import read_patterns
+
+            patterns = read_patterns(value)
+        else:
+            patterns = [value]
         rules.extend(sign + pattern for pattern in patterns)
     return rules
 

@@ -125,7 +125,6 @@ def audit_location(target: str, *, manifest: str | None, fits: bool, against: st
     from fitsync.formats.manifest import DEFAULT_NAME
     from fitsync.remotes import open_remote
     from fitsync.results import AuditResult
-    from fitsync.selection import build_selection
 
     if manifest is None and against is None:
         own = os.path.join(target, DEFAULT_NAME)
@@ -134,7 +133,7 @@ def audit_location(target: str, *, manifest: str | None, fits: bool, against: st
         raise UsageError(f"no manifest for {target}: pass --manifest=FILE, --against=LOCATION, "
                          "or --fits to check FITS files by their own structure")
     result = AuditResult(target=target)
-    matcher = build_selection(selection)
+    matcher = selection.matcher() if selection else None
     if against is not None:
         result.against = _audit_against(target, against, matcher, jobs, options, progress)
     if manifest is not None:

@@ -90,3 +90,21 @@ def describe_os_error(exc: BaseException) -> str:
         return f"{exc.strerror or exc.__class__.__name__}{where}"
     return str(exc)
 
+
+def new_directories(dst: Remote, paths) -> list[str]:
+    """The directories a local destination lacks for ``paths`` (new files),
+    parents first: rsync itemizes each as ``cd+++++++++ dir/``."""
+    if not isinstance(dst, LocalRemote):
+        return []
+    wanted = {"/".join(path.split("/")[:depth]) for path in paths for depth in range(1, path.count("/") + 1)}
+    return sorted(d for d in wanted if not os.path.isdir(os.path.join(dst.root, *d.split("/"))))
+
+
+def refuse_empty_source(src: Remote, doomed: list, result, options) -> list:
+    """A source that lists nothing (an unmounted disk, a wrong path) would have
+    --delete empty the destination: refused unless ``allow_empty_source``."""
+    if doomed and result.files_total == 0 and not options.allow_empty_source:
+        raise BadInput(f"the source {src.url} lists no files, so --delete would remove all {len(doomed)} "
+                       "files of the destination; check the source (an empty mount point?), or pass "
+                       "--allow-empty-source")
+    return doomed

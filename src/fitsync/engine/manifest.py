@@ -19,11 +19,9 @@ from fitsync.results import ManifestResult
 
 def listed_files(remote: Remote, result: ManifestResult, select: Optional[Selection]) -> list:
     """The files of ``remote`` a manifest lists: selected, never the manifest itself."""
-    from fitsync.selection import build_selection
-
     if not remote.exists():
         raise NotFound(f"{result.root} does not exist; check the path")
-    selection = build_selection(select)
+    selection = select.matcher() if select else None
     skip = _own_files(remote, result.output)
     listed = [e for e in remote.list() if e.path not in skip and (selection is None or selection.matches(e))]
     # Names the tree holds but a manifest cannot record are errors of the run.

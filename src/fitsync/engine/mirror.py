@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 from fitsync.errors import (
     EXIT_FAILED,
-    BadInput,
     ConnectionFailed,
     FitsyncError,
     NotFound,
@@ -23,7 +22,6 @@ from fitsync.errors import (
     TransferFailed,
     VerificationFailed,
 )
-from fitsync.events import BytesDone, FileFinished, FileStarted, ProgressCallback, Totals
 from fitsync.paths import shown
 from fitsync.engine.plan import Action, Item, decide, deletions, same_mtime
 from fitsync.progress import Reporter
@@ -32,12 +30,13 @@ from fitsync.remotes.local import LocalRemote, entry_of
 from fitsync.engine.contents import compare_contents
 from fitsync.engine.links import mirror_links
 from fitsync.engine.locations import (RemoteLock, check_locations, describe_os_error, list_selected,
-                                     prepare_local_destination)
+                                     new_directories, prepare_local_destination, refuse_empty_source)
 from fitsync.results import FileAction, MirrorResult
 from fitsync.threads import run_beside
 
 if TYPE_CHECKING:  # pragma: no cover
     from fitsync.engine import transfer
+    from fitsync.events import ProgressCallback
 
 # transfer, lock, scan and thread pools are imported where used: a no-op run
 # needs few of them, and their import time is paid on every run.
@@ -51,46 +50,35 @@ RETRYABLE = (SourceChanged, VerificationFailed, ConnectionFailed, TimeoutError, 
 
 
 class MirrorOptions:
-    """What a mirror run does besides making DST equal SRC by size and mtime."""
+    """What a mirror run does besides making DST equal SRC by size and mtime
+    (built by ``fitsync.api.mirror_options``; mutable: a data store run sets
+    ``only_paths``, --extract ``protected``). The class attributes are the
+    defaults; keywords set the rest. A plain class: a dataclass of this size
+    costs every run ~3 ms of start-up to generate its methods."""
 
-    def __init__(
-        self,
-        *,
-        checksum: bool = False,
-        delete: bool = False,
-        dry_run: bool = False,
-        manifest: object | None = None,  # fitsync.formats.manifest.Manifest of the source
-        jobs: int = 2,
-        retries: int = 3,
-        fits_check: bool = True,
-        selection: object | None = None,  # anything with matches(Entry) -> bool
-        only_paths: set[str] | None = None,  # mirror exactly these (dataset subsets)
-        protected: set[str] | None = None,  # never deleted (e.g. files unpacked by --extract)
-        retry_delay: float = 0.5,
-        progress: ProgressCallback | None = None,  # receives fitsync.events
-        links: str = "skip",  # symlinks in a local source: skip, links, unsafe-links, follow
-        bwlimit: int | None = None,  # bytes per second read from the source, all files together
-        max_delete: int | None = None,  # --delete removes nothing when it would remove more
-        allow_empty_source: bool = False,  # --delete may empty the destination when the source lists nothing
-        fsync: bool = False,  # each local file synced before its rename, its directory after
-    ):
-        self.checksum = checksum
-        self.delete = delete
-        self.dry_run = dry_run
-        self.manifest = manifest
-        self.jobs = jobs
-        self.retries = retries
-        self.fits_check = fits_check
-        self.selection = selection
-        self.only_paths = only_paths
-        self.protected = set() if protected is None else protected
-        self.retry_delay = retry_delay
-        self.progress = progress
-        self.links = links
-        self.bwlimit = bwlimit
-        self.max_delete = max_delete
-        self.allow_empty_source = allow_empty_source
-        self.fsync = fsync
+    checksum = False
+    delete = False
+    dry_run = False
+    manifest = None  # fitsync.formats.manifest.Manifest of the source
+    jobs = 2
+    retries = 3
+    fits_check = True
+    selection = None  # anything with matches(Entry) -> bool
+    only_paths: set | None = None  # mirror exactly these (dataset subsets)
+    retry_delay = 0.5
+    progress: ProgressCallback | None = None  # receives fitsync.events
+    links = "skip"  # symlinks in a local source: skip, links, unsafe-links, follow
+    bwlimit: int | None = None  # bytes per second read from the source, all files together
+    max_delete: int | None = None  # --delete removes nothing when it would remove more
+    allow_empty_source = False  # --delete may empty the destination when the source lists nothing
+    fsync = False  # each local file synced before its rename, its directory after
+
+    def __init__(self, **options):
+        self.protected: set = set()  # never deleted (e.g. files unpacked by --extract)
+        for name, value in options.items():
+            if not hasattr(self, name):
+                raise TypeError(f"MirrorOptions has no option {name!r}")
+            setattr(self, name, value)
 
     def __repr__(self) -> str:
         return f"MirrorOptions({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
@@ -195,17 +183,9 @@ class Mirror:
         items = self.hold_back_incomplete_sources(items)
         if self.options.delete:
             kept = {p: e for p, e in dst_entries.items() if p not in self.options.protected}
-            items.extend(self.guard_empty_source(deletions(set(src_entries), kept)))
+            doomed = deletions(set(src_entries), kept)
+            items.extend(refuse_empty_source(self.src, doomed, self.result, self.options))
         return items
-
-    def guard_empty_source(self, doomed: list[Item]) -> list[Item]:
-        """A source that lists nothing (an unmounted disk, a wrong path) would
-        have --delete empty the destination: refused unless asked for."""
-        if doomed and self.result.files_total == 0 and not self.options.allow_empty_source:
-            raise BadInput(f"the source {self.src.url} lists no files, so --delete would remove all {len(doomed)} "
-                           "files of the destination; check the source (an empty mount point?), or pass "
-                           "--allow-empty-source")
-        return doomed
 
     def can_plan_in_bulk(self) -> bool:
         """Whether both sides list in bulk and the plan needs nothing per file
@@ -252,7 +232,7 @@ class Mirror:
         if self.options.delete:
             kept = {e.path: e for e in map(entry_of, map(dst_listing.row, diff.only_other))
                     if e.path not in self.options.protected}
-            items.extend(self.guard_empty_source(deletions(set(), kept)))
+            items.extend(refuse_empty_source(self.src, deletions(set(), kept), self.result, self.options))
         return items
 
     def repairs_in_bulk(self, diff) -> list[tuple[int, Item]]:
@@ -327,6 +307,9 @@ class Mirror:
                 self.reporter.item(item)
             elif item.action == Action.INCOMPLETE:
                 self.record_incomplete(item, item.reason)
+        if self.reporter.itemize:
+            for directory in new_directories(self.dst, [i.path for i in items if i.action == Action.NEW]):
+                self.reporter.note(directory + "/", f"cd+++++++++ {shown(directory)}/")
         if self.options.dry_run:
             for item in items:
                 if item.transfers or item.action == Action.DELETE:
@@ -341,6 +324,8 @@ class Mirror:
         total = sum(i.src.size for i in transfers)
         self.reporter.phase("transfer", total)
         if self.progress is not None:
+            from fitsync.events import Totals
+
             self.progress(Totals("transfer", len(transfers), total))
         if isinstance(self.dst, LocalRemote) and any(i.action == Action.DELTA for i in transfers):
             # Read now: a transfer of this run may replace it with the new release's.
@@ -398,6 +383,8 @@ class Mirror:
         if self.aborted is not None or self.stopping:
             return
         if self.progress is not None:
+            from fitsync.events import FileStarted
+
             self.progress(FileStarted(item.path, item.src.size))
         attempt = 0
         while True:
@@ -437,6 +424,8 @@ class Mirror:
                 self.result.files.append(FileAction(item.path, item.action.value, moved.transferred, moved.reused))
             self.reporter.item(item)
             if self.progress is not None:
+                from fitsync.events import FileFinished
+
                 self.progress(FileFinished(item.path, item.action.value, moved.transferred, moved.reused))
             return
 
@@ -455,6 +444,9 @@ class Mirror:
         reading n bytes from the source, ``advance(n, matched=True)`` for bytes
         a delta takes from the old copy (progress, but no read to throttle)."""
         progress, reporter, throttle = self.progress, self.reporter, self.throttle
+
+        if progress is not None:
+            from fitsync.events import BytesDone
 
         def advance(amount: int, matched: bool = False) -> None:
             reporter.advance(amount)
@@ -488,6 +480,8 @@ class Mirror:
             self.result.files.append(FileAction(item.path, "failed", error=reason))
         log.error("%s: %s", shown(item.path), reason)
         if self.progress is not None:
+            from fitsync.events import FileFinished
+
             self.progress(FileFinished(item.path, "failed", error=reason))
 
     def delete(self, item: Item) -> None:
@@ -500,4 +494,6 @@ class Mirror:
         self.result.files.append(FileAction(item.path, Action.DELETE.value))
         self.reporter.item(item)
         if self.progress is not None:
+            from fitsync.events import FileFinished
+
             self.progress(FileFinished(item.path, Action.DELETE.value))
