@@ -248,3 +248,47 @@ def test_fsync_syncs_each_file_and_its_directory(tmp_path):
     plain = subprocess.run(["strace", "-f", "-e", "trace=fsync", "-o", str(tmp_path / "trace2"), FITSYNC, "mirror",
                             str(tmp_path / "src"), str(tmp_path / "dst2"), "-q"], capture_output=True, text=True)
     assert plain.returncode == 0 and "fsync(" not in (tmp_path / "trace2").read_text()
+
+
+def _claimed_bomb(path: Path, claimed: int) -> None:
+    """A 1 KB tar whose header says its member unpacks to ``claimed`` bytes
+    (a sparse or compressed bomb looks the same to the header check)."""
+    import tarfile
+
+    info = tarfile.TarInfo("zeros.fits")
+    info.size = claimed
+    path.write_bytes(info.tobuf(format=tarfile.PAX_FORMAT) + bytes(1024))
+
+
+def test_extract_is_bounded_and_never_overwrites_mirrored_files(tmp_path):
+    import io
+    import tarfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _claimed_bomb(src / "bomb.tar", 8 << 30)  # 8 GiB claimed by a 2 KB archive
+    with tarfile.open(src / "clash.tar", "w") as tar:
+        info = tarfile.TarInfo("data.fits")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"tar's"))
+    (src / "data.fits").write_bytes(b"the mirror's own file")
+    with tarfile.open(src / "good.tgz", "w:gz") as tar:
+        info = tarfile.TarInfo("good/inside.fits")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"good"))
+    result = run("mirror", src, tmp_path / "dst", "--extract")
+    assert result.returncode == 3, result.stderr
+    assert "bomb.tar" in result.stderr and "--extract-max" in result.stderr
+    assert "clash.tar" in result.stderr and "would overwrite data.fits" in result.stderr
+    dst = tmp_path / "dst"
+    assert (dst / "good" / "inside.fits").read_bytes() == b"good"  # one bad archive does not stop the others
+    assert (dst / "data.fits").read_bytes() == b"the mirror's own file" and not (dst / "zeros.fits").exists()
+    (tmp_path / "one").mkdir()
+    with tarfile.open(tmp_path / "one" / "three.tgz", "w:gz") as tar:
+        info = tarfile.TarInfo("three.fits")
+        info.size = 3 << 20
+        tar.addfile(info, io.BytesIO(bytes(3 << 20)))
+    capped = run("mirror", tmp_path / "one" / "three.tgz", tmp_path / "small", "--extract", "--extract-max=1M")
+    assert capped.returncode == 3 and not (tmp_path / "small" / "three.fits").exists()
+    allowed = run("mirror", tmp_path / "one" / "three.tgz", tmp_path / "small", "--extract")  # 3 MiB: within the default
+    assert allowed.returncode == 0 and (tmp_path / "small" / "three.fits").stat().st_size == 3 << 20

@@ -91,7 +91,7 @@ def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool
            select: Optional[Selection] = None, jobs: int = 2, retries: int = 3, manifest: Optional[Location] = None,
            progress: Optional[ProgressCallback] = None, fits_check: bool = True, extract: bool = False,
            links: str = "skip", bwlimit: Union[str, int, None] = None, max_delete: Optional[int] = None,
-           allow_empty_source: bool = False, fsync: bool = False,
+           allow_empty_source: bool = False, fsync: bool = False, extract_max: Union[str, int, None] = None,
            verify_key: Optional[str] = None, remote_options: Optional[RemoteOptions] = None,
            raise_on_failure: bool = False) -> MirrorResult:
     """Make ``dst`` an exact, verified copy of ``src``, moving only new, changed or corrupt data.
@@ -107,7 +107,9 @@ def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool
     read rate (bytes per second, or "10M"). ``delete`` refuses a source that
     lists no files unless ``allow_empty_source``, and removes nothing when it
     would remove more than ``max_delete``. ``fsync`` makes each file in a local
-    destination durable before its rename. Per-file failures are listed in the result;
+    destination durable before its rename. ``extract`` unpacks downloaded tar
+    archives, at most ``extract_max`` bytes each (default 100 times the
+    archive's size, at least 1 GiB). Per-file failures are listed in the result;
     with ``raise_on_failure`` they raise ``TransferFailed`` (its ``result``
     attribute holds the result).
     """
@@ -117,7 +119,7 @@ def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool
     options = mirror_options(checksum=checksum, delete=delete, dry_run=dry_run, jobs=jobs, retries=retries,
                              manifest=manifest, fits_check=fits_check, select=select, progress=progress,
                              verify_key=connect.verify_key, links=links, bwlimit=bwlimit, max_delete=max_delete,
-                             allow_empty_source=allow_empty_source, fsync=fsync)
+                             allow_empty_source=allow_empty_source, fsync=fsync, extract_max=extract_max)
     reporter = Reporter(quiet=True, show_progress=False)  # events go to ``progress``; nothing is printed
     return run_mirror(src, dst, options, connect, select, extract, reporter, raise_on_failure)
 
@@ -126,7 +128,8 @@ def mirror_options(*, checksum: bool, delete: bool, dry_run: bool, jobs: int, re
                    manifest: Optional[Location], fits_check: bool, select: Optional[Selection],
                    verify_key: Optional[str], progress: Optional[ProgressCallback] = None, links: str = "skip",
                    bwlimit: Union[str, int, None] = None, max_delete: Optional[int] = None,
-                   allow_empty_source: bool = False, fsync: bool = False):
+                   allow_empty_source: bool = False, fsync: bool = False,
+                   extract_max: Union[str, int, None] = None):
     """The engine's MirrorOptions for ``mirror``'s arguments (the CLI builds them here too)."""
     from fitsync.engine.mirror import MirrorOptions
     from fitsync.units import parse_size
@@ -142,7 +145,8 @@ def mirror_options(*, checksum: bool, delete: bool, dry_run: bool, jobs: int, re
                          manifest=_load_manifest(manifest, verify_key), fits_check=fits_check,
                          selection=select.matcher() if select else None, progress=progress, links=links,
                          bwlimit=rate,
-                         max_delete=max_delete, allow_empty_source=allow_empty_source, fsync=fsync)
+                         max_delete=max_delete, allow_empty_source=allow_empty_source, fsync=fsync,
+                         extract_max=parse_size(str(extract_max), "--extract-max") if extract_max else None)
 
 
 def run_mirror(src: Location, dst: Location, options, connect: RemoteOptions, select: Optional[Selection],
@@ -166,16 +170,28 @@ def run_mirror(src: Location, dst: Location, options, connect: RemoteOptions, se
                 options.protected = set(extracted_paths(target.root))
             result = Mirror(source, target, options, reporter).run()
             if extract and not options.dry_run:
-                from fitsync.extract import extract_archives
-
-                archives = [e.path for e in target.list() if e.path.endswith((".tar", ".tgz", ".tar.gz"))]
-                extract_archives(target.root, archives)
+                _extract(target, result, options.extract_max)
     if raise_on_failure and result.files_failed:
         error = TransferFailed(f"{result.files_failed} files failed; the first: "
                                f"{result.failures[0]['path']}: {result.failures[0]['reason']}")
         error.result = result  # type: ignore[attr-defined]
         raise error
     return result
+
+
+def _extract(target: Remote, result: MirrorResult, max_bytes: Optional[int]) -> None:
+    """--extract after a mirror: unpack its archives, bounded; a refused one is a failure of the run."""
+    from fitsync.errors import EXIT_FAILED
+    from fitsync.extract import extract_archives, extracted_paths, is_archive
+
+    listed = [e.path for e in target.list()]
+    mirrored = set(listed) - extracted_paths(target.root)
+    failures: List[dict] = []
+    extract_archives(target.root, [p for p in listed if is_archive(p)], mirrored, max_bytes, failures)
+    for failure in failures:
+        result.files_failed += 1
+        result.failures.append(failure)
+        result.exit_code = EXIT_FAILED
 
 
 def _tree_of(spec: str, options, connect: RemoteOptions) -> str:

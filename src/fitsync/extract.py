@@ -7,6 +7,12 @@ a member whose name would leave the destination (absolute, ``..``), a link
 special file. An archive with any such member is refused whole, before a
 byte of it is written.
 
+Bounded: an archive whose members add up to more than ``max_bytes`` (by
+default 100 times the archive's own size, at least 1 GiB) or number more
+than 100,000 is refused, as is a member that would overwrite a file the
+mirror itself placed (the run would never converge). A refused archive is a
+failure of the run (exit 3); the other archives are unpacked.
+
 Every member is written to a temporary file in the destination's state
 directory and renamed into place, with the member's mtime. A re-run skips an
 archive whose size and mtime match the record of its last extraction (in
@@ -37,9 +43,18 @@ def is_archive(path: str) -> bool:
     return path.lower().endswith(ARCHIVE_SUFFIXES)
 
 
-def extract_archives(dst_root: str, relpaths) -> list[str]:
+MAX_MEMBERS = 100_000
+RATIO = 100  # unpacked bytes per archive byte allowed by default
+FLOOR = 1 << 30  # ... but never less than this
+
+
+def extract_archives(dst_root: str, relpaths, mirrored=frozenset(), max_bytes: int | None = None,
+                     failures: list | None = None) -> list[str]:
     """Unpack the archives among ``relpaths`` (relative to ``dst_root``);
-    return the relative paths of the files written or already up to date."""
+    return the relative paths of the files written or already up to date.
+    ``mirrored``: paths the mirror placed, which no member may overwrite.
+    A refused archive is appended to ``failures`` ({"path", "reason"}) when
+    given (the others are still unpacked), else raised."""
     state = _load_state(dst_root)
     produced: list[str] = []
     for relpath in sorted(p for p in relpaths if is_archive(p)):
@@ -50,20 +65,34 @@ def extract_archives(dst_root: str, relpaths) -> list[str]:
         if record and _still_extracted(dst_root, record, st):
             produced.extend(m[0] for m in record["members"])
             continue
-        members = extract_one(dst_root, relpath)
+        try:
+            members = extract_one(dst_root, relpath, mirrored, max_bytes or max(RATIO * st.st_size, FLOOR))
+        except (BadInput, UnsafePath) as exc:
+            if failures is None:
+                raise
+            failures.append({"path": relpath, "reason": str(exc)})
+            continue
         state[relpath] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "members": members}
         _save_state(dst_root, state)
         produced.extend(m[0] for m in members)
     return list(dict.fromkeys(produced))
 
 
-def extract_one(dst_root: str, relpath: str) -> list[list]:
+def extract_one(dst_root: str, relpath: str, mirrored=frozenset(), max_bytes: int = FLOOR) -> list[list]:
     """Unpack one archive into its directory; [[path, size, mtime_ns], ...] of its files."""
     archive = join_under(dst_root, relpath)
     base = os.path.dirname(relpath)
     try:
         with tarfile.open(archive, "r:*") as tar:
-            plan = [(m, _target(base, m, relpath)) for m in tar.getmembers()]  # refuse before writing
+            plan = []
+            total = 0
+            for member in tar:  # headers only: every refusal comes before a byte is written
+                plan.append((member, _target(base, member, relpath)))
+                total += member.size
+                _check_bounds(relpath, len(plan), total, max_bytes)
+                if plan[-1][1] in mirrored and member.isreg():
+                    raise UnsafePath(f"{relpath}: member {member.name!r} would overwrite {plan[-1][1]}, a file of "
+                                     "the mirror itself; refusing to extract the archive")
             written = []
             for member, target in plan:
                 if member.isdir():
@@ -74,6 +103,14 @@ def extract_one(dst_root: str, relpath: str) -> list[list]:
             return written
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise BadInput(f"{relpath} is not a readable tar archive ({exc}); download it again") from None
+
+
+def _check_bounds(archive: str, members: int, total: int, max_bytes: int) -> None:
+    if members > MAX_MEMBERS:
+        raise BadInput(f"{archive} holds more than {MAX_MEMBERS:,} members; refusing to extract it")
+    if total > max_bytes:
+        raise BadInput(f"{archive} would unpack to more than {max_bytes:,} bytes (a decompression bomb?); "
+                       "refusing to extract it; pass --extract-max=SIZE to allow more")
 
 
 def _target(base: str, member: tarfile.TarInfo, archive: str) -> str:

@@ -7,7 +7,7 @@ Usage:
                          [--exclude-from=FILE]... [--files-from=FILE] [--since=WHEN] [--max-age=DURATION]
                          [--min-age=DURATION] [--max-size=SIZE] [--min-size=SIZE] [--date=DAY] [--template=T]
                          [--profile=NAME] [--where=EXPR]... [--production=NAME] [--runlist=FILE] [--keep-local]
-                         [--allow-root=DIR]... [--extract] [--links] [--copy-links] [--unsafe-links]
+                         [--allow-root=DIR]... [--extract] [--extract-max=SIZE] [--links] [--copy-links] [--unsafe-links]
                          [--bwlimit=RATE] [--max-delete=N] [--allow-empty-source] [--fsync] [--accept-new-host-key]
                          [--ca-bundle=FILE] [--allow-password-in-url]
                          [--dropbox-config=FILE] [--verify-key=PUBKEY] [--timeout=SECONDS] [--verbose]
@@ -63,7 +63,9 @@ Options:
   --runlist=FILE         IACT data store: only these OBS_IDs (one per line).
   --keep-local           IACT data store: local index rows win when merging.
   --allow-root=DIR       IACT data store: allow index paths inside DIR.
-  --extract              Unpack downloaded .tar, .tgz and .tar.gz archives.
+  --extract              Unpack downloaded .tar, .tgz and .tar.gz archives (each at
+                         most 100 times its size, at least 1 GiB; 100,000 members).
+  --extract-max=SIZE     The most one archive may unpack to, e.g. 500G.
   --links                Copy symlinks as symlinks (local trees); links that point
                          outside SRC are skipped and reported.
   --copy-links           Copy the files and directories symlinks point to.
@@ -102,7 +104,8 @@ def run(opts: dict) -> int:
         retries=int_option(opts, "--retries", 3), fits_check=not opts["--no-fits-check"], select=select,
         verify_key=connect.verify_key, links=links_mode(opts), bwlimit=opts["--bwlimit"] or None,
         max_delete=int_option(opts, "--max-delete", 0) if opts["--max-delete"] is not None else None,
-        allow_empty_source=bool(opts["--allow-empty-source"]), fsync=bool(opts["--fsync"]))
+        allow_empty_source=bool(opts["--allow-empty-source"]), fsync=bool(opts["--fsync"]),
+        extract_max=opts["--extract-max"] or None)
     # With --json, stdout carries only the summary object: itemized lines go to
     # stderr, or with --itemize into the object's "files" list instead.
     itemize = 0 if opts["--json"] and opts["--itemize"] else max(int(opts["--itemize"]), int(options.dry_run))

@@ -72,6 +72,7 @@ class MirrorOptions:
     max_delete: int | None = None  # --delete removes nothing when it would remove more
     allow_empty_source = False  # --delete may empty the destination when the source lists nothing
     fsync = False  # each local file synced before its rename, its directory after
+    extract_max: int | None = None  # --extract: bytes an archive may unpack to (None: the default bound)
 
     def __init__(self, **options):
         self.protected: set = set()  # never deleted (e.g. files unpacked by --extract)
