@@ -292,3 +292,50 @@ def test_extract_is_bounded_and_never_overwrites_mirrored_files(tmp_path):
     assert capped.returncode == 3 and not (tmp_path / "small" / "three.fits").exists()
     allowed = run("mirror", tmp_path / "one" / "three.tgz", tmp_path / "small", "--extract")  # 3 MiB: within the default
     assert allowed.returncode == 0 and (tmp_path / "small" / "three.fits").stat().st_size == 3 << 20
+
+
+def _swap_for_symlink(directory: Path, canary: Path) -> None:
+    """What an attacker (or an unlucky script) does while the mirror runs."""
+    directory.rename(directory.with_name(directory.name + ".moved"))
+    directory.symlink_to(canary)
+
+
+def test_a_directory_swapped_mid_run_receives_nothing(tmp_path, canary):
+    import fitsync
+    from fitsync.events import FileFinished
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_tree(src, {f"night/{i:03d}.fits": b"n" * 100 for i in range(30)})
+    write_tree(dst, {"night/old.txt": b"old"})
+    before = snapshot(canary)
+    swapped = []
+
+    def swap_after_first(event):
+        if isinstance(event, FileFinished) and not swapped:
+            swapped.append(event.path)
+            _swap_for_symlink(dst / "night", canary)
+
+    result = fitsync.mirror(src, dst, jobs=1, retries=0, progress=swap_after_first)
+    assert snapshot(canary) == before  # not one byte went through the symlink
+    assert result.files_failed == 29 and result.exit_code == 3
+    assert all("symlink" in f["reason"] for f in result.failures)
+
+
+def test_deletes_after_a_swap_stay_in_the_tree(tmp_path, canary):
+    import fitsync
+    from fitsync.events import FileFinished
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_tree(src, {"keep.fits": b"k"})
+    write_tree(dst, {"keep.fits": b"k", "a.txt": b"gone", **{f"sub/victim{i}.txt": b"x" for i in range(3)}})
+    write_tree(canary, {f"victim{i}.txt": b"canary's own" for i in range(3)})
+    before = snapshot(canary)
+
+    def swap_after_first_delete(event):  # a.txt goes first (path order), then sub/...
+        if isinstance(event, FileFinished) and event.path == "a.txt":
+            _swap_for_symlink(dst / "sub", canary)
+
+    result = fitsync.mirror(src, dst, delete=True, progress=swap_after_first_delete)
+    assert snapshot(canary) == before  # deletes through the symlinked directory were refused
+    assert not (dst / "a.txt").exists() and result.files_deleted == 1
+    assert result.files_failed == 3 and all("symlink" in f["reason"] for f in result.failures)

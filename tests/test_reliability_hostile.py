@@ -175,7 +175,7 @@ def test_extract_refuses_members_outside_dst_or_inside_its_state_dir(tmp_path, o
     src, dst = tmp_path / "src", tmp_path / "dst"
     _tar(src / "a.tar", {"ok.txt": b"ok", member: b"999999 otherhost\n"})
     proc = run_fitsync("mirror", src, dst, "--extract")
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 3, proc.stderr  # a refused archive is a failure of the run; others would go on
     assert "refusing to extract" in proc.stderr and "Traceback" not in proc.stderr
     assert not (dst / "ok.txt").exists(), "an archive with a bad member is refused whole"
     assert not (dst / ".fitsync/lock").exists()

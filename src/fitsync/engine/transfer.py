@@ -32,7 +32,7 @@ from fitsync.errors import SourceChanged, VerificationFailed
 from fitsync.hashes import file_digest, new_hasher
 from fitsync.engine.plan import Action, Item
 from fitsync.remotes.base import Capability, Remote
-from fitsync.remotes.local import LocalRemote, finish_file, open_state_file, unlink_quietly
+from fitsync.remotes.local import LocalRemote, open_state_file, unlink_quietly
 from fitsync.threads import run_beside
 
 log = logging.getLogger("fitsync.engine.transfer")
@@ -156,8 +156,7 @@ def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_chec
         raise
     if fits_check:
         refuse_incomplete_fits(part, item)
-    finish_file(part, dst.path_of(item.path), item.src.mtime, _local_source(src, item),
-                replace_other_types=dst.replaces_other_types, fsync=dst.fsync)
+    dst.install(part, item.path, item.src.mtime, _local_source(src, item))
     os.unlink(journal)
     return moved
 
@@ -410,7 +409,7 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_ch
         _check_source_unchanged(src, item, before)
         if fits_check:
             refuse_incomplete_fits(tmp, item)
-        finish_file(tmp, basis_path, item.src.mtime, _local_source(src, item), fsync=dst.fsync)
+        dst.install(tmp, item.path, item.src.mtime, _local_source(src, item))
     except BaseException:
         unlink_quietly(tmp)
         raise

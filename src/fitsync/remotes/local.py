@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat as stat_mod
+import threading
 from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
 
 from fitsync.errors import BadInput, FitsyncError, NotFound, TransferFailed, UnsafePath, VerificationFailed
@@ -38,6 +39,8 @@ class LocalRemote(Remote):
         self.replaces_other_types = False  # --delete: a file may replace a directory, and the reverse
         self.fsync = False  # --fsync: each file reaches the disk before its rename, its directory entry after
         self._followed: dict[str, str] = {}  # listed path -> real path, for files reached through a symlink
+        self._root_fd: int | None = None  # held while writing: files are placed relative to it
+        self._root_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, options: "RemoteOptions") -> "LocalRemote":
@@ -221,6 +224,41 @@ class LocalRemote(Remote):
             except OSError:
                 pass
 
+    def install(self, tmp: str, path: str, mtime: float | None, source: str | None = None) -> None:
+        """Give the verified temporary file ``tmp`` its mtime and permissions
+        and rename it to ``path`` through directory descriptors (see
+        fitsync.remotes.beneath): a directory swapped for a symlink during the
+        run cannot lead it outside the tree."""
+        from fitsync.remotes.beneath import install
+
+        if mtime is not None:
+            ns = int(round(mtime * 1e9))
+            os.utime(tmp, ns=(ns, ns))
+        _copy_attributes(tmp, source, os.path.join(self.root, *safe_relpath(path).split("/")))
+        if self.fsync:
+            _sync(tmp)
+        try:
+            install(self.root_fd(), tmp, safe_relpath(path), like=source,
+                    replace_other_types=self.replaces_other_types, fsync=self.fsync)
+        except PermissionError:
+            final = os.path.join(self.root, *safe_relpath(path).split("/"))
+            raise TransferFailed(f"cannot replace {final}: permission denied (is its directory read-only?)") from None
+
+    def root_fd(self) -> int:
+        with self._root_lock:
+            if self._root_fd is None:
+                from fitsync.remotes.beneath import open_root
+
+                os.makedirs(self.root, exist_ok=True)
+                self._root_fd = open_root(self.root)
+            return self._root_fd
+
+    def close(self) -> None:
+        with self._root_lock:
+            if self._root_fd is not None:
+                os.close(self._root_fd)
+                self._root_fd = None
+
     def write_atomic(self, path, chunks: Iterable[bytes], *, mtime=None, expected_digest=None) -> None:
         import tempfile
 
@@ -237,17 +275,16 @@ class LocalRemote(Remote):
                     out.write(chunk)
             if expected_digest is not None and hasher.hexdigest() != expected_digest:
                 raise VerificationFailed(f"{path}: written bytes do not match the source digest")
-            finish_file(tmp, final, mtime)
+            self.install(tmp, path, mtime)
         except BaseException:
             unlink_quietly(tmp)
             raise
 
     def delete(self, path: str) -> None:
+        from fitsync.remotes.beneath import unlink_beneath
+
         full = self.path_of(path)
-        try:
-            os.unlink(full)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            return  # gone, or already replaced by the source's entry of the other type
+        unlink_beneath(self.root_fd(), safe_relpath(path))  # relative to its directory's descriptor
         _prune_empty_dirs(os.path.dirname(full), self.root)
 
 
