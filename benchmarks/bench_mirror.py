@@ -8,7 +8,7 @@ Options:
   --big-mib=N    Size of the big FITS file in MiB [default: 1024].
   --rounds=N     Interleaved rounds per comparison [default: 3].
   --cases=LIST   Comma-separated: noop, checksum, big, new-big, manifest,
-                 manifest-big, fsync [default: noop,checksum,big,new-big,manifest,manifest-big].
+                 manifest-big, new-small, fsync [default: noop,checksum,big,new-big,manifest,manifest-big].
   --python=EXE   Interpreter that runs fitsync (else the one running this).
                  Users run fitsync from a virtualenv (pip install); a sandbox
                  whose base interpreter imports extra modules at start-up
@@ -21,8 +21,8 @@ Options:
    (whole-file for local copies, its default) and ``rsync -a --no-whole-file``.
 3. The big file copied whole into an empty destination: fitsync vs ``rsync -a``.
 4. ``fitsync manifest`` over the small-file tree and the big file vs ``b3sum``.
-5. ``fsync``: the first copy of 2,000 of the small files with ``--fsync`` vs
-   ``rsync -a --fsync``, and fitsync without it (what durability costs).
+5. ``new-small``: the first copy of 2,000 of the small files, fitsync vs
+   ``rsync -a``; ``fsync``: the same with ``--fsync`` vs ``rsync -a --fsync``.
 
 Every compared pair runs interleaved with caches re-warmed; medians printed
 as ratios (fitsync / reference; below 1 means fitsync is faster), each with
@@ -44,7 +44,7 @@ from timing import installed_env, interleave, table, warm  # noqa: E402
 
 WORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work", "mirror")
 FITSYNC = [sys.executable, "-m", "fitsync"]
-CASES = ("noop", "checksum", "big", "new-big", "manifest", "manifest-big", "fsync")
+CASES = ("noop", "checksum", "big", "new-big", "manifest", "manifest-big", "new-small", "fsync")
 ENV = installed_env()
 
 
@@ -156,8 +156,10 @@ def main() -> None:
             "b3sum": {"setup": lambda: warm(big_dir), "cmd": ["b3sum", original]},
         }, args.rounds)
         row(f"manifest, {args.big_mib} MiB file", res["fitsync"], "b3sum", res["b3sum"])
+    if "new-small" in args.cases:
+        small_copy(small, row, args.rounds, fsync=False)
     if "fsync" in args.cases:
-        fsync_copy(small, row, args.rounds)
+        small_copy(small, row, args.rounds, fsync=True)
     print(f"fitsync run by {FITSYNC[0]}")
     print(table(rows, ("case", "fitsync s", "reference", "ref s", "ratio", "load")))
 
@@ -199,15 +201,16 @@ def new_big_copy(args, row) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def fsync_copy(small: str, row, rounds: int) -> None:
-    """A first copy of 2,000 small files, each synced to disk: fitsync --fsync vs
-    rsync -a --fsync, and fitsync --fsync vs fitsync (the cost of durability)."""
+def small_copy(small: str, row, rounds: int, fsync: bool) -> None:
+    """A first copy of 2,000 small files (each synced to disk with ``fsync``):
+    fitsync vs rsync -a (--fsync for both)."""
     part = os.path.join(WORK, "small-part")
     if not os.path.isdir(part):
         os.makedirs(part)
         for name in sorted(os.listdir(small))[:10]:  # 10 directories of 200 files
             shutil.copytree(os.path.join(small, name), os.path.join(part, name))
-    dsts = {name: os.path.join(WORK, f"fsync-{name}") for name in ("fitsync", "rsync", "plain")}
+    dsts = {name: os.path.join(WORK, f"copy-{name}") for name in ("fitsync", "rsync")}
+    flag = ["--fsync"] if fsync else []
 
     def reset(name):
         def go():
@@ -218,12 +221,11 @@ def fsync_copy(small: str, row, rounds: int) -> None:
 
     res = interleave({
         "fitsync": {"setup": reset("fitsync"), "env": ENV,
-                    "cmd": FITSYNC + ["mirror", part, dsts["fitsync"], "--quiet", "--fsync"]},
-        "rsync": {"setup": reset("rsync"), "cmd": ["rsync", "-a", "--fsync", part + "/", dsts["rsync"] + "/"]},
-        "plain": {"setup": reset("plain"), "env": ENV, "cmd": FITSYNC + ["mirror", part, dsts["plain"], "--quiet"]},
+                    "cmd": FITSYNC + ["mirror", part, dsts["fitsync"], "--quiet", *flag]},
+        "rsync": {"setup": reset("rsync"), "cmd": ["rsync", "-a", *flag, part + "/", dsts["rsync"] + "/"]},
     }, rounds)
-    row("2000 files, new, --fsync", res["fitsync"], "rsync -a --fsync", res["rsync"])
-    row("2000 files, new, --fsync", res["fitsync"], "fitsync (no fsync)", res["plain"])
+    what = "--fsync" if fsync else ""
+    row(f"2000 files, new {what}".strip(), res["fitsync"], f"rsync -a {what}".strip(), res["rsync"])
     for path in dsts.values():
         shutil.rmtree(path, ignore_errors=True)
 
