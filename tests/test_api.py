@@ -341,3 +341,15 @@ def test_local_only_features_refuse_remote_locations(tmp_path, sshd, home):
         fitsync.manifest(url, format="bagit", output=tmp_path / "bag")
     with pytest.raises(UsageError, match="--fits"):
         fitsync.audit(url, fits=True)
+
+
+@pytest.mark.parametrize("spec, parent, name", [
+    ("/data/night/a.fits", "/data/night", "a.fits"), ("/a.fits", "/", "a.fits"), ("a.fits", ".", "a.fits"),
+    ("sftp://host/data/a.fits", "sftp://host/data", "a.fits"), ("sftp://host/a.fits", "sftp://host/", "a.fits"),
+    ("host:dir/a.fits", "host:dir", "a.fits"), ("host:/a.fits", "host:/", "a.fits"), ("host:a.fits", "host:", "a.fits"),
+    ("dropbox:/VAST/a.fits", "dropbox:/VAST", "a.fits"),
+])
+def test_the_directory_of_a_single_file_source(spec, parent, name):
+    from fitsync.api import _parent_and_name
+
+    assert _parent_and_name(spec) == (parent, name)

@@ -218,7 +218,8 @@ def _parent_and_name(spec: str) -> tuple:
     """(parent location, last name) of a location, or (None, None) if it has none."""
     head, sep, name = spec.rstrip("/").rpartition("/")
     if sep:
-        return (head or "/") if not head.endswith(":") and not head.endswith("//") else head + "/", name
+        at_top = head.endswith(":") or ("://" in head and head.count("/") == 2)  # host:/f, sftp://host/f
+        return (head + "/" if at_top else head or "/"), name
     prefix, colon, rest = spec.partition(":")
     if colon and rest and "/" not in prefix:
         return prefix + ":", rest  # host:file, NAME:file
