@@ -10,7 +10,6 @@ import os
 from typing import IO, Optional
 
 from fitsync.errors import NotFound, UsageError
-from fitsync.events import hashing_progress
 from fitsync.formats.manifest import DEFAULT_NAME, build_entries, write_atomically, write_b3sum, write_hashlist, write_jsonl
 from fitsync.options import RemoteOptions, Selection
 from fitsync.remotes.base import Remote
@@ -64,7 +63,11 @@ def write(result: ManifestResult, stream: Optional[IO[str]], *, blocks: bool, fi
 
     with open_remote(result.root, options) as root:
         listed = listed_files(root, result, selection)
-        on_done = hashing_progress(progress, listed)
+        on_done = None
+        if progress is not None:
+            from fitsync.events import hashing_progress
+
+            on_done = hashing_progress(progress, listed)
         if result.format == "bagit":
             _write_bagit(root, listed, result, jobs, on_done)
             return
