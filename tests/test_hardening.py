@@ -339,3 +339,18 @@ def test_deletes_after_a_swap_stay_in_the_tree(tmp_path, canary):
     assert snapshot(canary) == before  # deletes through the symlinked directory were refused
     assert not (dst / "a.txt").exists() and result.files_deleted == 1
     assert result.files_failed == 3 and all("symlink" in f["reason"] for f in result.failures)
+
+
+def test_a_file_that_cannot_fit_is_refused_before_filling_the_disk(tmp_path):
+    """A 70 MiB file onto a 32 MiB file system: refused up front, no partial left, the rest copied."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(small)], check=True)
+    try:
+        write_tree(tmp_path / "src", {"big.fits": os.urandom(70 << 20), "night.log": b"log"})
+        result = run("mirror", tmp_path / "src", small / "dst", "--no-fits-check")
+        assert result.returncode == 3 and "needs 73,400,320 bytes" in result.stderr
+        assert read_tree(small / "dst") == {"night.log": b"log"}
+        assert os.statvfs(small).f_bfree * os.statvfs(small).f_frsize > 30 << 20  # the disk was not filled
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from fitsync.errors import SourceChanged, VerificationFailed
+from fitsync.errors import SourceChanged, TransferFailed, VerificationFailed
 from fitsync.hashes import file_digest, new_hasher
 from fitsync.engine.plan import Action, Item
 from fitsync.remotes.base import Capability, Remote
@@ -129,6 +129,7 @@ def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_chec
     resume_at = _validated_prefix(part, journal)
     moved = Moved(reused=resume_at)
     trusted = _trusted_digest(item)
+    _check_room(dst, item, resume_at)
     direct = resume_at == 0 and _checkable_by_source(src, item, trusted)
     # The source's own digest of its data at rest, taken while the bytes travel.
     needed = trusted is None and (direct or resume_at and _hashes_own_data(src))
@@ -228,6 +229,19 @@ def _receive_into(write, flush, src: Remote, item: Item, resume_at: int, receive
         moved.transferred += len(chunk)
         if on_bytes:
             on_bytes(len(chunk))
+
+
+def _check_room(dst: LocalRemote, item: Item, resume_at: int) -> None:
+    """Refuse a large file that cannot fit before writing any of it: a full disk
+    would fail it anyway, after filling the disk for everyone else."""
+    if item.src.size < (64 << 20):
+        return
+    vfs = os.statvfs(dst.root)
+    free = vfs.f_bavail * vfs.f_frsize
+    needed = item.src.size - resume_at
+    if needed > free:
+        raise TransferFailed(f"{item.path}: needs {needed:,} bytes and the destination has {free:,} free; "
+                             "free space and run again")
 
 
 def _keep_what_was_received(writer) -> None:
