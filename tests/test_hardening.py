@@ -354,3 +354,21 @@ def test_a_file_that_cannot_fit_is_refused_before_filling_the_disk(tmp_path):
         assert os.statvfs(small).f_bfree * os.statvfs(small).f_frsize > 30 << 20  # the disk was not filled
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_sparse_files_stay_sparse(tmp_path):
+    """256 MiB with 1 MiB of data: the copy takes about what the source takes (rsync --sparse), and is equal."""
+    import blake3
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "mostly-holes.dat", "wb") as f:
+        f.truncate(256 << 20)
+        f.seek(100 << 20)
+        f.write(os.urandom(1 << 20))
+    result = run("mirror", src, tmp_path / "dst", "--json")
+    assert result.returncode == 0, result.stderr
+    copy = tmp_path / "dst" / "mostly-holes.dat"
+    assert copy.stat().st_size == 256 << 20 and copy.stat().st_blocks * 512 <= 2 << 20
+    digest = lambda p: blake3.blake3(p.read_bytes(), max_threads=blake3.blake3.AUTO).hexdigest()  # noqa: E731
+    assert digest(copy) == digest(src / "mostly-holes.dat")

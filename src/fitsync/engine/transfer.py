@@ -120,6 +120,13 @@ def _trusted_digest(item: Item) -> str | None:
 # -- pull: new file with resumable partial -----------------------------------
 
 def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_check: bool = False) -> Moved:
+    local = _local_source(src, item)
+    if local is not None:
+        from fitsync.engine.sparse import allocated_if_sparse
+
+        allocated = allocated_if_sparse(local, item.src.size)
+        if allocated is not None:
+            return _pull_sparse(src, dst, item, local, allocated, on_bytes, fits_check)
     partial_dir = dst.state_dir("partial")
     key = _identity_key(item)
     part = os.path.join(partial_dir, key + ".part")
@@ -231,14 +238,41 @@ def _receive_into(write, flush, src: Remote, item: Item, resume_at: int, receive
             on_bytes(len(chunk))
 
 
-def _check_room(dst: LocalRemote, item: Item, resume_at: int) -> None:
+def _pull_sparse(src: Remote, dst: LocalRemote, item: Item, local: str, allocated: int, on_bytes,
+                 fits_check: bool) -> Moved:
+    """A new copy of a local sparse file, with its holes (fitsync.engine.sparse);
+    verified like any other before it is renamed into place."""
+    from fitsync.engine.sparse import copy_sparse, verify_sparse
+
+    _check_room(dst, item, 0, needed=allocated)
+    tmp = os.path.join(dst.state_dir("tmp"), _identity_key(item) + ".sparse")
+    before = source_identity(src, item)
+    try:
+        with open_state_file(tmp, "wb") as out:
+            digest = copy_sparse(local, out, item.src.size, on_bytes)
+        _check_source_unchanged(src, item, before)
+        trusted = _trusted_digest(item)
+        if trusted is not None and digest != trusted:
+            raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
+        verify_sparse(tmp, item.src.size, digest, item.path)
+        if fits_check:
+            refuse_incomplete_fits(tmp, item)
+        dst.install(tmp, item.path, item.src.mtime, local)
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
+    return Moved(transferred=allocated)
+
+
+def _check_room(dst: LocalRemote, item: Item, resume_at: int, needed: int | None = None) -> None:
     """Refuse a large file that cannot fit before writing any of it: a full disk
-    would fail it anyway, after filling the disk for everyone else."""
+    would fail it anyway, after filling the disk for everyone else. ``needed``:
+    what it will really take, when less than its size (a sparse file)."""
     if item.src.size < (64 << 20):
         return
     vfs = os.statvfs(dst.root)
     free = vfs.f_bavail * vfs.f_frsize
-    needed = item.src.size - resume_at
+    needed = item.src.size - resume_at if needed is None else needed
     if needed > free:
         raise TransferFailed(f"{item.path}: needs {needed:,} bytes and the destination has {free:,} free; "
                              "free space and run again")
