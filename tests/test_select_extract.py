@@ -94,3 +94,16 @@ def test_damaged_archive_is_bad_input(tmp_path):
     with pytest.raises(BadInput, match="not a readable tar archive"):
         extract_archives(str(tmp_path), ["a.tgz"])
     assert not (tmp_path / "x.txt").exists()
+
+
+def test_members_keep_their_execute_bits(tmp_path):
+    import stat
+
+    with tarfile.open(tmp_path / "a.tar", "w") as tar:
+        for name, mode in (("run.sh", 0o755), ("data.txt", 0o600)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = 2, mode
+            tar.addfile(info, io.BytesIO(b"ok"))
+    extract_archives(str(tmp_path), ["a.tar"])
+    assert stat.S_IMODE((tmp_path / "run.sh").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "data.txt").stat().st_mode) == 0o644

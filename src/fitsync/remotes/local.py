@@ -301,7 +301,7 @@ def _needs_check(path: str) -> bool:
 
 
 def finish_file(tmp: str, final: str, mtime: float | None, source: str | None = None,
-                replace_other_types: bool = False, fsync: bool = False) -> None:
+                replace_other_types: bool = False, fsync: bool = False, mode: int | None = None) -> None:
     """Give a verified temporary file its mtime and permissions, then rename it
     into place. ``source`` (a local source file) lends its permission bits,
     its owner when running as root, and those of the directories made for it;
@@ -321,7 +321,10 @@ def finish_file(tmp: str, final: str, mtime: float | None, source: str | None = 
                            "run with --delete to replace it")
         old_directory = f"{tmp}.replaced-directory"
         os.rename(final, old_directory)  # kept beside the temporary file until the new one is in place
-    _copy_attributes(tmp, source, final)
+    if mode is not None:
+        os.chmod(tmp, mode)  # the caller's own bits (an archive member's)
+    else:
+        _copy_attributes(tmp, source, final)
     if fsync:
         _sync(tmp)
     try:
