@@ -8,7 +8,8 @@ Options:
   --big-mib=N    Size of the big FITS file in MiB [default: 1024].
   --rounds=N     Interleaved rounds per comparison [default: 3].
   --cases=LIST   Comma-separated: noop, checksum, big, new-big, manifest,
-                 manifest-big, new-small, fsync [default: noop,checksum,big,new-big,manifest,manifest-big].
+                 manifest-big, new-small, fsync, sparse
+                 [default: noop,checksum,big,new-big,manifest,manifest-big].
   --python=EXE   Interpreter that runs fitsync (else the one running this).
                  Users run fitsync from a virtualenv (pip install); a sandbox
                  whose base interpreter imports extra modules at start-up
@@ -23,6 +24,8 @@ Options:
 4. ``fitsync manifest`` over the small-file tree and the big file vs ``b3sum``.
 5. ``new-small``: the first copy of 2,000 of the small files, fitsync vs
    ``rsync -a``; ``fsync``: the same with ``--fsync`` vs ``rsync -a --fsync``.
+6. ``sparse``: a new copy of a 1 GiB file holding 1 MiB of data, fitsync vs
+   ``rsync -a --sparse``; the space each copy takes is printed too.
 
 Every compared pair runs interleaved with caches re-warmed; medians printed
 as ratios (fitsync / reference; below 1 means fitsync is faster), each with
@@ -44,7 +47,7 @@ from timing import installed_env, interleave, table, warm  # noqa: E402
 
 WORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work", "mirror")
 FITSYNC = [sys.executable, "-m", "fitsync"]
-CASES = ("noop", "checksum", "big", "new-big", "manifest", "manifest-big", "new-small", "fsync")
+CASES = ("noop", "checksum", "big", "new-big", "manifest", "manifest-big", "new-small", "fsync", "sparse")
 ENV = installed_env()
 
 
@@ -160,6 +163,8 @@ def main() -> None:
         small_copy(small, row, args.rounds, fsync=False)
     if "fsync" in args.cases:
         small_copy(small, row, args.rounds, fsync=True)
+    if "sparse" in args.cases:
+        sparse_copy(row, args.rounds)
     print(f"fitsync run by {FITSYNC[0]}")
     print(table(rows, ("case", "fitsync s", "reference", "ref s", "ratio", "load")))
 
@@ -228,6 +233,35 @@ def small_copy(small: str, row, rounds: int, fsync: bool) -> None:
     row(f"2000 files, new {what}".strip(), res["fitsync"], f"rsync -a {what}".strip(), res["rsync"])
     for path in dsts.values():
         shutil.rmtree(path, ignore_errors=True)
+
+
+def sparse_copy(row, rounds: int) -> None:
+    """A 1 GiB file with 1 MiB of data in the middle, copied new: fitsync vs rsync -a --sparse."""
+    src = os.path.join(WORK, "sparse-src")
+    os.makedirs(src, exist_ok=True)
+    path = os.path.join(src, "holes.dat")
+    if not os.path.exists(path):
+        with open(path, "wb") as f:
+            f.truncate(1 << 30)
+            f.seek(500 << 20)
+            f.write(os.urandom(1 << 20))
+    dsts = {name: os.path.join(WORK, f"sparse-{name}") for name in ("fitsync", "rsync")}
+
+    def reset(name):
+        def go():
+            shutil.rmtree(dsts[name], ignore_errors=True)
+            os.sync()
+        return go
+
+    res = interleave({
+        "fitsync": {"setup": reset("fitsync"), "env": ENV, "cmd": FITSYNC + ["mirror", src, dsts["fitsync"], "--quiet"]},
+        "rsync": {"setup": reset("rsync"), "cmd": ["rsync", "-a", "--sparse", src + "/", dsts["rsync"] + "/"]},
+    }, rounds)
+    used = {name: os.stat(os.path.join(d, "holes.dat")).st_blocks * 512 >> 10 for name, d in dsts.items()}
+    row(f"1 GiB sparse file, new (KiB on disk: {used['fitsync']} vs {used['rsync']})", res["fitsync"],
+        "rsync -a --sparse", res["rsync"])
+    for d in dsts.values():
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def big_header_edit(args, row) -> None:
