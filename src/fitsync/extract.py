@@ -160,7 +160,7 @@ def _write_member(dst_root: str, tar: tarfile.TarFile, member: tarfile.TarInfo, 
                 written += len(chunk)
         if written != member.size:
             raise BadInput(f"member {member.name!r} is truncated ({written} of {member.size} bytes)")
-        finish_file(tmp, final, mtime_ns / 1e9, mode=0o644 | (member.mode & 0o111))
+        finish_file(tmp, final, mtime_ns / 1e9, 0o644 | (member.mode & 0o111))
     except BaseException:
         unlink_quietly(tmp)
         raise

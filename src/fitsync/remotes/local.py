@@ -300,46 +300,20 @@ def _needs_check(path: str) -> bool:
     return len(path) > 200 or not path.isprintable() or "\\" in path
 
 
-def finish_file(tmp: str, final: str, mtime: float | None, source: str | None = None,
-                replace_other_types: bool = False, fsync: bool = False, mode: int | None = None) -> None:
-    """Give a verified temporary file its mtime and permissions, then rename it
-    into place. ``source`` (a local source file) lends its permission bits,
-    its owner when running as root, and those of the directories made for it;
-    without one, a replaced file keeps its own bits and a new one gets the
-    umask's (temporary files are private, 0600, until this point).
-    ``replace_other_types`` (--delete): a directory where the file goes, or a
-    file where one of its directories goes, is replaced, only now that the
-    file is verified. ``fsync`` (--fsync) syncs the file before the rename and
-    its directory after, so a power loss leaves the old file or the new one."""
+def finish_file(tmp: str, final: str, mtime: float | None, mode: int) -> None:
+    """Give a verified temporary file (an unpacked archive member) its mtime and
+    ``mode``, then rename it into place. Mirrored files go through
+    ``LocalRemote.install`` (directory descriptors) instead; --extract checked
+    its targets with join_under when it planned them."""
     if mtime is not None:
         ns = int(round(mtime * 1e9))
         os.utime(tmp, ns=(ns, ns))
-    old_directory = None
     if os.path.isdir(final) and not os.path.islink(final):
-        if not replace_other_types:
-            raise BadInput(f"{final} is a directory in the destination but a file in the source; "
-                           "run with --delete to replace it")
-        old_directory = f"{tmp}.replaced-directory"
-        os.rename(final, old_directory)  # kept beside the temporary file until the new one is in place
-    if mode is not None:
-        os.chmod(tmp, mode)  # the caller's own bits (an archive member's)
-    else:
-        _copy_attributes(tmp, source, final)
-    if fsync:
-        _sync(tmp)
+        raise BadInput(f"{final} is a directory in the destination but a file in the source")
+    os.chmod(tmp, mode)
     try:
-        make_parents(os.path.dirname(final), os.path.dirname(source) if source else None, replace_other_types)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
         os.replace(tmp, final)
-        if fsync:
-            _sync(os.path.dirname(final))
-        if old_directory is not None:
-            import shutil
-
-            shutil.rmtree(old_directory)
-    except BaseException:
-        if old_directory is not None and not os.path.lexists(final):
-            os.rename(old_directory, final)
-        raise
     except PermissionError:
         raise TransferFailed(f"cannot replace {final}: permission denied (is its directory read-only?)") from None
 
@@ -354,36 +328,6 @@ def _copy_attributes(tmp: str, source: str | None, final: str) -> None:
     os.chmod(tmp, mode)
     if st is not None and source and os.geteuid() == 0:
         os.chown(tmp, st.st_uid, st.st_gid)
-
-
-def make_parents(directory: str, source_directory: str | None = None, replace_files: bool = False) -> None:
-    """Make ``directory`` and any missing parents; each made one takes the
-    permission bits (and, as root, the owner) of the source directory it copies.
-    With ``replace_files`` a file standing where a directory belongs is removed."""
-    missing = []
-    while not os.path.isdir(directory):
-        missing.append((directory, source_directory))
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            break
-        directory = parent
-        source_directory = os.path.dirname(source_directory) if source_directory else None
-    for made, like in reversed(missing):
-        try:
-            os.mkdir(made)
-        except FileExistsError:
-            if os.path.isdir(made) or not replace_files:
-                if not os.path.isdir(made):
-                    raise BadInput(f"{made} is a file in the destination but a directory in the source; "
-                                   "run with --delete to replace it") from None
-                continue
-            os.unlink(made)
-            os.mkdir(made)
-        if like is not None:
-            st = os.stat(like)
-            os.chmod(made, stat_mod.S_IMODE(st.st_mode) & ~(stat_mod.S_ISUID | stat_mod.S_ISGID))
-            if os.geteuid() == 0:
-                os.chown(made, st.st_uid, st.st_gid)
 
 
 def _sync(path: str) -> None:
