@@ -140,15 +140,19 @@ def test_an_iact_production_and_its_datasets(hess, tmp_path, quiet_caller):
     assert (tmp_path / "crab" / "hdu-index.fits.gz").exists()
 
 
-def test_ssh_source_and_a_compare_across_hosts(sshd, home, tmp_path, quiet_caller):
+def test_ssh_source_and_a_compare_across_hosts(sshd, home, tmp_path, quiet_caller, monkeypatch):
+    from fitsync import sshconn
+
     write_tree(tmp_path / "remote", {"night/a.fits": os.urandom(70_000), "night/b.log": b"log\n"})
     url = f"sftp://127.0.0.1:{sshd.port}{tmp_path / 'remote'}"
+    made = []
+    monkeypatch.setattr(sshconn, "SshConnection", lambda *a, _made=made, _cls=sshconn.SshConnection: _made.append(1)
+                        or _cls(*a))
     result = fitsync.mirror(url, tmp_path / "local")
+    assert len(made) == 1  # one SSH connection for the run (the source is opened once)
     assert result.files_new == 2 and read_tree(tmp_path / "local") == read_tree(tmp_path / "remote")
     assert fitsync.compare(url, tmp_path / "local", checksum=True).agree
     assert list(fitsync.manifest(url))[0].blake3 == b3(tmp_path / "remote" / "night/a.fits")
-    from fitsync import sshconn
-
     assert sshconn._POOL == {}  # the calls closed the connections they opened
 
 

@@ -14,6 +14,7 @@ from typing import IO, TYPE_CHECKING, Iterator, List, Optional, Sequence, Union
 
 from fitsync.errors import NotFound, TransferFailed, UsageError
 from fitsync.options import RemoteOptions, Selection
+from fitsync.remotes import open_source
 from fitsync.remotes.base import Remote
 from fitsync.results import AuditResult, ManifestResult, MirrorResult
 
@@ -56,35 +57,6 @@ def open(location: Location, *, remote_options: Optional[RemoteOptions] = None) 
     from fitsync.remotes import open_remote
 
     return open_remote(_spec(location), remote_options)
-
-
-def open_source(location: Location, options: RemoteOptions) -> Remote:
-    """A location that is read from: a remote that publishes a release manifest
-    (and cannot compute signatures itself) is listed and delta-served from it;
-    with ``options.verify_key`` its signature must verify."""
-    from fitsync.remotes import Capability
-
-    remote = open(location, remote_options=options)
-    if Capability.LOCAL in remote.capabilities and not options.verify_key:
-        return remote  # a local tree is listed as it is (release_source agrees); spare its import
-    from fitsync.release import release_source
-
-    return release_source(remote, options.verify_key)
-
-
-def _load_manifest(path: Optional[Location], verify_key: Optional[str]):
-    if path is None:
-        return None
-    path = _spec(path)
-    if os.path.isdir(path):
-        raise UsageError(f"manifest {path} is a directory; give the manifest file (e.g. {path}/fitsync-manifest.jsonl)")
-    if verify_key:
-        from fitsync.signing import verify_manifest_file
-
-        verify_manifest_file(path, verify_key)
-    from fitsync.formats.manifest import read_manifest
-
-    return read_manifest(path)
 
 
 def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool = False, dry_run: bool = False,
@@ -142,11 +114,20 @@ def mirror_options(*, checksum: bool, delete: bool, dry_run: bool, jobs: int, re
     if rate is not None and rate < 1024:
         raise UsageError(f"--bwlimit={bwlimit} is below 1 KiB/s; give a rate such as 500k or 10M")
     return MirrorOptions(checksum=checksum, delete=delete, dry_run=dry_run, jobs=jobs, retries=retries,
-                         manifest=_load_manifest(manifest, verify_key), fits_check=fits_check,
+                         manifest=_loaded_manifest(manifest, verify_key), fits_check=fits_check,
                          selection=select.matcher() if select else None, progress=progress, links=links,
                          bwlimit=rate,
                          max_delete=max_delete, allow_empty_source=allow_empty_source, fsync=fsync,
                          extract_max=parse_size(str(extract_max), "--extract-max") if extract_max else None)
+
+
+def _loaded_manifest(manifest: Optional[Location], verify_key: Optional[str]):
+    """The source's manifest, read (and its signature checked) only when one is given."""
+    if manifest is None:
+        return None
+    from fitsync.formats.manifest import load_manifest
+
+    return load_manifest(_spec(manifest), verify_key)
 
 
 def run_mirror(src: Location, dst: Location, options, connect: RemoteOptions, select: Optional[Selection],
@@ -156,8 +137,7 @@ def run_mirror(src: Location, dst: Location, options, connect: RemoteOptions, se
     from fitsync.engine.mirror import Mirror
     from fitsync.remotes import Capability
 
-    src = _tree_of(_spec(src), options, connect)
-    with open_source(src, connect) as source, open(dst, remote_options=connect) as target:
+    with _source_tree(_spec(src), options, connect) as source, open(dst, remote_options=connect) as target:
         if extract and Capability.LOCAL not in target.capabilities:
             raise UsageError(f"--extract unpacks archives in a local destination; {_spec(dst)} is not one")
         if select is not None and select.production:
@@ -194,24 +174,27 @@ def _extract(target: Remote, result: MirrorResult, max_bytes: Optional[int]) -> 
         result.exit_code = EXIT_FAILED
 
 
-def _tree_of(spec: str, options, connect: RemoteOptions) -> str:
-    """The tree to mirror from: ``spec`` itself, or, when it names a single
-    file, its directory with only that file selected (rsync's single-file copy)."""
-    with open(spec, remote_options=connect) as remote:
-        if remote.exists():
-            return spec
+def _source_tree(spec: str, options, connect: RemoteOptions) -> Remote:
+    """The opened tree to mirror from: ``spec`` itself, or, when it names a
+    single file, its directory with only that file selected (rsync's
+    single-file copy). The first remote opened is the one used when it is a
+    tree: an SSH source is not connected to twice."""
+    source = open_source(spec, connect)
+    if source.exists():
+        return source
     parent, name = _parent_and_name(spec)
     if parent is None or not name:
-        return spec
-    with open(parent, remote_options=connect) as remote:
-        try:
-            remote.stat(name)
-        except (NotFound, UsageError):
-            return spec  # neither a tree nor a file: the mirror says it does not exist
+        return source  # neither a tree nor a file: the mirror says it does not exist
+    try:
+        with open(parent, remote_options=connect) as directory:
+            directory.stat(name)
+    except (NotFound, UsageError):
+        return source
+    source.close()
     if options.delete:
         raise UsageError(f"--delete needs a directory as SRC; {spec} is a single file")
     options.only_paths = {name} if options.only_paths is None else options.only_paths & {name}
-    return parent
+    return open_source(parent, connect)
 
 
 def _parent_and_name(spec: str) -> tuple:
@@ -319,7 +302,7 @@ def compare(a: Location, b: Location, *, checksum: bool = False, select: Optiona
     from fitsync.formats.manifest import write_atomically
 
     connect = _remote_options(remote_options, jobs)
-    with open_source(a, connect) as first, open_source(b, connect) as second:
+    with open_source(_spec(a), connect) as first, open_source(_spec(b), connect) as second:
         for side, name in ((first, a), (second, b)):
             if not side.exists():
                 raise NotFound(f"{_spec(name)} does not exist; check the path")

@@ -137,9 +137,9 @@ def audit_location(target: str, *, manifest: str | None, fits: bool, against: st
     if against is not None:
         result.against = _audit_against(target, against, matcher, jobs, options, progress)
     if manifest is not None:
-        from fitsync.api import _load_manifest
+        from fitsync.formats.manifest import load_manifest
 
-        loaded = _load_manifest(manifest, options.verify_key)
+        loaded = load_manifest(manifest, options.verify_key)
         with open_remote(target, options) as remote:
             if fits and Capability.LOCAL not in remote.capabilities:
                 raise UsageError(f"--fits reads the files' structure on this machine; {target} is not a local path")
@@ -158,7 +158,7 @@ def audit_location(target: str, *, manifest: str | None, fits: bool, against: st
 
 def _audit_against(target: str, against: str, matcher, jobs: int, options, progress) -> AuditReport:
     """Audit ``target`` against another copy: compare by content, in audit's terms."""
-    from fitsync.api import open_source
+    from fitsync.remotes import open_source
     from fitsync.engine.compare import compare_trees
     from fitsync.errors import NotFound
     from fitsync.remotes import open_remote

@@ -205,6 +205,22 @@ def read_manifest(source) -> Manifest:
     return _parse(source, getattr(source, "name", "<manifest>"))
 
 
+def load_manifest(path: str | None, verify_key: str | None = None) -> Manifest | None:
+    """The manifest file ``path`` (None: none), its Ed25519 signature checked
+    first when ``verify_key`` is given."""
+    if path is None:
+        return None
+    if os.path.isdir(path):
+        from fitsync.errors import UsageError
+
+        raise UsageError(f"manifest {path} is a directory; give the manifest file (e.g. {path}/{DEFAULT_NAME})")
+    if verify_key:
+        from fitsync.signing import verify_manifest_file
+
+        verify_manifest_file(path, verify_key)
+    return read_manifest(path)
+
+
 def parse_manifest_bytes(data: bytes, name: str) -> Manifest:
     import io
 

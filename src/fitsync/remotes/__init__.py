@@ -13,7 +13,7 @@ from fitsync.errors import UsageError
 from fitsync.options import RemoteOptions
 from fitsync.remotes.base import Capability, Entry, Remote
 
-__all__ = ["Capability", "Entry", "Remote", "open_remote", "register_scheme", "parse_location"]
+__all__ = ["Capability", "Entry", "Remote", "open_remote", "open_source", "register_scheme", "parse_location"]
 
 _SCHEMES: dict[str, str] = {
     "file": "fitsync.remotes.local:LocalRemote",
@@ -72,6 +72,19 @@ def open_remote(spec: str, options: RemoteOptions | None = None) -> Remote:
         known = ", ".join(sorted(_SCHEMES))
         raise UsageError(f"unknown location scheme {scheme!r} in {spec!r}; known: {known}")
     return _load(target).from_url(url, options)
+
+
+def open_source(spec: str, options: RemoteOptions | None = None) -> Remote:
+    """A location that is read from: a remote that publishes a release manifest
+    (and cannot compute signatures itself) is listed and delta-served from it;
+    with ``options.verify_key`` its signature must verify."""
+    options = options or RemoteOptions()
+    remote = open_remote(spec, options)
+    if Capability.LOCAL in remote.capabilities and not options.verify_key:
+        return remote  # a local tree is listed as it is (release_source agrees); spare its import
+    from fitsync.release import release_source
+
+    return release_source(remote, options.verify_key)
 
 
 def _resolve_named(spec: str, options: RemoteOptions) -> Remote | None:
