@@ -1,9 +1,13 @@
 """SSH transfers: bytes on the wire and wall time, fitsync vs rsync/scp/rclone.
 
 Run by hand (root, sshd installed):  PYTHONPATH=src python3 benchmarks/bench_ssh.py [--size-mib=1024]
-    [--repeat=3] [--only=full|delta]
-The agent runs on the (loopback) host under FITSYNC_SSH_PYTHON, by default
-the interpreter running this script.
+    [--repeat=3] [--only=full|delta|agent] [--host=stock|fitsync]
+The agent runs on the (loopback) host under FITSYNC_SSH_PYTHON. By default
+(--host=stock) that is a Python 3 with nothing installed: Debian's
+/usr/bin/python3 where it exists, else this interpreter's base installation
+run with -S (no site-packages), as on a stock server; the agent then makes the
+STDLIB signature (zlib and hashlib). --host=fitsync runs it with the
+interpreter running this script (fitsync installed on both ends).
 
 A real sshd on 127.0.0.1 is reached through a small counting TCP relay, so
 bytes are counted on the wire, independently of any tool's own counters.
@@ -16,6 +20,11 @@ bytes are counted on the wire, independently of any tool's own counters.
 - full: the whole file copied by fitsync (mirror, and the bare SftpRemote
   stream), scp, `rsync -W -e ssh`, and rclone over sftp, each connecting to
   sshd directly (bytes are the file's; the relay would cost CPU).
+
+- agent: the agent's signature of the FITS file on the host's interpreter
+  (the STDLIB suite on a stock python3: zlib and hashlib on all cores), run
+  as the host runs it, beside `sha256sum` and `b3sum` of the same file
+  (interleaved, warm cache, medians of --repeat).
 
 Results go to stdout as a table and to benchmarks/work/bench_ssh.json.
 """
@@ -90,6 +99,17 @@ class CountingRelay:
                 pass
 
 
+def host_python(host: str) -> str:
+    """The agent's interpreter for --host (see the module docstring)."""
+    if host == "fitsync":
+        return sys.executable
+    if os.path.exists("/usr/bin/python3"):
+        probe = subprocess.run(["/usr/bin/python3", "-c", "import blake3"], capture_output=True)
+        if probe.returncode != 0:
+            return "/usr/bin/python3"
+    return f"{os.path.realpath(sys.base_prefix + '/bin/python3')} -S"
+
+
 def fits_file(path: Path, size: int) -> None:
     """One primary HDU with a header of 36 cards and `size` bytes of 8-bit data."""
     cards = ["SIMPLE  =                    T", "BITPIX  =                    8", "NAXIS   =                    1",
@@ -125,7 +145,7 @@ def edit(path: Path, case: str) -> None:
 
 
 class Bench:
-    def __init__(self, size_mib: int, repeat: int):
+    def __init__(self, size_mib: int, repeat: int, host: str = "stock"):
         self.size = size_mib << 20
         self.repeat = repeat
         if WORK.exists():
@@ -137,9 +157,8 @@ class Bench:
         with open(home / ".ssh" / "known_hosts", "a") as f:
             f.write(self.sshd.host_key_line(self.sshd.port).replace(f":{self.sshd.port}", f":{self.relay.port}"))
         self.env = dict(installed_env(), HOME=str(home))
-        # The host runs the agent with the interpreter that runs fitsync here
-        # (fitsync installed on both ends), unless FITSYNC_SSH_PYTHON says otherwise.
-        self.env.setdefault("FITSYNC_SSH_PYTHON", sys.executable)
+        self.env.setdefault("FITSYNC_SSH_PYTHON", host_python(host))
+        self.host = host
         self.ssh_cmd = (f"ssh -p {self.relay.port} -i {self.sshd.client_key} -o StrictHostKeyChecking=no "
                         f"-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
         self.results: dict = {}
@@ -196,6 +215,22 @@ class Bench:
         shutil.rmtree(WORK / "full-dst", ignore_errors=True)
         shutil.rmtree(src)
 
+    # -- the agent's signature throughput ----------------------------------------------
+    def agent(self) -> None:
+        path = WORK / "agent.fits"
+        fits_file(path, self.size)
+        agent_dir = HERE.parent / "src" / "fitsync"
+        code = ("import sys, time; sys.path.insert(0, sys.argv[1]); import agent\n"
+                "class A: signature = 'stdlib'\n"
+                "agent.signature_of(sys.argv[2], {'fits': True, 'block_records': [2, 64]}, A())\n")
+        python = self.env["FITSYNC_SSH_PYTHON"].split()
+        for _ in range(self.repeat):
+            for name, argv in (("agent signature", [*python, "-c", code, str(agent_dir), str(path)]),
+                               ("sha256sum", ["sha256sum", str(path)]), ("b3sum", ["b3sum", str(path)])):
+                warm(str(path))
+                self.measure(f"agent: {name}", argv)
+        path.unlink()
+
     # -- deltas ---------------------------------------------------------------------------
     def delta(self) -> None:
         base = WORK / "base.fits"
@@ -238,10 +273,31 @@ class Bench:
             wire = statistics.median(r[1] for r in runs)
             rows[name] = {"seconds": round(secs, 3), "wire_bytes": int(wire), "runs": len(runs),
                           "GB_per_s": round(self.size / secs / 1e9, 3)}
+        print(f"agent host: {self.host} ({self.env['FITSYNC_SSH_PYTHON']})")
         print(f"{'case':40s} {'median s':>9s} {'wire bytes':>14s} {'GB/s':>7s}")
         for name, row in rows.items():
             print(f"{name:40s} {row['seconds']:9.3f} {row['wire_bytes']:14,d} {row['GB_per_s']:7.3f}")
-        (HERE / "work" / "bench_ssh.json").write_text(json.dumps({"size": self.size, "rows": rows}, indent=2))
+        ratios = self._ratios(rows)
+        (HERE / "work" / "bench_ssh.json").write_text(json.dumps(
+            {"size": self.size, "host": self.host, "rows": rows, "ratios": ratios}, indent=2))
+
+    @staticmethod
+    def _ratios(rows: dict) -> dict:
+        """fitsync / rsync per delta case (time and wire bytes), and the median time ratio."""
+        out = {}
+        for name, row in rows.items():
+            if name.endswith(": fitsync") and name.replace(": fitsync", ": rsync") in rows:
+                theirs = rows[name.replace(": fitsync", ": rsync")]
+                out[name[: -len(": fitsync")]] = {"time": round(row["seconds"] / theirs["seconds"], 3),
+                                                  "wire": round(row["wire_bytes"] / theirs["wire_bytes"], 4)}
+        if out:
+            print(f"\n{'delta case':28s} {'time vs rsync':>14s} {'wire vs rsync':>14s}")
+            for case, r in out.items():
+                print(f"{case:28s} {r['time']:13.2f}x {r['wire']:13.4f}x")
+            median = statistics.median(r["time"] for r in out.values())
+            print(f"{'median time ratio':28s} {median:13.2f}x")
+            out["median_time_ratio"] = median
+        return out
 
     def close(self) -> None:
         self.sshd.stop()
@@ -249,12 +305,14 @@ class Bench:
 
 def main(argv: list[str]) -> int:
     opts = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
-    bench = Bench(int(opts.get("size-mib", 1024)), int(opts.get("repeat", 3)))
+    bench = Bench(int(opts.get("size-mib", 1024)), int(opts.get("repeat", 3)), opts.get("host", "stock"))
     try:
         if opts.get("only") in (None, "full"):
             bench.full()
         if opts.get("only") in (None, "delta"):
             bench.delta()
+        if opts.get("only") in (None, "agent"):
+            bench.agent()
     finally:
         bench.report()
         bench.close()

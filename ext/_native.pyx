@@ -103,6 +103,12 @@ cdef extern from "kernels.h" nogil:
     uint32_t GOLDEN "FITSYNC_GOLDEN"  # Fibonacci hashing spreads the weak sums
     int _roll_to_hit "fitsync_roll_to_hit"(const uint8_t* p, int64_t* pos, int64_t stop, uint32_t bs,
                                            uint32_t* s1, uint32_t* s2, const uint64_t* filter, int filter_bits)
+    void _adler_init "fitsync_adler_init"(const uint8_t* p, size_t n, uint32_t* a, uint32_t* b)
+    void _adler_roll "fitsync_adler_roll"(uint32_t* a, uint32_t* b, uint32_t out, uint32_t inp, uint32_t n_mod)
+    int _adler_roll_to_hit "fitsync_adler_roll_to_hit"(const uint8_t* p, int64_t* pos, int64_t stop, uint32_t bs,
+                                                       uint32_t* a, uint32_t* b, const uint64_t* filter,
+                                                       int filter_bits)
+    uint32_t ADLER_MOD "FITSYNC_ADLER_MOD"
 
 
 def fits_sum32(const uint8_t[::1] data not None, uint64_t seed=0):
@@ -139,6 +145,38 @@ def fits_sum32(const uint8_t[::1] data not None, uint64_t seed=0):
 cdef enum:
     CHAR_OFFSET = 31
 
+# The two weak sums (``weak_kind`` arguments): librsync's rollsum, and
+# Adler-32 as zlib computes it, which a host with only Python's stdlib can
+# produce at C speed (the stdlib signature, docs/signature-format.md).
+cdef enum:
+    K_ROLLSUM = 0
+    K_ADLER32 = 1
+ROLLSUM = K_ROLLSUM
+ADLER32 = K_ADLER32
+
+
+cdef int _check_kind(int weak_kind) except -1:
+    if weak_kind != K_ROLLSUM and weak_kind != K_ADLER32:
+        raise ValueError(f"unknown weak sum kind {weak_kind}")
+    return 0
+
+
+cdef inline void _window_init(int kind, const uint8_t* p, size_t n, uint32_t* s1, uint32_t* s2) noexcept nogil:
+    """The weak sum state of the n bytes at p (Adler-32: s1 = a, s2 = b)."""
+    if kind == K_ADLER32:
+        _adler_init(p, n, s1, s2)
+    else:
+        _rollsum_init(p, n, s1, s2)
+
+
+cdef inline void _roll_one(int kind, uint32_t* s1, uint32_t* s2, uint32_t x_out, uint32_t x_in,
+                           uint32_t bs) noexcept nogil:
+    if kind == K_ADLER32:
+        _adler_roll(s1, s2, x_out, x_in, bs % ADLER_MOD)
+    else:
+        s1[0] += x_in - x_out
+        s2[0] += s1[0] - bs * (x_out + CHAR_OFFSET)
+
 
 cdef inline void _rollsum_init(const uint8_t* p, size_t n, uint32_t* s1, uint32_t* s2) noexcept nogil:
     # s2 = n*sum(x) - sum(i*x) + 31*n*(n+1)/2, all modulo 2**16
@@ -153,25 +191,28 @@ cdef inline uint32_t _weak_of(uint32_t s1, uint32_t s2) noexcept nogil:
     return ((s2 & 0xFFFFu) << 16) | (s1 & 0xFFFFu)
 
 
-cdef inline uint32_t _weak_block(const uint8_t* p, size_t n) noexcept nogil:
+cdef inline uint32_t _weak_block(const uint8_t* p, size_t n, int kind=K_ROLLSUM) noexcept nogil:
     cdef uint32_t s1, s2
-    _rollsum_init(p, n, &s1, &s2)
+    _window_init(kind, p, n, &s1, &s2)
     return _weak_of(s1, s2)
 
 
-def weak_sum(const uint8_t[::1] data not None):
+def weak_sum(const uint8_t[::1] data not None, int weak_kind=ROLLSUM):
     """Weak sum of a whole buffer."""
+    _check_kind(weak_kind)
     cdef size_t n = data.shape[0]
     cdef uint32_t w = 0
     if n == 0:
-        return _weak_of(0, 0)
+        return 1 if weak_kind == K_ADLER32 else _weak_of(0, 0)
     with nogil:
-        w = _weak_block(&data[0], n)
+        w = _weak_block(&data[0], n, weak_kind)
     return w
 
 
-def rolling_weak_sums(const uint8_t[::1] data not None, size_t window, uint32_t[::1] out not None):
+def rolling_weak_sums(const uint8_t[::1] data not None, size_t window, uint32_t[::1] out not None,
+                      int weak_kind=ROLLSUM):
     """Weak sum of every window of ``window`` bytes: out[k] covers data[k:k+window]."""
+    _check_kind(weak_kind)
     cdef size_t n = data.shape[0]
     if window == 0 or n < window:
         return 0
@@ -179,15 +220,13 @@ def rolling_weak_sums(const uint8_t[::1] data not None, size_t window, uint32_t[
     if <size_t>out.shape[0] < count:
         raise ValueError("output array too short")
     cdef const uint8_t* p = &data[0]
-    cdef uint32_t s1, s2, x_out
+    cdef uint32_t s1, s2
     cdef size_t k
     with nogil:
-        _rollsum_init(p, window, &s1, &s2)
+        _window_init(weak_kind, p, window, &s1, &s2)
         out[0] = _weak_of(s1, s2)
         for k in range(1, count):
-            x_out = p[k - 1]
-            s1 += p[k - 1 + window] - x_out
-            s2 += s1 - <uint32_t>window * (x_out + CHAR_OFFSET)
+            _roll_one(weak_kind, &s1, &s2, p[k - 1], p[k - 1 + window], <uint32_t>window)
             out[k] = _weak_of(s1, s2)
     return count
 
@@ -221,8 +260,9 @@ cdef int _check_blocks_inside(const int64_t[::1] offsets, const int64_t[::1] len
 
 
 def block_weak_sums(const uint8_t[::1] data not None, const int64_t[::1] offsets not None,
-                    const int64_t[::1] lengths not None, uint32_t[::1] out not None):
+                    const int64_t[::1] lengths not None, uint32_t[::1] out not None, int weak_kind=ROLLSUM):
     """out[k] = weak sum of data[offsets[k] : offsets[k] + lengths[k]]."""
+    _check_kind(weak_kind)
     cdef Py_ssize_t nb = offsets.shape[0], k
     cdef Py_ssize_t size = data.shape[0]
     if lengths.shape[0] != nb or out.shape[0] < nb:
@@ -233,18 +273,19 @@ def block_weak_sums(const uint8_t[::1] data not None, const int64_t[::1] offsets
     cdef const uint8_t* p = &data[0]
     with nogil:
         for k in range(nb):
-            out[k] = _weak_block(p + offsets[k], <size_t>lengths[k])
+            out[k] = _weak_block(p + offsets[k], <size_t>lengths[k], weak_kind)
 
 
 def hash_blocks(object buffer, const int64_t[::1] offsets not None, const int64_t[::1] lengths not None,
                 uint32_t[::1] weak_out not None, uint8_t[::1] strong_out not None, object strong_fn,
-                Py_ssize_t strong_len):
+                Py_ssize_t strong_len, int weak_kind=ROLLSUM):
     """Weak and strong sums of blocks of ``buffer`` (offsets relative to it).
 
     One block at a time, weak then strong, so the strong digest reads the
     block from cache instead of memory. When ``strong_fn`` runs from C
     (bind_xxh3_128) the whole loop runs without the GIL; otherwise the weak
     sum does, and ``strong_fn`` is called once per block."""
+    _check_kind(weak_kind)
     cdef const uint8_t[::1] data = buffer
     cdef Py_ssize_t nb = offsets.shape[0], k
     cdef Py_ssize_t size = data.shape[0]
@@ -257,14 +298,14 @@ def hash_blocks(object buffer, const int64_t[::1] offsets not None, const int64_
     if _strong_in_c(strong_fn, strong_len):
         with nogil:
             for k in range(nb):
-                weak_out[k] = _weak_block(p + offsets[k], <size_t>lengths[k])
+                weak_out[k] = _weak_block(p + offsets[k], <size_t>lengths[k], weak_kind)
                 _xxh3_128_canonical(p + offsets[k], <size_t>lengths[k], &strong_out[k * strong_len])
         return
     for k in range(nb):
         o = offsets[k]
         n = lengths[k]
         with nogil:
-            weak_out[k] = _weak_block(p + o, <size_t>n)
+            weak_out[k] = _weak_block(p + o, <size_t>n, weak_kind)
         _strong_through(strong_fn, view, o, n, &strong_out[k * strong_len], strong_len)
 
 
@@ -355,12 +396,16 @@ cdef class BlockIndex:
     cdef Py_ssize_t block_size
     cdef int table_bits
     cdef int filter_bits
+    cdef int weak_kind
     cdef uint32_t[::1] heads
     cdef uint32_t[::1] order
     cdef uint64_t[::1] filter
 
     def __init__(self, const uint32_t[::1] weak not None, const uint8_t[::1] strong not None,
-                 const int64_t[::1] lengths not None, Py_ssize_t block_size, Py_ssize_t strong_len):
+                 const int64_t[::1] lengths not None, Py_ssize_t block_size, Py_ssize_t strong_len,
+                 int weak_kind=ROLLSUM):
+        _check_kind(weak_kind)
+        self.weak_kind = weak_kind
         cdef Py_ssize_t n = weak.shape[0], k, nfull = 0
         if lengths.shape[0] != n or strong.shape[0] != n * strong_len:
             raise ValueError("weak, strong and lengths describe different block counts")
@@ -412,6 +457,14 @@ cdef class BlockIndex:
 
     cdef inline uint32_t _filter_slot(self, uint32_t w) noexcept nogil:
         return (w * GOLDEN) >> (32 - self.filter_bits)
+
+    cdef inline int _roll(self, const uint8_t* p, int64_t* pos, int64_t stop, uint32_t* s1,
+                          uint32_t* s2) noexcept nogil:
+        """Roll the window from *pos until the filter knows its weak sum (1) or the buffer ends (0)."""
+        if self.weak_kind == K_ADLER32:
+            return _adler_roll_to_hit(p, pos, stop, <uint32_t>self.block_size, s1, s2, &self.filter[0],
+                                      self.filter_bits)
+        return _roll_to_hit(p, pos, stop, <uint32_t>self.block_size, s1, s2, &self.filter[0], self.filter_bits)
 
     cdef int _strong_of(self, object view, object strong_fn, const uint8_t* fast, int64_t pos, int64_t length,
                         uint8_t* out) except -1 nogil:
@@ -500,7 +553,8 @@ cdef class BlockIndex:
         cdef Py_ssize_t nxt = expect_first, j, k
         cdef int64_t length
         cdef bint rolling = False
-        cdef uint32_t s1 = 0, s2 = 0, x_out
+        cdef uint32_t s1 = 0, s2 = 0
+        cdef int kind = self.weak_kind
         cdef const uint8_t* fast = p if _strong_in_c(strong_fn, self.strong_len) else NULL
         with nogil:
             while pos < stop:
@@ -519,16 +573,14 @@ cdef class BlockIndex:
                 if pos + bs > stop:
                     break
                 if not rolling:
-                    _rollsum_init(p + pos, <size_t>bs, &s1, &s2)
+                    _window_init(kind, p + pos, <size_t>bs, &s1, &s2)
                     rolling = True
                 j = NO_BLOCK
-                while _roll_to_hit(p, &pos, stop, <uint32_t>bs, &s1, &s2, &self.filter[0], self.filter_bits):
+                while self._roll(p, &pos, stop, &s1, &s2):
                     j = self._lookup(view, strong_fn, fast, _weak_of(s1, s2), pos, scratch)
                     if j != NO_BLOCK or pos + bs >= stop:
                         break
-                    x_out = p[pos]  # a false hit: roll on by one byte
-                    s1 += p[pos + bs] - x_out
-                    s2 += s1 - <uint32_t>bs * (x_out + CHAR_OFFSET)
+                    _roll_one(kind, &s1, &s2, p[pos], p[pos + bs], <uint32_t>bs)  # a false hit: on by one byte
                     pos += 1
                 if j == NO_BLOCK:
                     break

@@ -131,4 +131,72 @@ static inline int fitsync_roll_to_hit(const uint8_t *p, int64_t *pos_io, int64_t
     return hit;
 }
 
+/* Adler-32 (zlib.adler32 with its default start of 1): the weak sum of the
+ * stdlib signature, which a host computes with zlib alone.
+ *   a = 1 + sum(x_i)              mod 65521
+ *   b = n + sum((n - i) * x_i)    mod 65521,  i = 0 .. n-1
+ *   weak = b << 16 | a
+ * 5552 bytes is the longest run whose sums cannot overflow 32 bits. */
+#define FITSYNC_ADLER_MOD 65521u
+#define FITSYNC_ADLER_NMAX 5552
+
+static void fitsync_adler_init(const uint8_t *p, size_t n, uint32_t *a_out, uint32_t *b_out)
+{
+    uint32_t a = 1, b = 0;
+    while (n) {
+        size_t run = n < FITSYNC_ADLER_NMAX ? n : FITSYNC_ADLER_NMAX;
+        n -= run;
+        while (run--) {
+            a += *p++;
+            b += a;
+        }
+        a %= FITSYNC_ADLER_MOD;
+        b %= FITSYNC_ADLER_MOD;
+    }
+    *a_out = a;
+    *b_out = b;
+}
+
+/* Slide the Adler-32 window by one byte: out leaves, in enters. With
+ * a' = a - out + in, b' = b + a' - 1 - n * out (all mod 65521); every term
+ * is kept non-negative by adding multiples of the modulus first. */
+static inline void fitsync_adler_roll(uint32_t *a, uint32_t *b, uint32_t out, uint32_t in, uint32_t n_mod)
+{
+    uint32_t na = *a + in + FITSYNC_ADLER_MOD - out;
+    if (na >= FITSYNC_ADLER_MOD)
+        na -= FITSYNC_ADLER_MOD;
+    if (na >= FITSYNC_ADLER_MOD)
+        na -= FITSYNC_ADLER_MOD;
+    uint32_t nx = (n_mod * out) % FITSYNC_ADLER_MOD;
+    *a = na;
+    *b = (*b + na + 2 * FITSYNC_ADLER_MOD - 1 - nx) % FITSYNC_ADLER_MOD;
+}
+
+/* fitsync_roll_to_hit for Adler-32 windows. */
+static inline int fitsync_adler_roll_to_hit(const uint8_t *p, int64_t *pos_io, int64_t stop, uint32_t bs,
+                                            uint32_t *a_io, uint32_t *b_io, const uint64_t *filter,
+                                            int filter_bits)
+{
+    int64_t pos = *pos_io;
+    uint32_t a = *a_io, b = *b_io;
+    const uint32_t shift = 32 - filter_bits, n_mod = bs % FITSYNC_ADLER_MOD;
+    int hit = 0;
+    for (;;) {
+        uint32_t w = (b << 16) | a;
+        uint32_t f = (w * FITSYNC_GOLDEN) >> shift;
+        if ((filter[f >> 6] >> (f & 63)) & 1) {
+            hit = 1;
+            break;
+        }
+        if (pos + (int64_t)bs >= stop)
+            break;
+        fitsync_adler_roll(&a, &b, p[pos], p[pos + bs], n_mod);
+        pos++;
+    }
+    *pos_io = pos;
+    *a_io = a;
+    *b_io = b;
+    return hit;
+}
+
 #endif

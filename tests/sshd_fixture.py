@@ -73,6 +73,17 @@ def use_client_home(server: "SshServer", home: Path, monkeypatch) -> Path:
     return path
 
 
+@pytest.fixture
+def blake3_host(sshd, home, monkeypatch):
+    """The favourable host: someone installed blake3 and xxhash there (not
+    fitsync), so its agent hashes BLAKE3 where the data is."""
+    from fitsync import sshconn
+
+    sshconn.close_all()
+    monkeypatch.setenv("FITSYNC_SSH_PYTHON", host_python(sshd.dir, ("blake3", "xxhash")))
+    return sshd
+
+
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
     """One sshd for a test module (import this fixture into the module)."""
@@ -91,31 +102,36 @@ def home(sshd, tmp_path, monkeypatch):
     sshconn.close_all()
 
 
-def host_python(workdir: Path) -> str:
-    """The test host's python3: this interpreter's base installation with only
-    blake3 and xxhash on its path, not fitsync, as on a data server where
-    those two are installed (the agent's own signature code runs there).
+def host_python(workdir: Path, modules: tuple = ()) -> str:
+    """The test host's python3: this interpreter's base installation, outside
+    the venv, with nothing on its path that a stock server lacks: no fitsync,
+    no blake3, no xxhash (the agent then makes the STDLIB signature).
+    ``modules`` (e.g. ("blake3", "xxhash")) adds those, for the tests of a
+    host where someone installed them.
 
     Written as a wrapper under ``workdir`` and named explicitly, so that the
     tests do not depend on whatever python3 the account's login shell finds.
     A test that wants fitsync on the host adds it with PYTHONPATH."""
+    import importlib
     import shlex
     import sys
 
-    import blake3
-    import xxhash
-
-    lib = workdir / "host-lib"
+    tag = "-".join(modules) or "stock"
+    lib = workdir / f"host-lib-{tag}"
     lib.mkdir(parents=True, exist_ok=True)
-    for module in (blake3, xxhash):
-        package = Path(module.__file__).parent
+    for name in modules:
+        package = Path(importlib.import_module(name).__file__).parent
         link = lib / package.name
         if not link.exists():
             link.symlink_to(package)
     base = os.path.realpath(sys.executable)  # outside the venv: no site-packages of the test run
-    wrapper = workdir / "host-python3"
+    wrapper = workdir / f"host-python3-{tag}"
+    # -S: without the site module the base installation's own site-packages
+    # (numpy, say, on a developer's interpreter) stay out of reach, as on a stock server
+    flags = "" if modules else " -S"
     wrapper.write_text("#!/bin/sh\n"
-                       f'PYTHONPATH={shlex.quote(str(lib))}${{PYTHONPATH:+:$PYTHONPATH}} exec {shlex.quote(base)} "$@"\n')
+                       f'PYTHONPATH={shlex.quote(str(lib))}${{PYTHONPATH:+:$PYTHONPATH}} '
+                       f'exec {shlex.quote(base)}{flags} "$@"\n')
     wrapper.chmod(0o755)
     return shlex.quote(str(wrapper))
 

@@ -4,14 +4,17 @@ subprocess here; over SSH in test_sftp.py and test_sftp_mirror.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import blake3
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +22,8 @@ from hypothesis import strategies as st
 from fitsync import agent as agent_mod
 from fitsync import signature as core_signature
 from fitsync.fits import segment_boundaries
-from fitsync.signature import signature_of_file
+from fitsync.signature import Signature, signature_of_file
+from fitsync.sums import STDLIB
 
 # what the client sends with every signature request (fitsync.remotes.sftp.signature_request)
 REQ = {"fits": True, "block_records": [core_signature.MIN_BLOCK_RECORDS, core_signature.MAX_BLOCK_RECORDS]}
@@ -59,21 +63,39 @@ def real_files():
     fits_bytes([image(50_000, extra_cards=40), image(1, first=False), image(3_000_000, first=False)]),
     fits_bytes([image(20_000)])[:-100],  # truncated: fixed layout
 ], ids=["empty", "tiny", "binary", "fits", "fits-3hdu", "truncated"])
-def test_python_signature_equals_core_signature(tmp_path, data):
+def test_stdlib_signature_equals_core_signature(tmp_path, data):
+    """The agent's zlib/hashlib signature is byte for byte what the compiled
+    core makes with the STDLIB suite, in both layouts, with and without digest."""
     path = tmp_path / "f.fits"
     path.write_bytes(data)
-    ours = agent_mod.signature_of(str(path), REQ, _FakeAgent("python"))
-    assert ours == signature_of_file(path).to_bytes()
-    fixed = agent_mod.signature_of(str(path), {"fits": False, "block_size": 4096}, _FakeAgent("python"))
-    assert fixed == signature_of_file(path, block_size=4096, fits_aware=False).to_bytes()
+    ours = agent_mod.signature_of(str(path), REQ, _FakeAgent("stdlib"))
+    assert ours == signature_of_file(path, sums=STDLIB).to_bytes()
+    fixed = agent_mod.signature_of(str(path), {"fits": False, "block_size": 4096}, _FakeAgent("stdlib"))
+    assert fixed == signature_of_file(path, block_size=4096, fits_aware=False, sums=STDLIB).to_bytes()
+    bare = agent_mod.signature_of(str(path), dict(REQ, digest=False), _FakeAgent("stdlib"))
+    assert bare == signature_of_file(path, digest=False, sums=STDLIB).to_bytes()
+    parsed = Signature.from_bytes(ours)
+    assert parsed.sums is STDLIB and parsed == signature_of_file(path, sums=STDLIB)
 
 
-def test_python_signature_on_real_release_files():
+def test_stdlib_file_digest_is_sha256_of_block_sha256s(tmp_path):
+    data = os.urandom(100_000)
+    (tmp_path / "f").write_bytes(data)
+    sig = Signature.from_bytes(agent_mod.signature_of(str(tmp_path / "f"), {"fits": False, "block_size": 30_000},
+                                                      _FakeAgent("stdlib")))
+    blocks = [data[i:i + 30_000] for i in range(0, len(data), 30_000)]
+    assert sig.digest == hashlib.sha256(b"".join(hashlib.sha256(b).digest() for b in blocks)).digest()
+    assert sig.strong == b"".join(hashlib.sha256(b).digest()[:16] for b in blocks)
+    assert sig.weak.tolist() == [zlib.adler32(b) for b in blocks]
+
+
+def test_stdlib_signature_on_real_release_files():
     files = real_files()
     if not files:
         pytest.fail(f"the H.E.S.S. release is expected at {HESS}")
     for path in files[:3]:
-        assert agent_mod.signature_of(str(path), REQ, _FakeAgent("python")) == signature_of_file(path).to_bytes()
+        assert agent_mod.signature_of(str(path), REQ, _FakeAgent("stdlib")) == \
+            signature_of_file(path, sums=STDLIB).to_bytes()
 
 
 def test_fits_boundaries_agree_with_fitsync_fits():
@@ -86,9 +108,15 @@ def test_fits_boundaries_agree_with_fitsync_fits():
 
 @settings(max_examples=150, deadline=None)
 @given(st.binary(min_size=1, max_size=5000))
-def test_rollsum_matches_native(block):
+def test_adler32_of_the_core_matches_zlib(block):
+    """The compiled core's Adler-32, whole and rolled by one byte at a time,
+    is zlib's (what a stock host's agent computes)."""
     from fitsync import _native
-    assert agent_mod.rollsum(block) == _native.weak_sum(block)
+    assert _native.weak_sum(block, _native.ADLER32) == zlib.adler32(block)
+    window = max(1, len(block) // 3)
+    out = np.zeros(len(block) - window + 1, dtype=np.uint32)
+    _native.rolling_weak_sums(block, window, out, _native.ADLER32)
+    assert out.tolist() == [zlib.adler32(block[k:k + window]) for k in range(len(out))]
 
 
 @settings(max_examples=60, deadline=None)
@@ -210,15 +238,15 @@ def test_listing_streams_in_batches(tmp_path, local_agent):
     assert entries == sorted(entries, key=lambda e: e[0].split("/"))
 
 
-def test_stdlib_only_host_offers_no_signature():
+def test_stdlib_only_host_offers_the_stdlib_signature():
     agent = LocalAgent(avoid=("fitsync", "blake3", "xxhash"))
     try:
-        assert agent.hello["signature"] is None
+        assert agent.hello["signature"] == "stdlib"
         assert "blake3" not in agent.hello["hashes"] and "sha256" in agent.hello["hashes"]
     finally:
         agent.close()
     agent = LocalAgent(avoid=("fitsync",))
     try:
-        assert agent.hello["signature"] == "python"
+        assert agent.hello["signature"] == "stdlib"  # xxhash and blake3 alone do not make a faster signature
     finally:
         agent.close()

@@ -11,8 +11,9 @@ import pytest
 
 from conftest import read_tree, write_tree
 from fitsync import sshconn
+from fitsync.remotes import open_remote
 from fitsync.remotes import sftp as sftp_mod
-from sshd_fixture import home, sshd  # noqa: F401  (fixtures: one sshd per module, a client HOME)
+from sshd_fixture import blake3_host, home, host_python, sshd  # noqa: F401  (one sshd per module, a client HOME)
 
 
 @pytest.fixture
@@ -72,13 +73,18 @@ def test_pull_new_dry_run_delete(sshd, home, tmp_path, cli, account):
     assert read_tree(local) == read_tree(remote)
 
 
-@pytest.mark.parametrize("account", ["agent", "sftp-only"])
+@pytest.mark.parametrize("account", ["agent-blake3", "agent-stock", "sftp-only"])
 def test_large_new_files_are_checked_against_the_hosts_own_digest(sshd, home, tmp_path, cli, monkeypatch, account):
-    """With the agent, a large new file is written around the page cache and
-    checked against the BLAKE3 the host computed of its own data; an
-    sftp-only host cannot hash, so the copy is read back instead."""
+    """With the agent on a host with blake3, a large new file is written
+    around the page cache and checked against the BLAKE3 the host computed
+    of its own data; a stock host (no blake3) or an sftp-only one cannot
+    make that digest, so the copy is read back instead."""
     from fitsync import directio
     from fitsync.engine import transfer
+
+    if account == "agent-blake3":
+        sshconn.close_all()
+        monkeypatch.setenv("FITSYNC_SSH_PYTHON", host_python(sshd.dir, ("blake3", "xxhash")))
 
     monkeypatch.setattr(directio, "MIN_SIZE", 100_000)
     at_source, read_back = [], []
@@ -86,14 +92,14 @@ def test_large_new_files_are_checked_against_the_hosts_own_digest(sshd, home, tm
     monkeypatch.setattr(sftp_mod.SftpRemote, "digest",
                         lambda self, path, algo="blake3": at_source.append(path) or real_digest(self, path, algo))
     monkeypatch.setattr(transfer, "_verify_file", lambda part, *rest: read_back.append(part) or real_verify(part, *rest))
-    port = sshd.port if account == "agent" else sshd.sftp_only_port
+    port = sshd.sftp_only_port if account == "sftp-only" else sshd.port
     remote, local = tmp_path / "remote", tmp_path / "local"
     write_tree(remote, FILES)
     result = cli("mirror", sftp_url(sshd, remote, port), local, "--json")
     assert result.code == 0, result.err
     assert read_tree(local) == FILES
     large = sorted(p for p, data in FILES.items() if len(data) >= directio.MIN_SIZE)
-    if account == "agent":
+    if account == "agent-blake3":
         assert sorted(at_source) == large and len(read_back) == len(FILES) - len(large)
     else:
         assert at_source == [] and len(read_back) == len(FILES)
@@ -127,7 +133,8 @@ def test_remote_to_remote(sshd, home, tmp_path, cli):
     assert read_tree(b) == FILES
 
 
-def test_compare_and_manifest_run_remotely_without_reading_data(sshd, home, tmp_path, cli, wire_reads):
+def test_compare_and_manifest_run_remotely_without_reading_data(blake3_host, tmp_path, cli, wire_reads):
+    sshd = blake3_host
     a, b = tmp_path / "a", tmp_path / "b"
     write_tree(a, FILES)
     twisted = dict(FILES, **{"run001/irfs.fits": os.urandom(123_457)})  # same size and mtime, new bytes
@@ -186,8 +193,20 @@ def edited(data: bytes, n_data: int) -> bytes:
     return grown + bytes(body)
 
 
+def fitsync_on_host(sshd) -> str:
+    """The favourable host: fitsync importable there (with what it needs)."""
+    src = os.path.dirname(os.path.dirname(sftp_mod.__file__)).rsplit("/fitsync", 1)[0]
+    return f"env PYTHONPATH={src} {host_python(sshd.dir, ('blake3', 'xxhash', 'numpy'))}"
+
+
+@pytest.mark.parametrize("host", ["stock", "fitsync"])
 @pytest.mark.parametrize("direction", ["pull", "push", "remote-to-remote"])
-def test_changed_fits_file_moves_only_the_difference(sshd, home, tmp_path, cli, direction):
+def test_changed_fits_file_moves_only_the_difference(sshd, home, tmp_path, cli, monkeypatch, direction, host):
+    """A stock host's agent (STDLIB sums) and one with fitsync (FAST sums)
+    move the same small delta in every direction."""
+    if host == "fitsync":
+        sshconn.close_all()
+        monkeypatch.setenv("FITSYNC_SSH_PYTHON", fitsync_on_host(sshd))
     n = 6_000_000
     old = fits_file(n)
     new = edited(old, n)
@@ -207,6 +226,10 @@ def test_changed_fits_file_moves_only_the_difference(sshd, home, tmp_path, cli, 
     assert summary["bytes_reused"] > n - 200_000
     assert (older / "obs/run.fits").read_bytes() == new
     assert os.stat(older / "obs/run.fits").st_mtime == 1_700_000_900.0
+    probe = open_remote(sftp_url(sshd, newer))
+    assert probe.agent_info()["signature"] == ("stdlib" if host == "stock" else "fitsync")
+    assert probe.block_signature("obs/run.fits").sums.name == ("stdlib" if host == "stock" else "fast")
+    probe.close()
 
 def test_incomplete_fits_source_never_replaces_a_remote_copy_by_relayed_delta(sshd, home, tmp_path, cli):
     """Remote to remote, the source still being written: its first HDU is
@@ -232,18 +255,19 @@ def test_incomplete_fits_source_never_replaces_a_remote_copy_by_relayed_delta(ss
 def test_remote_signature_equals_local_signature(sshd, home, tmp_path, monkeypatch):
     from fitsync.remotes import open_remote
     from fitsync.signature import signature_of_file
+    from fitsync.sums import STDLIB
 
     data = fits_file(1_000_000)
     write_tree(tmp_path / "r", {"x.fits": data, "y.bin": os.urandom(70_000)})
     remote = open_remote(sftp_url(sshd, tmp_path / "r"))
-    assert remote.agent_info()["signature"] == "python"  # the remote python has no fitsync on its path
+    assert remote.agent_info()["signature"] == "stdlib"  # the remote python has no fitsync on its path
     for name in ("x.fits", "y.bin"):
-        assert remote.block_signature(name) == signature_of_file(tmp_path / "r" / name)
-        assert remote.block_signature(name, digest=False) == signature_of_file(tmp_path / "r" / name, digest=False)
+        assert remote.block_signature(name) == signature_of_file(tmp_path / "r" / name, sums=STDLIB)
+        assert remote.block_signature(name, digest=False) == \
+            signature_of_file(tmp_path / "r" / name, digest=False, sums=STDLIB)
     # a host with fitsync installed: the agent uses its compiled code, same bytes
     sshconn.close_all()
-    src = os.path.dirname(os.path.dirname(sftp_mod.__file__)).rsplit("/fitsync", 1)[0]
-    monkeypatch.setenv("FITSYNC_SSH_PYTHON", f"env PYTHONPATH={src} {os.environ['FITSYNC_SSH_PYTHON']}")
+    monkeypatch.setenv("FITSYNC_SSH_PYTHON", fitsync_on_host(sshd))
     fast = open_remote(sftp_url(sshd, tmp_path / "r"))
     assert fast.agent_info()["signature"] == "fitsync"
     assert fast.block_signature("x.fits") == signature_of_file(tmp_path / "r" / "x.fits")

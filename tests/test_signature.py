@@ -264,7 +264,8 @@ def test_block_sums_split_between_threads_equal_the_single_thread_ones():
 def test_block_strong_rows_equal_the_signatures_strong_digests():
     """The weak-sum-free hashing of LocalSegments (split over two threads for
     large buffers) gives exactly the strong digests of a signature."""
-    from fitsync.signature import PARALLEL_MIN_BYTES, STRONG_LEN, block_strong_rows
+    from fitsync.segments import block_strong_rows
+    from fitsync.signature import PARALLEL_MIN_BYTES, STRONG_LEN
 
     rng = np.random.default_rng(11)
     for size in (0, 1, 2879, 100_000, PARALLEL_MIN_BYTES + 12345):

@@ -21,7 +21,6 @@ few lines of FITS header walking that block layouts need are repeated here
 """
 
 import hashlib
-import itertools
 import json
 import os
 import stat
@@ -282,7 +281,8 @@ class Agent:
         key = (path, st.st_size, st.st_mtime_ns, req.get("fits", True), req.get("block_size"), req.get("digest", True))
         if getattr(self, "_sig_key", None) != key:
             try:
-                self._sig = ParsedSignature(signature_of(path, req, self))
+                data = signature_of(path, req, self)
+                self._sig = ParsedSignature(data, "stdlib" if data[10:12] == b"\x02\x02" else "fast")
             except OSError as exc:
                 raise _os_error(exc, path)
             self._sig_key = key
@@ -290,11 +290,11 @@ class Agent:
 
     def op_sigsummary(self, req, body):
         sig = self._cached_signature(req)
-        segments = [self.hashes.xxhash.xxh3_128_hexdigest(sig.strong_bytes(first, count))
+        segments = [group_hash(sig.strong_bytes(first, count), sig.kind).hex()
                     for first, count in sig.segment_blocks()]
         return {"ok": True, "size": sig.file_size, "block_size": sig.block_size, "boundaries": sig.boundaries,
                 "digest": sig.digest.hex() if sig.digest is not None else None, "check": sig.check,
-                "nblocks": sig.nblocks, "segments": segments}
+                "nblocks": sig.nblocks, "segments": segments, "sums": sig.kind}
 
     def op_sighashes(self, req, body):
         """16-byte hashes of groups of ``group`` blocks' strong sums, per range."""
@@ -304,7 +304,7 @@ class Agent:
         for first, count in req["ranges"]:
             for start in range(first, first + count, group):
                 n = min(group, first + count - start)
-                out.append(self.hashes.xxhash.xxh3_128_digest(sig.strong_bytes(start, n)))
+                out.append(group_hash(sig.strong_bytes(start, n), sig.kind))
         self.chan.send({"ok": True}, b"".join(out))
 
     def op_sigblocks(self, req, body):
@@ -349,7 +349,7 @@ class Agent:
         """Verify ``tmp`` (digest ``algo`` == ``expected``), set mtime, rename."""
         tmp, final = req["tmp"], req["path"]
         try:
-            digest = file_digest(tmp, req["algo"], self.hashes)
+            digest = request_digest(tmp, req, self.hashes)
         except OSError as exc:
             raise _os_error(exc, tmp)
         if digest != req["expected"]:
@@ -465,7 +465,7 @@ def stdlib_patcher(req, body, literals, hashes):
                     got += len(piece)
             if got != length:
                 raise AgentError("verify", "%s: the basis or literal data ended early" % final)
-        return file_digest(req["tmp"], req["algo"], hashes)
+        return request_digest(req["tmp"], req, hashes)
 
     return produce
 
@@ -522,6 +522,27 @@ def _copy_range(src, offset, length, out):
     return done
 
 
+def request_digest(path, req, hashes):
+    """The digest a patch or rename request verifies with: req["algo"], where
+    "sha256-blocks" (the STDLIB suite's file digest) needs req["layout"]."""
+    if req["algo"] != "sha256-blocks":
+        return file_digest(path, req["algo"], hashes)
+    layout = req.get("layout") or {}
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        bounds = [b for b in layout.get("boundaries", [0]) if b < size] or [0]
+        block_size = layout.get("block_size")
+        if type(block_size) is not int or block_size <= 0:
+            raise AgentError("bad", "a sha256-blocks digest needs a positive block size")
+        digest = block_list_digest(fd, size, block_size, bounds)
+    finally:
+        os.close(fd)
+    if bounds != layout.get("boundaries", [0]):
+        return ""  # the layout does not fit the file written: it cannot be the expected one
+    return digest.hex()
+
+
 def file_digest(path, algo, hashes):
     """Hex digest of a whole file; BLAKE3 on all cores when the module allows."""
     hasher = hashes.new(algo)
@@ -575,22 +596,25 @@ def _take(literals, pending, length):
 
 
 # -- block signatures ---------------------------------------------------------------
-# The bytes must equal fitsync.signature.Signature.to_bytes() (docs/signature-format.md):
-# librsync's rollsum per block, xxh3-128 per block, BLAKE3 of the file, xxh3-64 trailer.
-# With fitsync importable on this host its compiled code is used; otherwise the
-# stdlib computes the rollsum (slow: ~50 ns per byte) and xxhash/blake3 must exist.
+# The bytes equal fitsync.signature.Signature.to_bytes() (docs/signature-format.md).
+# With fitsync importable on this host its compiled code makes the FAST suite
+# (rollsum, xxh3-128, BLAKE3). Otherwise the STDLIB suite is made here with
+# zlib and hashlib alone, at C speed and on several threads: Adler-32 and
+# SHA-256 (first 16 bytes) per block, and as the file digest the SHA-256 of
+# the blocks' full SHA-256 digests, so it costs no second pass over the file.
 
 SIG_MAGIC = b"FSYNCSIG"
 SIG_FORMAT_VERSION = 1
 SIG_HEADER = struct.Struct("<8sHBBIQIIQ32s")
+WEAK_ADLER32, STRONG_SHA256_128 = 2, 2  # the STDLIB suite's algorithm bytes
 FITS_RECORD = 2880
 MIN_BLOCK_RECORDS, MAX_BLOCK_RECORDS = 2, 64  # the client's values come with each request
-CHAR_OFFSET = 31
+HASH_RUN = 4 << 20  # bytes of consecutive blocks one thread reads and hashes at a time
 
 
 def signature_kind(hashes, avoid=()):
-    """'fitsync' (compiled, fast), 'python' (stdlib rollsum) or None. fitsync
-    is only looked for here; it is imported at the first signature."""
+    """'fitsync' (compiled, FAST suite) or 'stdlib'. fitsync is only looked
+    for here; it is imported at the first signature."""
     if "fitsync" not in avoid:
         try:
             import importlib.util
@@ -598,11 +622,7 @@ def signature_kind(hashes, avoid=()):
                 return "fitsync"
         except Exception:  # a broken installation: fall back to our own code
             pass
-    return _python_kind(hashes)
-
-
-def _python_kind(hashes):
-    return "python" if hashes.xxhash and hashes.blake3 else None
+    return "stdlib"
 
 
 def _fitsync_signature():
@@ -614,12 +634,27 @@ def _fitsync_signature():
     return signature if signature.FORMAT_VERSION == SIG_FORMAT_VERSION else None
 
 
+def sig_check(body, kind):
+    """The signature's 64-bit trailer: XXH3-64 (FAST) or SHA-256's first 8 bytes (STDLIB)."""
+    if kind == "stdlib":
+        return struct.unpack("<Q", hashlib.sha256(body).digest()[:8])[0]
+    return _optional("xxhash").xxh3_64_intdigest(body)
+
+
+def group_hash(data, kind):
+    """16-byte hash of a run of block digests (a signature by difference)."""
+    if kind == "stdlib":
+        return hashlib.sha256(data).digest()[:16]
+    return _optional("xxhash").xxh3_128_digest(data)
+
+
 class ParsedSignature:
     """Views into the serialized signature bytes (docs/signature-format.md)."""
 
-    def __init__(self, data):
+    def __init__(self, data, kind):
         fields = SIG_HEADER.unpack_from(data)
         self.data = data
+        self.kind = kind
         self.block_size, self.file_size, nbounds, self.nblocks = fields[4], fields[5], fields[6], fields[8]
         self.digest = None if fields[7] & 1 else fields[9]  # flag 1: made without the whole-file digest
         pos = SIG_HEADER.size
@@ -658,58 +693,121 @@ def block_layout(file_size, block_size, boundaries):
             yield offset, min(block_size, end - offset)
 
 
-def rollsum(block):
-    """librsync's weak sum: s1 = sum(x+31), s2 = sum((n-i)(x+31)), mod 2**16."""
-    n = len(block)
-    s1 = (sum(block) + CHAR_OFFSET * n) & 0xFFFF
-    s2 = (sum(itertools.accumulate(block)) + CHAR_OFFSET * (n * (n + 1) // 2)) & 0xFFFF
-    return (s2 << 16) | s1
-
-
 def signature_of(path, req, agent):
-    kind = agent.signature
-    if kind is None:
-        raise AgentError("bad", "this host cannot compute block signatures (needs xxhash and blake3)")
-    if kind == "fitsync":
+    if agent.signature == "fitsync":
         signature = _fitsync_signature()
         if signature is not None:
             return signature.signature_of_file(path, req.get("block_size"), req.get("fits", True),
                                                req.get("digest", True)).to_bytes()
-        kind = agent.signature = _python_kind(agent.hashes)
-        if kind is None:
-            raise AgentError("bad", "fitsync on this host cannot be imported, and xxhash/blake3 are missing")
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+        agent.signature = "stdlib"  # fitsync here cannot be imported: our own code serves
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
         boundaries = [0]
         if req.get("fits", True):
-            boundaries = fits_boundaries(lambda off, n: os.pread(f.fileno(), n, off), size)
+            boundaries = fits_boundaries(lambda off, n: os.pread(fd, n, off), size)
         block_size = req.get("block_size") or default_block_size(
             size, req.get("block_records") or (MIN_BLOCK_RECORDS, MAX_BLOCK_RECORDS))
-        return python_signature(f, size, block_size, boundaries, agent.hashes, req.get("digest", True))
+        return stdlib_signature(fd, size, block_size, boundaries, req.get("digest", True))
+    finally:
+        os.close(fd)
 
 
-def python_signature(f, size, block_size, boundaries, hashes, with_digest=True):
-    """``with_digest=False`` leaves out the whole-file BLAKE3 (flag 1), which
-    only the basis side of a push needs: its sums serve matching alone."""
-    xxh = hashes.xxhash
-    digest = hashes.blake3.blake3() if with_digest else None
-    weak = []
-    strong = []
-    f.seek(0)
-    for offset, length in block_layout(size, block_size, boundaries):
-        block = f.read(length)
-        if len(block) != length:
+def _threads():
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+def _runs(blocks, limit):
+    """Consecutive blocks grouped into runs of about ``limit`` bytes: [(offset, [lengths])]."""
+    runs, current, start, total = [], [], 0, 0
+    for offset, length in blocks:
+        if current and total + length > limit:
+            runs.append((start, current))
+            current, total = [], 0
+        if not current:
+            start = offset
+        current.append(length)
+        total += length
+    if current:
+        runs.append((start, current))
+    return runs
+
+
+def _hash_run(fd, start, lengths, with_weak=True):
+    """(weak sums, full SHA-256 digests) of consecutive blocks read in one piece.
+    zlib and hashlib release the GIL on large buffers, so runs hash in parallel."""
+    import zlib
+    total = sum(lengths)
+    data = _pread_exact(fd, total, start)
+    view = memoryview(data)
+    weak, full = [], []
+    pos = 0
+    for length in lengths:
+        block = view[pos:pos + length]
+        if with_weak:
+            weak.append(zlib.adler32(block))
+        full.append(hashlib.sha256(block).digest())
+        pos += length
+    return weak, full
+
+
+def block_list_digest(fd, size, block_size, boundaries):
+    """The STDLIB file digest alone (no weak sums), on several threads."""
+    from concurrent.futures import ThreadPoolExecutor
+    outer = hashlib.sha256()
+    runs = _runs(block_layout(size, block_size, boundaries), max(HASH_RUN, block_size))
+    with ThreadPoolExecutor(_threads()) as pool:
+        for _, full in pool.map(lambda run: _hash_run(fd, run[0], run[1], False), runs):
+            for d in full:
+                outer.update(d)
+    return outer.digest()
+
+
+def _pread_exact(fd, n, offset):
+    parts = []
+    while n > 0:
+        piece = os.pread(fd, min(n, 1 << 30), offset)
+        if not piece:
             raise AgentError("io", "file shrank while its signature was computed")
-        if digest is not None:
-            digest.update(block)
-        weak.append(rollsum(block))
-        strong.append(xxh.xxh3_128_digest(block))
-    header = SIG_HEADER.pack(SIG_MAGIC, SIG_FORMAT_VERSION, 1, 1, block_size, size, len(boundaries),
-                             0 if digest is not None else 1, len(weak),
-                             digest.digest() if digest is not None else bytes(32))
+        parts.append(piece)
+        n -= len(piece)
+        offset += len(piece)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def stdlib_signature(fd, size, block_size, boundaries, with_digest=True):
+    """The STDLIB-suite signature of the open file ``fd``; runs of blocks are
+    hashed on several threads, at most two runs per thread in memory."""
+    from concurrent.futures import ThreadPoolExecutor
+    runs = _runs(block_layout(size, block_size, boundaries), HASH_RUN)
+    weak, strong, outer = [], [], hashlib.sha256()
+    threads = _threads()
+    with ThreadPoolExecutor(threads) as pool:
+        pending = []
+        for start, lengths in runs:
+            pending.append(pool.submit(_hash_run, fd, start, lengths))
+            while len(pending) > 2 * threads:  # bounded memory: collect in order as we go
+                _collect(pending.pop(0), weak, strong, outer)
+        for job in pending:
+            _collect(job, weak, strong, outer)
+    digest = outer.digest() if with_digest else bytes(32)
+    header = SIG_HEADER.pack(SIG_MAGIC, SIG_FORMAT_VERSION, WEAK_ADLER32, STRONG_SHA256_128, block_size, size,
+                             len(boundaries), 0 if with_digest else 1, len(weak), digest)
     body = b"".join([header, struct.pack("<%dQ" % len(boundaries), *boundaries),
                      struct.pack("<%dI" % len(weak), *weak), b"".join(strong)])
-    return body + struct.pack("<Q", xxh.xxh3_64_intdigest(body))
+    return body + struct.pack("<Q", sig_check(body, "stdlib"))
+
+
+def _collect(job, weak, strong, outer):
+    run_weak, run_full = job.result()
+    weak.extend(run_weak)
+    for d in run_full:
+        strong.append(d[:16])
+        outer.update(d)
 
 
 # -- FITS layout (the rules of fitsync.fits.segment_boundaries) ---------------------------

@@ -40,15 +40,16 @@ import numpy as np
 from fitsync import _native
 from fitsync.directio import open_direct
 from fitsync.errors import BadInput, NotFound, TransferFailed, VerificationFailed
+from fitsync.segments import LocalSegments
+from fitsync.sums import BlockListHasher
 from fitsync.signature import (
     STRONG_LEN,
-    LocalSegments,
     Signature,
+    block_layout,
     buffer_digest,
     check_length,
     open_envelope,
     seal,
-    strong_digest,
 )
 
 BASIS = 0
@@ -73,12 +74,17 @@ class Recipe:
     """How to build a target file: ``ops`` are (kind, offset, length) runs in
     target order; BASIS runs come from the basis (old) file at ``offset``,
     SOURCE runs from the source (new) file at ``offset``. ``digest`` is the
-    hex BLAKE3 of the target."""
+    hex digest of the target: BLAKE3, or for a recipe made from a STDLIB
+    signature (``digest_algo`` "sha256-blocks") that suite's file digest over
+    ``layout`` (block size, boundaries). Neither of the last two is part of
+    the wire format: the side applying a recipe is told them beside it."""
 
     ops: list
     target_size: int
     digest: str
     basis_size: int | None = None  # size of the basis the recipe was made for, when known
+    digest_algo: str = "blake3"
+    layout: tuple | None = None
     basis_bytes: int = field(init=False)
     source_bytes: int = field(init=False)
 
@@ -91,6 +97,13 @@ class Recipe:
     def whole(cls, size: int, digest: str) -> "Recipe":
         """The recipe for a file with no usable basis: all of it is SOURCE."""
         return cls([(SOURCE, 0, size)] if size else [], size, digest)
+
+    def new_hasher(self):
+        """A hasher of the target's bytes whose hexdigest() is comparable with ``digest``."""
+        if self.digest_algo == "blake3":
+            return blake3.blake3(max_threads=blake3.blake3.AUTO)
+        block_size, boundaries = self.layout
+        return BlockListHasher(block_layout(self.target_size, block_size, boundaries)[1])
 
     def source_ranges(self) -> list[tuple[int, int]]:
         """(offset, length) of the source bytes to fetch, in order, adjacent
@@ -165,7 +178,7 @@ def _check_ops(ops: np.ndarray, target_size: int, basis_size: int | None) -> Non
 def block_index(sig: Signature) -> "_native.BlockIndex":
     """The hash table over a signature's full-size blocks."""
     return _native.BlockIndex(sig.weak, np.frombuffer(sig.strong, dtype=np.uint8),
-                              sig.block_lengths(), sig.block_size, STRONG_LEN)
+                              sig.block_lengths(), sig.block_size, STRONG_LEN, sig.sums.weak_kind)
 
 
 def find_blocks(sig: Signature, buffer) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +189,7 @@ def find_blocks(sig: Signature, buffer) -> tuple[np.ndarray, np.ndarray]:
     if len(sig) == 0 or len(view) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
-    return block_index(sig).scan(view, strong_digest, 0, len(view), 0)
+    return block_index(sig).scan(view, sig.sums.strong, 0, len(view), 0)
 
 
 def _byte_view(buffer) -> memoryview:
@@ -231,7 +244,7 @@ def _scan_spans(sig: Signature, view: memoryview, known: np.ndarray) -> tuple[np
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
     index = block_index(sig)
-    found = [index.scan(view, strong_digest, start, stop, -1) for start, stop in spans]
+    found = [index.scan(view, sig.sums.strong, start, stop, -1) for start, stop in spans]
     return np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])
 
 
@@ -323,7 +336,14 @@ def fetch_recipe(source_sig: Signature, basis_buffer, known=None) -> Recipe:
             _place_found(source_sig, found, *_scan_spans(source_sig, view, found))
     _find_short_blocks_in_place(source_sig, view, found, offsets, lengths)
     ops = _ops_from_found(found, offsets, lengths)
-    return Recipe(ops, source_sig.file_size, source_sig.digest.hex(), len(view))
+    return _recipe_for(source_sig, ops, len(view))
+
+
+def _recipe_for(source_sig: Signature, ops: list, basis_size: int | None) -> Recipe:
+    """A recipe building the file ``source_sig`` describes, verified by its digest."""
+    algo = source_sig.sums.digest_algo
+    layout = None if algo == "blake3" else (source_sig.block_size, list(source_sig.boundaries))
+    return Recipe(ops, source_sig.file_size, source_sig.digest.hex(), basis_size, algo, layout)
 
 
 HINT_MIN_BYTES = 64 << 20  # below this, a whole scan costs about what hashing the basis for a hint does
@@ -340,7 +360,7 @@ def layout_hint(source_sig: Signature, basis_buffer, min_bytes: int = HINT_MIN_B
     view = _byte_view(basis_buffer)
     if len(view) < min_bytes or len(source_sig) == 0:
         return None
-    local = LocalSegments(view, source_sig.block_size)
+    local = LocalSegments(view, source_sig.block_size, source_sig.sums)
     known = np.full(len(source_sig), -1, dtype=np.int64)
     strong = source_sig.strong_rows()
     lengths = source_sig.block_lengths()
@@ -390,7 +410,7 @@ def aligned_recipe(source_sig: Signature, basis_sig: Signature) -> Recipe:
         raise BadInput("the source's signature was made without its file digest; it cannot drive a transfer")
     found = aligned_offsets(source_sig, basis_sig)
     ops = _ops_from_found(found, source_sig.block_offsets(), source_sig.block_lengths())
-    return Recipe(ops, source_sig.file_size, source_sig.digest.hex(), basis_sig.file_size)
+    return _recipe_for(source_sig, ops, basis_sig.file_size)
 
 
 def aligned_offsets(source_sig: Signature, basis_sig: Signature) -> np.ndarray:
@@ -403,8 +423,8 @@ def aligned_offsets(source_sig: Signature, basis_sig: Signature) -> np.ndarray:
     offsets, lengths = source_sig.block_offsets(), source_sig.block_lengths()
     basis_offsets, basis_lengths = basis_sig.block_offsets(), basis_sig.block_lengths()
     found = np.full(len(source_sig), -1, dtype=np.int64)
-    if not len(source_sig) or not len(basis_sig):
-        return found
+    if not len(source_sig) or not len(basis_sig) or source_sig.sums != basis_sig.sums:
+        return found  # sums of two suites never pair
     mine, theirs = _strong_words(source_sig), _strong_words(basis_sig)
 
     def equal(blocks: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -449,7 +469,7 @@ def _find_short_blocks_in_place(sig: Signature, view: memoryview, found, offsets
         length = int(lengths[index])
         want = sig.strong_of(index)
         for candidate in (int(offsets[index]), size - length):
-            if 0 <= candidate and candidate + length <= size and strong_digest(view[candidate:candidate + length]) == want:
+            if 0 <= candidate and candidate + length <= size and sig.sums.strong(view[candidate:candidate + length]) == want:
                 found[index] = candidate
                 break
 
@@ -543,7 +563,7 @@ class _Verifier(threading.Thread):
     """Hashes the output file as it is written, following a watermark, so
     reading it back overlaps with writing it."""
 
-    def __init__(self, read_fd: int, base: int, size: int):
+    def __init__(self, read_fd: int, base: int, size: int, hasher):
         super().__init__(name="fitsync-verify", daemon=True)
         self._fd = read_fd
         self._base = base
@@ -551,7 +571,7 @@ class _Verifier(threading.Thread):
         self._written = 0
         self._aborted = False
         self._cond = threading.Condition()
-        self.hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        self.hasher = hasher
         self.error: BaseException | None = None
 
     def advance(self, written: int) -> None:
@@ -641,16 +661,16 @@ class _BufferedWriter:
     runs copied in the kernel, the output read back by a _Verifier as it is
     written; where it cannot be read back (a pipe), bytes are hashed as written."""
 
-    def __init__(self, out_fd: int, size: int):
+    def __init__(self, out_fd: int, size: int, new_hasher=lambda: blake3.blake3(max_threads=blake3.blake3.AUTO)):
         self._out = out_fd
         self._read_fd = _reader_for(out_fd)
         self._verifier = None
         self._hasher = None
         if self._read_fd is not None:
-            self._verifier = _Verifier(self._read_fd, os.lseek(out_fd, 0, os.SEEK_CUR), size)
+            self._verifier = _Verifier(self._read_fd, os.lseek(out_fd, 0, os.SEEK_CUR), size, new_hasher())
             self._verifier.start()
         else:
-            self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+            self._hasher = new_hasher()
         self._copier = None
         self._written = 0
 
@@ -680,7 +700,7 @@ class _BufferedWriter:
             self._verifier.advance(self._written)
 
     def finish(self) -> str:
-        """Hex BLAKE3 of the output as read back (of the bytes written for a pipe)."""
+        """Hex digest of the output as read back (of the bytes written for a pipe)."""
         if self._verifier is None:
             return self._hasher.hexdigest()
         self._close_verifier()
@@ -710,11 +730,13 @@ def apply_recipe(recipe: Recipe, basis_fd: int | None, read_source: ReadSource, 
     if recipe.basis_bytes + recipe.source_bytes != recipe.target_size:
         raise BadInput("recipe runs do not add up to the target size")
     source = _SourceBytes(read_source(recipe.source_ranges()) if recipe.source_bytes else ())
-    writer = open_direct(out_fd, recipe.target_size) or _BufferedWriter(out_fd, recipe.target_size)
+    writer = (open_direct(out_fd, recipe.target_size, recipe.new_hasher())
+              or _BufferedWriter(out_fd, recipe.target_size, recipe.new_hasher))
     got = _write_ops(recipe, basis_fd, source, writer)
     if got != recipe.digest:
+        name = "BLAKE3" if recipe.digest_algo == "blake3" else "digest"
         raise VerificationFailed(
-            f"the patched file's BLAKE3 {got[:16]}... differs from the expected {recipe.digest[:16]}...; "
+            f"the patched file's {name} {got[:16]}... differs from the expected {recipe.digest[:16]}...; "
             "the basis or the source changed during the transfer, try again"
         )
 

@@ -43,11 +43,11 @@ READ_AHEAD = 64 << 20
 class DirectWriter:
     """Sequential writer of one file opened with O_DIRECT; see the module docstring."""
 
-    def __init__(self, fd: int, flags: int):
+    def __init__(self, fd: int, flags: int, hasher=None):
         self._fd = fd
         self._pos = os.lseek(fd, 0, os.SEEK_CUR)
         self._flags = flags  # the descriptor's flags without O_DIRECT, restored at the end
-        self.hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        self.hasher = hasher if hasher is not None else blake3.blake3(max_threads=blake3.blake3.AUTO)
         self._free = [mmap.mmap(-1, BUFFER) for _ in range(BUFFERS)]
         self._queue: list[tuple[mmap.mmap, int]] = []
         self._cond = threading.Condition()
@@ -207,7 +207,7 @@ class DirectWriter:
         self._free.clear()
 
 
-def open_direct(out_fd: int, size: int) -> DirectWriter | None:
+def open_direct(out_fd: int, size: int, hasher=None) -> DirectWriter | None:
     """A DirectWriter appending ``size`` bytes at ``out_fd``'s position, or
     None where direct I/O does not apply (see the module docstring)."""
     if size < MIN_SIZE or not hasattr(os, "O_DIRECT") or os.environ.get("FITSYNC_DIRECT_IO") == "0":
@@ -219,5 +219,5 @@ def open_direct(out_fd: int, size: int) -> DirectWriter | None:
         fcntl.fcntl(out_fd, fcntl.F_SETFL, flags | os.O_DIRECT)
     except OSError:
         return None
-    return DirectWriter(out_fd, flags)
+    return DirectWriter(out_fd, flags, hasher)
 

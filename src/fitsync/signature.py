@@ -15,6 +15,7 @@ The byte format of ``Signature.to_bytes`` is docs/signature-format.md.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import mmap
 import os
@@ -30,6 +31,7 @@ from fitsync import _native
 from fitsync.errors import BadInput, NotFound, SourceChanged
 from fitsync.fits import BLOCK as FITS_BLOCK
 from fitsync.fits import segment_boundaries
+from fitsync.sums import FAST, STDLIB, Sums, block_list_digest, suite_of
 from fitsync.threads import run_beside
 
 STRONG_LEN = 16  # xxh3-128 per block
@@ -57,8 +59,6 @@ CACHE_WINDOW = 8 << 20  # read by BLAKE3 and the block sums together, while it i
 
 MAGIC = b"FSYNCSIG"
 FORMAT_VERSION = 1
-WEAK_ROLLSUM = 1  # algorithm ids in the serialised header
-STRONG_XXH3_128 = 1
 _HEADER = struct.Struct("<8sHBBIQIIQ32s")  # magic version weak strong bs size nbounds flags nblocks digest
 FLAG_NO_DIGEST = 1  # the signature was made without the whole-file digest (digest is None)
 _TRAILER = struct.Struct("<Q")  # xxh3-64 of everything before it
@@ -66,21 +66,23 @@ MAX_SIGNATURE_BYTES = 1 << 34  # 16 GiB: refuse anything larger when parsing
 MAX_FILE_SIZE = 1 << 62  # keeps every offset arithmetic inside int64
 
 
-def seal(body: bytes) -> bytes:
-    """``body`` followed by its XXH3-64: the envelope of fitsync's byte formats."""
-    return body + _TRAILER.pack(xxhash.xxh3_64_intdigest(body))
+def seal(body: bytes, check=xxhash.xxh3_64_intdigest) -> bytes:
+    """``body`` followed by its XXH3-64 (or the suite's ``check``): the envelope of fitsync's byte formats."""
+    return body + _TRAILER.pack(check(body))
 
 
-def open_envelope(data, magic: bytes, header: struct.Struct, what: str, version: int) -> tuple[bytes, tuple]:
-    """Check magic, size and XXH3-64 trailer of a sealed blob; return the
-    bytes and its unpacked header (whose field 1 is the format version)."""
+def open_envelope(data, magic: bytes, header: struct.Struct, what: str, version: int,
+                  check=xxhash.xxh3_64_intdigest) -> tuple[bytes, tuple]:
+    """Check magic, size and 64-bit trailer (XXH3-64 unless ``check`` says
+    otherwise) of a sealed blob; return the bytes and its unpacked header
+    (whose field 1 is the format version)."""
     data = bytes(data)
     if len(data) < header.size + _TRAILER.size or not data.startswith(magic):
         raise BadInput(f"not a fitsync {what} (bad magic or too short)")
     if len(data) > MAX_SIGNATURE_BYTES:
         raise BadInput(f"{what} is larger than any fitsync writes")
-    (check,) = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
-    if check != xxhash.xxh3_64_intdigest(memoryview(data)[: len(data) - _TRAILER.size]):
+    (trailer,) = _TRAILER.unpack_from(data, len(data) - _TRAILER.size)
+    if trailer != check(memoryview(data)[: len(data) - _TRAILER.size]):
         raise BadInput(f"{what} is damaged (integrity check failed)")
     fields = header.unpack_from(data)
     if fields[1] != version:
@@ -164,9 +166,10 @@ class Signature:
     hint (delta.fetch_recipe, delta.delta_recipe); it is not part of the
     signature's value or wire format."""
 
-    __slots__ = ("file_size", "block_size", "boundaries", "weak", "strong", "digest", "_layout", "like_offsets")
+    __slots__ = ("file_size", "block_size", "boundaries", "weak", "strong", "digest", "_layout", "like_offsets", "sums")
 
-    def __init__(self, file_size, block_size, boundaries, weak, strong, digest):
+    def __init__(self, file_size, block_size, boundaries, weak, strong, digest, sums: Sums = FAST):
+        self.sums = sums
         self.file_size = int(file_size)
         self.block_size = int(block_size)
         self.boundaries = [int(b) for b in boundaries]
@@ -217,6 +220,7 @@ class Signature:
             and np.array_equal(self.weak, other.weak)
             and self.strong == other.strong
             and self.digest == other.digest
+            and self.sums == other.sums
         )
 
     def __repr__(self) -> str:
@@ -228,7 +232,7 @@ class Signature:
     # -- wire format (docs/signature-format.md) ------------------------
     def to_bytes(self) -> bytes:
         header = _HEADER.pack(
-            MAGIC, FORMAT_VERSION, WEAK_ROLLSUM, STRONG_XXH3_128, self.block_size,
+            MAGIC, FORMAT_VERSION, self.sums.weak_id, self.sums.strong_id, self.block_size,
             self.file_size, len(self.boundaries), 0 if self.digest is not None else FLAG_NO_DIGEST, len(self),
             self.digest if self.digest is not None else bytes(DIGEST_LEN),
         )
@@ -238,15 +242,17 @@ class Signature:
             self.weak.astype("<u4").tobytes(),
             self.strong,
         ))
-        return seal(body)
+        return seal(body, self.sums.check)
 
     @classmethod
     def from_bytes(cls, data) -> "Signature":
         """Parse ``to_bytes`` output; raise BadInput on anything else."""
-        data, fields = open_envelope(data, MAGIC, _HEADER, "signature", FORMAT_VERSION)
-        _, _, weak_id, strong_id, block_size, file_size, nbounds, flags, nblocks, digest = fields
-        if weak_id != WEAK_ROLLSUM or strong_id != STRONG_XXH3_128:
+        raw = bytes(data)
+        sums = suite_of(*raw[10:12]) if len(raw) >= 12 and raw.startswith(MAGIC) else FAST
+        if sums is None:  # the header's algorithm bytes decide how its trailer is checked
             raise BadInput("signature uses block sums this fitsync does not know")
+        data, fields = open_envelope(raw, MAGIC, _HEADER, "signature", FORMAT_VERSION, sums.check)
+        _, _, weak_id, strong_id, block_size, file_size, nbounds, flags, nblocks, digest = fields
         check_length(data, _HEADER.size + 8 * nbounds + (4 + STRONG_LEN) * nblocks + _TRAILER.size, "signature")
         pos = _HEADER.size
         boundaries = np.frombuffer(data, dtype="<u8", count=nbounds, offset=pos).tolist()
@@ -256,7 +262,7 @@ class Signature:
         strong = data[pos : pos + STRONG_LEN * nblocks]
         if flags & ~FLAG_NO_DIGEST:
             raise BadInput("signature has flags this fitsync does not know")
-        return cls(file_size, block_size, boundaries, weak, strong, None if flags & FLAG_NO_DIGEST else digest)
+        return cls(file_size, block_size, boundaries, weak, strong, None if flags & FLAG_NO_DIGEST else digest, sums)
 
 
 class SignatureBuilder:
@@ -265,7 +271,8 @@ class SignatureBuilder:
     window) use two cores or more: BLAKE3 on its own threads while this
     thread computes the block sums, both outside the GIL."""
 
-    def __init__(self, file_size: int, block_size: int | None = None, boundaries=(0,), digest: bool = True):
+    def __init__(self, file_size: int, block_size: int | None = None, boundaries=(0,), digest: bool = True,
+                 sums: Sums = FAST):
         self.file_size = int(file_size)
         self.block_size = int(block_size or default_block_size(self.file_size))
         self.boundaries = _check_layout_args(self.file_size, self.block_size, boundaries)
@@ -274,7 +281,10 @@ class SignatureBuilder:
         n = len(self._offsets)
         self._weak = np.zeros(n, dtype=np.uint32)
         self._strong = np.zeros(n * STRONG_LEN, dtype=np.uint8)
-        self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO) if digest else None
+        self.sums = sums
+        # STDLIB's file digest is made of the blocks' full SHA-256 digests, kept here
+        self._full = np.zeros((n, 32), dtype=np.uint8) if digest and sums is STDLIB else None
+        self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO) if digest and sums is FAST else None
         self._received = 0
         self._next_block = 0
         self._partial = bytearray()  # the start of a block split across chunks
@@ -336,24 +346,40 @@ class SignatureBuilder:
             self._hash_blocks_native(view, view_offset, first, last)
             return
         span = int(self._ends[last - 1] - self._offsets[first]) if last > first else 0
-        _in_halves(lambda lo, hi: self._hash_blocks_native(view, view_offset, lo, hi), first, last, span)
+        _in_halves(lambda lo, hi: self._hash_blocks_native(view, view_offset, lo, hi), first, last, span,
+                   self.sums.strong)
 
     def _hash_blocks_native(self, view, view_offset: int, first: int, last: int) -> None:
         _native.hash_blocks(
             view, self._offsets[first:last] - view_offset, self._lengths[first:last],
             self._weak[first:last], self._strong[first * STRONG_LEN : last * STRONG_LEN],
-            strong_digest, STRONG_LEN,
+            self._strong_fn(first), STRONG_LEN, self.sums.weak_kind,
         )
+
+    def _strong_fn(self, first: int):
+        """The block digest function, called for blocks first, first + 1, ...
+        in order; for a STDLIB digest it also keeps each block's full SHA-256."""
+        if self._full is None:
+            return self.sums.strong
+        rows = iter(range(first, len(self._full)))
+        full = self._full
+
+        def sha256_keeping_full(block) -> bytes:
+            d = hashlib.sha256(block).digest()
+            full[next(rows)] = np.frombuffer(d, dtype=np.uint8)
+            return d[:STRONG_LEN]
+        return sha256_keeping_full
 
     def finish(self) -> Signature:
         if self._received != self.file_size:
             raise SourceChanged(
                 f"file shrank while being read: got {self._received} of {self.file_size} bytes"
             )
-        return Signature(
-            self.file_size, self.block_size, self.boundaries, self._weak,
-            self._strong.tobytes(), self._hasher.digest() if self._hasher else None,
-        )
+        digest = self._hasher.digest() if self._hasher else None
+        if self._full is not None:
+            digest = block_list_digest(bytes(row) for row in self._full)
+        return Signature(self.file_size, self.block_size, self.boundaries, self._weak, self._strong.tobytes(), digest,
+                         self.sums)
 
 
 def fits_boundaries(read_at, file_size: int) -> list[int]:
@@ -363,21 +389,21 @@ def fits_boundaries(read_at, file_size: int) -> list[int]:
 
 
 def signature_of_buffer(buffer, block_size: int | None = None, fits_aware: bool = True,
-                        digest: bool = True) -> Signature:
+                        digest: bool = True, sums: Sums = FAST) -> Signature:
     """Signature of bytes in memory (bytes, mmap, memoryview). With
     ``digest=False`` the whole-file BLAKE3 is skipped (Signature.digest is
     None): enough for matching, e.g. the basis side of the rsync direction."""
     view = memoryview(buffer).cast("B")
     size = len(view)
     boundaries = fits_boundaries(lambda o, n: bytes(view[o : o + n]), size) if fits_aware else [0]
-    builder = SignatureBuilder(size, block_size, boundaries, digest)
+    builder = SignatureBuilder(size, block_size, boundaries, digest, sums)
     for offset in range(0, size, FILE_WINDOW):
         builder.update(view[offset : offset + FILE_WINDOW])
     return builder.finish()
 
 
 def signature_of_file(path, block_size: int | None = None, fits_aware: bool = True,
-                      digest: bool = True) -> Signature:
+                      digest: bool = True, sums: Sums = FAST) -> Signature:
     """Signature of a local file, read through mmap in large windows and
     hashed on all cores. Raises SourceChanged if the file changes meanwhile.
     ``digest=False``: see signature_of_buffer."""
@@ -390,12 +416,12 @@ def signature_of_file(path, block_size: int | None = None, fits_aware: bool = Tr
     with f:
         before = os.fstat(f.fileno())
         if before.st_size == 0:
-            sig = SignatureBuilder(0, block_size, digest=digest).finish()
+            sig = SignatureBuilder(0, block_size, digest=digest, sums=sums).finish()
         else:
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                 view = memoryview(mapped)
                 try:
-                    sig = signature_of_buffer(view, block_size, fits_aware, digest)
+                    sig = signature_of_buffer(view, block_size, fits_aware, digest, sums)
                 finally:
                     view.release()
         after = os.fstat(f.fileno())
@@ -439,89 +465,17 @@ def buffer_digest(buffer) -> bytes:
     return blake3.blake3(buffer, max_threads=blake3.blake3.AUTO).digest()
 
 
-def block_strong_rows(buffer, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(strong digests as rows of STRONG_LEN bytes, block lengths) of
-    ``buffer`` cut into ``block_size`` blocks, without weak sums: enough to
-    compare two files block by block at known places, where the weak sum
-    (three times the strong one's cost) would only be compared too."""
-    view = memoryview(buffer).cast("B")
-    offsets, lengths = block_layout(len(view), block_size)
-    out = np.zeros(len(offsets) * STRONG_LEN, dtype=np.uint8)
-
-    def hash_part(first: int, last: int) -> None:
-        _native.strong_blocks(view, offsets[first:last], lengths[first:last],
-                              out[first * STRONG_LEN : last * STRONG_LEN], strong_digest, STRONG_LEN)
-
-    _in_halves(hash_part, 0, len(offsets), len(view))
-    return out.reshape(-1, STRONG_LEN), lengths
-
-
-def _in_halves(work, first: int, last: int, span: int) -> None:
+def _in_halves(work, first: int, last: int, span: int, strong=strong_digest) -> None:
     """``work(lo, hi)`` over blocks first..last-1 (``span`` bytes): in two
     halves on two threads when the span is large and the strong digest runs
     from C (no GIL at all); through Python's xxhash the threads would take
-    turns at the GIL (measured slower), so then on this thread alone."""
-    if THREADS < 2 or span < PARALLEL_MIN_BYTES or not _native.strong_in_c(strong_digest, STRONG_LEN):
+    turns at the GIL (measured slower), so then on this thread alone. SHA-256
+    (STDLIB) releases the GIL on each block, so it splits too."""
+    if THREADS < 2 or span < PARALLEL_MIN_BYTES or not (strong is not strong_digest
+                                                           or _native.strong_in_c(strong, STRONG_LEN)):
         work(first, last)
         return
     middle = (first + last) // 2
     other = run_beside(lambda: work(middle, last))
     work(first, middle)
     other()
-
-
-class LocalSegments:
-    """A local file cut into its own FITS segments (header and data units),
-    with the block sums of a segment computed on demand in ``block_size``
-    blocks: what another version of the file is matched against without
-    rolling (a grown header moves a data unit, not its blocks)."""
-
-    def __init__(self, data, block_size: int):
-        self.data = data
-        self.block_size = block_size
-        size = len(data)
-        bounds = segment_boundaries(lambda o, n: bytes(data[o:o + n]), size) if size else [0]
-        self.segments = list(zip(bounds, bounds[1:] + [size]))
-        self._sigs: dict = {}
-
-    def length(self, k: int) -> int:
-        start, end = self.segments[k]
-        return end - start
-
-    def warm(self) -> None:
-        """Compute every segment's signature (run in a thread, overlapping the remote work)."""
-        for k in range(len(self.segments)):
-            self.signature(k)
-
-    def signature(self, k: int):
-        if k not in self._sigs:
-            start, end = self.segments[k]
-            self._sigs[k] = signature_of_buffer(memoryview(self.data)[start:end], self.block_size, fits_aware=False,
-                                                digest=False)  # sums only: matching needs no digest
-        return self._sigs[k]
-
-    def strong_rows(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(strong digest rows, block lengths) of segment k: from its
-        signature when that was computed, else hashed without weak sums."""
-        if k in self._sigs:
-            sig = self._sigs[k]
-            return sig.strong_rows(), sig.block_lengths()
-        start, end = self.segments[k]
-        return block_strong_rows(memoryview(self.data)[start:end], self.block_size)
-
-    def find_segment(self, length: int, remote_hash: str, near: int) -> int | None:
-        """A local segment with the remote segment's content (its strong sums hash the same)."""
-        candidates = sorted((k for k in range(len(self.segments)) if self.length(k) == length),
-                            key=lambda k: abs(k - near))[:4]
-        for k in candidates:
-            if xxhash.xxh3_128_hexdigest(self.signature(k).strong) == remote_hash:
-                return k
-        return None
-
-    def counterpart(self, length: int, near: int) -> int | None:
-        """The local segment to compare group by group: same length nearest in
-        order, else the one at the same index."""
-        same = sorted((k for k in range(len(self.segments)) if self.length(k) == length), key=lambda k: abs(k - near))
-        if same:
-            return same[0]
-        return near if near < len(self.segments) else None

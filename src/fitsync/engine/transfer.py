@@ -33,6 +33,7 @@ from fitsync.hashes import file_digest, new_hasher
 from fitsync.engine.plan import Action, Item
 from fitsync.remotes.base import Capability, Remote
 from fitsync.remotes.local import LocalRemote, open_state_file, unlink_quietly
+from fitsync.sums import PUSH_BLOCK, file_block_list_digest
 from fitsync.threads import run_beside
 
 log = logging.getLogger("fitsync.engine.transfer")
@@ -190,9 +191,13 @@ def _checkable_by_source(src: Remote, item: Item, trusted: str | None) -> bool:
 
 
 def _hashes_own_data(src: Remote) -> bool:
-    """Whether ``src`` computes digests where its data is; a resumed copy is
-    checked against that (the bytes received cover only its rest)."""
-    return Capability.DIGEST in src.capabilities or Capability.LOCAL in src.capabilities
+    """Whether ``src`` computes BLAKE3 digests where its data is; a resumed
+    copy is checked against that (the bytes received cover only its rest).
+    A stock SSH host (hashlib alone) does not: asking it would stream the
+    whole file back here to hash it."""
+    if Capability.LOCAL in src.capabilities:
+        return True
+    return Capability.DIGEST in src.capabilities and "blake3" in getattr(src, "remote_digests", ("blake3",))
 
 
 def _receive(src: Remote, item: Item, part: str, journal: str, resume_at: int, received, moved: Moved,
@@ -430,10 +435,11 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_ch
     if sig is None or item.dst is None or item.dst.size == 0:
         return pull_new(src, dst, item, on_bytes, fits_check)
     trusted = _trusted_digest(item)
-    if trusted is not None and sig.digest.hex() != trusted:
+    blake3_sig = sig.sums.digest_algo == "blake3"  # else (a stock host's STDLIB sums) trusted is checked after
+    if trusted is not None and blake3_sig and sig.digest.hex() != trusted:
         raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
     recorded_sig = None
-    if recorded is not None and sig.like_offsets is None and item.action == Action.DELTA:
+    if recorded is not None and sig.like_offsets is None and item.action == Action.DELTA and blake3_sig:
         # Never for a repair (that copy is known to be bad), nor in another
         # block size (nothing would pair, and the whole copy would be rolled).
         recorded_sig = recorded.signature(item.path, item.dst)
@@ -455,6 +461,8 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_ch
     tmp = _delta_tmp(dst, item)
     try:
         _check_source_unchanged(src, item, before)
+        if trusted is not None and not blake3_sig and file_digest(tmp) != trusted:
+            raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
         if fits_check:
             refuse_incomplete_fits(tmp, item)
         dst.install(tmp, item.path, item.src.mtime, _local_source(src, item))
@@ -586,14 +594,19 @@ def _push_delta(local: str, dst: Remote, item: Item, on_bytes=None) -> Moved:
 
     # The new file's digest is computed while the far side computes its old
     # file's signature: the agent's verification needs it, and it is ready
-    # when the signature arrives instead of being computed after it.
-    digest_of_new = run_beside(lambda: file_digest(local))
+    # when the signature arrives instead of being computed after it. A stock
+    # host checks a STDLIB digest (no BLAKE3 there); BLAKE3 is then computed
+    # only when a manifest's digest is to be checked too.
+    stock = not dst.verifies_patches_alone("blake3")
+    digest_of_new = run_beside(lambda: _push_digests(local, stock, bool(item.expected_digest)))
     sig = dst.block_signature(item.path, like=local, digest=False)  # the old file's digest is of no use here
-    digest = digest_of_new()
+    digest, blake3_digest = digest_of_new()
     with open(local, "rb") as f:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if item.src.size else _EmptyMap() as data:
             recipe = delta_recipe(sig, data, source_digest=digest, known=sig.like_offsets)
-            if item.expected_digest and recipe.digest != item.expected_digest:
+            if stock:
+                recipe.digest_algo, recipe.layout = "sha256-blocks", (PUSH_BLOCK, [0])
+            if item.expected_digest and blake3_digest != item.expected_digest:
                 raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
             if on_bytes:
                 on_bytes(recipe.basis_bytes, matched=True)  # processed, not read (see _rebuild_from_basis)
@@ -607,6 +620,14 @@ def _push_delta(local: str, dst: Remote, item: Item, on_bytes=None) -> Moved:
             dst.apply_recipe(item.path, recipe, literals(), mtime=item.src.mtime, expected_digest=recipe.digest,
                              source_path=local)
     return Moved(transferred=recipe.source_bytes, reused=recipe.basis_bytes)
+
+
+def _push_digests(local: str, stock: bool, want_blake3: bool) -> tuple[str, str | None]:
+    """(the digest the destination verifies a patch with, BLAKE3 or None)."""
+    if not stock:
+        digest = file_digest(local)
+        return digest, digest
+    return file_block_list_digest(local, PUSH_BLOCK), file_digest(local) if want_blake3 else None
 
 
 def _relay_delta(src: Remote, dst: Remote, item: Item, on_bytes, fits_check: bool) -> Moved | None:
@@ -629,7 +650,7 @@ def _relay_delta(src: Remote, dst: Remote, item: Item, on_bytes, fits_check: boo
     if new_sig is None or old_sig is None or new_sig.digest is None:
         return None
     recipe = aligned_recipe(new_sig, old_sig)
-    if recipe.basis_bytes == 0:
+    if recipe.basis_bytes == 0 or not dst.verifies_patches_alone(recipe.digest_algo):
         return None
     if item.expected_digest and recipe.digest != item.expected_digest:
         raise VerificationFailed(f"{item.path}: the source does not match its expected digest")

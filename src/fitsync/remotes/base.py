@@ -173,10 +173,10 @@ class Remote(ABC):
     def delete(self, path: str) -> None:
         raise ReadOnlyRemote(f"{self.url} is read-only; cannot delete {path}")
 
-    def verifies_patches_alone(self) -> bool:
-        """Whether apply_recipe can check its result against ``expected_digest``
-        (BLAKE3) without the new file at hand (``source_path``), as a patch
-        relayed from another remote requires."""
+    def verifies_patches_alone(self, digest_algo: str | None = None) -> bool:
+        """Whether apply_recipe can check its result against a digest in
+        ``digest_algo`` (None: any it knows) without the new file at hand
+        (``source_path``), as a patch relayed from another remote requires."""
         return True
 
     def apply_recipe(self, path: str, recipe, literals: Iterable[bytes], *, mtime: float, expected_digest: str,

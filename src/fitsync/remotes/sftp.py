@@ -46,7 +46,7 @@ from fitsync import __version__
 from fitsync import agent as agent_module
 from fitsync.errors import (BadInput, ConnectionFailed, FitsyncError, Locked, NotFound, SourceChanged,
                             TransferFailed, UsageError, VerificationFailed)
-from fitsync.hashes import hash_stream, new_hasher
+from fitsync.hashes import new_hasher
 from fitsync.options import RemoteOptions
 from fitsync.paths import safe_relpath
 from fitsync.remotes.base import Capability, Entry, Remote
@@ -285,7 +285,7 @@ def agent_payload() -> bytes:
 
 _BOOTSTRAP = """\
 import hashlib, os, sys
-v, h = sys.argv[1], sys.argv[2]
+v, h = sys.argv[-2], sys.argv[-1]
 d = os.path.join(os.path.expanduser("~"), ".cache", "fitsync")
 p = os.path.join(d, "agent-%s-%s.py" % (v, h[:16]))
 i, o = sys.stdin.buffer, sys.stdout.buffer
@@ -317,10 +317,24 @@ g["main"]()
 """
 
 
-def agent_command(python: str, payload: bytes) -> str:
+# Where a stock server keeps a Python 3 when no ``python`` setting names one:
+# python3 on the PATH, RHEL 8's system interpreter, then versioned names.
+PYTHON_SEARCH = ("python3", "/usr/libexec/platform-python") + tuple(f"python3.{n}" for n in range(14, 5, -1))
+
+
+def agent_command(python: str | None, payload: bytes) -> str:
+    """The exec command that starts the agent with ``python``, or with the first
+    interpreter of PYTHON_SEARCH the host has. The search runs under ``/bin/sh -c``
+    so that it means the same whatever the account's login shell is."""
     code = base64.b64encode(_BOOTSTRAP.encode()).decode()
     digest = hashlib.sha256(payload).hexdigest()
-    return f"{python} -c 'import base64;exec(base64.b64decode(\"{code}\"))' {__version__} {digest}"
+    run = f'-c "import base64,sys;exec(base64.b64decode(sys.argv[1]))" {code} {__version__} {digest}'
+    if python is not None:
+        return f"{python} {run}"
+    tried = ", ".join(PYTHON_SEARCH[:2]) + ", python3.N"
+    return (f"/bin/sh -c 'for p in {' '.join(PYTHON_SEARCH)}; do "
+            f'command -v "$p" >/dev/null 2>&1 && exec "$p" {run}; done; '
+            f'echo "no Python 3 found (tried {tried})" >&2; exit 127' + "'")
 
 
 class AgentUnavailable(Exception):
@@ -330,7 +344,7 @@ class AgentUnavailable(Exception):
 class AgentClient:
     """One agent process on the remote host, driven over an exec channel."""
 
-    def __init__(self, conn: SshConnection, python: str = "python3", avoid: tuple = ()):
+    def __init__(self, conn: SshConnection, python: str | None = None, avoid: tuple = ()):
         self.conn = conn
         self.generation = conn.generation
         payload = agent_payload()
@@ -473,7 +487,7 @@ def signature_request(op: str, full: str, digest: bool = True) -> dict:
     return request
 
 
-def signature_by_difference(agent: AgentClient, full: str, like: str, digest: bool = True):
+def signature_by_difference(agent: AgentClient, full: str, like: str, digest: bool = True, sums=None):
     """Rebuild the remote file's Signature from a summary, group hashes, and
     the sums of only those blocks ``like`` (a local file) cannot supply.
     Returns None when the rebuilt signature fails the agent's checksum."""
@@ -486,7 +500,9 @@ def signature_by_difference(agent: AgentClient, full: str, like: str, digest: bo
     agent.send(signature_request("sigsummary", full, digest))
     try:
         await_preloads()
-        from fitsync.signature import LocalSegments, Signature, default_block_size
+        from fitsync.segments import LocalSegments
+        from fitsync.signature import Signature, default_block_size
+        from fitsync.sums import BY_NAME, FAST
     except BaseException:
         for _ in range(2):  # both answers read: the agent stays in step for the next request
             with contextlib.suppress(Exception):
@@ -497,7 +513,7 @@ def signature_by_difference(agent: AgentClient, full: str, like: str, digest: bo
     with open(like, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         with (mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else contextlib.nullcontext(b"")) as data:
-            local = LocalSegments(data, default_block_size(remote_size))
+            local = LocalSegments(data, default_block_size(remote_size), sums or FAST)
             warming = threading.Thread(target=local.warm, daemon=True)
             warming.start()
             try:
@@ -505,8 +521,11 @@ def signature_by_difference(agent: AgentClient, full: str, like: str, digest: bo
             finally:
                 warming.join()
             layout = _RemoteLayout(summary)
-            if layout.block_size != local.block_size:  # another block policy on the far side
-                local = LocalSegments(data, layout.block_size)
+            sums = BY_NAME.get(summary.get("sums", "fast"))
+            if sums is None:
+                raise TransferFailed(f"{full}: the agent made its signature with unknown sums")
+            if layout.block_size != local.block_size or sums != local.sums:  # another policy on the far side
+                local = LocalSegments(data, layout.block_size, sums)
             partial = []
             for j in range(len(layout.counts)):
                 k = local.find_segment(layout.lengths[j], summary["segments"][j], j)
@@ -523,7 +542,7 @@ def signature_by_difference(agent: AgentClient, full: str, like: str, digest: bo
         body = agent.call_body(dict(signature_request("sigblocks", full, digest), ranges=missing))
         layout.fill_from_wire(missing, body)
     sig = Signature(layout.file_size, layout.block_size, layout.boundaries, layout.weak, bytes(layout.strong),
-                    None if summary["digest"] is None else bytes.fromhex(summary["digest"]))
+                    None if summary["digest"] is None else bytes.fromhex(summary["digest"]), sums)
     if struct.unpack("<Q", sig.to_bytes()[-8:])[0] != summary["check"]:
         log.warning("%s: the signature rebuilt from local blocks did not check out; fetching it whole", full)
         return None
@@ -535,8 +554,6 @@ def _fill_matching_groups(agent: AgentClient, request: dict, layout: "_RemoteLay
                           pairs: list) -> None:
     """Compare group hashes of remote segment j with local segment k at the same
     block positions; fill the groups that agree."""
-    import xxhash
-
     ranges = [[layout.firsts[j], layout.counts[j]] for j, _ in pairs]
     body = agent.call_body(dict(request, group=GROUP_BLOCKS, ranges=ranges))
     pos = 0
@@ -549,7 +566,7 @@ def _fill_matching_groups(agent: AgentClient, request: dict, layout: "_RemoteLay
             remote_hash = body[pos:pos + 16]
             pos += 16
             comparable = g0 + n <= len(sig) and (same_layout or g0 + n <= full_blocks)
-            if comparable and xxhash.xxh3_128_digest(sig.strong[g0 * 16:(g0 + n) * 16]) == remote_hash:
+            if comparable and local.sums.strong(sig.strong[g0 * 16:(g0 + n) * 16]) == remote_hash:
                 layout.fill(layout.firsts[j] + g0, sig, g0, n, local.segments[k][0])
 
 
@@ -624,7 +641,7 @@ class SftpRemote(Remote):
         self.retries = DEFAULT_RETRIES if options.retries is None else options.retries
         self.jobs = options.jobs or 2
         # The interpreter (or command) that runs the agent, e.g. "env PYTHONPATH=/opt/fitsync python3".
-        self.python = conf.get("python") or os.environ.get("FITSYNC_SSH_PYTHON", "python3")
+        self.python = conf.get("python") or os.environ.get("FITSYNC_SSH_PYTHON") or None  # None: search the host
         self.use_agent = conf.get("agent", True) and os.environ.get("FITSYNC_SSH_AGENT", "1") != "0"
         # Hide remote modules (testing the stdlib-only path): "blake3,xxhash".
         self.agent_avoid = tuple(x for x in str(conf.get("agent_avoid", os.environ.get(
@@ -1002,11 +1019,14 @@ class SftpRemote(Remote):
         if info is None or not info.get("signature"):
             return super().block_signature(path)
         from fitsync.signature import Signature
+        from fitsync.sums import BY_NAME, FAST
+
+        sums = BY_NAME.get(info["signature"], FAST)  # "stdlib" on a host without fitsync
 
         def once(conn):
             with self.using_agent() as agent:
                 if like is not None and os.path.isfile(like):
-                    sig = signature_by_difference(agent, full, like, digest)
+                    sig = signature_by_difference(agent, full, like, digest, sums)
                     if sig is not None:
                         return sig
                 return Signature.from_bytes(agent.call_body(signature_request("signature", full, digest)))
@@ -1109,30 +1129,42 @@ class SftpRemote(Remote):
         for remote in list(self._stale_temps):
             self._remove_quietly(remote)
 
-    def verifies_patches_alone(self) -> bool:
-        return self.agent_info() is not None and self.digest_algo() == "blake3"
+    def verifies_patches_alone(self, digest_algo: str | None = None) -> bool:
+        """Whether the agent can check a patch against a digest in ``digest_algo``
+        without the new file at hand: any agent the STDLIB suite's, BLAKE3 where installed."""
+        if self.agent_info() is None:
+            return False
+        return digest_algo in (None, "sha256-blocks") or self.digest_algo() == digest_algo
 
     def apply_recipe(self, path: str, recipe, literals: Iterable[bytes], *, mtime: float, expected_digest: str,
                      source_path: str | None = None) -> None:
         """Patch ``path`` remotely: basis runs are copied by the agent, literal
-        bytes go up the channel; the agent verifies and renames. A host
-        without blake3 verifies with sha256, which is computed here from
-        ``source_path`` (the local new file)."""
+        bytes go up the channel; the agent verifies and renames. It verifies
+        with the recipe's own digest when that is the STDLIB suite's, else
+        with BLAKE3 where the host has it; a host without blake3 gets the
+        STDLIB digest of ``source_path`` (the local new file) computed here."""
         info = self.agent_info()
         if info is None:
             raise TransferFailed(f"{self.url} cannot apply patches: no agent")
         final = self.remote_path(path)
-        algo = self.digest_algo()
-        if algo == "blake3":
-            expected = expected_digest
+        layout = None
+        if recipe.digest_algo == "sha256-blocks":
+            algo, expected = recipe.digest_algo, recipe.digest
+            layout = {"block_size": recipe.layout[0], "boundaries": list(recipe.layout[1])}
+        elif self.digest_algo() == "blake3":
+            algo, expected = "blake3", expected_digest
         elif source_path is not None:
-            with open(source_path, "rb") as f:
-                expected = hash_stream(f, algo)
+            from fitsync.sums import PUSH_BLOCK, file_block_list_digest
+
+            algo, expected = "sha256-blocks", file_block_list_digest(source_path, PUSH_BLOCK)
+            layout = {"block_size": PUSH_BLOCK, "boundaries": [0]}
         else:
             raise TransferFailed(f"{final}: {self.target.hostname} has no blake3 module, and no local source "
-                                 f"was given to compute the {algo} digest that verifies the patch")
+                                 f"was given to compute the digest that verifies the patch")
         header = {"op": "patch", "path": final, "basis": final, "tmp": self._temp_path(path),
                   "algo": algo, "expected": expected, "mtime_ns": int(round(mtime * 1e9))}
+        if layout is not None:
+            header["layout"] = layout
         try:
             with self.using_agent() as agent:
                 agent.send(header, recipe.to_bytes())
