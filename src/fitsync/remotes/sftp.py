@@ -627,6 +627,10 @@ class _RemoteLayout:
 _CONNECTION_ERRORS = (paramiko.SSHException, EOFError, ConnectionError, socket.timeout, TimeoutError)
 
 
+def _path_of(entry: Entry) -> str:
+    return entry.path
+
+
 class SftpRemote(Remote):
     scheme = "sftp"
 
@@ -928,7 +932,11 @@ class SftpRemote(Remote):
             return False
 
     def list(self) -> Iterator[Entry]:
-        return iter(self._call(f"list {self.root}", self._list_once))
+        """Every file, in the contract's order: plain string order of the paths
+        (a walk gives directory order, where "sub/x" comes before "sub.txt")."""
+        entries = self._call(f"list {self.root}", self._list_once)
+        entries.sort(key=_path_of)
+        return iter(entries)
 
     def _list_once(self, conn: SshConnection) -> list[Entry]:
         with self.using_agent() as agent:
