@@ -73,8 +73,9 @@ def test_a_symlinked_tmp_directory_is_not_cleared(sshd, home, tmp_path, cli):
 
     result = cli("mirror", src, sftp_url(sshd.port, dst))
 
-    assert result.code == 0, result.err
-    assert "not a directory" in result.err
+    # Not cleared, and not written through either: the upload is refused with the reason.
+    assert result.code == 3, result.err
+    assert "not a directory" in result.err and "tmp is a symlink in the destination" in result.err
     assert [p.name for p in outside.iterdir()] == ["keep.part"]
     assert (outside / "keep.part").read_bytes() == b"someone else's"
 

@@ -169,3 +169,29 @@ def test_the_agent_runs_on_python_3_6(tmp_path):
                           str(boot)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Minimum required versions: 3.6" in run.stdout or "3.0" in run.stdout
+
+
+@pytest.mark.parametrize("account", ["agent", "sftp-only"])
+def test_a_symlinked_remote_directory_is_never_written_through(sshd, home, tmp_path, cli, account):
+    """A push whose remote DST/sub is a symlink to a directory outside: the
+    files under sub fail with a reason naming the symlink, the rest land, and
+    the outside directory is unchanged, whether it is reached by a new file,
+    an update by delta, or a delete."""
+    port = sshd.port if account == "agent" else sshd.sftp_only_port
+    src, dst, outside = tmp_path / "src", tmp_path / "dst", tmp_path / "outside"
+    old = fits_file(N_DATA)
+    write_tree(outside, {"victim.fits": old, "keep.txt": b"precious"})
+    write_tree(src, {"sub/victim.fits": edited(old, N_DATA), "sub/new.txt": b"planted", "plain.txt": b"plain"},
+               mtime=1_700_000_900.0)
+    dst.mkdir()
+    (dst / "sub").symlink_to(outside)
+    before = {p.name: p.read_bytes() for p in outside.iterdir()}
+    for flags in ((), ("--delete",), ("--checksum",)):
+        run = cli("mirror", src, sftp_url(sshd, dst, port), "--json", *flags)
+        assert run.code == 3, run.err
+        failures = {f["path"]: f["reason"] for f in run.json()["failures"]}
+        assert set(failures) == {"sub/victim.fits", "sub/new.txt"}, failures
+        assert all("symlink" in reason for reason in failures.values()), failures
+        assert {p.name: p.read_bytes() for p in outside.iterdir()} == before
+        assert (dst / "plain.txt").read_bytes() == b"plain"
+        assert "Traceback" not in run.err

@@ -355,17 +355,28 @@ class Agent:
         if digest != req["expected"]:
             _unlink(tmp)
             raise AgentError("verify", "%s: bytes written do not match the source digest" % final)
-        _finish(tmp, final, req.get("mtime_ns"))
+        try:
+            _finish(tmp, final, req.get("mtime_ns"), req.get("root"))
+        except OSError as exc:
+            raise _os_error(exc, final)
         return {"ok": True, "hex": digest}
 
     def op_delete(self, req, body):
         path, root = req["path"], req["root"]
         try:
-            os.unlink(path)
+            fd, name = open_parent(root, path, create=False)
         except FileNotFoundError:
             return {"ok": True}
         except OSError as exc:
             raise _os_error(exc, path)
+        try:
+            os.unlink(name, dir_fd=fd)
+        except FileNotFoundError:
+            return {"ok": True}
+        except OSError as exc:
+            raise _os_error(exc, path)
+        finally:
+            os.close(fd)
         _prune(os.path.dirname(path), root)
         return {"ok": True}
 
@@ -395,11 +406,78 @@ def _unlink(path):
         pass
 
 
-def _finish(tmp, final, mtime_ns):
+# -- the destination, through descriptors -----------------------------------------------
+# Below the destination root every directory is opened relative to its parent
+# without following symlinks, so a directory swapped for a symlink (before or
+# during a run) makes the write fail instead of redirecting it outside the tree.
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_parent(root, path, create):
+    """(descriptor of ``path``'s directory, base name), every directory below
+    ``root`` opened without following symlinks and, with ``create``, made when
+    missing. The root itself may be a symlink: that is the user's choice."""
+    rel = os.path.relpath(os.path.normpath(path), os.path.normpath(root))
+    parts = rel.split(os.sep)
+    if rel in (".", "") or parts[0] == ".." or os.path.isabs(rel):
+        raise AgentError("bad", "%s is not inside %s" % (path, root))
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        for part in parts[:-1]:
+            child = _open_child_dir(fd, part, path, create)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, parts[-1]
+
+
+def _open_child_dir(fd, part, path, create):
+    try:
+        return os.open(part, DIR_FLAGS, dir_fd=fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+    except OSError as exc:
+        # With O_DIRECTORY, Linux answers ENOTDIR (not ELOOP) for a symlink: look before judging.
+        if stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode):
+            raise AgentError("symlink", "%s: %s is a symlink in the destination; refusing to write through it"
+                             % (path, part))
+        raise exc
+    try:
+        os.mkdir(part, dir_fd=fd)
+    except FileExistsError:
+        pass  # made by another writer meanwhile
+    return os.open(part, DIR_FLAGS, dir_fd=fd)
+
+
+def _finish(tmp, final, mtime_ns, root=None):
+    """Set mtime and rename ``tmp`` to ``final``: beneath ``root`` through
+    descriptors when the request names it (every rename into the tree does)."""
     if mtime_ns is not None:
         os.utime(tmp, ns=(mtime_ns, mtime_ns))
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    os.replace(tmp, final)
+    if root is None:
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.replace(tmp, final)
+        return
+    fd, name = open_parent(root, final, create=True)
+    try:
+        os.replace(tmp, name, dst_dir_fd=fd)
+    except IsADirectoryError:
+        raise AgentError("bad", "%s is a directory in the destination but a file in the source" % final)
+    finally:
+        os.close(fd)
+
+
+def _open_beneath(root, path, flags, mode=0o600):
+    """A file below ``root`` opened without following any symlink on the way."""
+    fd, name = open_parent(root, path, create=bool(flags & os.O_CREAT))
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _prune(directory, root):
@@ -418,14 +496,21 @@ def build_file(req, produce):
     basis or None, and the unbuffered temporary), which returns the digest of
     what it wrote; compare it with req["expected"], set mtime, rename. The
     temporary never outlives a failure."""
-    tmp, final, basis_path = req["tmp"], req["path"], req.get("basis")
-    os.makedirs(os.path.dirname(tmp), exist_ok=True)
+    tmp, final, basis_path, root = req["tmp"], req["path"], req.get("basis"), req.get("root")
     try:
-        basis = open(basis_path, "rb") if basis_path else None
+        if root is None:
+            os.makedirs(os.path.dirname(tmp), exist_ok=True)
+            basis = open(basis_path, "rb") if basis_path else None
+        else:
+            basis = os.fdopen(_open_beneath(root, basis_path, os.O_RDONLY), "rb") if basis_path else None
     except OSError as exc:
         raise _os_error(exc, basis_path)
     try:
-        with open(tmp, "wb", buffering=0) as out:  # unbuffered: kernel copies and writes share the offset
+        if root is None:
+            out_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        else:  # the umask decides its mode, as for any file the account writes
+            out_fd = _open_beneath(root, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(out_fd, "wb", buffering=0) as out:  # unbuffered: kernel copies and writes share the offset
             digest = produce(basis, out)
     except OSError as exc:
         _unlink(tmp)
@@ -439,7 +524,14 @@ def build_file(req, produce):
     if digest != req["expected"]:
         _unlink(tmp)
         raise AgentError("verify", "%s: the patched file does not match the source digest" % final)
-    _finish(tmp, final, req.get("mtime_ns"))
+    try:
+        _finish(tmp, final, req.get("mtime_ns"), root)
+    except OSError as exc:
+        _unlink(tmp)
+        raise _os_error(exc, final)
+    except BaseException:
+        _unlink(tmp)
+        raise
     return digest
 
 

@@ -45,7 +45,7 @@ from paramiko.sftp import CMD_DATA, CMD_READ, CMD_WRITE, int64
 from fitsync import __version__
 from fitsync import agent as agent_module
 from fitsync.errors import (BadInput, ConnectionFailed, FitsyncError, Locked, NotFound, SourceChanged,
-                            TransferFailed, UsageError, VerificationFailed)
+                            TransferFailed, UnsafePath, UsageError, VerificationFailed)
 from fitsync.hashes import new_hasher
 from fitsync.options import RemoteOptions
 from fitsync.paths import safe_relpath
@@ -466,6 +466,8 @@ def _raise_agent_error(header: dict) -> None:
         raise VerificationFailed(message)
     if kind == "bad":
         raise BadInput(message)
+    if kind == "symlink":
+        raise UnsafePath(message)
     raise TransferFailed(message)
 
 
@@ -1045,8 +1047,40 @@ class SftpRemote(Remote):
         name = posixpath.basename(path)[:100]
         return posixpath.join(self.root, STATE_DIR, "tmp", f"{name}.{uuid.uuid4().hex[:12]}.part")
 
-    def _makedirs(self, sftp: paramiko.SFTPClient, directory: str) -> None:
-        missing = []
+    def _makedirs(self, sftp: paramiko.SFTPClient, directory: str, create: bool = True) -> None:
+        """Check, and with ``create`` make, every directory from the root down to
+        ``directory``, each with lstat: one that is a symlink is refused. SFTP
+        has no openat, so this runs before each use (a swap between the check
+        and the write is the one window left; the agent's renames, patches and
+        deletes go through descriptors and have none). The root itself may be
+        a symlink: that is the user's choice, as in rsync."""
+        rel = posixpath.relpath(directory, self.root)
+        if rel == ".":
+            return
+        if rel == ".." or rel.startswith("../"):
+            raise UnsafePath(f"{directory} is not inside {self.root} on {self.target.hostname}")
+        current = self.root
+        for part in rel.split("/"):
+            current = posixpath.join(current, part)
+            try:
+                mode = sftp.lstat(current).st_mode
+            except FileNotFoundError:
+                if not create:
+                    raise
+                if current == posixpath.join(self.root, rel.split("/")[0]):
+                    self._make_root(sftp)  # a first write to a new destination
+                self._mkdir(sftp, current)
+                continue
+            if stat_mod.S_ISLNK(mode):
+                raise UnsafePath(f"{rel}: {part} is a symlink in the destination on {self.target.hostname}; "
+                                 "refusing to write through it")
+            if not stat_mod.S_ISDIR(mode):
+                raise BadInput(f"{current} on {self.target.hostname} exists and is not a directory")
+
+    def _make_root(self, sftp: paramiko.SFTPClient) -> None:
+        """Make the root and its missing parents (above the root, symlinks are
+        the user's own layout and are followed)."""
+        missing, directory = [], self.root
         while directory not in ("/", "", "."):
             try:
                 if stat_mod.S_ISDIR(sftp.stat(directory).st_mode):
@@ -1056,15 +1090,19 @@ class SftpRemote(Remote):
                 missing.append(directory)
                 directory = posixpath.dirname(directory)
         for d in reversed(missing):
-            try:
-                sftp.mkdir(d)
-            except OSError as exc:
-                try:  # another writer may have made it meanwhile
-                    made = stat_mod.S_ISDIR(sftp.stat(d).st_mode)
-                except OSError:
-                    made = False
-                if not made:
-                    raise exc
+            self._mkdir(sftp, d)
+
+    @staticmethod
+    def _mkdir(sftp: paramiko.SFTPClient, directory: str) -> None:
+        try:
+            sftp.mkdir(directory)
+        except OSError as exc:
+            try:  # another writer may have made it meanwhile
+                made = stat_mod.S_ISDIR(sftp.lstat(directory).st_mode)
+            except OSError:
+                made = False
+            if not made:
+                raise exc
 
     def write_atomic(self, path, chunks: Iterable[bytes], *, mtime=None, expected_digest=None) -> None:
         """Upload to a temporary name, verify, set mtime, rename. ``chunks``
@@ -1075,8 +1113,8 @@ class SftpRemote(Remote):
         conn = self.connection()
         generation = conn.generation
         try:
-            self._upload(conn, tmp, chunks, expected_digest, mtime)
-            self._call(f"rename into {final}", lambda c: self._rename(c.sftp(), tmp, final))
+            if not self._upload(conn, tmp, final, chunks, expected_digest, mtime):
+                self._call(f"rename into {final}", lambda c: self._rename(c.sftp(), tmp, final))
             self._sweep_stale_temps()
         except BaseException as exc:
             self._remove_quietly(tmp)
@@ -1087,7 +1125,8 @@ class SftpRemote(Remote):
                                        f"{conn.why_lost(generation, exc)}") from None
             raise self._sftp_error(exc, f"write {final}") from None
 
-    def _upload(self, conn: SshConnection, tmp: str, chunks, expected_digest, mtime) -> None:
+    def _upload(self, conn: SshConnection, tmp: str, final: str, chunks, expected_digest, mtime) -> bool:
+        """Upload to ``tmp`` and verify; True when the agent has also renamed it to ``final``."""
         sftp = conn.sftp()
         self._makedirs(sftp, posixpath.dirname(tmp))
         algo = self.digest_algo()
@@ -1100,14 +1139,16 @@ class SftpRemote(Remote):
         with self.using_agent() as agent:
             if agent is not None:
                 # The agent re-reads the file on the remote host: what landed is verified, not what was sent.
-                agent.call({"op": "rename", "tmp": tmp, "path": tmp, "algo": algo,
+                # It renames through directory descriptors: nothing can redirect it outside the tree.
+                agent.call({"op": "rename", "tmp": tmp, "path": final, "root": self.root, "algo": algo,
                             "expected": hashers[-1].hexdigest(),
                             "mtime_ns": None if mtime is None else int(round(mtime * 1e9))})
-                return
+                return True
         if sftp.stat(tmp).st_size != size:
             raise VerificationFailed(f"{tmp}: the remote size differs from the bytes sent")
         if mtime is not None:
             sftp.utime(tmp, (int(mtime), int(mtime)))
+        return False
 
     def _rename(self, sftp: paramiko.SFTPClient, tmp: str, final: str) -> None:
         self._makedirs(sftp, posixpath.dirname(final))
@@ -1169,7 +1210,7 @@ class SftpRemote(Remote):
         else:
             raise TransferFailed(f"{final}: {self.target.hostname} has no blake3 module, and no local source "
                                  f"was given to compute the digest that verifies the patch")
-        header = {"op": "patch", "path": final, "basis": final, "tmp": self._temp_path(path),
+        header = {"op": "patch", "path": final, "basis": final, "tmp": self._temp_path(path), "root": self.root,
                   "algo": algo, "expected": expected, "mtime_ns": int(round(mtime * 1e9))}
         if layout is not None:
             header["layout"] = layout
@@ -1297,6 +1338,7 @@ class SftpRemote(Remote):
                     agent.call({"op": "delete", "path": full, "root": self.root})
                     return
             try:
+                self._makedirs(conn.sftp(), posixpath.dirname(full), create=False)  # no symlink on the way
                 conn.sftp().remove(full)
             except FileNotFoundError:
                 return
