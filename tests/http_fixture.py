@@ -38,6 +38,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -160,6 +161,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         req = self._record()
+        if self.server.latency:  # a far server: each request waits this long before its answer
+            time.sleep(self.server.latency)
         if self.server.take_failure():
             self._simple(req, 503, "try again later", {"Retry-After": "0"})
             return
@@ -353,6 +356,7 @@ class _Server(ThreadingHTTPServer):
         self.drop_after = kw.get("drop_after")
         self.fail_first = kw.get("fail_first", 0)
         self.honor_if_match = kw.get("honor_if_match", True)
+        self.latency = kw.get("latency", 0.0)  # seconds added to every request
         self.redirects = dict(kw.get("redirects") or {})
         # ("user", "password"): every request must carry them (HTTP basic authentication)
         login = kw.get("login")

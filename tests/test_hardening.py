@@ -221,7 +221,10 @@ def test_ctrl_c_stops_the_run_within_seconds(tmp_path):
     write_tree(tmp_path / "src", {f"{i:05d}.fits": b"x" * 4096 for i in range(3000)})
     proc = subprocess.Popen([FITSYNC, "mirror", str(tmp_path / "src"), str(tmp_path / "dst"), "--bwlimit=2M"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    deadline = time.monotonic() + 30  # Ctrl-C once copying is under way (a loaded machine starts slower)
+    while time.monotonic() < deadline and not any((tmp_path / "dst").glob("*.fits")):
+        time.sleep(0.05)
+    time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     started = time.monotonic()
     _, err = proc.communicate(timeout=30)

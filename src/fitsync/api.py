@@ -10,7 +10,7 @@ exits, or touches the caller's logging; failures raise the typed errors of
 from __future__ import annotations
 
 import os
-from typing import IO, TYPE_CHECKING, Iterator, List, Optional, Sequence, Union
+from typing import IO, TYPE_CHECKING, Any, Iterator, List, Optional, Sequence, Union
 
 from fitsync.errors import NotFound, TransferFailed, UsageError
 from fitsync.options import RemoteOptions, Selection
@@ -230,8 +230,9 @@ def _mirror_production(source: Remote, target: Remote, store_spec: str, select: 
 
 def manifest(root: Location, *, output: Union[Location, IO[str], None] = None, blocks: bool = False, format: str = "jsonl",
              sign: Optional[str] = None, select: Optional[Selection] = None, jobs: int = 2, fits: bool = True,
-             remote_options: Optional[RemoteOptions] = None, progress: Optional[ProgressCallback] = None
-             ) -> ManifestResult:
+             remote_options: Optional[RemoteOptions] = None, progress: Optional[ProgressCallback] = None,
+             cluster: Any = None, shards: Optional[str] = None, resume: bool = False,
+             batch_files: Optional[int] = None) -> ManifestResult:
     """Hash every file under ``root`` (BLAKE3; sizes, mtimes, FITS fields).
 
     With ``output`` (a path, written atomically, or a text stream), write a
@@ -240,6 +241,16 @@ def manifest(root: Location, *, output: Union[Location, IO[str], None] = None, b
     ``sign`` signs a jsonl file with an Ed25519 key file. Without ``output``,
     the result is an iterator over the entries, hashed as it is read.
     ``blocks`` adds block signatures (release manifests for delta downloads).
+
+    ``cluster`` hashes on a cluster (docs/cluster.md): a
+    ``dask.distributed.Client``, any ``concurrent.futures.Executor`` whose
+    workers import fitsync, or an address as ``--dask`` takes it
+    ("local:4", "tcp://host:8786", a scheduler file). Batches of files are
+    written as shards to ``shards`` (default: OUTPUT.shards) and merged in
+    order; ``resume`` skips the batches a killed earlier run finished;
+    ``batch_files`` caps a batch (default 5,000, fewer in trees of under
+    320,000 files; a batch also stops at 4 GiB). The
+    manifest is byte for byte the one a single process writes.
     """
     from fitsync.engine import manifest as manifests
 
@@ -254,8 +265,11 @@ def manifest(root: Location, *, output: Union[Location, IO[str], None] = None, b
     if output is None and format != "bagit":
         result.entries = _stream_entries(root, result, blocks, fits, select, jobs, connect, progress)
         return result
+    if cluster is not None and output is None:
+        raise UsageError("a manifest on a cluster needs an output (a path or a stream)")
     manifests.write(result, stream, blocks=blocks, fits=fits, selection=select, jobs=jobs, options=connect,
-                    sign=sign, progress=progress)
+                    sign=sign, progress=progress, cluster=cluster, shards=shards, resume=resume,
+                    batch_files=batch_files)
     return result
 
 

@@ -83,6 +83,8 @@ class ManifestResult:
     errors: List[dict] = field(default_factory=list)  # {"path", "reason"}: files that could not be hashed
     signed: bool = False
     entries: Optional[Iterator] = field(default=None, repr=False, compare=False)
+    batches: int = 0  # on a cluster: batches hashed by this run
+    batches_skipped: int = 0  # on a cluster: batches a resume found done
 
     def __iter__(self) -> Iterator:
         return iter(self.entries if self.entries is not None else ())

@@ -8,6 +8,7 @@ Usage:
                         [--include-from=FILE]... [--exclude-from=FILE]... [--min-age=DURATION] [--max-size=SIZE]
                         [--min-size=SIZE] [--log-file=FILE] [--progress] [--accept-new-host-key] [--timeout=SECONDS]
                         [--ca-bundle=FILE] [--allow-password-in-url] [--dropbox-config=FILE]
+                        [--dask=ADDRESS] [--shards=DIR] [--resume] [--batch-files=N]
   fitsync manifest --help
 
 Options:
@@ -28,6 +29,12 @@ Options:
   -j N, --jobs=N          Files hashed at once [default: 2].
   --sign=KEYFILE    Sign the manifest with an Ed25519 key (see fitsync keygen).
   --no-fits         Do not record FITS HDU counts and checksum status.
+  --dask=ADDRESS    Hash on a Dask cluster: local:N (N worker processes here),
+                    tcp://HOST:PORT, or a scheduler file (docs/cluster.md).
+  --shards=DIR      Where a cluster run writes its batches (default: OUTPUT.shards).
+  --resume          Skip the batches a killed cluster run already finished.
+  --batch-files=N   Files per batch on a cluster (default 5000, or 1/64 of a smaller
+                    tree; a batch also stops at 4 GiB).
   -q, --quiet           Print nothing but errors.
   --timeout=SECONDS  An SSH connection silent for SECONDS is lost (default 60; 0: never).
 """
@@ -48,14 +55,18 @@ def run(opts: dict) -> int:
     result = api.manifest(opts["ROOT"], output=output if output or opts["--format"] == "bagit" else sys.stdout,
                           blocks=bool(opts["--blocks"]), format=opts["--format"], sign=opts["--sign"] or None,
                           select=selection(opts), jobs=int_option(opts, "--jobs", 2, minimum=1),
-                          fits=not opts["--no-fits"], remote_options=remote_options(opts), progress=progress_bar(opts))
+                          fits=not opts["--no-fits"], remote_options=remote_options(opts), progress=progress_bar(opts),
+                          cluster=opts["--dask"] or None, shards=opts["--shards"] or None, resume=bool(opts["--resume"]),
+                          batch_files=int_option(opts, "--batch-files", None, minimum=1))
     if result.output:
         from fitsync.progress import log
         from fitsync.units import human_bytes
 
         what = f"{result.format} manifest" if result.format != "bagit" else "BagIt tag files"
         line = (f"wrote a {what} of {result.files} files ({human_bytes(result.bytes)}) to {result.output}"
-                + (", signed" if result.signed else ""))
+                + (", signed" if result.signed else "")
+                + (f", in {result.batches + result.batches_skipped} batches on the cluster"
+                   f" ({result.batches_skipped} done by an earlier run)" if result.batches + result.batches_skipped else ""))
         log.info("summary: %s", line)
         if not opts["--quiet"]:
             print(line, file=sys.stderr)

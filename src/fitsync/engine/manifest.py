@@ -56,13 +56,20 @@ def _count(result: ManifestResult, entries: list, errors: dict) -> None:
 
 def write(result: ManifestResult, stream: Optional[IO[str]], *, blocks: bool, fits: bool,
           selection: Optional[Selection], jobs: int, options: RemoteOptions, sign: Optional[str],
-          progress=None) -> None:
+          progress=None, cluster=None, shards: Optional[str] = None, resume: bool = False,
+          batch_files: Optional[int] = None) -> None:
     """Hash ``result.root`` and write its manifest to ``result.output`` (a
-    path) or ``stream``, in ``result.format``."""
+    path) or ``stream``, in ``result.format``; with ``cluster`` (a Dask
+    Client, an Executor, or a --dask address) on its workers, batch by batch."""
     from fitsync.remotes import open_remote
 
     with open_remote(result.root, options) as root:
         listed = listed_files(root, result, selection)
+        if cluster is not None:
+            _write_on_cluster(result, stream, listed, cluster, shards, resume, blocks=blocks, fits=fits, jobs=jobs,
+                              options=options, batch_files=batch_files)
+            _sign(result, sign)
+            return
         on_done = None
         if progress is not None:
             from fitsync.events import hashing_progress
@@ -84,11 +91,45 @@ def write(result: ManifestResult, stream: Optional[IO[str]], *, blocks: bool, fi
         _emit(result.output, stream, lambda out: write_b3sum(out, entries))
         return
     _emit(result.output, stream, lambda out: write_jsonl(out, entries, blocks=blocks))
+    _sign(result, sign)
+
+
+def _sign(result: ManifestResult, sign: Optional[str]) -> None:
     if sign and result.output:
         from fitsync.signing import sign_manifest_file
 
         sign_manifest_file(result.output, sign)
         result.signed = True
+
+
+def _write_on_cluster(result: ManifestResult, stream, listed: list, cluster, shards: Optional[str], resume: bool,
+                      *, blocks: bool, fits: bool, jobs: int, options: RemoteOptions,
+                      batch_files: Optional[int]) -> None:
+    """The JSONL manifest made batch by batch on a cluster (fitsync.engine.cluster)."""
+    from fitsync.engine import cluster as clusters
+
+    if result.format != "jsonl":
+        raise UsageError("a manifest on a cluster is written in --format=jsonl")
+    shard_dir = shards or clusters.default_shard_dir(result.output)
+    closer = None
+    if isinstance(cluster, str):
+        executor, window, closer = clusters.open_executor(cluster)
+    else:
+        executor, window = clusters.executor_of(cluster)
+    try:
+        run = clusters.run_batches(executor, window, result.root, options, listed, shard_dir, blocks=blocks,
+                                   fits=fits, jobs=jobs, resume=resume, max_files=batch_files)
+    finally:
+        if closer is not None:
+            closer()
+    for summary in (run.summaries[i] for i in sorted(run.summaries)):
+        result.files += summary.files
+        result.bytes += summary.bytes
+        result.errors.extend(summary.errors)
+    result.batches, result.batches_skipped = run.batches, run.skipped
+    _emit(result.output, stream, lambda out: clusters.merge(out, run, shard_dir, blocks))
+    if not result.errors:  # kept after failures: a resume redoes only the batches that had any
+        clusters.remove_shards(shard_dir)
 
 
 def _own_files(root: Remote, output: Optional[str]) -> set:

@@ -33,7 +33,6 @@ from fitsync.hashes import file_digest, new_hasher
 from fitsync.engine.plan import Action, Item
 from fitsync.remotes.base import Capability, Remote
 from fitsync.remotes.local import LocalRemote, open_state_file, unlink_quietly
-from fitsync.sums import PUSH_BLOCK, file_block_list_digest
 from fitsync.threads import run_beside
 
 log = logging.getLogger("fitsync.engine.transfer")
@@ -605,6 +604,8 @@ def _push_delta(local: str, dst: Remote, item: Item, on_bytes=None) -> Moved:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if item.src.size else _EmptyMap() as data:
             recipe = delta_recipe(sig, data, source_digest=digest, known=sig.like_offsets)
             if stock:
+                from fitsync.sums import PUSH_BLOCK
+
                 recipe.digest_algo, recipe.layout = "sha256-blocks", (PUSH_BLOCK, [0])
             if item.expected_digest and blake3_digest != item.expected_digest:
                 raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
@@ -627,6 +628,8 @@ def _push_digests(local: str, stock: bool, want_blake3: bool) -> tuple[str, str 
     if not stock:
         digest = file_digest(local)
         return digest, digest
+    from fitsync.sums import PUSH_BLOCK, file_block_list_digest
+
     return file_block_list_digest(local, PUSH_BLOCK), file_digest(local) if want_blake3 else None
 
 

@@ -99,23 +99,44 @@ class Manifest:
 
 
 def make_header(entries: list[ManifestEntry], blocks: bool) -> dict:
+    return _header(len(entries), sum(e.size for e in entries), blocks)
+
+
+def _header(files: int, size: int, blocks: bool) -> dict:
     return {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "tool": f"fitsync {__version__}",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": len(entries),
-        "bytes": sum(e.size for e in entries),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(_created())),
+        "files": files,
+        "bytes": size,
         "digest": "blake3",
         "blocks": blocks,
     }
 
 
-def write_jsonl(out: IO[str], entries: list[ManifestEntry], blocks: bool = False) -> None:
+def _created() -> float:
+    """Now, or SOURCE_DATE_EPOCH (the reproducible-builds convention): two
+    manifests of the same tree are then the same bytes, wherever made."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return float(epoch) if epoch.isdigit() else time.time()
+
+
+def header_line(files: int, size: int, blocks: bool) -> str:
+    """The first line of a JSONL manifest of ``files`` files of ``size`` bytes in all."""
+    return json.dumps(_header(files, size, blocks), sort_keys=True) + "\n"
+
+
+def jsonl_body(entries: list[ManifestEntry]) -> str:
+    """The lines after the header, one per entry."""
     from fitsync._walk import jsonl_lines
 
-    out.write(json.dumps(make_header(entries, blocks), sort_keys=True) + "\n")
-    out.write(jsonl_lines(entries, _jsonl_line))  # _jsonl_line's text, formatted in C
+    return jsonl_lines(entries, _jsonl_line)  # _jsonl_line's text, formatted in C
+
+
+def write_jsonl(out: IO[str], entries: list[ManifestEntry], blocks: bool = False) -> None:
+    out.write(header_line(len(entries), sum(e.size for e in entries), blocks))
+    out.write(jsonl_body(entries))
 
 
 def _jsonl_line(entry: ManifestEntry) -> str:

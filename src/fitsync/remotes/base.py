@@ -110,6 +110,10 @@ class Remote(ABC):
         """True when the root itself exists."""
         return True
 
+    def remember(self, entries: Iterable[Entry]) -> None:
+        """Entries the caller listed already, elsewhere (a cluster's client):
+        a backend may take their sizes instead of asking the server again."""
+
     def bulk_listing(self):
         """The whole listing as a ``fitsync._walk.Listing``: records kept in C,
         sorted by name, compared with another listing by ``Listing.diff``

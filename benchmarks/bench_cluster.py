@@ -1,0 +1,165 @@
+"""Manifests on a Dask cluster: what batching costs, and how workers scale on a far source.
+
+Run by hand:  PYTHONPATH=src python3 benchmarks/bench_cluster.py [--rounds=5] [--files=20000]
+    [--only=local|latency]
+
+- local: FILES files of 8 KiB. `fitsync manifest` in one process, and with
+  `--dask=ADDRESS` on an already running LocalCluster of 2 worker processes
+  (its start-up, ~1.5 s, is not what batching costs), beside `b3sum` of the
+  same files; interleaved (A B C A B C), the files read into the page cache
+  before each timed run, medians of --rounds.
+- latency: 320 files of 4 KiB on the HTTP test server with 20 ms added to
+  every request, hashed through `fitsync.manifest(cluster=client)` on
+  LocalClusters of 1, 2, 4 and 8 single-threaded workers (one file at a time
+  per worker); throughput relative to 1 worker, medians of 3.
+
+Results go to stdout and to benchmarks/work/bench_cluster.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+from timing import installed_env, warm  # noqa: E402
+
+LATENCY = 0.02
+
+
+def make_files(root: Path, n: int, size: int) -> None:
+    for i in range(n):
+        path = root / f"d{i % 100:02d}" / f"f{i:06d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(size))
+
+
+def timed(argv: list, env: dict) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[:4]} failed: {proc.stderr[-2000:]}")
+    return elapsed
+
+
+def bench_local(work: Path, n: int, rounds: int) -> dict:
+    from dask.distributed import Client, LocalCluster
+
+    tree = work / "tree"
+    make_files(tree, n, 8192)
+    env = dict(installed_env(), SOURCE_DATE_EPOCH="1700000000")
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    client = Client(cluster)
+    fitsync = [sys.executable, "-m", "fitsync", "manifest", str(tree), "--quiet"]
+    tools = {
+        "fitsync manifest": fitsync + [f"--output={work / 'single.jsonl'}"],
+        "fitsync manifest --dask (2 workers)": fitsync + [f"--output={work / 'cluster.jsonl'}",
+                                                          f"--dask={cluster.scheduler_address}"],
+        "b3sum": ["sh", "-c", f"find {tree} -type f -print0 | xargs -0 b3sum > /dev/null"],
+    }
+    times: dict = {name: [] for name in tools}
+    try:
+        for _ in range(rounds):
+            for name, argv in tools.items():
+                warm(str(tree))
+                times[name].append(timed(argv, env))
+    finally:
+        client.close()
+        cluster.close()
+    if (work / "single.jsonl").read_bytes() != (work / "cluster.jsonl").read_bytes():
+        raise RuntimeError("the cluster manifest differs from the single-process one")
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    single = medians["fitsync manifest"]
+    print(f"\nlocal: {n} files of 8 KiB, medians of {rounds}")
+    for name, secs in medians.items():
+        print(f"  {name:40s} {secs:7.3f} s   {n / secs:9.0f} files/s   throughput {single / secs:5.2f}x single")
+    return {"files": n, "seconds": medians, "cluster_vs_single": round(single / medians[
+        "fitsync manifest --dask (2 workers)"], 3), "b3sum_vs_single": round(single / medians["b3sum"], 3)}
+
+
+def bench_latency(work: Path, rounds: int) -> dict:
+    import fitsync
+    from dask.distributed import Client, LocalCluster
+
+    site = work / "site"
+    make_files(site / "tree", 320, 4096)
+    for d in (site / "tree").iterdir():  # one directory: one index page, listed once by the client
+        for f in d.iterdir():
+            f.rename(site / "tree" / f.name)
+        d.rmdir()
+    results: dict = {}
+    # The server runs in a process of its own: in this one its threads would
+    # share a GIL with the client's event loop.
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); from http_fixture import "
+         "HttpFixture; s = HttpFixture(sys.argv[2], 'ranges', latency=float(sys.argv[3])); print(s.url, flush=True); "
+         "time.sleep(1e9)", str(HERE.parent / "tests"), str(site), str(LATENCY)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        url = server.stdout.readline().strip() + "/tree/"
+        listing = statistics.median(_listing_time(url) for _ in range(rounds))
+        for workers in (1, 2, 4, 8):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+            client = Client(cluster)
+            try:
+                runs = []
+                for _ in range(rounds):
+                    t0 = time.perf_counter()
+                    fitsync.manifest(url, output=str(work / f"http-{workers}.jsonl"), cluster=client, fits=False,
+                                     jobs=1)
+                    runs.append(time.perf_counter() - t0)
+                results[workers] = statistics.median(runs)
+            finally:
+                client.close()
+                cluster.close()
+    finally:
+        server.kill()
+    print(f"\nlatency: 320 files over HTTP, {LATENCY * 1000:.0f} ms a request, medians of {rounds}; the client's "
+          f"listing (index page + a HEAD per file, 4 at a time) takes {listing:.2f} s of each run")
+    base, base_hashing = results[1], results[1] - listing
+    for workers, secs in results.items():
+        print(f"  {workers} workers: {secs:6.2f} s   speed-up {base / secs:5.2f}x   "
+              f"hashing on the workers {secs - listing:6.2f} s, speed-up {base_hashing / (secs - listing):5.2f}x")
+    return {"seconds": results, "listing_seconds": listing,
+            "speedup": {w: round(base / s, 2) for w, s in results.items()},
+            "hashing_speedup": {w: round(base_hashing / (s - listing), 2) for w, s in results.items()}}
+
+
+def _listing_time(url: str) -> float:
+    from fitsync.remotes import open_remote
+
+    t0 = time.perf_counter()
+    with open_remote(url) as remote:
+        list(remote.list())
+    return time.perf_counter() - t0
+
+
+def main(argv: list) -> int:
+    opts = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
+    rounds = int(opts.get("rounds", 5))
+    out: dict = {}
+    work = Path(tempfile.mkdtemp(prefix="bench-cluster-", dir=HERE / "work" if (HERE / "work").is_dir() else None))
+    try:
+        if opts.get("only") in (None, "local"):
+            out["local"] = bench_local(work, int(opts.get("files", 20000)), rounds)
+        if opts.get("only") in (None, "latency"):
+            out["latency"] = bench_latency(work, min(rounds, 3))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    (HERE / "work").mkdir(exist_ok=True)
+    (HERE / "work" / "bench_cluster.json").write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,167 @@
+"""Manifests on a real Dask LocalCluster (worker processes): byte-identical to
+one process, a killed worker loses and duplicates nothing, a killed client
+resumes only its unfinished batches, and the SFTP and HTTP fixtures serve
+as sources there too."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from dask.distributed import Client, LocalCluster
+
+import fitsync
+from fitsync.engine import cluster as clusters
+from http_fixture import HttpFixture
+from sshd_fixture import home, sshd  # noqa: F401  (fixtures)
+
+HESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hess-dl3-dr1"
+EPOCH = "1700000000"
+
+
+@pytest.fixture(autouse=True)
+def fixed_creation_time(monkeypatch):
+    """Both manifests carry the same "created" (SOURCE_DATE_EPOCH)."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+def make_tree(root: Path, n: int = 600, seed: int = 5) -> None:
+    rng = random.Random(seed)
+    for i in range(n):
+        path = root / f"d{i % 7}" / f"f{i:05d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(rng.randbytes(rng.randint(0, 5000)))
+    for fits in sorted(HESS.glob("data/*.fits.gz"))[:3]:  # real FITS files: their fields are recorded too
+        shutil.copy(fits, root / fits.name)
+
+
+def single_process(root: Path, out: Path, **kw) -> bytes:
+    fitsync.manifest(str(root), output=str(out), **kw)
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("blocks", [False, True])
+def test_a_cluster_manifest_is_byte_identical_to_one_made_by_one_process(client, tmp_path, blocks):
+    make_tree(tmp_path / "tree")
+    want = single_process(tmp_path / "tree", tmp_path / "single.jsonl", blocks=blocks)
+    result = fitsync.manifest(str(tmp_path / "tree"), output=str(tmp_path / "cluster.jsonl"), blocks=blocks,
+                              cluster=client, batch_files=50)
+    assert (tmp_path / "cluster.jsonl").read_bytes() == want
+    assert result.batches == 13 and result.batches_skipped == 0 and result.files == 603
+    assert not (tmp_path / "cluster.jsonl.shards").exists()  # shards and journal gone once merged
+
+
+def test_any_executor_will_do(tmp_path):
+    make_tree(tmp_path / "tree", n=120)
+    want = single_process(tmp_path / "tree", tmp_path / "single.jsonl")
+    with ThreadPoolExecutor(3) as pool:
+        fitsync.manifest(str(tmp_path / "tree"), output=str(tmp_path / "pool.jsonl"), cluster=pool, batch_files=7)
+    assert (tmp_path / "pool.jsonl").read_bytes() == want
+
+
+def test_a_killed_worker_loses_no_batch_and_duplicates_none(client, tmp_path):
+    make_tree(tmp_path / "tree", n=3000)
+    want = single_process(tmp_path / "tree", tmp_path / "single.jsonl")
+    shards = tmp_path / "shards"
+    killed = threading.Event()
+
+    def kill_a_worker_once_batches_finish():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed.is_set():
+            journal = shards / clusters.JOURNAL
+            if journal.exists() and journal.read_text().count("\n") >= 2:
+                pids = client.run(os.getpid)
+                os.kill(sorted(pids.values())[0], signal.SIGKILL)
+                killed.set()
+                return
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=kill_a_worker_once_batches_finish)
+    killer.start()
+    result = fitsync.manifest(str(tmp_path / "tree"), output=str(tmp_path / "cluster.jsonl"), cluster=client,
+                              shards=str(shards), batch_files=10)
+    killer.join()
+    assert killed.is_set(), "the run ended before a worker could be killed"
+    assert (tmp_path / "cluster.jsonl").read_bytes() == want
+    assert result.batches == 301 and result.files == 3003
+    client.wait_for_workers(2, timeout=60)  # the nanny brings the killed worker back for the next test
+
+
+def _fitsync(*args, **kw) -> subprocess.Popen:
+    env = dict(os.environ, SOURCE_DATE_EPOCH=EPOCH)
+    return subprocess.Popen([sys.executable, "-m", "fitsync", *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
+
+
+def test_a_killed_client_resumes_and_redoes_only_the_unfinished_batches(tmp_path):
+    make_tree(tmp_path / "tree", n=4000)
+    want = single_process(tmp_path / "tree", tmp_path / "single.jsonl")
+    out, shards = tmp_path / "cluster.jsonl", tmp_path / "cluster.jsonl.shards"
+    first = _fitsync("manifest", tmp_path / "tree", f"--output={out}", "--dask=local:2", "--batch-files=10")
+    deadline = time.monotonic() + 120
+    journal = shards / clusters.JOURNAL
+    while time.monotonic() < deadline and first.poll() is None:
+        if journal.exists() and journal.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.005)
+    assert first.poll() is None, f"the run ended before it could be killed: {first.communicate()}"
+    os.killpg(first.pid, signal.SIGKILL)  # the client and its LocalCluster's workers
+    first.wait()
+    done_before = journal.read_text().count("\n")
+    assert not out.exists() and 3 <= done_before < 403
+    second = _fitsync("manifest", tmp_path / "tree", f"--output={out}", "--dask=local:2", "--batch-files=10",
+                      "--resume")
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    assert f"in 401 batches on the cluster ({done_before} done by an earlier run)" in err
+    assert out.read_bytes() == want
+
+
+def test_an_sftp_source_on_the_cluster(sshd, home, tmp_path):
+    """Each worker opens its own SSH connection and agent (the host's stock
+    python3), with its own HOME's keys and known hosts: the workers here are
+    started after the client HOME is in place, as on a site where they run
+    under the user's account."""
+    make_tree(tmp_path / "tree", n=200)
+    url = f"sftp://127.0.0.1:{sshd.port}{tmp_path / 'tree'}"
+    want = single_process(url, tmp_path / "single.jsonl")
+    fitsync.manifest(url, output=str(tmp_path / "cluster.jsonl"), cluster="local:2", batch_files=40)
+    assert (tmp_path / "cluster.jsonl").read_bytes() == want
+
+
+def test_an_http_source_on_the_cluster(client, tmp_path):
+    make_tree(tmp_path / "site" / "tree", n=150)
+    with HttpFixture(str(tmp_path / "site"), "ranges") as srv:
+        url = f"{srv.url}/tree/"
+        want = single_process(url, tmp_path / "single.jsonl", fits=False)
+        fitsync.manifest(url, output=str(tmp_path / "cluster.jsonl"), cluster=client, batch_files=25, fits=False)
+    assert (tmp_path / "cluster.jsonl").read_bytes() == want
+
+
+def test_bad_cluster_arguments_are_one_line_errors(tmp_path, cli, monkeypatch):
+    make_tree(tmp_path / "tree", n=5)
+    bad = cli("manifest", tmp_path / "tree", f"--output={tmp_path / 'm.jsonl'}", "--dask=local:zero")
+    assert bad.code == 2 and bad.err.strip() == \
+        "fitsync: --dask=local:N needs a number of workers of 1 or more, not 'local:zero'"
+    fmt = cli("manifest", tmp_path / "tree", f"--output={tmp_path / 'm.txt'}", "--dask=local:1", "--format=b3sum")
+    assert fmt.code == 2 and "--format=jsonl" in fmt.err
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)  # as where Dask is not installed
+    missing = cli("manifest", tmp_path / "tree", f"--output={tmp_path / 'm.jsonl'}", "--dask=local:1")
+    assert missing.code == 2 and missing.err.strip() == "fitsync: --dask needs Dask: pip install 'fitsync[dask]'"
