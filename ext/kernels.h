@@ -98,6 +98,13 @@ static void fitsync_byte_moments(const uint8_t *p, size_t n, uint16_t *sum, uint
     *weighted = b;
 }
 
+/* Whether the filter bitmap (BlockIndex) may know the weak sum w. */
+static inline int fitsync_filter_has(uint32_t w, const uint64_t *filter, uint32_t shift)
+{
+    uint32_t f = (w * FITSYNC_GOLDEN) >> shift;
+    return (filter[f >> 6] >> (f & 63)) & 1;
+}
+
 /* Slide a window of bs bytes from *pos while pos + bs < stop, one byte at a
  * time (librsync's rollsum update, char offset 31), until the window's weak
  * sum hits the filter bitmap; return 1 then, 0 when the buffer ends. s1, s2
@@ -112,9 +119,7 @@ static inline int fitsync_roll_to_hit(const uint8_t *p, int64_t *pos_io, int64_t
     const uint32_t shift = 32 - filter_bits;
     int hit = 0;
     for (;;) {
-        uint32_t w = ((s2 & 0xFFFFu) << 16) | (s1 & 0xFFFFu);
-        uint32_t f = (w * FITSYNC_GOLDEN) >> shift;
-        if ((filter[f >> 6] >> (f & 63)) & 1) {
+        if (fitsync_filter_has(((s2 & 0xFFFFu) << 16) | (s1 & 0xFFFFu), filter, shift)) {
             hit = 1;
             break;
         }
@@ -182,9 +187,7 @@ static inline int fitsync_adler_roll_to_hit(const uint8_t *p, int64_t *pos_io, i
     const uint32_t shift = 32 - filter_bits, n_mod = bs % FITSYNC_ADLER_MOD;
     int hit = 0;
     for (;;) {
-        uint32_t w = (b << 16) | a;
-        uint32_t f = (w * FITSYNC_GOLDEN) >> shift;
-        if ((filter[f >> 6] >> (f & 63)) & 1) {
+        if (fitsync_filter_has((b << 16) | a, filter, shift)) {
             hit = 1;
             break;
         }

@@ -512,19 +512,8 @@ def build_file(req, produce):
             out_fd = _open_beneath(root, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(out_fd, "wb", buffering=0) as out:  # unbuffered: kernel copies and writes share the offset
             digest = produce(basis, out)
-    except OSError as exc:
-        _unlink(tmp)
-        raise _os_error(exc, tmp)
-    except BaseException:
-        _unlink(tmp)
-        raise
-    finally:
-        if basis is not None:
-            basis.close()
-    if digest != req["expected"]:
-        _unlink(tmp)
-        raise AgentError("verify", "%s: the patched file does not match the source digest" % final)
-    try:
+        if digest != req["expected"]:
+            raise AgentError("verify", "%s: the patched file does not match the source digest" % final)
         _finish(tmp, final, req.get("mtime_ns"), root)
     except OSError as exc:
         _unlink(tmp)
@@ -532,6 +521,9 @@ def build_file(req, produce):
     except BaseException:
         _unlink(tmp)
         raise
+    finally:
+        if basis is not None:
+            basis.close()
     return digest
 
 
