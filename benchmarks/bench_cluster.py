@@ -1,7 +1,7 @@
 """Manifests on a Dask cluster: what batching costs, and how workers scale on a far source.
 
 Run by hand:  PYTHONPATH=src python3 benchmarks/bench_cluster.py [--rounds=5] [--files=20000]
-    [--only=local|latency]
+    [--only=local|latency|memory] [--entries=1000000,10000000]
 
 - local: FILES files of 8 KiB. `fitsync manifest` in one process, and with
   `--dask=ADDRESS` on an already running LocalCluster of 2 worker processes
@@ -12,6 +12,13 @@ Run by hand:  PYTHONPATH=src python3 benchmarks/bench_cluster.py [--rounds=5] [-
   every request, hashed through `fitsync.manifest(cluster=client)` on
   LocalClusters of 1, 2, 4 and 8 single-threaded workers (one file at a time
   per worker); throughput relative to 1 worker, medians of 3.
+
+- memory: the peak RSS of one process holding the client, the scheduler and
+  two worker threads (a LocalCluster with processes=False) while a cluster
+  manifest of --entries synthetic files streams through it (a generator-backed
+  remote: names made on the fly, each "digest" the BLAKE3 of its name), and
+  the single-process manifest of the smallest size beside it. Each size runs
+  in a fresh process.
 
 Results go to stdout and to benchmarks/work/bench_cluster.json.
 """
@@ -144,8 +151,99 @@ def _listing_time(url: str) -> float:
     return time.perf_counter() - t0
 
 
+class SyntheticRemote:
+    """N files that exist only as names, listed in path order as they are made."""
+
+    @staticmethod
+    def make(url: str):
+        from fitsync.remotes.base import Capability, Entry, Remote
+
+        class Synthetic(Remote):
+            scheme = "synthetic"
+            capabilities = frozenset({Capability.READ_RANGE})
+
+            def __init__(self, url: str):
+                super().__init__(url)
+                self.count = int(url.split("://", 1)[1].strip("/"))
+
+            @classmethod
+            def from_url(cls, url, options):
+                return cls(url)
+
+            def list(self):
+                for i in range(self.count):
+                    yield Entry(f"d{i // 10000:06d}/f{i:09d}.fits", 2880, 1_700_000_000.0)
+
+            def stat(self, path):
+                return Entry(path, 2880, 1_700_000_000.0)
+
+            def read_range(self, path, offset, length):
+                return b""
+
+            def digest(self, path, algo="blake3"):
+                import blake3
+
+                return blake3.blake3(path.encode()).hexdigest()
+
+        return Synthetic(url)
+
+
+def memory_child(entries: int, mode: str, work: Path) -> int:
+    """One run in this (fresh) process; prints the peak RSS in MiB."""
+    import resource
+
+    import fitsync
+    from fitsync import remotes
+
+    remotes.register_scheme("synthetic", "bench_cluster:_synthetic_class")
+    t0 = time.perf_counter()
+    if mode == "cluster":
+        from dask.distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, \
+                Client(cluster) as client:
+            fitsync.manifest(f"synthetic://{entries}", output=str(work / "m.jsonl"), cluster=client, fits=False)
+    else:
+        fitsync.manifest(f"synthetic://{entries}", output=str(work / "m.jsonl"), fits=False)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"entries": entries, "mode": mode, "peak_rss_mib": round(peak, 1), "seconds": round(seconds, 1)}))
+    return 0
+
+
+class _synthetic_class:
+    """The backend class the scheme names: ``from_url`` builds a synthetic remote."""
+
+    @staticmethod
+    def from_url(url, options):
+        return SyntheticRemote.make(url)
+
+
+def bench_memory(work: Path, sizes: list) -> dict:
+    runs = [(sizes[0], "single")] + [(n, "cluster") for n in sizes]
+    out = []
+    for entries, mode in runs:
+        proc = subprocess.run([sys.executable, __file__, "--child", f"--entries={entries}", f"--mode={mode}",
+                               f"--work={work}"], env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                                   [str(HERE), str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])),
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-3000:])
+        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print("\nmemory: peak RSS of client + scheduler + workers in one process")
+    for row in out:
+        print(f"  {row['mode']:8s} {row['entries']:>11,d} entries   {row['peak_rss_mib']:8.1f} MiB   {row['seconds']:7.1f} s")
+    cluster = [r for r in out if r["mode"] == "cluster"]
+    if len(cluster) > 1:
+        print(f"  growth {cluster[0]['entries']:,d} -> {cluster[-1]['entries']:,d}: "
+              f"{cluster[-1]['peak_rss_mib'] / cluster[0]['peak_rss_mib']:.2f}x")
+    return {"runs": out}
+
+
 def main(argv: list) -> int:
     opts = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
+    if "--child" in argv:
+        return memory_child(int(opts["entries"]), opts["mode"], Path(opts["work"]))
     rounds = int(opts.get("rounds", 5))
     out: dict = {}
     work = Path(tempfile.mkdtemp(prefix="bench-cluster-", dir=HERE / "work" if (HERE / "work").is_dir() else None))
@@ -154,6 +252,8 @@ def main(argv: list) -> int:
             out["local"] = bench_local(work, int(opts.get("files", 20000)), rounds)
         if opts.get("only") in (None, "latency"):
             out["latency"] = bench_latency(work, min(rounds, 3))
+        if opts.get("only") in (None, "memory"):
+            out["memory"] = bench_memory(work, [int(n) for n in opts.get("entries", "1000000,10000000").split(",")])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     (HERE / "work").mkdir(exist_ok=True)

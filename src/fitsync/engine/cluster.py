@@ -18,6 +18,7 @@ result is byte for byte the single-process manifest (with the same
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from concurrent.futures import FIRST_COMPLETED, Executor, wait
@@ -50,6 +51,27 @@ class Batch:
     @property
     def shard_name(self) -> str:
         return f"batch-{self.index:06d}.jsonl"
+
+    @property
+    def list_name(self) -> str:
+        return f"batch-{self.index:06d}.list"
+
+    def write_list(self, shard_dir: str) -> str:
+        """The batch's files, one JSON array a line, for the worker to read:
+        a task then carries a file name, not thousands of entries (Dask keeps
+        recent messages, tasks included, in logs of 1,000 each)."""
+        path = os.path.join(shard_dir, self.list_name)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as out:
+            for item in self.files:
+                out.write(json.dumps(item, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+        return path
+
+
+def read_list(path: str) -> list:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return [tuple(json.loads(line)) for line in f]
 
 
 @dataclass
@@ -98,18 +120,19 @@ def _worker_remote(run_id: str, root: str, options: RemoteOptions):
     return _REMOTES[key]
 
 
-def hash_shard(run_id: str, root: str, options: RemoteOptions, batch: Batch, shard_dir: str, blocks: bool,
-               fits: bool, jobs: int) -> ShardSummary:
-    """Hash one batch on a worker and write its manifest lines as a shard
-    (temporary name, then rename: a rerun replaces it, never appends)."""
+def hash_shard(run_id: str, root: str, options: RemoteOptions, index: int, list_path: str, shard_dir: str,
+               blocks: bool, fits: bool, jobs: int) -> ShardSummary:
+    """Hash one batch (its files listed in ``list_path``) on a worker and write
+    its manifest lines as a shard (temporary name, then rename: a rerun
+    replaces it, never appends)."""
     from fitsync.formats.manifest import build_entries, jsonl_body
     from fitsync.remotes.base import Entry
 
     remote = _worker_remote(run_id, root, options)
-    listed = [Entry(path, size, mtime) for path, size, mtime in batch.files]
+    listed = [Entry(path, size, mtime) for path, size, mtime in read_list(list_path)]
     remote.remember(listed)
     entries, errors = build_entries(remote, listed, blocks=blocks, fits_fields=fits, jobs=jobs)
-    final = os.path.join(shard_dir, batch.shard_name)
+    final = os.path.join(shard_dir, f"batch-{index:06d}.jsonl")
     tmp = f"{final}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as out:
@@ -119,7 +142,7 @@ def hash_shard(run_id: str, root: str, options: RemoteOptions, batch: Batch, sha
         with _suppressed():
             os.unlink(tmp)
         raise
-    return ShardSummary(batch.index, len(entries), sum(e.size for e in entries),
+    return ShardSummary(index, len(entries), sum(e.size for e in entries),
                         [{"path": p, "reason": r} for p, r in sorted(errors.items())])
 
 
@@ -178,11 +201,23 @@ def batch_size(n_files: int, asked: Optional[int] = None) -> int:
     return min(BATCH_FILES, max(1, -(-n_files // MIN_BATCHES)))
 
 
-def run_batches(executor: Executor, window: int, root: str, options: RemoteOptions, listed: list, shard_dir: str,
+def _sized(listed: Iterator, asked: Optional[int]) -> tuple:
+    """(the same entries, files per batch): a listing that ends within
+    MIN_BATCHES * BATCH_FILES entries is counted first (batch_size); a longer
+    one is never held whole, and goes in batches of BATCH_FILES."""
+    if asked is not None:
+        return listed, asked
+    head = list(itertools.islice(listed, MIN_BATCHES * BATCH_FILES))
+    size = batch_size(len(head)) if len(head) < MIN_BATCHES * BATCH_FILES else BATCH_FILES
+    return itertools.chain(head, listed), size
+
+
+def run_batches(executor: Executor, window: int, root: str, options: RemoteOptions, listed, shard_dir: str,
                 *, blocks: bool, fits: bool, jobs: int, resume: bool, on_batch=None,
                 max_files: Optional[int] = None) -> ClusterRun:
-    """Hash every batch of ``listed`` on ``executor``, ``window`` tasks at most in flight."""
-    max_files = batch_size(len(listed), max_files)
+    """Hash every batch of ``listed`` (an iterable of Entries in path order,
+    consumed as it comes) on ``executor``, ``window`` tasks at most in flight."""
+    listed, max_files = _sized(iter(listed), max_files)
     os.makedirs(shard_dir, exist_ok=True)
     journal = Journal(shard_dir, resume)
     run = ClusterRun()
@@ -196,7 +231,8 @@ def run_batches(executor: Executor, window: int, root: str, options: RemoteOptio
                 continue
             while len(pending) >= window:
                 _collect(wait(pending, return_when=FIRST_COMPLETED).done, pending, journal, run, on_batch)
-            future = executor.submit(hash_shard, run_id, root, options, batch, shard_dir, blocks, fits, jobs)
+            future = executor.submit(hash_shard, run_id, root, options, batch.index, batch.write_list(shard_dir),
+                                     shard_dir, blocks, fits, jobs)
             pending[future] = batch
         while pending:
             _collect(wait(pending, return_when=FIRST_COMPLETED).done, pending, journal, run, on_batch)
@@ -282,7 +318,7 @@ def remove_shards(shard_dir: str) -> None:
     """Drop the shards and the journal of a run whose manifest is written;
     the directory too, when nothing else is in it."""
     for name in os.listdir(shard_dir):
-        if name == JOURNAL or (name.startswith("batch-") and name.endswith(".jsonl")):
+        if name == JOURNAL or (name.startswith("batch-") and name.endswith((".jsonl", ".list"))):
             os.unlink(os.path.join(shard_dir, name))
     with _suppressed():
         os.rmdir(shard_dir)

@@ -7,7 +7,7 @@ formats themselves are in fitsync.formats.
 from __future__ import annotations
 
 import os
-from typing import IO, Optional
+from typing import IO, Iterator, Optional
 
 from fitsync.errors import NotFound, UsageError
 from fitsync.formats.manifest import DEFAULT_NAME, build_entries, write_atomically, write_b3sum, write_hashlist, write_jsonl
@@ -18,17 +18,25 @@ from fitsync.results import ManifestResult
 
 def listed_files(remote: Remote, result: ManifestResult, select: Optional[Selection]) -> list:
     """The files of ``remote`` a manifest lists: selected, never the manifest itself."""
+    return list(iter_listed_files(remote, result, select))
+
+
+def iter_listed_files(remote: Remote, result: ManifestResult, select: Optional[Selection]) -> Iterator:
+    """listed_files as the listing comes, one entry at a time (a cluster's
+    client keeps a window of batches, not the tree)."""
     if not remote.exists():
         raise NotFound(f"{result.root} does not exist; check the path")
     selection = select.matcher() if select else None
     skip = _own_files(remote, result.output)
-    listed = [e for e in remote.list() if e.path not in skip and (selection is None or selection.matches(e))]
-    # Names the tree holds but a manifest cannot record are errors of the run.
+    for entry in remote.list():
+        if entry.path in skip or (selection is not None and not selection.matches(entry)):
+            continue
+        if _is_utf8(entry.path):
+            yield entry
+        else:  # a name the tree holds but a manifest cannot record is an error of the run
+            result.errors.append({"path": entry.path,
+                                  "reason": "the name is not UTF-8, which a manifest records; rename the file"})
     result.errors.extend({"path": p, "reason": r} for p, r in getattr(remote, "rejected_names", ()))
-    recordable = [e for e in listed if _is_utf8(e.path)]
-    result.errors.extend({"path": e.path, "reason": "the name is not UTF-8, which a manifest records; rename the file"}
-                         for e in listed if not _is_utf8(e.path))
-    return recordable
 
 
 def _is_utf8(path: str) -> bool:
@@ -64,12 +72,12 @@ def write(result: ManifestResult, stream: Optional[IO[str]], *, blocks: bool, fi
     from fitsync.remotes import open_remote
 
     with open_remote(result.root, options) as root:
-        listed = listed_files(root, result, selection)
         if cluster is not None:
-            _write_on_cluster(result, stream, listed, cluster, shards, resume, blocks=blocks, fits=fits, jobs=jobs,
-                              options=options, batch_files=batch_files)
+            _write_on_cluster(result, stream, iter_listed_files(root, result, selection), cluster, shards, resume,
+                              blocks=blocks, fits=fits, jobs=jobs, options=options, batch_files=batch_files)
             _sign(result, sign)
             return
+        listed = listed_files(root, result, selection)
         on_done = None
         if progress is not None:
             from fitsync.events import hashing_progress
@@ -102,7 +110,7 @@ def _sign(result: ManifestResult, sign: Optional[str]) -> None:
         result.signed = True
 
 
-def _write_on_cluster(result: ManifestResult, stream, listed: list, cluster, shards: Optional[str], resume: bool,
+def _write_on_cluster(result: ManifestResult, stream, listed: Iterator, cluster, shards: Optional[str], resume: bool,
                       *, blocks: bool, fits: bool, jobs: int, options: RemoteOptions,
                       batch_files: Optional[int]) -> None:
     """The JSONL manifest made batch by batch on a cluster (fitsync.engine.cluster)."""
