@@ -17,12 +17,14 @@ result is byte for byte the single-process manifest (with the same
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import os
 from concurrent.futures import FIRST_COMPLETED, Executor, wait
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import IO, Iterator, Optional
 
 from fitsync.errors import UsageError
@@ -42,31 +44,28 @@ class Batch:
     index: int
     files: tuple
 
-    @property
+    @cached_property
     def key(self) -> str:
         """What the batch covers, for the journal: a rerun over a changed listing redoes it."""
         text = json.dumps(self.files, separators=(",", ":"))
         return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
-    @property
-    def shard_name(self) -> str:
-        return f"batch-{self.index:06d}.jsonl"
-
-    @property
-    def list_name(self) -> str:
-        return f"batch-{self.index:06d}.list"
-
     def write_list(self, shard_dir: str) -> str:
         """The batch's files, one JSON array a line, for the worker to read:
         a task then carries a file name, not thousands of entries (Dask keeps
         recent messages, tasks included, in logs of 1,000 each)."""
-        path = os.path.join(shard_dir, self.list_name)
+        path = batch_file(shard_dir, self.index, ".list")
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as out:
             for item in self.files:
                 out.write(json.dumps(item, ensure_ascii=False) + "\n")
         os.replace(tmp, path)
         return path
+
+
+def batch_file(shard_dir: str, index: int, suffix: str = ".jsonl") -> str:
+    """A batch's shard (.jsonl) or file list (.list) in ``shard_dir``."""
+    return os.path.join(shard_dir, f"batch-{index:06d}{suffix}")
 
 
 def read_list(path: str) -> list:
@@ -114,7 +113,7 @@ def _worker_remote(run_id: str, root: str, options: RemoteOptions):
         from fitsync.remotes import open_remote
 
         for old in [k for k in _REMOTES if k[0] != run_id]:
-            with _suppressed():
+            with contextlib.suppress(Exception):  # a connection already gone
                 _REMOTES.pop(old).close()
         _REMOTES[key] = open_remote(root, options)
     return _REMOTES[key]
@@ -132,26 +131,18 @@ def hash_shard(run_id: str, root: str, options: RemoteOptions, index: int, list_
     listed = [Entry(path, size, mtime) for path, size, mtime in read_list(list_path)]
     remote.remember(listed)
     entries, errors = build_entries(remote, listed, blocks=blocks, fits_fields=fits, jobs=jobs)
-    final = os.path.join(shard_dir, f"batch-{index:06d}.jsonl")
+    final = batch_file(shard_dir, index)
     tmp = f"{final}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as out:
             out.write(jsonl_body(entries))
         os.replace(tmp, final)
     except BaseException:
-        with _suppressed():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     return ShardSummary(index, len(entries), sum(e.size for e in entries),
                         [{"path": p, "reason": r} for p, r in sorted(errors.items())])
-
-
-class _suppressed:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], Exception)
 
 
 # -- on the client ----------------------------------------------------------------------
@@ -172,7 +163,7 @@ class Journal:
 
     def finished(self, batch: Batch, shard_dir: str) -> bool:
         return (self.done.get(batch.index) == batch.key
-                and os.path.exists(os.path.join(shard_dir, batch.shard_name)))
+                and os.path.exists(batch_file(shard_dir, batch.index)))
 
     def record(self, batch: Batch) -> None:
         self._out.write(f"{batch.index} {batch.key}\n")
@@ -258,7 +249,7 @@ def _collect(done, pending: dict, journal: Journal, run: ClusterRun, on_batch) -
 def _summary_from_shard(batch: Batch, shard_dir: str) -> ShardSummary:
     """A skipped batch's counts, from its shard (errors are not kept: a resume redoes a batch that had any)."""
     files = size = 0
-    with open(os.path.join(shard_dir, batch.shard_name), encoding="utf-8") as f:
+    with open(batch_file(shard_dir, batch.index), encoding="utf-8") as f:
         for line in f:
             files += 1
             size += json.loads(line)["size"]
@@ -272,7 +263,7 @@ def merge(out: IO[str], run: ClusterRun, shard_dir: str, blocks: bool) -> None:
     summaries = [run.summaries[i] for i in sorted(run.summaries)]
     out.write(header_line(sum(s.files for s in summaries), sum(s.bytes for s in summaries), blocks))
     for summary in summaries:
-        with open(os.path.join(shard_dir, f"batch-{summary.index:06d}.jsonl"), encoding="utf-8") as f:
+        with open(batch_file(shard_dir, summary.index), encoding="utf-8") as f:
             for piece in iter(lambda: f.read(1 << 20), ""):
                 out.write(piece)
 
@@ -320,7 +311,7 @@ def remove_shards(shard_dir: str) -> None:
     for name in os.listdir(shard_dir):
         if name == JOURNAL or (name.startswith("batch-") and name.endswith((".jsonl", ".list"))):
             os.unlink(os.path.join(shard_dir, name))
-    with _suppressed():
+    with contextlib.suppress(OSError):  # something else is in it
         os.rmdir(shard_dir)
 
 

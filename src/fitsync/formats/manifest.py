@@ -98,10 +98,6 @@ class Manifest:
         return sum(e.size for e in self.entries.values())
 
 
-def make_header(entries: list[ManifestEntry], blocks: bool) -> dict:
-    return _header(len(entries), sum(e.size for e in entries), blocks)
-
-
 def _header(files: int, size: int, blocks: bool) -> dict:
     return {
         "format": FORMAT_NAME,
