@@ -145,6 +145,7 @@ def block_list_digest(full_block_digests) -> bytes:
 
 
 PUSH_BLOCK = 4 << 20  # the layout of a STDLIB digest we choose ourselves: few blocks, hashed on all cores
+PUSH_LAYOUT = (PUSH_BLOCK, (0,))  # (block size, boundaries) of that digest, as Recipe.layout holds it
 
 
 def file_block_list_digest(path, block_size: int = PUSH_BLOCK) -> str:

@@ -604,9 +604,9 @@ def _push_delta(local: str, dst: Remote, item: Item, on_bytes=None) -> Moved:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if item.src.size else _EmptyMap() as data:
             recipe = delta_recipe(sig, data, source_digest=digest, known=sig.like_offsets)
             if stock:
-                from fitsync.sums import PUSH_BLOCK
+                from fitsync.sums import PUSH_LAYOUT
 
-                recipe.digest_algo, recipe.layout = "sha256-blocks", (PUSH_BLOCK, [0])
+                recipe.digest_algo, recipe.layout = "sha256-blocks", PUSH_LAYOUT
             if item.expected_digest and blake3_digest != item.expected_digest:
                 raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
             if on_bytes:
@@ -618,8 +618,7 @@ def _push_delta(local: str, dst: Remote, item: Item, on_bytes=None) -> Moved:
                         on_bytes(length)
                     yield bytes(data[offset:offset + length])
 
-            dst.apply_recipe(item.path, recipe, literals(), mtime=item.src.mtime, expected_digest=recipe.digest,
-                             source_path=local)
+            dst.apply_recipe(item.path, recipe, literals(), mtime=item.src.mtime, expected_digest=recipe.digest)
     return Moved(transferred=recipe.source_bytes, reused=recipe.basis_bytes)
 
 
@@ -628,9 +627,9 @@ def _push_digests(local: str, stock: bool, want_blake3: bool) -> tuple[str, str 
     if not stock:
         digest = file_digest(local)
         return digest, digest
-    from fitsync.sums import PUSH_BLOCK, file_block_list_digest
+    from fitsync.sums import file_block_list_digest
 
-    return file_block_list_digest(local, PUSH_BLOCK), file_digest(local) if want_blake3 else None
+    return file_block_list_digest(local), file_digest(local) if want_blake3 else None
 
 
 def _relay_delta(src: Remote, dst: Remote, item: Item, on_bytes, fits_check: bool) -> Moved | None:

@@ -183,11 +183,12 @@ class Remote(ABC):
         (``source_path``), as a patch relayed from another remote requires."""
         return True
 
-    def apply_recipe(self, path: str, recipe, literals: Iterable[bytes], *, mtime: float, expected_digest: str,
-                     source_path: str | None = None) -> None:
+    def apply_recipe(self, path: str, recipe, literals: Iterable[bytes], *, mtime: float,
+                     expected_digest: str) -> None:
         """Build ``path`` remotely from its current content and literal bytes
-        (PATCH capability only). ``source_path`` is the local new file, for
-        backends that verify with a digest the remote side can compute."""
+        (PATCH capability only), checked against the recipe's digest: the
+        caller gives a recipe whose ``digest_algo`` the backend verifies
+        alone (``verifies_patches_alone``)."""
         raise NotImplementedError(f"{self.url} cannot apply patches remotely")
 
     # -- lifetime -----------------------------------------------------

@@ -1185,13 +1185,12 @@ class SftpRemote(Remote):
             return False
         return digest_algo in (None, "sha256-blocks") or self.digest_algo() == digest_algo
 
-    def apply_recipe(self, path: str, recipe, literals: Iterable[bytes], *, mtime: float, expected_digest: str,
-                     source_path: str | None = None) -> None:
+    def apply_recipe(self, path: str, recipe, literals: Iterable[bytes], *, mtime: float,
+                     expected_digest: str) -> None:
         """Patch ``path`` remotely: basis runs are copied by the agent, literal
         bytes go up the channel; the agent verifies and renames. It verifies
-        with the recipe's own digest when that is the STDLIB suite's, else
-        with BLAKE3 where the host has it; a host without blake3 gets the
-        STDLIB digest of ``source_path`` (the local new file) computed here."""
+        with the recipe's STDLIB digest (any agent), or with BLAKE3 where the
+        host has it (a push to a stock host brings a STDLIB one: transfer._push_delta)."""
         info = self.agent_info()
         if info is None:
             raise TransferFailed(f"{self.url} cannot apply patches: no agent")
@@ -1202,14 +1201,9 @@ class SftpRemote(Remote):
             layout = {"block_size": recipe.layout[0], "boundaries": list(recipe.layout[1])}
         elif self.digest_algo() == "blake3":
             algo, expected = "blake3", expected_digest
-        elif source_path is not None:
-            from fitsync.sums import PUSH_BLOCK, file_block_list_digest
-
-            algo, expected = "sha256-blocks", file_block_list_digest(source_path, PUSH_BLOCK)
-            layout = {"block_size": PUSH_BLOCK, "boundaries": [0]}
         else:
-            raise TransferFailed(f"{final}: {self.target.hostname} has no blake3 module, and no local source "
-                                 f"was given to compute the digest that verifies the patch")
+            raise TransferFailed(f"{final}: {self.target.hostname} has no blake3 module to verify a patch "
+                                 "checked by BLAKE3")
         header = {"op": "patch", "path": final, "basis": final, "tmp": self._temp_path(path), "root": self.root,
                   "algo": algo, "expected": expected, "mtime_ns": int(round(mtime * 1e9))}
         if layout is not None:
