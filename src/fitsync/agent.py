@@ -282,7 +282,8 @@ class Agent:
         if getattr(self, "_sig_key", None) != key:
             try:
                 data = signature_of(path, req, self)
-                self._sig = ParsedSignature(data, "stdlib" if data[10:12] == b"\x02\x02" else "fast")
+                stdlib = data[10:12] == bytes([WEAK_ADLER32, STRONG_SHA256_128])  # the header's algorithm bytes
+                self._sig = ParsedSignature(data, "stdlib" if stdlib else "fast")
             except OSError as exc:
                 raise _os_error(exc, path)
             self._sig_key = key
@@ -839,15 +840,28 @@ def _hash_run(fd, start, lengths, with_weak=True):
     return weak, full
 
 
-def block_list_digest(fd, size, block_size, boundaries):
-    """The STDLIB file digest alone (no weak sums), on several threads."""
+def hashed_runs(fd, size, block_size, boundaries, with_weak=True):
+    """(weak sums, full SHA-256 digests) of each run of consecutive blocks, in
+    file order, hashed on several threads with at most two runs per thread
+    read ahead (bounded memory)."""
     from concurrent.futures import ThreadPoolExecutor
+    threads = _threads()
+    with ThreadPoolExecutor(threads) as pool:
+        pending = []
+        for start, lengths in _runs(block_layout(size, block_size, boundaries), max(HASH_RUN, block_size)):
+            pending.append(pool.submit(_hash_run, fd, start, lengths, with_weak))
+            while len(pending) > 2 * threads:
+                yield pending.pop(0).result()
+        for job in pending:
+            yield job.result()
+
+
+def block_list_digest(fd, size, block_size, boundaries):
+    """The STDLIB file digest alone (no weak sums)."""
     outer = hashlib.sha256()
-    runs = _runs(block_layout(size, block_size, boundaries), max(HASH_RUN, block_size))
-    with ThreadPoolExecutor(_threads()) as pool:
-        for _, full in pool.map(lambda run: _hash_run(fd, run[0], run[1], False), runs):
-            for d in full:
-                outer.update(d)
+    for _, full in hashed_runs(fd, size, block_size, boundaries, with_weak=False):
+        for d in full:
+            outer.update(d)
     return outer.digest()
 
 
@@ -864,20 +878,13 @@ def _pread_exact(fd, n, offset):
 
 
 def stdlib_signature(fd, size, block_size, boundaries, with_digest=True):
-    """The STDLIB-suite signature of the open file ``fd``; runs of blocks are
-    hashed on several threads, at most two runs per thread in memory."""
-    from concurrent.futures import ThreadPoolExecutor
-    runs = _runs(block_layout(size, block_size, boundaries), HASH_RUN)
+    """The STDLIB-suite signature of the open file ``fd`` (hashed_runs)."""
     weak, strong, outer = [], [], hashlib.sha256()
-    threads = _threads()
-    with ThreadPoolExecutor(threads) as pool:
-        pending = []
-        for start, lengths in runs:
-            pending.append(pool.submit(_hash_run, fd, start, lengths))
-            while len(pending) > 2 * threads:  # bounded memory: collect in order as we go
-                _collect(pending.pop(0), weak, strong, outer)
-        for job in pending:
-            _collect(job, weak, strong, outer)
+    for run_weak, run_full in hashed_runs(fd, size, block_size, boundaries):
+        weak.extend(run_weak)
+        for d in run_full:
+            strong.append(d[:16])
+            outer.update(d)
     digest = outer.digest() if with_digest else bytes(32)
     header = SIG_HEADER.pack(SIG_MAGIC, SIG_FORMAT_VERSION, WEAK_ADLER32, STRONG_SHA256_128, block_size, size,
                              len(boundaries), 0 if with_digest else 1, len(weak), digest)
@@ -885,13 +892,6 @@ def stdlib_signature(fd, size, block_size, boundaries, with_digest=True):
                      struct.pack("<%dI" % len(weak), *weak), b"".join(strong)])
     return body + struct.pack("<Q", sig_check(body, "stdlib"))
 
-
-def _collect(job, weak, strong, outer):
-    run_weak, run_full = job.result()
-    weak.extend(run_weak)
-    for d in run_full:
-        strong.append(d[:16])
-        outer.update(d)
 
 
 # -- FITS layout (the rules of fitsync.fits.segment_boundaries) ---------------------------
