@@ -37,6 +37,7 @@ import time
 import uuid
 from collections import deque
 from importlib import resources
+from operator import attrgetter
 from typing import Iterable, Iterator
 
 import paramiko
@@ -629,10 +630,6 @@ class _RemoteLayout:
 _CONNECTION_ERRORS = (paramiko.SSHException, EOFError, ConnectionError, socket.timeout, TimeoutError)
 
 
-def _path_of(entry: Entry) -> str:
-    return entry.path
-
-
 class SftpRemote(Remote):
     scheme = "sftp"
 
@@ -937,7 +934,7 @@ class SftpRemote(Remote):
         """Every file, in the contract's order: plain string order of the paths
         (a walk gives directory order, where "sub/x" comes before "sub.txt")."""
         entries = self._call(f"list {self.root}", self._list_once)
-        entries.sort(key=_path_of)
+        entries.sort(key=attrgetter("path"))
         return iter(entries)
 
     def _list_once(self, conn: SshConnection) -> list[Entry]:
@@ -1060,14 +1057,14 @@ class SftpRemote(Remote):
         if rel == ".." or rel.startswith("../"):
             raise UnsafePath(f"{directory} is not inside {self.root} on {self.target.hostname}")
         current = self.root
-        for part in rel.split("/"):
+        for depth, part in enumerate(rel.split("/")):
             current = posixpath.join(current, part)
             try:
                 mode = sftp.lstat(current).st_mode
             except FileNotFoundError:
                 if not create:
                     raise
-                if current == posixpath.join(self.root, rel.split("/")[0]):
+                if depth == 0:
                     self._make_root(sftp)  # a first write to a new destination
                 self._mkdir(sftp, current)
                 continue
