@@ -179,8 +179,8 @@ class Remote(ABC):
 
     def verifies_patches_alone(self, digest_algo: str | None = None) -> bool:
         """Whether apply_recipe can check its result against a digest in
-        ``digest_algo`` (None: any it knows) without the new file at hand
-        (``source_path``), as a patch relayed from another remote requires."""
+        ``digest_algo`` (None: any it knows) without the new file at hand, as
+        a patch relayed from another remote requires."""
         return True
 
     def apply_recipe(self, path: str, recipe, literals: Iterable[bytes], *, mtime: float,
