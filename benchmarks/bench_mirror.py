@@ -27,6 +27,10 @@ Options:
 6. ``sparse``: a new copy of a 1 GiB file holding 1 MiB of data, fitsync vs
    ``rsync -a --sparse``; the space each copy takes is printed too.
 
+Updates of a changed 1 GiB FITS file by how they are built (the default,
+``--inplace`` and reflinks on XFS, with bytes written and space added) are
+in ``bench_update.py`` beside this file.
+
 Every compared pair runs interleaved with caches re-warmed; medians printed
 as ratios (fitsync / reference; below 1 means fitsync is faster), each with
 the 1-minute load average when it was taken (figures taken at a load above

@@ -24,14 +24,16 @@ def on_progress(event: Event) -> None:
 def nightly(archive: Path, copy: Path) -> int:
     select = fitsync.Selection(profile="saao-nightly", max_age="30d", where=["instrument=shoc"])
     options = fitsync.RemoteOptions(timeout=30.0, accept_new_host_key=False)
+    for interrupted in fitsync.recover(copy):  # a crash during last night's --inplace run
+        print(interrupted["path"], interrupted["outcome"])
     try:
         result: fitsync.MirrorResult = fitsync.mirror("saao:/data", copy, select=select, progress=on_progress,
-                                                      remote_options=options, checksum=True)
+                                                      remote_options=options, checksum=True, inplace=True)
     except FitsyncError as error:
         print(f"fitsync: {error}", file=sys.stderr)
         return error.exit_code
     for action in result.files:
-        print(action.path, action.action, action.bytes_moved, action.bytes_reused, action.error)
+        print(action.path, action.action, action.bytes_moved, action.bytes_reused, action.built, action.error)
     report = fitsync.compare(copy, "sutherland:/data", checksum=True, select=select)
     if not report.agree:
         print(report.to_dict()["counts"])

@@ -172,7 +172,7 @@ def test_short_options_and_aliases(tmp_path, tree):
     os.utime(tree / "a.fits", (1_700_000_000, 1_700_000_000))
     os.utime(tmp_path / "d" / "a.fits", (1_700_000_000, 1_700_000_000))
     changed = run("mirror", tree, tmp_path / "d", "-ci", "-v")
-    assert changed.stdout.splitlines() == [">fc........ a.fits"]
+    assert changed.stdout.splitlines() == [">fc........ a.fits (rewritten)"]  # copied whole: a local source
     assert run("mirror", tree, tmp_path / "d", "--itemize-changes").stdout == ""
     listed = run("mirror", tree, tmp_path / "d", "-ii").stdout.splitlines()
     assert listed == [".f          a.fits", ".f          night/b.log", ".f          night/c.fits"]
@@ -220,7 +220,7 @@ def test_delta_progress_counts_matched_bytes(tmp_path):
     edited = header.replace(b"T", b"F", 1).ljust(2880, b" ") + data
     write_tree(tmp_path / "s", {"big.fits": edited}, mtime=1_800_000_000.0)
     events = []
-    result = fitsync.mirror(tmp_path / "s", tmp_path / "d", progress=events.append, jobs=1)
+    result = fitsync.mirror(tmp_path / "s", tmp_path / "d", progress=events.append, jobs=1, whole_file=False)
     assert result.files_updated == 1 and result.bytes_transferred < 100_000
     assert sum(e.bytes for e in events if isinstance(e, BytesDone)) == len(edited)  # bar reaches its total
     assert [e for e in events if isinstance(e, Totals)] == [Totals("transfer", 1, len(edited))]

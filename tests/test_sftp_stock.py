@@ -97,11 +97,11 @@ def test_a_basis_block_corrupted_during_a_pull_is_caught_then_repaired(sshd, hom
     write_tree(tmp_path / "old", {"f.fits": old})
     real_apply, calls = delta_mod.apply_recipe, []
 
-    def corrupting_apply(recipe, basis_fd, read_source, out_fd):
+    def corrupting_apply(recipe, basis_fd, read_source, out_fd, writer=None):
         calls.append(recipe.digest_algo)
         if len(calls) == 1:
             _corrupt(tmp_path / "old" / "f.fits", len(old) - 100_000)  # a data block the recipe copies
-        return real_apply(recipe, basis_fd, read_source, out_fd)
+        return real_apply(recipe, basis_fd, read_source, out_fd, writer)
 
     monkeypatch.setattr(delta_mod, "apply_recipe", corrupting_apply)
     result = cli("mirror", sftp_url(sshd, tmp_path / "new"), tmp_path / "old", "--json")
@@ -202,3 +202,20 @@ def test_a_symlinked_remote_directory_is_never_written_through(sshd, home, tmp_p
         assert {p.name: p.read_bytes() for p in outside.iterdir()} == before
         assert (dst / "plain.txt").read_bytes() == b"plain"
         assert "Traceback" not in run.err
+
+
+def test_an_inplace_pull_from_a_stock_host_writes_only_the_change(sshd, home, tmp_path, cli):
+    """--inplace with a stock host's STDLIB sums: the file keeps its inode, is
+    verified against the SHA-256 block-list digest, and no journal is left."""
+    old = fits_file(N_DATA)
+    new = edited(old, N_DATA)
+    write_tree(tmp_path / "new", {"f.fits": new}, mtime=1_700_000_900.0)
+    write_tree(tmp_path / "old", {"f.fits": old})
+    inode = os.stat(tmp_path / "old" / "f.fits").st_ino
+    result = cli("mirror", sftp_url(sshd, tmp_path / "new"), tmp_path / "old", "--inplace", "--json", "--itemize")
+    assert result.code == 0, result.err
+    row = result.json()["files"][0]
+    assert row["built"] == "in place" and row["bytes_moved"] < 400_000
+    assert (tmp_path / "old" / "f.fits").read_bytes() == new
+    assert os.stat(tmp_path / "old" / "f.fits").st_ino == inode
+    assert not list((tmp_path / "old" / ".fitsync").glob("inplace/*"))

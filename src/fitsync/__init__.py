@@ -21,7 +21,7 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # type checkers see the real names; at run time they come from __getattr__
-    from fitsync.api import audit, compare, datasets, manifest, mirror, missing, open
+    from fitsync.api import audit, compare, datasets, manifest, mirror, missing, open, recover
     from fitsync.errors import FitsyncError
     from fitsync.options import RemoteOptions, Selection
     from fitsync.results import AuditResult, FileAction, ManifestResult, MirrorResult
@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # type checkers see the real names; at run time they come fro
 __version__ = "0.1.0"
 
 __all__ = [
-    "mirror", "manifest", "audit", "compare", "datasets", "missing", "open",
+    "mirror", "manifest", "audit", "compare", "datasets", "missing", "open", "recover",
     "Selection", "RemoteOptions", "MirrorResult", "ManifestResult", "AuditResult", "FileAction",
     "FitsyncError", "__version__",
 ]
@@ -41,7 +41,7 @@ logging.getLogger("fitsync").addHandler(logging.NullHandler())
 # this package for __version__) does not pay for it.
 _EXPORTS = {
     "mirror": "fitsync.api", "manifest": "fitsync.api", "audit": "fitsync.api", "compare": "fitsync.api",
-    "datasets": "fitsync.api", "missing": "fitsync.api", "open": "fitsync.api",
+    "datasets": "fitsync.api", "missing": "fitsync.api", "open": "fitsync.api", "recover": "fitsync.api",
     "Selection": "fitsync.options", "RemoteOptions": "fitsync.options",
     "MirrorResult": "fitsync.results", "ManifestResult": "fitsync.results", "AuditResult": "fitsync.results",
     "FileAction": "fitsync.results", "FitsyncError": "fitsync.errors",

@@ -65,7 +65,8 @@ def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool
            links: str = "skip", bwlimit: Union[str, int, None] = None, max_delete: Optional[int] = None,
            allow_empty_source: bool = False, fsync: bool = False, extract_max: Union[str, int, None] = None,
            verify_key: Optional[str] = None, remote_options: Optional[RemoteOptions] = None,
-           raise_on_failure: bool = False) -> MirrorResult:
+           raise_on_failure: bool = False, inplace: bool = False,
+           whole_file: Optional[bool] = None) -> MirrorResult:
     """Make ``dst`` an exact, verified copy of ``src``, moving only new, changed or corrupt data.
 
     ``checksum`` compares content even where size and mtime agree; ``delete``
@@ -81,7 +82,12 @@ def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool
     would remove more than ``max_delete``. ``fsync`` makes each file in a local
     destination durable before its rename. ``extract`` unpacks downloaded tar
     archives, at most ``extract_max`` bytes each (default 100 times the
-    archive's size, at least 1 GiB). Per-file failures are listed in the result;
+    archive's size, at least 1 GiB). ``inplace`` writes the changed ranges of a
+    local destination's files into the files themselves, under an undo journal
+    (rolled back after a crash; see ``recover``). ``whole_file=False`` makes a
+    local source's changed files travel as deltas even where copying them whole
+    costs less. Each entry of ``result.files`` says how the file was ``built``.
+    Per-file failures are listed in the result;
     with ``raise_on_failure`` they raise ``TransferFailed`` (its ``result``
     attribute holds the result).
     """
@@ -91,7 +97,8 @@ def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool
     options = mirror_options(checksum=checksum, delete=delete, dry_run=dry_run, jobs=jobs, retries=retries,
                              manifest=manifest, fits_check=fits_check, select=select, progress=progress,
                              verify_key=connect.verify_key, links=links, bwlimit=bwlimit, max_delete=max_delete,
-                             allow_empty_source=allow_empty_source, fsync=fsync, extract_max=extract_max)
+                             allow_empty_source=allow_empty_source, fsync=fsync, extract_max=extract_max,
+                             inplace=inplace, whole_file=whole_file)
     reporter = Reporter(quiet=True, show_progress=False)  # events go to ``progress``; nothing is printed
     return run_mirror(src, dst, options, connect, select, extract, reporter, raise_on_failure)
 
@@ -101,7 +108,8 @@ def mirror_options(*, checksum: bool, delete: bool, dry_run: bool, jobs: int, re
                    verify_key: Optional[str], progress: Optional[ProgressCallback] = None, links: str = "skip",
                    bwlimit: Union[str, int, None] = None, max_delete: Optional[int] = None,
                    allow_empty_source: bool = False, fsync: bool = False,
-                   extract_max: Union[str, int, None] = None):
+                   extract_max: Union[str, int, None] = None, inplace: bool = False,
+                   whole_file: Optional[bool] = None):
     """The engine's MirrorOptions for ``mirror``'s arguments (the CLI builds them here too)."""
     from fitsync.engine.mirror import MirrorOptions
     from fitsync.units import parse_size
@@ -118,6 +126,7 @@ def mirror_options(*, checksum: bool, delete: bool, dry_run: bool, jobs: int, re
                          selection=select.matcher() if select else None, progress=progress, links=links,
                          bwlimit=rate,
                          max_delete=max_delete, allow_empty_source=allow_empty_source, fsync=fsync,
+                         inplace=inplace, whole_file=whole_file,
                          extract_max=parse_size(str(extract_max), "--extract-max") if extract_max else None)
 
 
@@ -360,3 +369,27 @@ def missing(src: Location, *, expect: str, select: Selection, output: Optional[L
     return find_missing_keys(_spec(src), expect, select, output=None if output is None else _spec(output),
                              report=None if report is None else _spec(report),
                              options=remote_options or RemoteOptions())
+
+
+def recover(dst: Location) -> List[dict]:
+    """Finish the updates in place (``mirror(inplace=True)``) that a crash or
+    kill interrupted in the local destination ``dst``: each file goes back to
+    its old version, or, where every new byte was on disk and verifies, is
+    kept as the new one. Returns ``[{"path", "outcome"}]``; empty when
+    nothing was interrupted. Every mirror into ``dst`` does this first."""
+    from fitsync.engine.inplace_update import recover as recover_journals
+    from fitsync.lock import DirectoryLock
+    from fitsync.remotes.local import LocalRemote
+
+    target = open(dst)
+    if not isinstance(target, LocalRemote):
+        raise UsageError(f"{_spec(dst)}: recover works on local destinations (updates in place are local only)")
+    if not os.path.isdir(target.root):
+        raise NotFound(f"{target.root} is not a directory; check the path")
+    lock = DirectoryLock(target.state_dir())
+    lock.acquire()
+    try:
+        return [{"path": path, "outcome": outcome} for path, outcome in recover_journals(target)]
+    finally:
+        lock.release()
+        target.close()

@@ -527,7 +527,7 @@ class _mapped:
 # ---------------------------------------------------------------------------
 
 
-class _SourceBytes:
+class SourceBytes:
     """Exact-length pieces cut from the chunks ``read_source`` yields."""
 
     def __init__(self, chunks: Iterable[bytes]):
@@ -630,6 +630,7 @@ class _Copier:
         self._out = out_fd
         self._hasher = hasher  # set when the output cannot be read back
         self._kernel = hasher is None and hasattr(os, "copy_file_range")
+        self.kernel_bytes = 0  # copied by copy_file_range
 
     def copy(self, offset: int, length: int) -> int:
         """Bytes copied: ``length``, fewer only where the basis ends."""
@@ -638,6 +639,7 @@ class _Copier:
             if self._kernel:
                 try:
                     n = os.copy_file_range(self._basis, self._out, length - done, offset + done)
+                    self.kernel_bytes += n
                 except OSError as exc:
                     if exc.errno not in _NO_KERNEL_COPY:
                         raise
@@ -694,6 +696,11 @@ class _BufferedWriter:
                 break
         return done
 
+    @property
+    def built(self) -> str:
+        copier = self._copier
+        return "kernel copy" if copier is not None and copier.kernel_bytes else "rewritten"
+
     def _advance(self, n: int) -> None:
         self._written += n
         if self._verifier:
@@ -718,7 +725,8 @@ class _BufferedWriter:
         os.close(self._read_fd)
 
 
-def apply_recipe(recipe: Recipe, basis_fd: int | None, read_source: ReadSource, out_fd: int) -> None:
+def apply_recipe(recipe: Recipe, basis_fd: int | None, read_source: ReadSource, out_fd: int,
+                 writer=None) -> None:
     """Write the target described by ``recipe`` to ``out_fd`` (a new, empty
     file; written from its current position), copying BASIS runs from
     ``basis_fd`` and SOURCE runs from ``read_source(recipe.source_ranges())``,
@@ -726,22 +734,26 @@ def apply_recipe(recipe: Recipe, basis_fd: int | None, read_source: ReadSource, 
     result is compared with ``recipe.digest``; raise VerificationFailed on a
     mismatch (the caller deletes the file). Large targets are written with
     direct I/O and hashed as handed to the kernel (fitsync.directio); others
-    go through the page cache and are read back while they are written."""
+    go through the page cache and are read back while they are written.
+    ``writer`` replaces that choice (a reflink.CloneWriter). Returns how
+    the file was built (``writer.built``: "cloned", "kernel copy", "rewritten")."""
     if recipe.basis_bytes + recipe.source_bytes != recipe.target_size:
         raise BadInput("recipe runs do not add up to the target size")
-    source = _SourceBytes(read_source(recipe.source_ranges()) if recipe.source_bytes else ())
-    writer = (open_direct(out_fd, recipe.target_size, recipe.new_hasher())
+    source = SourceBytes(read_source(recipe.source_ranges()) if recipe.source_bytes else ())
+    writer = (writer or open_direct(out_fd, recipe.target_size, recipe.new_hasher())
               or _BufferedWriter(out_fd, recipe.target_size, recipe.new_hasher))
     got = _write_ops(recipe, basis_fd, source, writer)
+    built = writer.built
     if got != recipe.digest:
         name = "BLAKE3" if recipe.digest_algo == "blake3" else "digest"
         raise VerificationFailed(
             f"the patched file's {name} {got[:16]}... differs from the expected {recipe.digest[:16]}...; "
             "the basis or the source changed during the transfer, try again"
         )
+    return built
 
 
-def _write_ops(recipe: Recipe, basis_fd: int | None, source: "_SourceBytes", writer) -> str:
+def _write_ops(recipe: Recipe, basis_fd: int | None, source: "SourceBytes", writer) -> str:
     """Run the recipe's ops into ``writer`` (a DirectWriter or a _BufferedWriter);
     returns the BLAKE3 the writer vouches for."""
     try:

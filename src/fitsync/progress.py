@@ -86,15 +86,19 @@ class Reporter:
     def itemize_unchanged(self) -> bool:
         return self.itemize >= 2
 
-    def item(self, item, level: int = logging.INFO) -> None:
-        """A decision or outcome for one file (an engine.plan.Item)."""
+    def item(self, item, level: int = logging.INFO, built: str | None = None) -> None:
+        """A decision or outcome for one file (an engine.plan.Item); ``built``
+        says how an updated file was written (engine.update)."""
         from fitsync.engine.plan import Action, itemize_line, rsync_itemize
 
         if log.isEnabledFor(level):
-            log.log(level, itemize_line(item))
+            log.log(level, itemize_line(item) + (f" [{built}]" if built else ""))
         if self.itemize and (item.action != Action.UNCHANGED or self.itemize_unchanged):
+            line = rsync_itemize(item)
+            if built and item.action in (Action.DELTA, Action.REPAIR):
+                line += f" ({built})"
             with self._lock:
-                self._items.append((item.path, rsync_itemize(item)))
+                self._items.append((item.path, line))
 
     def note(self, path: str, text: str) -> None:
         """An itemized line that is not a file's decision (a symlink), in path order."""

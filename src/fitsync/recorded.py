@@ -10,7 +10,7 @@ archive whose old files are not in the page cache that saves reading them
 twice. The record is only a hint: the rebuilt file is verified against the
 new release's BLAKE3, and a copy that was changed behind the record's back
 (same size and mtime, other bytes) fails that check and is redone by hashing
-the old copy (fitsync.engine.transfer.pull_delta).
+the old copy (fitsync.engine.update.pull_delta).
 
 The copy is read once, before any transfer of the run can replace it with
 the new release's manifest, and parsed only when a file asks for it.

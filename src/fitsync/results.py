@@ -21,6 +21,9 @@ class FileAction:
     bytes_moved: int = 0  # bytes read from the source (literals, whole copies)
     bytes_reused: int = 0  # bytes taken from the destination's old copy
     error: Optional[str] = None
+    # How a local destination's file was written: copied (new), cloned,
+    # kernel copy, in place, rewritten; None for other destinations.
+    built: Optional[str] = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -7,6 +7,7 @@ Usage:
   fitsync compare A B [options]
   fitsync datasets STORE [options]
   fitsync missing SRC [options]
+  fitsync recover DST [options]
   fitsync config [ARGS...]
   fitsync keygen KEYFILE
   fitsync completion SHELL
@@ -20,6 +21,7 @@ Commands:
   compare    List files only on A, only on B, differing, and identical.
   datasets   List the productions of an IACT data store (master.json).
   missing    Report which keys (tiles, observations) lack expected files.
+  recover    Finish updates in place (mirror --inplace) that a crash interrupted.
   config     List configured remotes; write a commented template.
   keygen     Make an Ed25519 key pair for signing release manifests.
   completion Print a bash or zsh completion script.
@@ -46,7 +48,7 @@ import time
 from fitsync import __version__
 from fitsync.errors import EXIT_FAILED, EXIT_USAGE, FitsyncError
 
-COMMANDS = ("mirror", "manifest", "audit", "compare", "datasets", "missing", "config", "keygen", "completion")
+COMMANDS = ("mirror", "manifest", "audit", "compare", "datasets", "missing", "recover", "config", "keygen", "completion")
 
 
 def main(argv: list[str] | None = None) -> int:

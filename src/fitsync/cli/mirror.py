@@ -8,7 +8,8 @@ Usage:
                          [--min-age=DURATION] [--max-size=SIZE] [--min-size=SIZE] [--date=DAY] [--template=T]
                          [--profile=NAME] [--where=EXPR]... [--production=NAME] [--runlist=FILE] [--keep-local]
                          [--allow-root=DIR]... [--extract] [--extract-max=SIZE] [--links] [--copy-links] [--unsafe-links]
-                         [--bwlimit=RATE] [--max-delete=N] [--allow-empty-source] [--fsync] [--accept-new-host-key]
+                         [--bwlimit=RATE] [--max-delete=N] [--allow-empty-source] [--fsync] [--inplace]
+                         [--no-whole-file] [--accept-new-host-key]
                          [--ca-bundle=FILE] [--allow-password-in-url]
                          [--dropbox-config=FILE] [--verify-key=PUBKEY] [--timeout=SECONDS] [--verbose]
   fitsync mirror --help
@@ -29,10 +30,20 @@ Options:
   --allow-empty-source   With --delete: let a source that lists no files empty DST.
   --fsync                Sync each file to disk before it is renamed into place, and
                          its directory after (local destinations; survives power loss).
+  --inplace              Write the changed ranges of a local destination's files
+                         into the files themselves (no second copy), each range's
+                         old bytes first saved in an undo journal: after a crash
+                         the next run, or fitsync recover, rolls the file back.
+                         Readers may see a mix of versions during the update.
+  --no-whole-file        Update changed files from a local source as deltas too
+                         (by default they are copied whole unless the destination
+                         can share the old copy's blocks, as rsync does locally).
   -n, --dry-run          Print what a real run would do; change nothing.
   -i, --itemize          One line per changed file in rsync's --itemize-changes
                          format (>f+++++++++ new, >f.st...... updated, >fc........
                          repaired, *deleting); -ii lists unchanged files too.
+                         An updated file's line ends with how it was built:
+                         (cloned), (in place), (rewritten) or (kernel copy).
                          Alias: --itemize-changes.
   --manifest=FILE        Verify destination files against this manifest of the
                          source; any mismatch is corruption to repair.
@@ -105,7 +116,8 @@ def run(opts: dict) -> int:
         verify_key=connect.verify_key, links=links_mode(opts), bwlimit=opts["--bwlimit"] or None,
         max_delete=int_option(opts, "--max-delete", 0) if opts["--max-delete"] is not None else None,
         allow_empty_source=bool(opts["--allow-empty-source"]), fsync=bool(opts["--fsync"]),
-        extract_max=opts["--extract-max"] or None)
+        extract_max=opts["--extract-max"] or None, inplace=bool(opts["--inplace"]),
+        whole_file=False if opts["--no-whole-file"] else None)
     # With --json, stdout carries only the summary object: itemized lines go to
     # stderr, or with --itemize into the object's "files" list instead.
     itemize = 0 if opts["--json"] and opts["--itemize"] else max(int(opts["--itemize"]), int(options.dry_run))

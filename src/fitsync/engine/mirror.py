@@ -72,6 +72,8 @@ class MirrorOptions:
     max_delete: int | None = None  # --delete removes nothing when it would remove more
     allow_empty_source = False  # --delete may empty the destination when the source lists nothing
     fsync = False  # each local file synced before its rename, its directory after
+    inplace = False  # changed files of a local destination updated in place, under an undo journal
+    whole_file: bool | None = None  # False: a local source's changed files travel as deltas all the same
     extract_max: int | None = None  # --extract: bytes an archive may unpack to (None: the default bound)
 
     def __init__(self, **options):
@@ -106,6 +108,10 @@ class Mirror:
     # -- the run -------------------------------------------------------
     def run(self) -> MirrorResult:
         started = time.monotonic()
+        if self.options.inplace:
+            from fitsync.engine.inplace_update import refuse_unless_possible
+
+            refuse_unless_possible(self.dst, True)
         check_locations(self.src, self.dst)
         local_dst = isinstance(self.dst, LocalRemote)
         if local_dst and not self.options.dry_run:
@@ -115,6 +121,8 @@ class Mirror:
             lock.acquire()
             if local_dst:
                 self.dst.clear_state("tmp")  # a killed run's temporaries; nothing there is reusable
+                if not self.options.dry_run:
+                    self.recover_updates_in_place()
         if self.options.links == "follow" and isinstance(self.src, LocalRemote):
             self.src.follow_links = True
         if isinstance(self.dst, LocalRemote):
@@ -422,8 +430,9 @@ class Mirror:
                 self._count(item.action)
                 self.result.bytes_transferred += moved.transferred
                 self.result.bytes_reused += moved.reused
-                self.result.files.append(FileAction(item.path, item.action.value, moved.transferred, moved.reused))
-            self.reporter.item(item)
+                self.result.files.append(FileAction(item.path, item.action.value, moved.transferred, moved.reused,
+                                                    built=moved.built))
+            self.reporter.item(item, built=moved.built)
             if self.progress is not None:
                 from fitsync.events import FileFinished
 
@@ -436,9 +445,22 @@ class Mirror:
         advance, fits_check = self._advance_for(item.path), self.options.fits_check
         if isinstance(self.dst, LocalRemote):
             if item.action == Action.NEW or item.dst is None:
-                return transfer.pull_new(self.src, self.dst, item, advance, fits_check)
-            return transfer.pull_delta(self.src, self.dst, item, advance, fits_check, self.recorded)
+                moved = transfer.pull_new(self.src, self.dst, item, advance, fits_check)
+                moved.built = "copied"
+                return moved
+            from fitsync.engine.update import pull_delta
+
+            return pull_delta(self.src, self.dst, item, advance, fits_check, self.recorded,
+                              inplace=self.options.inplace, whole_file=self.options.whole_file)
         return transfer.push(self.src, self.dst, item, advance, fits_check)
+
+    def recover_updates_in_place(self) -> None:
+        """Roll back (or forward) updates in place that a crash interrupted,
+        before anything is compared: a file left mid-update must not be
+        mistaken for either version."""
+        from fitsync.engine.inplace_update import recover
+
+        recover(self.dst)
 
     def _advance_for(self, path: str):
         """The bytes-done callback of one file's transfer: ``advance(n)`` after

@@ -30,7 +30,7 @@ import xxhash
 
 from fitsync.errors import SourceChanged, TransferFailed, VerificationFailed
 from fitsync.hashes import file_digest, new_hasher
-from fitsync.engine.plan import Action, Item
+from fitsync.engine.plan import Item
 from fitsync.remotes.base import Capability, Remote
 from fitsync.remotes.local import LocalRemote, open_state_file, unlink_quietly
 from fitsync.threads import run_beside
@@ -47,6 +47,7 @@ class Moved:
 
     transferred: int = 0
     reused: int = 0
+    built: str | None = None  # how the file was written: engine.update names the ways
 
 
 def _identity_key(item: Item) -> str:
@@ -410,135 +411,6 @@ def _verify_file(part: str, journal: str | None, item: Item, trusted: str | None
 
 
 # -- pull: changed file by delta ---------------------------------------------
-
-def source_signature(src: Remote, path: str, like: str | None = None):
-    """The source file's block signature, computed where it is cheap, else None.
-    ``like`` is the local old copy, which lets a remote send only differing sums."""
-    if Capability.LOCAL in src.capabilities:
-        from fitsync.signature import signature_of_file
-
-        return signature_of_file(src.local_path(path))
-    if Capability.SIGNATURE in src.capabilities:
-        return src.block_signature(path, like=like)
-    return None
-
-
-def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_check: bool = False,
-               recorded=None) -> Moved:
-    """Update the local copy of ``item`` using what it already holds.
-    ``recorded`` (fitsync.recorded.RecordedSignatures) may say what the
-    local copy's blocks are, sparing a pass over it."""
-    before = source_identity(src, item)
-    basis_path = dst.path_of(item.path)
-    sig = source_signature(src, item.path, like=basis_path)
-    if sig is None or item.dst is None or item.dst.size == 0:
-        return pull_new(src, dst, item, on_bytes, fits_check)
-    trusted = _trusted_digest(item)
-    blake3_sig = sig.sums.digest_algo == "blake3"  # else (a stock host's STDLIB sums) trusted is checked after
-    if trusted is not None and blake3_sig and sig.digest.hex() != trusted:
-        raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
-    recorded_sig = None
-    if recorded is not None and sig.like_offsets is None and item.action == Action.DELTA and blake3_sig:
-        # Never for a repair (that copy is known to be bad), nor in another
-        # block size (nothing would pair, and the whole copy would be rolled).
-        recorded_sig = recorded.signature(item.path, item.dst)
-        if recorded_sig is not None and recorded_sig.block_size != sig.block_size:
-            recorded_sig = None
-    fetched = [0]
-    progress = _CountedProgress(on_bytes, item.src.size)
-    try:
-        reused = _rebuild_from_basis(src, dst, item, sig, recorded_sig, fetched, progress)
-    except VerificationFailed:
-        if recorded_sig is None:
-            raise
-        _check_source_unchanged(src, item, before)  # a changed source is the engine's to retry
-        # The old copy is not what the record says (changed behind it, same
-        # size and mtime): find its blocks by hashing it after all.
-        log.info("%s: the local copy differs from the destination's manifest; hashing it", item.path)
-        recorded.forget(item.path)
-        reused = _rebuild_from_basis(src, dst, item, sig, None, fetched, progress)
-    tmp = _delta_tmp(dst, item)
-    try:
-        _check_source_unchanged(src, item, before)
-        if trusted is not None and not blake3_sig and file_digest(tmp) != trusted:
-            raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
-        if fits_check:
-            refuse_incomplete_fits(tmp, item)
-        dst.install(tmp, item.path, item.src.mtime, _local_source(src, item))
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
-    progress.finish()
-    return Moved(transferred=fetched[0], reused=reused)
-
-
-class _CountedProgress:
-    """``on_bytes`` for one file of ``size`` bytes that never reports more
-    than the file holds (a second attempt fetches again), and reports the
-    rest at the end (the bytes taken from the old copy)."""
-
-    def __init__(self, on_bytes, size: int):
-        self._on_bytes = on_bytes
-        self._size = size
-        self._reported = 0
-
-    def __call__(self, n: int, matched: bool = False) -> None:
-        n = min(n, self._size - self._reported)
-        if self._on_bytes and n > 0:
-            self._reported += n
-            self._on_bytes(n, matched=True) if matched else self._on_bytes(n)
-
-    def finish(self) -> None:
-        self(self._size - self._reported, matched=True)
-
-
-def _delta_tmp(dst: LocalRemote, item: Item) -> str:
-    return os.path.join(dst.state_dir("tmp"), _identity_key(item) + ".delta")
-
-
-def _rebuild_from_basis(src: Remote, dst: LocalRemote, item: Item, sig, recorded_sig, fetched: list,
-                        on_bytes) -> int:
-    """Write the new file to its temporary name from the local basis and the
-    source's missing ranges, verified; the bytes taken from the basis."""
-    from fitsync.delta import aligned_offsets, apply_recipe, fetch_recipe, layout_hint
-
-    basis_path = dst.path_of(item.path)
-    tmp = _delta_tmp(dst, item)
-    with open(basis_path, "rb") as basis:
-        with mmap.mmap(basis.fileno(), 0, access=mmap.ACCESS_READ) as basis_map:
-            # A signature rebuilt from the basis says where its blocks are; a
-            # record of the basis pairs them from signatures alone; any other
-            # (a release manifest's, a local source's) is placed by hashing
-            # the basis in its layout. Either way only the rest is scanned.
-            if sig.like_offsets is not None:
-                known = sig.like_offsets
-            elif recorded_sig is not None:
-                known = aligned_offsets(sig, recorded_sig)
-            else:
-                known = layout_hint(sig, basis_map)
-            recipe = fetch_recipe(sig, basis_map, known=known)
-        if on_bytes:
-            # Progress counts bytes processed: the matched ones are done once
-            # the recipe is known, so a delta's bar (and ETA) moves as it goes.
-            on_bytes(recipe.basis_bytes, matched=True)
-
-        def read_source(ranges):
-            # Bounded pieces: a replaced file is one huge SOURCE range, and
-            # backends return one bytes object per range.
-            for data in src.read_ranges(item.path, split_ranges(ranges, CHUNK)):
-                fetched[0] += len(data)
-                if on_bytes:
-                    on_bytes(len(data))
-                yield data
-
-        try:
-            with open_state_file(tmp, "wb") as out:
-                apply_recipe(recipe, basis.fileno(), read_source, out.fileno())
-        except BaseException:
-            unlink_quietly(tmp)
-            raise
-    return recipe.basis_bytes
-
 
 def split_ranges(ranges, limit: int) -> list[tuple[int, int]]:
     """(offset, length) ranges cut into pieces of at most ``limit`` bytes, in order."""

@@ -152,6 +152,17 @@ def _remove_tree(pfd: int, name: str) -> None:
     os.rmdir(name, dir_fd=pfd)
 
 
+def open_file_beneath(root_fd: int, rel: str, flags: int) -> int:
+    """A descriptor of the existing file ``rel`` (never through a symlink),
+    for an update in place."""
+    parent, _, name = rel.rpartition("/")
+    pfd = open_beneath(root_fd, parent)
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+    finally:
+        os.close(pfd)
+
+
 def unlink_beneath(root_fd: int, rel: str) -> None:
     """Unlink ``rel`` relative to its directory's descriptor; gone, or already
     replaced by an entry of the other type, is no error."""

@@ -218,7 +218,7 @@ class LocalRemote(Remote):
         """Remove fitsync's state directory when nothing in it is worth keeping
         (no partial downloads to resume, no lock)."""
         state = os.path.join(self.root, STATE_DIR)
-        for sub in ("tmp", "partial", ""):
+        for sub in ("tmp", "partial", "inplace", ""):
             try:
                 os.rmdir(os.path.join(state, sub) if sub else state)
             except OSError:

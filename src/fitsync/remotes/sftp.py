@@ -38,7 +38,7 @@ import uuid
 from collections import deque
 from importlib import resources
 from operator import attrgetter
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import paramiko
 from paramiko.sftp import CMD_DATA, CMD_READ, CMD_WRITE, int64
@@ -54,6 +54,9 @@ from fitsync.remotes.base import Capability, Entry, Remote
 from fitsync import sshconn
 from fitsync.sshconn import DEFAULT_TIMEOUT, SshConnection, SshTarget, connect, resolve_target
 from fitsync.threads import await_preloads, preload
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fitsync.segments import LocalSegments
 
 log = logging.getLogger(__name__)
 
