@@ -6,7 +6,7 @@ Usage:
 Options:
   --big-mib=N    Size of the FITS file in MiB [default: 1024].
   --rounds=N     Interleaved rounds per comparison [default: 3].
-  --cases=LIST   Comma-separated: default, inplace, xfs, blocks
+  --cases=LIST   Comma-separated: default, inplace, xfs, blocks, kernel
                  [default: default,inplace,xfs,blocks].
   --python=EXE   Interpreter that runs fitsync (a venv's, as users install it).
 
@@ -23,6 +23,11 @@ block, so the data shifts) and ``data`` (1 MiB of pixels overwritten).
   device, fitsync (which clones) vs ``rsync -a -I --no-whole-file``, with the
   space each update added while a hard link (a snapshot, a backup) keeps the
   old version;
+* ``kernel``: the delta a remote source gets (forced for a local one with
+  ``--no-whole-file``), its old runs copied by ``copy_file_range`` through
+  the page cache (``FITSYNC_DIRECT_IO=0``) vs through fitsync's buffers with
+  direct I/O (the default for files of 64 MiB or more); the reason for that
+  default on this VM;
 * ``blocks``: ``fitsync manifest --blocks`` of the file, in GB/s, vs
   ``zsyncmake`` (block checksums for delta downloads, its nearest analogue).
 
@@ -48,7 +53,7 @@ WORK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work", "update"
 FITSYNC = [sys.executable, "-m", "fitsync"]
 ENV = installed_env()
 EDITS = ("header", "grown", "data")
-CASES = ("default", "inplace", "xfs", "blocks")
+CASES = ("default", "inplace", "xfs", "blocks", "kernel")
 RSYNC_DELTA = ["rsync", "-a", "-I", "--no-whole-file"]
 
 
@@ -148,9 +153,13 @@ def edit_cases(dirs: dict, base: str, edit: str, fitsync_flags: list, rsync_flag
     }
 
 
-def run_edits(dirs: dict, base: str, label: str, rounds: int, rows: list, fitsync_flags=(), rsync_flags=()) -> None:
+def run_edits(dirs: dict, base: str, label: str, rounds: int, rows: list, fitsync_flags=(), rsync_flags=(),
+              env=None) -> None:
     for edit in EDITS:
-        res = compare(edit_cases(dirs, base, edit, list(fitsync_flags), list(rsync_flags)), rounds)
+        cases = edit_cases(dirs, base, edit, list(fitsync_flags), list(rsync_flags))
+        if env:
+            cases["fitsync"]["env"] = {**ENV, **env}
+        res = compare(cases, rounds)
         (f_s, f_w, f_u), (r_s, r_w, r_u) = res["fitsync"], res["rsync"]
         rows.append((f"{label}: {edit}", f"{f_s:.3f}", f"{r_s:.3f}", f"{f_s / r_s:.2f}",
                      _mib(f_w), _mib(r_w), _mib(f_u), _mib(r_u), f"{os.getloadavg()[0]:.2f}"))
@@ -233,6 +242,10 @@ def main() -> None:
             sys.exit("the xfs case makes a file system on a loop device: run as root with xfsprogs")
         with XfsLoop() as mount:
             run_edits(dirs, mount, "xfs", rounds, rows)
+    if "kernel" in cases:
+        run_edits(dirs, local, "delta, direct I/O", rounds, rows, ["--no-whole-file"])
+        run_edits(dirs, local, "delta, copy_file_range", rounds, rows, ["--no-whole-file"],
+                  env={"FITSYNC_DIRECT_IO": "0"})
     if "blocks" in cases:
         blocks_rate(dirs, rounds, rows)
     print(f"fitsync run by {FITSYNC[0]}; {int(opts['--big-mib'])} MiB FITS file; medians of {rounds}")

@@ -25,7 +25,7 @@ def _apply(tmp_path, old: bytes, new: bytes, block_size: int, batch: int):
             p.unlink()
     path.write_bytes(old)
     recipe = fetch_recipe(signature_of_buffer(new, block_size), old)
-    header = {"path": "f.dat", "old_size": len(old), "old_mtime_ns": 0, "old_mode": 0o644}
+    header = {"path": "f.dat", "old_size": len(old), "old_mtime_ns": 0, "old_mode": 0o644, "new_owner": None}
     journal = inplace.Journal(str(jpath), header)
     fd = os.open(path, os.O_RDWR)
 
@@ -37,6 +37,7 @@ def _apply(tmp_path, old: bytes, new: bytes, block_size: int, batch: int):
     inplace.BATCH = batch  # small batches: data moved later is read back from the journal
     try:
         inplace.write_in_place(fd, recipe, read_source, journal, len(old))
+        journal.mark_done()  # as the engine does once the result has passed its checks
     finally:
         inplace.BATCH = saved
         journal.close()
@@ -44,19 +45,30 @@ def _apply(tmp_path, old: bytes, new: bytes, block_size: int, batch: int):
 
 
 @settings(max_examples=150, deadline=None)
-@given(pair=file_pairs(), batch=st.sampled_from([1, 4096, 1 << 25]))
-def test_applied_in_place_then_rolled_back(tmp_path_factory, pair, batch):
+@given(pair=file_pairs(), batch=st.sampled_from([1, 4096, 1 << 25]), piece=st.sampled_from([700, 8 << 20]))
+def test_applied_in_place_then_rolled_back(tmp_path_factory, pair, batch, piece):
+    """``piece``: records of at most 700 bytes, so that ranges, the cut-off
+    tail and the reads of old bytes are split as a multi-GiB file's are."""
     old, new, block_size = pair
     tmp_path = tmp_path_factory.mktemp("j")
-    path, jpath, fd, recipe = _apply(tmp_path, old, new, block_size, batch)
+    saved_piece, inplace.PIECE = inplace.PIECE, piece
+    try:
+        path, jpath, fd, recipe = _apply(tmp_path, old, new, block_size, batch)
+    finally:
+        inplace.PIECE = saved_piece
     try:
         assert path.read_bytes() == new
         assert inplace.file_digest_of(fd, len(new), blake3.blake3()) == recipe.digest
-        header, records, done = inplace.read_journal(str(jpath))
+        saved_piece, inplace.PIECE = inplace.PIECE, piece
+        try:
+            header, records, done = inplace.read_journal(str(jpath))
+        finally:
+            inplace.PIECE = saved_piece
         assert done and header["old_size"] == len(old)
         # Only what changed was journalled, each old byte at most once.
-        assert sum(len(r) for _, r in records) <= len(old)
-        inplace.roll_back(fd, header, records)
+        assert sum(n for _, n, _ in records) <= len(old)
+        assert all(n <= piece for _, n, _ in records)
+        inplace.roll_back(fd, str(jpath), header, records)
         assert path.read_bytes() == old
     finally:
         os.close(fd)

@@ -240,3 +240,68 @@ def test_recover_with_nothing_to_do_and_on_bad_input(tmp_path):
     missing = run("recover", tmp_path / "nowhere", check_code=2)
     assert missing.stderr.startswith("fitsync: ") and missing.stderr.count("\n") == 1
     assert fitsync.recover(tmp_path / "dst") == []
+
+
+def _interrupted_update(dst: Path, rel: str, old: bytes, new: bytes) -> Path:
+    """A file of ``dst`` left as a kill just before the end of an update
+    leaves it: every new byte written, under a journal never marked done."""
+    from fitsync.delta import fetch_recipe
+    from fitsync.engine.inplace_update import journal_path
+    from fitsync.inplace import Journal, write_in_place
+    from fitsync.remotes.local import LocalRemote
+    from fitsync.signature import signature_of_buffer
+
+    target = dst / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(old)
+    os.utime(target, (OLD_MTIME, OLD_MTIME))
+    st = os.stat(target)
+    recipe = fetch_recipe(signature_of_buffer(new, 4096), old)
+    header = {"path": rel, "ino": st.st_ino, "old_size": len(old), "old_mtime_ns": st.st_mtime_ns,
+              "old_mode": 0o644, "old_owner": [0, 0], "new_owner": None, "new_size": len(new),
+              "new_mtime_ns": NEW_MTIME * 10**9, "new_mode": 0o644, "new_digest": recipe.digest,
+              "digest_algo": "blake3", "layout": None}
+    journal = Journal(journal_path(LocalRemote(str(dst)), rel), header)
+    fd = os.open(target, os.O_RDWR)
+    try:
+        write_in_place(fd, recipe, lambda ranges: (new[o:o + n] for o, n in ranges), journal, len(old))
+    finally:
+        os.close(fd)
+        journal.close()
+    return target
+
+
+def test_recovery_rolls_back_keeps_going_and_leaves_replaced_files_alone(tmp_path):
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    old, new = os.urandom(300_000), os.urandom(200) + os.urandom(300_000)
+    mixed = _interrupted_update(dst, "a.dat", old, new)
+    assert mixed.read_bytes() == new  # every byte written, but never marked done: not yet the new version
+    replaced = _interrupted_update(dst, "b.dat", old, new)
+    replaced.unlink()
+    replaced.write_bytes(b"the user's own file")  # a new inode under the same name
+    _interrupted_update(dst, "night/c.dat", old, new)
+    os.rename(dst / "night", dst / "elsewhere")
+    (dst / "night").symlink_to("elsewhere")  # its path now runs through a symlink: refused, kept
+    result = run("recover", dst, "--json")
+    outcomes = {row["path"]: row["outcome"] for row in json.loads(result.stdout)}
+    assert mixed.read_bytes() == old and os.stat(mixed).st_mtime == OLD_MTIME
+    assert outcomes["a.dat"] == "rolled back to the old version"
+    assert replaced.read_bytes() == b"the user's own file"
+    assert "replaced since" in outcomes["b.dat"]
+    stuck = [row for path, row in outcomes.items() if path not in ("a.dat", "b.dat")]
+    assert len(stuck) == 1 and "journal is kept" in stuck[0]
+    assert len(list((dst / ".fitsync").glob("inplace/*.journal"))) == 1
+    assert (dst / "elsewhere" / "c.dat").read_bytes() == new  # untouched through the link
+    (dst / "night").unlink()
+    os.rename(dst / "elsewhere", dst / "night")
+    assert [row["outcome"] for row in fitsync.recover(dst)] == ["rolled back to the old version"]
+    assert (dst / "night" / "c.dat").read_bytes() == old
+
+
+def test_inplace_never_keeps_setuid_bits(tmp_path, pixels):
+    versions = three_versions(tmp_path / "v", pixels)
+    os.chmod(versions["header"], 0o4755)
+    target = fresh_destination(tmp_path / "dst", versions["old"])
+    run("mirror", versions["header"].parent, target.parent, "--inplace")
+    assert os.stat(target).st_mode & 0o7777 == 0o755

@@ -16,7 +16,9 @@ The journal (one per file being updated; docs/reliability.md):
 - records: offset, length, XXH3-128 of the three, then the old bytes. A
   record whose check fails is a torn last record: it was never synced, so
   the write it announces never started;
-- a last record of offset ``DONE``: every new byte is on disk (synced).
+- a last record of offset ``DONE``: every new byte, and the new mode and
+  mtime, are on disk (synced) and the file has passed every check. Only
+  then may recovery keep the new version.
 
 Records never overlap: each range of the file is written at most once.
 Data of the old file moved elsewhere in the new one is read through
@@ -64,13 +66,17 @@ class Journal:
         self.path = path
         self.header = header
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        body = json.dumps(header, sort_keys=True).encode()
-        os.write(self._fd, MAGIC + _LEN.pack(len(body)) + body + xxhash.xxh3_128_digest(body))
-        os.fsync(self._fd)
-        _sync_directory(os.path.dirname(path))  # the journal exists before any byte is overwritten
+        try:
+            body = json.dumps(header, sort_keys=True).encode()
+            _write_all(self._fd, MAGIC + _LEN.pack(len(body)) + body + xxhash.xxh3_128_digest(body))
+            os.fsync(self._fd)
+            _sync_directory(os.path.dirname(path))  # the journal exists before any byte is overwritten
+        except BaseException:
+            os.close(self._fd)
+            raise
 
     def add(self, offset: int, data) -> None:
-        os.write(self._fd, _RECORD.pack(offset, len(data), _record_check(offset, len(data), data)))
+        _write_all(self._fd, _RECORD.pack(offset, len(data), _record_check(offset, len(data), data)))
         _write_all(self._fd, data)
 
     def end(self) -> int:
@@ -80,11 +86,14 @@ class Journal:
         os.fdatasync(self._fd)
 
     def mark_done(self) -> None:
-        os.write(self._fd, _RECORD.pack(DONE, 0, _record_check(DONE, 0, b"")))
+        """Every new byte, the mode and the mtime are on disk and verified."""
+        _write_all(self._fd, _RECORD.pack(DONE, 0, _record_check(DONE, 0, b"")))
         os.fdatasync(self._fd)
 
     def close(self) -> None:
-        os.close(self._fd)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def _write_all(fd: int, data) -> None:
@@ -98,6 +107,19 @@ def _pwrite_all(fd: int, data, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
+
+
+def pread_exact(fd: int, length: int, offset: int) -> bytes:
+    """``length`` bytes at ``offset`` (a read returns at most ~2 GiB; a file
+    that ends first was changed by another program)."""
+    parts, done = [], 0
+    while done < length:
+        got = os.pread(fd, min(length - done, PIECE), offset + done)
+        if not got:
+            raise TransferFailed("the file being updated in place ended early; another program changed it")
+        parts.append(got)
+        done += len(got)
+    return b"".join(parts)
 
 
 def _sync_directory(path: str) -> None:
@@ -170,55 +192,58 @@ def changed_ranges(recipe: Recipe) -> list:
 
 def write_in_place(fd: int, recipe: Recipe, read_source, journal: Journal, old_size: int) -> int:
     """Apply ``recipe`` to the file at ``fd`` (the old version, ``old_size``
-    bytes), journalling each range's old bytes before it is overwritten.
-    Returns the bytes written into the file. The journal is marked done
-    once the file is synced; the caller verifies, then drops the journal."""
+    bytes), journalling each range's old bytes before it is overwritten, and
+    sync the file. Returns the bytes written into it. The caller verifies,
+    marks the journal done, then drops it."""
     source = SourceBytes(read_source(recipe.source_ranges()) if recipe.source_bytes else ())
     view = OldView(fd, old_size, journal.path)
-    journal_pos = journal.end()
-    written = 0
+    batch = _Batch(fd, journal, view, old_size)
     try:
-        pending: list = []
-        pending_bytes = 0
         for at, kind, offset, length in changed_ranges(recipe):
             data = view.read(offset, length) if kind == BASIS else b"".join(bytes(p) for p in source.take(length))
-            pending.append((at, data))
-            pending_bytes += length
-            if pending_bytes >= BATCH:
-                journal_pos = _journal_and_write(fd, pending, journal, view, journal_pos, old_size)
-                written += pending_bytes
-                pending, pending_bytes = [], 0
+            batch.add(at, data)
         source.finish()
-        if recipe.target_size < old_size:
-            pending.append((recipe.target_size, None))  # the cut-off tail: journalled, then truncated
-        journal_pos = _journal_and_write(fd, pending, journal, view, journal_pos, old_size)
-        written += pending_bytes
+        for at in range(recipe.target_size, old_size, PIECE):  # the cut-off tail: journalled, then truncated
+            batch.add(at, None, min(PIECE, old_size - at))
+        batch.flush()
         os.ftruncate(fd, recipe.target_size)
         os.fsync(fd)
-        journal.mark_done()
     finally:
         view.close()
-    return written
+    return batch.written
 
 
-def _journal_and_write(fd: int, pending: list, journal: Journal, view: OldView, journal_pos: int,
-                       old_size: int) -> int:
-    """Journal the old bytes under every pending range, sync, then write the new ones."""
-    if not pending:
-        return journal_pos
-    for at, data in pending:
-        end = old_size if data is None else min(old_size, at + len(data))
-        old = os.pread(fd, max(0, end - at), at) if at < old_size else b""
-        if old:
-            journal.add(at, old)
-            journal_pos += _RECORD.size
-            view.saved(at, len(old), journal_pos)
-            journal_pos += len(old)
-    journal.sync()
-    for at, data in pending:
-        if data is not None:
-            _pwrite_all(fd, data, at)
-    return journal_pos
+class _Batch:
+    """Changed ranges waiting for their old bytes to be journalled (and the
+    journal synced, once per batch) before they are written."""
+
+    def __init__(self, fd: int, journal: Journal, view: OldView, old_size: int):
+        self._fd, self._journal, self._view, self._old_size = fd, journal, view, old_size
+        self._pending: list = []  # (offset, new bytes or None for a cut-off piece, old bytes to save)
+        self._bytes = 0
+        self._journal_pos = journal.end()
+        self.written = 0
+
+    def add(self, at: int, data, cut: int = 0) -> None:
+        saved = cut if data is None else max(0, min(self._old_size, at + len(data)) - at)
+        self._pending.append((at, data, saved))
+        self._bytes += len(data) if data is not None else cut
+        if self._bytes >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        for at, _, saved in self._pending:
+            if saved:
+                self._journal.add(at, pread_exact(self._fd, saved, at))
+                self._journal_pos += _RECORD.size
+                self._view.saved(at, saved, self._journal_pos)
+                self._journal_pos += saved
+        self._journal.sync()
+        for at, data, _ in self._pending:
+            if data is not None:
+                _pwrite_all(self._fd, data, at)
+                self.written += len(data)
+        self._pending, self._bytes = [], 0
 
 
 def file_digest_of(fd: int, size: int, hasher) -> str:
@@ -232,49 +257,58 @@ def file_digest_of(fd: int, size: int, hasher) -> str:
 # -- reading a journal back ----------------------------------------------------
 
 def read_journal(path: str) -> tuple[dict, list, bool]:
-    """(header, [(offset, old bytes)], done) of a journal; the records end at
-    the first torn one. JournalCorrupt when even the header is torn (then
-    nothing was overwritten yet)."""
+    """(header, [(offset, length, position of the old bytes)], done) of a
+    journal, read record by record (a journal may be as large as the file);
+    the records end at the first torn one. JournalCorrupt when even the
+    header is torn (then nothing was overwritten yet)."""
     with open(path, "rb") as f:
-        data = f.read()
-    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + _LEN.size:
-        raise JournalCorrupt(path)
-    pos = len(MAGIC)
-    (n,) = _LEN.unpack_from(data, pos)
-    pos += _LEN.size
-    body, check = data[pos:pos + n], data[pos + n:pos + n + 16]
-    if len(body) != n or xxhash.xxh3_128_digest(body) != check:
-        raise JournalCorrupt(path)
-    header = json.loads(body)
-    pos += n + 16
-    records, done = [], False
-    while pos + _RECORD.size <= len(data):
-        offset, length, check = _RECORD.unpack_from(data, pos)
-        old = data[pos + _RECORD.size:pos + _RECORD.size + length]
-        if len(old) != length or _record_check(offset, length, old) != check:
-            break
-        if offset == DONE:
-            done = True
-            break
-        records.append((offset, old))
-        pos += _RECORD.size + length
+        head = f.read(len(MAGIC) + _LEN.size)
+        if len(head) < len(MAGIC) + _LEN.size or not head.startswith(MAGIC):
+            raise JournalCorrupt(path)
+        (n,) = _LEN.unpack_from(head, len(MAGIC))
+        body, check = f.read(n), f.read(16)
+        if len(body) != n or xxhash.xxh3_128_digest(body) != check:
+            raise JournalCorrupt(path)
+        header = json.loads(body)
+        records, done = [], False
+        while True:
+            fields = f.read(_RECORD.size)
+            if len(fields) < _RECORD.size:
+                break
+            offset, length, check = _RECORD.unpack(fields)
+            if offset != DONE and length > PIECE:
+                break  # no record is larger: this one is damaged
+            position = f.tell()
+            old = f.read(length)
+            if len(old) != length or _record_check(offset, length, old) != check:
+                break
+            if offset == DONE:
+                done = True
+                break
+            records.append((offset, length, position))
     return header, records, done
 
 
-def roll_back(fd: int, header: dict, records: list) -> None:
+def roll_back(fd: int, journal_path: str, header: dict, records: list) -> None:
     """Put back every journalled range and the old size, sync, and check that
-    the file now reads as the journal says; BadInput if it does not."""
-    for offset, old in reversed(records):
-        _pwrite_all(fd, old, offset)
-    os.ftruncate(fd, header["old_size"])
-    os.fsync(fd)
-    for offset, old in records:
-        if os.pread(fd, len(old), offset) != old:
-            raise BadInput(f"rolling back {header['path']}: the restored bytes at {offset} do not read back")
+    the file now reads as the journal says; BadInput if it does not. The
+    ranges never overlap, so a roll-back killed half-way is simply redone."""
+    with open(journal_path, "rb") as journal:
+        jfd = journal.fileno()
+        for offset, length, position in records:
+            _pwrite_all(fd, pread_exact(jfd, length, position), offset)
+        os.ftruncate(fd, header["old_size"])
+        os.fsync(fd)
+        for offset, length, position in records:
+            if os.pread(fd, length, offset) != pread_exact(jfd, length, position):
+                raise BadInput(f"rolling back {header['path']}: the restored bytes at {offset} do not read back")
     if os.fstat(fd).st_size != header["old_size"]:
         raise BadInput(f"rolling back {header['path']}: its size is not the old one")
+    if header.get("new_owner") and header.get("old_owner"):  # the update may have given it the source's owner
+        os.fchown(fd, *header["old_owner"])
     os.utime(fd, ns=(header["old_mtime_ns"], header["old_mtime_ns"]))
-    os.chmod(fd, header["old_mode"])
+    os.fchmod(fd, header["old_mode"])
+    os.fsync(fd)
 
 
 def check_new(fd: int, header: dict, recipe_hasher) -> bool:

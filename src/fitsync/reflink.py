@@ -93,6 +93,7 @@ class CloneWriter:
         self.hasher = hasher
         self._bs = block_size(out_fd)
         self.cloned = 0  # bytes that share blocks with the old copy
+        self._cloning = True
         self._maps: dict = {}  # fd -> (mmap, size) of a file copied from
 
     @property
@@ -111,16 +112,31 @@ class CloneWriter:
         length = max(0, min(length, size - offset))
         bs = self._bs
         head = min(length, -self._pos % bs)
-        whole = (length - head) // bs * bs if (offset - self._pos) % bs == 0 else 0
+        whole = (length - head) // bs * bs if self._cloning and (offset - self._pos) % bs == 0 else 0
         self._copy_bytes(mapped, offset, head if whole else length)
         if whole:
-            clone_range(fd, offset + head, self._out, self._pos, whole)
-            with memoryview(mapped) as view:
-                self.hasher.update(view[offset + head:offset + head + whole])
-            self._pos += whole
-            self.cloned += whole
+            if self._clone(fd, offset + head, whole):
+                with memoryview(mapped) as view:
+                    self.hasher.update(view[offset + head:offset + head + whole])
+                self._pos += whole
+                self.cloned += whole
+            else:
+                self._copy_bytes(mapped, offset + head, whole)
             self._copy_bytes(mapped, offset + head + whole, length - head - whole)
         return length
+
+    def _clone(self, fd: int, offset: int, length: int) -> bool:
+        """Clone, or say it cannot be done here (a bind mount inside the
+        destination, a btrfs NOCOW file, blocks ZFS has not yet written):
+        the writer then copies, this range and the rest."""
+        try:
+            clone_range(fd, offset, self._out, self._pos, length)
+            return True
+        except OSError as exc:
+            if exc.errno not in _NO_CLONE and exc.errno != errno.EAGAIN:
+                raise
+            self._cloning = False
+            return False
 
     def _copy_bytes(self, mapped, offset: int, length: int) -> None:
         done = 0
@@ -157,5 +173,8 @@ class CloneWriter:
     def _close(self) -> None:
         for mapped, _ in self._maps.values():
             if isinstance(mapped, mmap.mmap):
-                mapped.close()
+                try:
+                    mapped.close()
+                except BufferError:  # a slice still held by a failed write's traceback: freed with it
+                    pass
         self._maps.clear()

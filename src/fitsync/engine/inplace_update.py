@@ -22,7 +22,7 @@ import stat as stat_mod
 from fitsync import inplace
 from fitsync.delta import Recipe
 from fitsync.engine.transfer import Moved, _local_source
-from fitsync.errors import TransferFailed, UsageError
+from fitsync.errors import FitsyncError, TransferFailed, UsageError
 from fitsync.paths import safe_relpath
 from fitsync.remotes.local import STATE_DIR, LocalRemote
 
@@ -77,24 +77,20 @@ def journal_path(dst: LocalRemote, path: str) -> str:
 
 def update_in_place(build, fits_check: bool) -> Moved:
     """Apply ``build`` (an engine.update._Build) to the destination file itself."""
-    from fitsync.remotes.beneath import open_file_beneath
-
     dst, item = build.dst, build.item
     rel = safe_relpath(item.path)
-    try:
-        fd = open_file_beneath(dst.root_fd(), rel, os.O_RDWR)
-    except PermissionError:
-        raise TransferFailed(f"cannot update {dst.path_of(item.path)} in place: permission denied") from None
+    jpath = journal_path(dst, rel)
+    if os.path.lexists(jpath):  # an earlier attempt's: the file must be whole before it is read
+        recover_journal(dst, jpath)
+    fd = _open_for_update(dst, rel)
     try:
         st = os.fstat(fd)
         if not stat_mod.S_ISREG(st.st_mode):
             raise TransferFailed(f"{dst.path_of(item.path)} is not a regular file; cannot update it in place")
+        _refuse_other_file_system(dst, item.path, st)
         with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as basis_map:
             recipe = build.recipe_for(basis_map)
-        jpath = journal_path(dst, rel)
-        if os.path.lexists(jpath):
-            recover_journal(dst, jpath)
-        journal = inplace.Journal(jpath, _header(rel, st, recipe, item, _new_mode(build, st)))
+        journal = inplace.Journal(jpath, _header(rel, st, recipe, item, _new_mode(build, st), _new_owner(build)))
         try:
             _write_and_check(fd, build, recipe, journal, st.st_size, fits_check)
         except BaseException:
@@ -109,41 +105,69 @@ def update_in_place(build, fits_check: bool) -> Moved:
     return Moved(transferred=build.fetched, reused=build.reused, built="in place")
 
 
+def _open_for_update(dst: LocalRemote, rel: str) -> int:
+    """The existing file, opened for writing without following a symlink and
+    without blocking (a FIFO or a device there is refused, never waited on)."""
+    from fitsync.remotes.beneath import open_file_beneath
+
+    try:
+        return open_file_beneath(dst.root_fd(), rel, os.O_RDWR | os.O_NONBLOCK)
+    except PermissionError:
+        raise TransferFailed(f"cannot update {dst.path_of(rel)} in place: permission denied") from None
+
+
+def _refuse_other_file_system(dst: LocalRemote, path: str, st: os.stat_result) -> None:
+    """A file on another mount below the root (a FUSE mount inside DST) is
+    judged by its own file system."""
+    if st.st_dev != os.fstat(dst.root_fd()).st_dev:
+        reason = inplace_refusal(os.path.dirname(dst.path_of(path)))
+        if reason:
+            raise TransferFailed(reason)
+
+
 def _write_and_check(fd: int, build, recipe: Recipe, journal, old_size: int, fits_check: bool) -> None:
+    """Write, verify, check, give the new mode, owner and mtime, sync; only
+    then is the journal marked done (recovery then keeps the new version)."""
     inplace.write_in_place(fd, recipe, build.read_source, journal, old_size)
     got = inplace.file_digest_of(fd, recipe.target_size, recipe.new_hasher())
     if got != recipe.digest:
         inplace.raise_mismatch(build.item.path, got, recipe.digest)
     build.check_result(f"/proc/self/fd/{fd}", fits_check)
-    header = journal.header
-    _finish_new(fd, header)
-    if build.dst.fsync:
-        os.fsync(fd)
-    if os.geteuid() == 0:
-        source = _local_source(build.src, build.item)
-        if source is not None:
-            st = os.stat(source)
-            os.fchown(fd, st.st_uid, st.st_gid)
+    _finish_new(fd, journal.header)
+    os.fsync(fd)
+    journal.mark_done()
 
 
-def _header(rel: str, st: os.stat_result, recipe: Recipe, item, new_mode: int) -> dict:
+def _header(rel: str, st: os.stat_result, recipe: Recipe, item, new_mode: int, owner) -> dict:
     mtime_ns = int(round(item.src.mtime * 1e9))
-    return {"path": rel, "dev": st.st_dev, "ino": st.st_ino,
+    return {"path": rel, "ino": st.st_ino,
             "old_size": st.st_size, "old_mtime_ns": st.st_mtime_ns, "old_mode": stat_mod.S_IMODE(st.st_mode),
-            "new_size": recipe.target_size, "new_mtime_ns": mtime_ns, "new_mode": new_mode,
+            "old_owner": [st.st_uid, st.st_gid],
+            "new_size": recipe.target_size, "new_mtime_ns": mtime_ns, "new_mode": new_mode, "new_owner": owner,
             "new_digest": recipe.digest, "digest_algo": recipe.digest_algo,
             "layout": [int(recipe.layout[0]), [int(b) for b in recipe.layout[1]]] if recipe.layout else None}
 
 
 def _new_mode(build, st: os.stat_result) -> int:
-    """The source's permission bits (never setuid or setgid), as a renamed copy gets."""
+    """The source's permission bits (the old copy's for a remote source),
+    never setuid or setgid, as a renamed copy gets."""
     source = _local_source(build.src, build.item)
-    if source is None:
-        return stat_mod.S_IMODE(st.st_mode)
-    return stat_mod.S_IMODE(os.stat(source).st_mode) & ~(stat_mod.S_ISUID | stat_mod.S_ISGID)
+    mode = stat_mod.S_IMODE(os.stat(source).st_mode if source is not None else st.st_mode)
+    return mode & ~(stat_mod.S_ISUID | stat_mod.S_ISGID)
+
+
+def _new_owner(build):
+    """[uid, gid] of a local source when running as root (as a renamed copy gets), else None."""
+    source = _local_source(build.src, build.item)
+    if source is None or os.geteuid() != 0:
+        return None
+    st = os.stat(source)
+    return [st.st_uid, st.st_gid]
 
 
 def _finish_new(fd: int, header: dict) -> None:
+    if header.get("new_owner"):
+        os.fchown(fd, *header["new_owner"])
     os.fchmod(fd, header["new_mode"])
     os.utime(fd, ns=(header["new_mtime_ns"], header["new_mtime_ns"]))
 
@@ -155,7 +179,7 @@ def _roll_back(fd: int, jpath: str) -> None:
     except inplace.JournalCorrupt:
         os.unlink(jpath)
         return
-    inplace.roll_back(fd, header, records)
+    inplace.roll_back(fd, jpath, header, records)
     os.unlink(jpath)
 
 
@@ -163,7 +187,8 @@ def _roll_back(fd: int, jpath: str) -> None:
 
 def recover(dst: LocalRemote) -> list:
     """Finish every update in place a crash interrupted: [(path, outcome)].
-    The caller holds the destination's lock."""
+    A journal that cannot be finished is kept (and reported); the others
+    are finished all the same. The caller holds the destination's lock."""
     directory = os.path.join(dst.root, STATE_DIR, JOURNALS)
     try:
         names = sorted(n for n in os.listdir(directory) if n.endswith(".journal"))
@@ -171,16 +196,19 @@ def recover(dst: LocalRemote) -> list:
         return []
     done = []
     for name in names:
-        path, outcome = recover_journal(dst, os.path.join(directory, name))
-        log.warning("%s: an update in place was interrupted; %s", path or name, outcome)
+        try:
+            path, outcome = recover_journal(dst, os.path.join(directory, name))
+        except (OSError, FitsyncError) as exc:
+            path, outcome = name, f"it could not be finished ({exc}); its journal is kept for the next run"
+            log.error("%s: an update in place was interrupted; %s", path, outcome)
+        else:
+            log.warning("%s: an update in place was interrupted; %s", path or name, outcome)
         done.append((path, outcome))
     return done
 
 
 def recover_journal(dst: LocalRemote, jpath: str) -> tuple:
     """Roll one interrupted update forward (complete and verified) or back."""
-    from fitsync.remotes.beneath import open_file_beneath
-
     try:
         header, records, complete = inplace.read_journal(jpath)
     except inplace.JournalCorrupt:
@@ -188,13 +216,12 @@ def recover_journal(dst: LocalRemote, jpath: str) -> tuple:
         return None, "nothing had been written; the file is unchanged"
     rel = header["path"]
     try:
-        fd = open_file_beneath(dst.root_fd(), safe_relpath(rel), os.O_RDWR)
+        fd = _open_for_update(dst, safe_relpath(rel))
     except FileNotFoundError:
         os.unlink(jpath)
         return rel, "the file is gone; its journal was dropped"
     try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (header["dev"], header["ino"]):
+        if not _same_file(os.fstat(fd), header):
             os.unlink(jpath)
             return rel, "the file was replaced since; its journal was dropped"
         if complete and inplace.check_new(fd, header, _hasher(header)):
@@ -202,12 +229,21 @@ def recover_journal(dst: LocalRemote, jpath: str) -> tuple:
             os.fsync(fd)
             outcome = "it was complete and verified: kept the new version"
         else:
-            inplace.roll_back(fd, header, records)
+            inplace.roll_back(fd, jpath, header, records)
             outcome = "rolled back to the old version"
         os.unlink(jpath)
         return rel, outcome
     finally:
         os.close(fd)
+
+
+def _same_file(st: os.stat_result, header: dict) -> bool:
+    """Whether ``st`` is the file the journal was written for: the same inode
+    (device numbers may change across a reboot; the journal lives on the
+    same tree) of a regular file whose size an interrupted update could
+    have left (between the old and the new size)."""
+    low, high = sorted((header["old_size"], header["new_size"]))
+    return stat_mod.S_ISREG(st.st_mode) and st.st_ino == header["ino"] and low <= st.st_size <= high
 
 
 def _hasher(header: dict):

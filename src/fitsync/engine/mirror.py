@@ -29,6 +29,7 @@ from fitsync.remotes.base import Capability, Entry, Remote
 from fitsync.remotes.local import LocalRemote, entry_of
 from fitsync.engine.contents import compare_contents
 from fitsync.engine.links import mirror_links
+from fitsync.engine.mirror_options import MirrorOptions
 from fitsync.engine.locations import (RemoteLock, check_locations, describe_os_error, list_selected,
                                      new_directories, prepare_local_destination, refuse_empty_source)
 from fitsync.results import FileAction, MirrorResult
@@ -36,7 +37,6 @@ from fitsync.threads import run_beside
 
 if TYPE_CHECKING:  # pragma: no cover
     from fitsync.engine import transfer
-    from fitsync.events import ProgressCallback
 
 # transfer, lock, scan and thread pools are imported where used: a no-op run
 # needs few of them, and their import time is paid on every run.
@@ -47,44 +47,6 @@ log = logging.getLogger("fitsync")
 _COUNTER_LOCK = threading.RLock()
 
 RETRYABLE = (SourceChanged, VerificationFailed, ConnectionFailed, TimeoutError, ConnectionError)
-
-
-class MirrorOptions:
-    """What a mirror run does besides making DST equal SRC by size and mtime
-    (built by ``fitsync.api.mirror_options``; mutable: a data store run sets
-    ``only_paths``, --extract ``protected``). The class attributes are the
-    defaults; keywords set the rest. A plain class: a dataclass of this size
-    costs every run ~3 ms of start-up to generate its methods."""
-
-    checksum = False
-    delete = False
-    dry_run = False
-    manifest = None  # fitsync.formats.manifest.Manifest of the source
-    jobs = 2
-    retries = 3
-    fits_check = True
-    selection = None  # anything with matches(Entry) -> bool
-    only_paths: set | None = None  # mirror exactly these (dataset subsets)
-    retry_delay = 0.5
-    progress: ProgressCallback | None = None  # receives fitsync.events
-    links = "skip"  # symlinks in a local source: skip, links, unsafe-links, follow
-    bwlimit: int | None = None  # bytes per second read from the source, all files together
-    max_delete: int | None = None  # --delete removes nothing when it would remove more
-    allow_empty_source = False  # --delete may empty the destination when the source lists nothing
-    fsync = False  # each local file synced before its rename, its directory after
-    inplace = False  # changed files of a local destination updated in place, under an undo journal
-    whole_file: bool | None = None  # False: a local source's changed files travel as deltas all the same
-    extract_max: int | None = None  # --extract: bytes an archive may unpack to (None: the default bound)
-
-    def __init__(self, **options):
-        self.protected: set = set()  # never deleted (e.g. files unpacked by --extract)
-        for name, value in options.items():
-            if not hasattr(self, name):
-                raise TypeError(f"MirrorOptions has no option {name!r}")
-            setattr(self, name, value)
-
-    def __repr__(self) -> str:
-        return f"MirrorOptions({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
 
 class Mirror:
@@ -121,14 +83,14 @@ class Mirror:
             lock.acquire()
             if local_dst:
                 self.dst.clear_state("tmp")  # a killed run's temporaries; nothing there is reusable
-                if not self.options.dry_run:
-                    self.recover_updates_in_place()
         if self.options.links == "follow" and isinstance(self.src, LocalRemote):
             self.src.follow_links = True
         if isinstance(self.dst, LocalRemote):
             self.dst.replaces_other_types = self.options.delete
             self.dst.fsync = self.options.fsync
         try:
+            if lock and local_dst:
+                self.recover_updates_in_place()
             items = self.plan()
             self.execute(items)
             mirror_links(self)

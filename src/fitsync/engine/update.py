@@ -74,12 +74,8 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_ch
     if trusted is not None and blake3_sig and sig.digest.hex() != trusted:
         raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
     build = _Build(src, dst, item, sig, _recorded_signature(recorded, item, sig), on_bytes, before, trusted)
-    if inplace:
-        from fitsync.engine.inplace_update import update_in_place
-
-        return update_in_place(build, fits_check)
     try:
-        build.to_temporary(clones)
+        return _build(build, inplace, clones, fits_check)
     except VerificationFailed:
         if build.recorded_sig is None:
             raise
@@ -89,11 +85,20 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_ch
         log.info("%s: the local copy differs from the destination's manifest; hashing it", item.path)
         recorded.forget(item.path)
         build.recorded_sig = None
-        build.to_temporary(clones)
-    tmp = _delta_tmp(dst, item)
+        return _build(build, inplace, clones, fits_check)
+
+
+def _build(build: "_Build", inplace: bool, clones: bool, fits_check: bool) -> Moved:
+    """The new version in place, or under a temporary name renamed over the old."""
+    if inplace:
+        from fitsync.engine.inplace_update import update_in_place
+
+        return update_in_place(build, fits_check)
+    build.to_temporary(clones)
+    tmp = _delta_tmp(build.dst, build.item)
     try:
         build.check_result(tmp, fits_check)
-        dst.install(tmp, item.path, item.src.mtime, _local_source(src, item))
+        build.dst.install(tmp, build.item.path, build.item.src.mtime, _local_source(build.src, build.item))
     except BaseException:
         unlink_quietly(tmp)
         raise
