@@ -22,7 +22,8 @@ block, so the data shifts) and ``data`` (1 MiB of pixels overwritten).
 * ``xfs`` (root only): on an XFS file system with reflinks made on a loop
   device, fitsync (which clones) vs ``rsync -a -I --no-whole-file``, with the
   space each update added while a hard link (a snapshot, a backup) keeps the
-  old version;
+  old version; and a new copy inside that file system (fitsync clones it) vs
+  ``rsync -a``;
 * ``kernel``: the delta a remote source gets (forced for a local one with
   ``--no-whole-file``), its old runs copied by ``copy_file_range`` through
   the page cache (``FITSYNC_DIRECT_IO=0``) vs through fitsync's buffers with
@@ -196,6 +197,30 @@ class XfsLoop:
         os.unlink(self.image)
 
 
+def new_copy_within(mount: str, dirs: dict, rounds: int, rows: list) -> None:
+    """A new copy inside the XFS file system (staging to archive): fitsync
+    clones the source, rsync -a writes it."""
+    staging = os.path.join(mount, "staging")
+    os.makedirs(staging, exist_ok=True)
+    shutil.copy2(os.path.join(dirs["old"], "image.fits"), os.path.join(staging, "image.fits"))
+    dsts = {name: os.path.join(mount, f"new-{name}") for name in ("fitsync", "rsync")}
+
+    def fresh(name):
+        def go():
+            shutil.rmtree(dsts[name], ignore_errors=True)
+            warm(staging)
+        return go
+
+    res = compare({
+        "fitsync": {"setup": fresh("fitsync"), "dst": mount, "env": ENV,
+                    "cmd": FITSYNC + ["mirror", staging, dsts["fitsync"], "--quiet"]},
+        "rsync": {"setup": fresh("rsync"), "dst": mount, "cmd": ["rsync", "-a", staging + "/", dsts["rsync"] + "/"]},
+    }, rounds)
+    (f_s, f_w, f_u), (r_s, r_w, r_u) = res["fitsync"], res["rsync"]
+    rows.append(("xfs: new copy (vs rsync -a)", f"{f_s:.3f}", f"{r_s:.3f}", f"{f_s / r_s:.2f}",
+                 _mib(f_w), _mib(r_w), _mib(f_u), _mib(r_u), f"{os.getloadavg()[0]:.2f}"))
+
+
 def blocks_rate(dirs: dict, rounds: int, rows: list) -> None:
     """manifest --blocks of the old file vs zsyncmake, in GB/s."""
     src = dirs["old"]
@@ -242,6 +267,7 @@ def main() -> None:
             sys.exit("the xfs case makes a file system on a loop device: run as root with xfsprogs")
         with XfsLoop() as mount:
             run_edits(dirs, mount, "xfs", rounds, rows)
+            new_copy_within(mount, dirs, rounds, rows)
     if "kernel" in cases:
         run_edits(dirs, local, "delta, direct I/O", rounds, rows, ["--no-whole-file"])
         run_edits(dirs, local, "delta, copy_file_range", rounds, rows, ["--no-whole-file"],

@@ -158,6 +158,26 @@ def test_a_release_pulled_over_http_into_xfs_is_cloned(xfs, tmp_path, pixels):
     assert digest(target) == digest(versions["header"])
 
 
+def test_a_new_copy_within_xfs_is_a_clone(xfs, tmp_path, pixels):
+    """A mirror inside one file system with reflinks (staging to archive)
+    shares the source's blocks: no data written, the source untouched."""
+    versions = three_versions(tmp_path, pixels)
+    source = xfs / "staging"
+    source.mkdir()
+    shutil.copy2(versions["header"], source / "image.fits")
+    (source / "small.txt").write_bytes(b"below the clone threshold")
+    before_source = (digest(source / "image.fits"), os.stat(source / "image.fits").st_mtime)
+    before = used_bytes(xfs)
+    result = run("mirror", source, xfs / "archive", "--json", "--itemize")
+    grown = used_bytes(xfs) - before
+    rows = json_files(result)
+    assert rows["image.fits"]["built"] == "cloned" and rows["image.fits"]["bytes_moved"] == 0
+    assert rows["small.txt"]["built"] == "copied"
+    assert digest(xfs / "archive" / "image.fits") == before_source[0]
+    assert (digest(source / "image.fits"), os.stat(source / "image.fits").st_mtime) == before_source
+    assert grown <= 64 * 4096, f"{grown} bytes more in use for a clone of {len(pixels)} bytes"
+
+
 # -- the default on file systems without reflinks -------------------------------
 
 def test_a_local_source_is_copied_whole_unless_asked_for_a_delta(tmp_path, pixels):

@@ -241,7 +241,7 @@ def manifest(root: Location, *, output: Union[Location, IO[str], None] = None, b
              sign: Optional[str] = None, select: Optional[Selection] = None, jobs: int = 2, fits: bool = True,
              remote_options: Optional[RemoteOptions] = None, progress: Optional[ProgressCallback] = None,
              cluster: Any = None, shards: Optional[str] = None, resume: bool = False,
-             batch_files: Optional[int] = None) -> ManifestResult:
+             batch_files: Optional[int] = None, also: Sequence[str] = ()) -> ManifestResult:
     """Hash every file under ``root`` (BLAKE3; sizes, mtimes, FITS fields).
 
     With ``output`` (a path, written atomically, or a text stream), write a
@@ -250,6 +250,8 @@ def manifest(root: Location, *, output: Union[Location, IO[str], None] = None, b
     ``sign`` signs a jsonl file with an Ed25519 key file. Without ``output``,
     the result is an iterator over the entries, hashed as it is read.
     ``blocks`` adds block signatures (release manifests for delta downloads).
+    ``also`` adds more digests to each jsonl line, from the same read:
+    "adler32" and "md5" (what Rucio and FTS check replicas with), "sha256".
 
     ``cluster`` hashes on a cluster (docs/cluster.md): a
     ``dask.distributed.Client``, any ``concurrent.futures.Executor`` whose
@@ -269,21 +271,27 @@ def manifest(root: Location, *, output: Union[Location, IO[str], None] = None, b
     path = None if output is None or stream is not None else _spec(output)  # type: ignore[arg-type]
     if sign and (format != "jsonl" or path is None):
         raise UsageError("--sign needs --format=jsonl and --output=FILE")
+    from fitsync.hashes import parse_also
+
+    extras = parse_also(also)
+    if extras and format != "jsonl":
+        raise UsageError(f"--also adds digests to jsonl lines; --format={format} has no place for them")
     connect = _remote_options(remote_options, jobs)
     result = ManifestResult(root=_spec(root), format=format, output=path)
     if output is None and format != "bagit":
-        result.entries = _stream_entries(root, result, blocks, fits, select, jobs, connect, progress)
+        result.entries = _stream_entries(root, result, blocks, fits, select, jobs, connect, progress, extras)
         return result
     if cluster is not None and output is None:
         raise UsageError("a manifest on a cluster needs an output (a path or a stream)")
     manifests.write(result, stream, blocks=blocks, fits=fits, selection=select, jobs=jobs, options=connect,
                     sign=sign, progress=progress, cluster=cluster, shards=shards, resume=resume,
-                    batch_files=batch_files)
+                    batch_files=batch_files, also=extras)
     return result
 
 
 def _stream_entries(root: Location, result: ManifestResult, blocks: bool, fits: bool, select: Optional[Selection],
-                    jobs: int, connect: RemoteOptions, progress: Optional[ProgressCallback]) -> Iterator:
+                    jobs: int, connect: RemoteOptions, progress: Optional[ProgressCallback],
+                    also: tuple = ()) -> Iterator:
     """Entries of ``root`` in path order, hashed STREAM_BATCH files at a time."""
     from fitsync.engine import manifest as manifests
 
@@ -294,7 +302,8 @@ def _stream_entries(root: Location, result: ManifestResult, blocks: bool, fits: 
         on_done = hashing_progress(progress, listed)
         for start in range(0, len(listed), STREAM_BATCH):
             batch = listed[start:start + STREAM_BATCH]
-            entries = manifests.hash_batch(remote, batch, result, blocks=blocks, fits=fits, jobs=jobs, on_done=on_done)
+            entries = manifests.hash_batch(remote, batch, result, blocks=blocks, fits=fits, jobs=jobs, on_done=on_done,
+                                           also=also)
             yield from entries
 
 

@@ -721,16 +721,21 @@ def plain_structure_state(read_at, size: int) -> tuple[str, str]:
     return report.status, report.first_problem()
 
 
-def audit_and_digest(path: str, display_path: str | None = None, algo: str = "blake3") -> tuple[FileReport | None, str]:
+def audit_and_digest(path: str, display_path: str | None = None, algo: str = "blake3",
+                     hasher=None) -> tuple[FileReport | None, str]:
     """One read of a local file for ``audit --manifest --fits``: its digest
-    and, for a FITS candidate, its FITS report (None for other files)."""
+    and, for a FITS candidate, its FITS report (None for other files).
+    ``hasher`` (a hashes.TeeHasher) takes the place of ``algo``'s."""
     from fitsync import hashes
 
     with open(path, "rb") as f:
         head = f.read(len(fits.FITS_MAGIC))
     if not is_fits_candidate(os.path.basename(path), head):
-        return None, hashes.file_digest(path, algo)
-    hasher = hashes.new_hasher(algo)
+        if hasher is None:
+            return None, hashes.file_digest(path, algo)
+        hashes.hash_file_into(path, hasher)
+        return None, hasher.hexdigest()
+    hasher = hasher if hasher is not None else hashes.new_hasher(algo)
     report = check_file(path, hasher=hasher, display_path=display_path)
     return report, hasher.hexdigest()
 

@@ -17,10 +17,17 @@ DEFAULT = "blake3"
 _EXTERNAL = {"dropbox": "fitsync.dbhash:DropboxContentHasher"}
 
 
+# Digests a manifest may carry beside BLAKE3 (--also): those that replica
+# catalogues check (Rucio and FTS: adler32, md5) and sha256sum's.
+ALSO = ("adler32", "md5", "sha256")
+
+
 def new_hasher(algo: str = DEFAULT):
     """An object with update(bytes) and hexdigest() for ``algo``."""
     if algo == "blake3":
         return blake3.blake3(max_threads=blake3.blake3.AUTO)
+    if algo == "adler32":
+        return Adler32()
     if algo in _EXTERNAL:
         module_name, _, attr = _EXTERNAL[algo].partition(":")
         return getattr(importlib.import_module(module_name), attr)()
@@ -74,3 +81,71 @@ def digest_and_head(path: str, algo: str = DEFAULT, head: int = 0) -> tuple[str,
             hasher.update(data)
     finally:
         os.close(fd)
+
+
+class Adler32:
+    """zlib's Adler-32 as a hasher; hexdigest() is 8 lowercase hex digits, as Rucio writes it."""
+
+    def __init__(self):
+        self.value = 1
+
+    def update(self, data) -> None:
+        import zlib
+
+        self.value = zlib.adler32(data, self.value)
+
+    def hexdigest(self) -> str:
+        return f"{self.value:08x}"
+
+
+class TeeHasher:
+    """One read feeding several digests (``--also``): ``hexdigest()`` is the
+    first's, so code that hashes with one hasher takes this one unchanged;
+    ``hexdigests()`` has them all."""
+
+    def __init__(self, algos):
+        self._hashers = {algo: new_hasher(algo) for algo in algos}
+        self._first = next(iter(self._hashers.values()))
+
+    def update(self, data) -> None:
+        for hasher in self._hashers.values():
+            hasher.update(data)
+
+    def hexdigest(self) -> str:
+        return self._first.hexdigest()
+
+    def hexdigests(self) -> dict:
+        return {algo: hasher.hexdigest() for algo, hasher in self._hashers.items()}
+
+
+def hash_file_into(path: str, hasher, chunk: int = 8 << 20) -> None:
+    """Feed a local file to ``hasher`` in one read: an mmap for a large file
+    (BLAKE3 uses its threads on it), chunks for a small one."""
+    import mmap
+    import os
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_size >= MMAP_THRESHOLD:
+            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
+                for start in range(0, len(view), 256 << 20):
+                    hasher.update(view[start:start + (256 << 20)])
+            return
+        while True:
+            data = os.read(fd, chunk)
+            if not data:
+                return
+            hasher.update(data)
+    finally:
+        os.close(fd)
+
+
+def parse_also(text) -> tuple:
+    """``--also=adler32,md5``: the names, checked; UsageError for others."""
+    from fitsync.errors import UsageError
+
+    names = tuple(n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text) if n.strip())
+    unknown = [n for n in names if n not in ALSO]
+    if unknown:
+        raise UsageError(f"--also={','.join(unknown)}: choose from {', '.join(ALSO)}")
+    return tuple(dict.fromkeys(names))

@@ -29,8 +29,9 @@ import os
 import struct
 import threading
 
-# _IOW(0x94, 13, struct file_clone_range): linux/fs.h
+# _IOW(0x94, 13, struct file_clone_range) and _IOW(0x94, 9, int): linux/fs.h
 FICLONERANGE = 0x4020940D
+FICLONE = 0x40049409
 _CLONE_RANGE = struct.Struct("=qQQQ")  # src_fd, src_offset, src_length, dest_offset
 # Errors that mean "this file system (or pair of files) cannot share blocks".
 _NO_CLONE = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM}
@@ -47,6 +48,18 @@ def clone_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, leng
     if length <= 0:
         raise ValueError("clone_range needs a positive length")
     fcntl.ioctl(dst_fd, FICLONERANGE, _CLONE_RANGE.pack(src_fd, src_offset, length, dst_offset))
+
+
+def clone_file(src_fd: int, dst_fd: int) -> bool:
+    """Make dst_fd (a new, empty file) share every block of src_fd; False
+    where the file systems cannot (then nothing was done)."""
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+        return True
+    except OSError as exc:
+        if exc.errno not in _NO_CLONE and exc.errno != errno.EAGAIN:
+            raise
+        return False
 
 
 def block_size(fd: int) -> int:

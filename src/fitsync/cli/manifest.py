@@ -8,7 +8,7 @@ Usage:
                         [--include-from=FILE]... [--exclude-from=FILE]... [--min-age=DURATION] [--max-size=SIZE]
                         [--min-size=SIZE] [--log-file=FILE] [--progress] [--accept-new-host-key] [--timeout=SECONDS]
                         [--ca-bundle=FILE] [--allow-password-in-url] [--dropbox-config=FILE]
-                        [--dask=ADDRESS] [--shards=DIR] [--resume] [--batch-files=N]
+                        [--dask=ADDRESS] [--shards=DIR] [--resume] [--batch-files=N] [--also=LIST]
   fitsync manifest --help
 
 Options:
@@ -29,6 +29,9 @@ Options:
   -j N, --jobs=N          Files hashed at once [default: 2].
   --sign=KEYFILE    Sign the manifest with an Ed25519 key (see fitsync keygen).
   --no-fits         Do not record FITS HDU counts and checksum status.
+  --also=LIST       More digests on each jsonl line, from the same read:
+                    adler32 and md5 (what Rucio and FTS check replicas with),
+                    sha256; e.g. --also=adler32,md5.
   --dask=ADDRESS    Hash on a Dask cluster: local:N (N worker processes here),
                     tcp://HOST:PORT, or a scheduler file (docs/cluster.md).
   --shards=DIR      Where a cluster run writes its batches (default: OUTPUT.shards).
@@ -57,7 +60,8 @@ def run(opts: dict) -> int:
                           select=selection(opts), jobs=int_option(opts, "--jobs", 2, minimum=1),
                           fits=not opts["--no-fits"], remote_options=remote_options(opts), progress=progress_bar(opts),
                           cluster=opts["--dask"] or None, shards=opts["--shards"] or None, resume=bool(opts["--resume"]),
-                          batch_files=int_option(opts, "--batch-files", None, minimum=1))
+                          batch_files=int_option(opts, "--batch-files", None, minimum=1),
+                          also=opts["--also"] or ())
     if result.output:
         from fitsync.progress import log
         from fitsync.units import human_bytes

@@ -120,7 +120,7 @@ def _worker_remote(run_id: str, root: str, options: RemoteOptions):
 
 
 def hash_shard(run_id: str, root: str, options: RemoteOptions, index: int, list_path: str, shard_dir: str,
-               blocks: bool, fits: bool, jobs: int) -> ShardSummary:
+               blocks: bool, fits: bool, jobs: int, also: tuple = ()) -> ShardSummary:
     """Hash one batch (its files listed in ``list_path``) on a worker and write
     its manifest lines as a shard (temporary name, then rename: a rerun
     replaces it, never appends)."""
@@ -130,7 +130,7 @@ def hash_shard(run_id: str, root: str, options: RemoteOptions, index: int, list_
     remote = _worker_remote(run_id, root, options)
     listed = [Entry(path, size, mtime) for path, size, mtime in read_list(list_path)]
     remote.remember(listed)
-    entries, errors = build_entries(remote, listed, blocks=blocks, fits_fields=fits, jobs=jobs)
+    entries, errors = build_entries(remote, listed, blocks=blocks, fits_fields=fits, jobs=jobs, also=also)
     final = batch_file(shard_dir, index)
     tmp = f"{final}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
@@ -150,9 +150,10 @@ def hash_shard(run_id: str, root: str, options: RemoteOptions, index: int, list_
 class Journal:
     """Finished batches, one line each (index and key), appended and flushed as they finish."""
 
-    def __init__(self, shard_dir: str, resume: bool):
+    def __init__(self, shard_dir: str, resume: bool, settings: str = ""):
         self.path = os.path.join(shard_dir, JOURNAL)
         self.done: dict = {}
+        self._settings = settings  # what a shard holds besides the defaults: a resume with others redoes it
         if resume and os.path.exists(self.path):
             with open(self.path, encoding="utf-8") as f:
                 for line in f:
@@ -162,13 +163,18 @@ class Journal:
         self._out = open(self.path, "a" if resume else "w", encoding="utf-8")
 
     def finished(self, batch: Batch, shard_dir: str) -> bool:
-        return (self.done.get(batch.index) == batch.key
+        return (self.done.get(batch.index) == self._key(batch)
                 and os.path.exists(batch_file(shard_dir, batch.index)))
 
     def record(self, batch: Batch) -> None:
-        self._out.write(f"{batch.index} {batch.key}\n")
+        self._out.write(f"{batch.index} {self._key(batch)}\n")
         self._out.flush()
         os.fsync(self._out.fileno())  # a killed client must not lose what it journalled
+
+    def _key(self, batch: Batch) -> str:
+        if not self._settings:
+            return batch.key
+        return hashlib.blake2b((self._settings + batch.key).encode(), digest_size=16).hexdigest()
 
     def close(self) -> None:
         self._out.close()
@@ -205,12 +211,13 @@ def _sized(listed: Iterator, asked: Optional[int]) -> tuple:
 
 def run_batches(executor: Executor, window: int, root: str, options: RemoteOptions, listed, shard_dir: str,
                 *, blocks: bool, fits: bool, jobs: int, resume: bool, on_batch=None,
-                max_files: Optional[int] = None) -> ClusterRun:
+                max_files: Optional[int] = None, also: tuple = ()) -> ClusterRun:
     """Hash every batch of ``listed`` (an iterable of Entries in path order,
     consumed as it comes) on ``executor``, ``window`` tasks at most in flight."""
     listed, max_files = _sized(iter(listed), max_files)
     os.makedirs(shard_dir, exist_ok=True)
-    journal = Journal(shard_dir, resume)
+    settings = "" if (not blocks and fits and not also) else json.dumps([blocks, fits, list(also)])
+    journal = Journal(shard_dir, resume, settings)
     run = ClusterRun()
     run_id = os.urandom(8).hex()
     pending: dict = {}
@@ -223,7 +230,7 @@ def run_batches(executor: Executor, window: int, root: str, options: RemoteOptio
             while len(pending) >= window:
                 _collect(wait(pending, return_when=FIRST_COMPLETED).done, pending, journal, run, on_batch)
             future = executor.submit(hash_shard, run_id, root, options, batch.index, batch.write_list(shard_dir),
-                                     shard_dir, blocks, fits, jobs)
+                                     shard_dir, blocks, fits, jobs, also)
             pending[future] = batch
         while pending:
             _collect(wait(pending, return_when=FIRST_COMPLETED).done, pending, journal, run, on_batch)

@@ -49,9 +49,10 @@ def _is_utf8(path: str) -> bool:
 
 
 def hash_batch(remote: Remote, batch: list, result: ManifestResult, *, blocks: bool, fits: bool, jobs: int,
-               on_done=None) -> list:
+               on_done=None, also: tuple = ()) -> list:
     """Manifest entries of ``batch`` (sorted by path); failures go to ``result.errors``."""
-    entries, errors = build_entries(remote, batch, blocks=blocks, fits_fields=fits, jobs=jobs, on_done=on_done)
+    entries, errors = build_entries(remote, batch, blocks=blocks, fits_fields=fits, jobs=jobs, on_done=on_done,
+                                    also=also)
     _count(result, entries, errors)
     return entries
 
@@ -65,7 +66,7 @@ def _count(result: ManifestResult, entries: list, errors: dict) -> None:
 def write(result: ManifestResult, stream: Optional[IO[str]], *, blocks: bool, fits: bool,
           selection: Optional[Selection], jobs: int, options: RemoteOptions, sign: Optional[str],
           progress=None, cluster=None, shards: Optional[str] = None, resume: bool = False,
-          batch_files: Optional[int] = None) -> None:
+          batch_files: Optional[int] = None, also: tuple = ()) -> None:
     """Hash ``result.root`` and write its manifest to ``result.output`` (a
     path) or ``stream``, in ``result.format``; with ``cluster`` (a Dask
     Client, an Executor, or a --dask address) on its workers, batch by batch."""
@@ -74,7 +75,8 @@ def write(result: ManifestResult, stream: Optional[IO[str]], *, blocks: bool, fi
     with open_remote(result.root, options) as root:
         if cluster is not None:
             _write_on_cluster(result, stream, iter_listed_files(root, result, selection), cluster, shards, resume,
-                              blocks=blocks, fits=fits, jobs=jobs, options=options, batch_files=batch_files)
+                              blocks=blocks, fits=fits, jobs=jobs, options=options, batch_files=batch_files,
+                              also=also)
             _sign(result, sign)
             return
         listed = listed_files(root, result, selection)
@@ -94,7 +96,7 @@ def write(result: ManifestResult, stream: Optional[IO[str]], *, blocks: bool, fi
             _count(result, entries, errors)
             _emit(result.output, stream, lambda out: write_hashlist(out, entries, digests))
             return
-        entries = hash_batch(root, listed, result, blocks=blocks, fits=fits, jobs=jobs, on_done=on_done)
+        entries = hash_batch(root, listed, result, blocks=blocks, fits=fits, jobs=jobs, on_done=on_done, also=also)
     if result.format == "b3sum":
         _emit(result.output, stream, lambda out: write_b3sum(out, entries))
         return
@@ -112,7 +114,7 @@ def _sign(result: ManifestResult, sign: Optional[str]) -> None:
 
 def _write_on_cluster(result: ManifestResult, stream, listed: Iterator, cluster, shards: Optional[str], resume: bool,
                       *, blocks: bool, fits: bool, jobs: int, options: RemoteOptions,
-                      batch_files: Optional[int]) -> None:
+                      batch_files: Optional[int], also: tuple = ()) -> None:
     """The JSONL manifest made batch by batch on a cluster (fitsync.engine.cluster)."""
     from fitsync.engine import cluster as clusters
 
@@ -126,7 +128,7 @@ def _write_on_cluster(result: ManifestResult, stream, listed: Iterator, cluster,
         executor, window = clusters.executor_of(cluster)
     try:
         run = clusters.run_batches(executor, window, result.root, options, listed, shard_dir, blocks=blocks,
-                                   fits=fits, jobs=jobs, resume=resume, max_files=batch_files)
+                                   fits=fits, jobs=jobs, resume=resume, max_files=batch_files, also=also)
     finally:
         if closer is not None:
             closer()

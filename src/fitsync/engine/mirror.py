@@ -406,12 +406,10 @@ class Mirror:
 
         advance, fits_check = self._advance_for(item.path), self.options.fits_check
         if isinstance(self.dst, LocalRemote):
-            if item.action == Action.NEW or item.dst is None:
-                moved = transfer.pull_new(self.src, self.dst, item, advance, fits_check)
-                moved.built = "copied"
-                return moved
-            from fitsync.engine.update import pull_delta
+            from fitsync.engine.update import pull_delta, pull_new_file
 
+            if item.action == Action.NEW or item.dst is None:
+                return pull_new_file(self.src, self.dst, item, advance, fits_check)
             return pull_delta(self.src, self.dst, item, advance, fits_check, self.recorded,
                               inplace=self.options.inplace, whole_file=self.options.whole_file)
         return transfer.push(self.src, self.dst, item, advance, fits_check)

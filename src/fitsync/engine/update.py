@@ -2,6 +2,9 @@
 
 How the new version is built (``Moved.built``, shown by --itemize and --json):
 
+* a new file is ``copied``, or ``cloned`` whole from a local source on the
+  same file system with reflinks (``pull_new_file``);
+
 * ``cloned``: the destination's file system shares blocks between files
   (XFS with reflink, btrfs, bcachefs, ZFS 2.2+). The new file is built under
   a temporary name from the delta recipe; unchanged runs share the old
@@ -51,6 +54,61 @@ def source_signature(src: Remote, path: str, like: str | None = None):
     return None
 
 
+CLONE_MIN = 1 << 20  # below this a copy costs no more than the probe and the clone
+
+
+def pull_new_file(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_check: bool = False) -> Moved:
+    """A file the destination lacks: cloned whole from a local source on the
+    same file system with reflinks, else copied (transfer.pull_new)."""
+    local = _local_source(src, item)
+    if local is not None and item.src.size >= CLONE_MIN:
+        moved = _clone_whole(src, dst, item, local, on_bytes, fits_check)
+        if moved is not None:
+            return moved
+    return _copied(pull_new(src, dst, item, on_bytes, fits_check))
+
+
+def _clone_whole(src: Remote, dst: LocalRemote, item: Item, local: str, on_bytes, fits_check: bool) -> Moved | None:
+    """The new file as a clone of the local source (cp --reflink): no byte is
+    written. What is verified is what the clone shares: the source's bytes,
+    hashed after the clone, with the source checked unchanged around it."""
+    from fitsync.hashes import file_digest as digest_of
+    from fitsync.reflink import can_clone, clone_file
+
+    tmp = os.path.join(dst.state_dir("tmp"), _identity_key(item) + ".clone")
+    before = source_identity(src, item)
+    with open(local, "rb") as source:
+        if not can_clone(source.fileno(), os.path.dirname(tmp)):
+            return None
+        try:
+            with open_state_file(tmp, "wb") as out:
+                if not clone_file(source.fileno(), out.fileno()):
+                    raise _NotCloned()
+            digest = digest_of(local)
+            _check_source_unchanged(src, item, before)
+            trusted = _trusted_digest(item)
+            if trusted is not None and digest != trusted:
+                raise VerificationFailed(f"{item.path}: the source does not match its expected digest")
+            if os.path.getsize(tmp) != item.src.size:
+                raise VerificationFailed(f"{item.path}: the clone is not the size of the source")
+            if fits_check:
+                refuse_incomplete_fits(tmp, item)
+            dst.install(tmp, item.path, item.src.mtime, local)
+        except _NotCloned:
+            unlink_quietly(tmp)
+            return None
+        except BaseException:
+            unlink_quietly(tmp)
+            raise
+    if on_bytes:
+        on_bytes(item.src.size, matched=True)
+    return Moved(transferred=0, reused=item.src.size, built=CLONED)
+
+
+class _NotCloned(Exception):
+    """This pair of files cannot share blocks after all: copy instead."""
+
+
 def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_check: bool = False,
                recorded=None, inplace: bool = False, whole_file: bool | None = None) -> Moved:
     """Update the local copy of ``item`` using what it already holds.
@@ -59,7 +117,7 @@ def pull_delta(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_ch
     makes a local source travel as a delta even where a whole copy is cheaper."""
     basis_path = dst.path_of(item.path)
     if item.dst is None or item.dst.size == 0:
-        return _copied(pull_new(src, dst, item, on_bytes, fits_check))
+        return pull_new_file(src, dst, item, on_bytes, fits_check)
     clones = not inplace and _clones(dst, basis_path)
     if Capability.LOCAL in src.capabilities and not (clones or inplace) and whole_file is not False:
         moved = pull_new(src, dst, item, on_bytes, fits_check)

@@ -325,22 +325,23 @@ def _is_hex(text: str) -> bool:
 # -- building ---------------------------------------------------------------
 
 def build_entries(remote, entries, *, blocks: bool = False, fits_fields: bool = True, jobs: int | None = None,
-                  on_done=None) -> tuple[list[ManifestEntry], dict[str, str]]:
+                  on_done=None, also: tuple = ()) -> tuple[list[ManifestEntry], dict[str, str]]:
     """Hash every file of ``entries`` on ``remote``: (manifest entries sorted by path, errors).
 
     With ``blocks`` each file's block signature is computed in the same read
-    as its digest (the signature carries the whole-file BLAKE3).
+    as its digest (the signature carries the whole-file BLAKE3). ``also``
+    names more digests for each line (hashes.ALSO), computed in the same
+    read as the BLAKE3 (with ``blocks``, in a second one).
     """
     from fitsync.remotes.base import Capability
     from fitsync.scan import for_each_file
 
     local = Capability.LOCAL in remote.capabilities
-    if not blocks and getattr(remote, "hashes_in_bulk", False):
+    if not blocks and not also and getattr(remote, "hashes_in_bulk", False):
         return _build_in_bulk(remote, entries, fits_fields, jobs, on_done)
 
     def work(entry):
-        extra = {}
-        fits_report = None
+        extra, fits_report, others = {}, None, {}
         if blocks:
             sig = _signature_for(remote, entry.path, local)
             digest = sig.digest.hex()
@@ -349,20 +350,39 @@ def build_entries(remote, entries, *, blocks: bool = False, fits_fields: bool = 
             extra["blocks"] = base64.b64encode(sig.to_bytes()).decode("ascii")
             if fits_fields and local:
                 fits_report = _fits_report(remote.local_path(entry.path), entry.path)
+            if also:
+                others = _read_into(remote, entry.path, local, also)
         elif fits_fields and local:
-            fits_report, digest = _digest_with_fits(remote.local_path(entry.path), entry.path)
+            fits_report, digest, others = _digest_with_fits(remote.local_path(entry.path), entry.path, also)
+        elif also:
+            others = _read_into(remote, entry.path, local, ("blake3", *also))
+            digest = others.pop("blake3")
         else:
             digest = remote.digest(entry.path)
         if fits_report is not None:
             from fitsync.fitsaudit import manifest_fields
 
             extra["fits"] = manifest_fields(fits_report)
+        extra.update(others)
         return ManifestEntry(entry.path, entry.size, entry.mtime, digest, extra)
 
     results, errors = [], {}
     _collect(for_each_file(entries, work, jobs=jobs), results, errors, on_done)
     results.sort(key=lambda e: e.path)
     return results, errors
+
+
+def _read_into(remote, path: str, local: bool, algos: tuple) -> dict:
+    """{algo: hex digest} of one file, read once (streamed from a remote)."""
+    from fitsync.hashes import TeeHasher
+
+    if local:
+        return _read_into_local(remote.local_path(path), algos)
+    tee = TeeHasher(algos)
+    with remote.open_read(path) as stream:
+        for chunk in iter(lambda: stream.read(8 << 20), b""):
+            tee.update(chunk)
+    return tee.hexdigests()
 
 
 def _collect(outcomes, results: list, errors: dict, on_done) -> None:
@@ -412,20 +432,38 @@ def _build_in_bulk(remote, entries, fits_fields: bool, jobs: int | None, on_done
     return results, errors
 
 
-def _digest_with_fits(full: str, name: str):
-    """(FITS report or None, digest) in one read for a FITS file; a file that
-    is not FITS by its name is hashed directly and only re-read as FITS if its
-    first bytes say it is one after all."""
+def _digest_with_fits(full: str, name: str, also: tuple = ()):
+    """(FITS report or None, digest, {also: digest}) in one read for a FITS
+    file; a file that is not FITS by its name is hashed directly and only
+    re-read as FITS if its first bytes say it is one after all."""
     from fitsync.fitsnames import FITS_MAGIC, looks_like_fits
-    from fitsync.hashes import digest_and_head
+    from fitsync.hashes import TeeHasher, digest_and_head
 
     if not looks_like_fits(name, b""):
-        digest, head = digest_and_head(full, head=len(FITS_MAGIC))
-        if not head.startswith(FITS_MAGIC):
-            return None, digest
+        if also:
+            with open(full, "rb") as f:
+                head = f.read(len(FITS_MAGIC))
+            if not head.startswith(FITS_MAGIC):
+                found = _read_into_local(full, ("blake3", *also))
+                return None, found.pop("blake3"), found
+        else:
+            digest, head = digest_and_head(full, head=len(FITS_MAGIC))
+            if not head.startswith(FITS_MAGIC):
+                return None, digest, {}
     from fitsync.fitsaudit import audit_and_digest
 
-    return audit_and_digest(full, display_path=name)
+    tee = TeeHasher(("blake3", *also)) if also else None
+    report, digest = audit_and_digest(full, display_path=name, hasher=tee)
+    others = {a: d for a, d in tee.hexdigests().items() if a != "blake3"} if tee is not None else {}
+    return report, digest, others
+
+
+def _read_into_local(full: str, algos: tuple) -> dict:
+    from fitsync.hashes import TeeHasher, hash_file_into
+
+    tee = TeeHasher(algos)
+    hash_file_into(full, tee)
+    return tee.hexdigests()
 
 
 def _signature_for(remote, path: str, local: bool):
