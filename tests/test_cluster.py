@@ -5,6 +5,7 @@ as sources there too."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -66,6 +67,40 @@ def test_a_cluster_manifest_is_byte_identical_to_one_made_by_one_process(client,
     assert (tmp_path / "cluster.jsonl").read_bytes() == want
     assert result.batches == 13 and result.batches_skipped == 0 and result.files == 603
     assert not (tmp_path / "cluster.jsonl.shards").exists()  # shards and journal gone once merged
+
+
+@pytest.mark.parametrize("fits", [False, True])
+def test_a_cluster_audit_finds_exactly_what_one_process_finds(client, tmp_path, fits):
+    root = tmp_path / "tree"
+    make_tree(root)
+    manifest = tmp_path / "m.jsonl"
+    fitsync.manifest(str(root), output=str(manifest))
+    (root / "d1" / "f00001.bin").unlink()  # missing
+    (root / "d2" / "extra.bin").write_bytes(b"not in the manifest")  # extra
+    victim = root / "d3" / "f00003.bin"
+    victim.write_bytes(bytes(b ^ 1 for b in victim.read_bytes()))  # corrupt, same size
+    (root / "d4" / "f00004.bin").write_bytes(b"short")  # size mismatch
+    fits_file = sorted(root.glob("*.fits.gz"))[0]
+    data = bytearray(fits_file.read_bytes())
+    data[len(data) // 2] ^= 0x10  # a gzip member that no longer checks
+    fits_file.write_bytes(bytes(data))
+    alone = fitsync.audit(str(root), manifest=str(manifest), fits=fits)
+    spread = fitsync.audit(str(root), manifest=str(manifest), fits=fits, cluster=client, batch_files=40)
+    assert spread.to_dict() == alone.to_dict()
+    report = alone.to_dict()["manifest"]
+    assert report["counts"] == {"ok": 599, "missing": 1, "corrupt": 3, "extra": 1}
+    assert bool(report.get("fits_problems")) == fits
+
+
+def test_the_audit_command_on_a_local_cluster(tmp_path):
+    make_tree(tmp_path / "tree", n=200)
+    fitsync.manifest(str(tmp_path / "tree"), output=str(tmp_path / "tree" / "fitsync-manifest.jsonl"))
+    (tmp_path / "tree" / "d0" / "f00000.bin").write_bytes(b"changed")
+    runs = [_fitsync("audit", tmp_path / "tree", "--json", *extra) for extra in ([], ["--dask=local:2"])]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [1, 1], outputs
+    assert json.loads(outputs[0][0]) == json.loads(outputs[1][0])
+    assert "Traceback" not in outputs[1][1]
 
 
 def test_any_executor_will_do(tmp_path):
@@ -162,6 +197,8 @@ def test_bad_cluster_arguments_are_one_line_errors(tmp_path, cli, monkeypatch):
         "fitsync: --dask=local:N needs a number of workers of 1 or more, not 'local:zero'"
     fmt = cli("manifest", tmp_path / "tree", f"--output={tmp_path / 'm.txt'}", "--dask=local:1", "--format=b3sum")
     assert fmt.code == 2 and "--format=jsonl" in fmt.err
+    against = cli("audit", tmp_path / "tree", f"--against={tmp_path / 'tree'}", "--dask=local:1")
+    assert against.code == 2 and against.err.strip().startswith("fitsync: --dask checks a copy against a manifest")
     monkeypatch.setitem(sys.modules, "dask.distributed", None)  # as where Dask is not installed
     missing = cli("manifest", tmp_path / "tree", f"--output={tmp_path / 'm.jsonl'}", "--dask=local:1")
     assert missing.code == 2 and missing.err.strip() == "fitsync: --dask needs Dask: pip install 'fitsync[dask]'"

@@ -310,17 +310,21 @@ def _stream_entries(root: Location, result: ManifestResult, blocks: bool, fits: 
 def audit(target: Location, *, manifest: Optional[Location] = None, fits: bool = False,
           against: Optional[Location] = None, select: Optional[Selection] = None, jobs: int = 2,
           verify_key: Optional[str] = None, remote_options: Optional[RemoteOptions] = None,
-          progress: Optional[ProgressCallback] = None) -> AuditResult:
+          progress: Optional[ProgressCallback] = None, cluster: Any = None,
+          batch_files: Optional[int] = None) -> AuditResult:
     """Check a copy: against a manifest (default: ``target``'s own
     fitsync-manifest.jsonl, if any), against another copy (``against``, by
     content), and/or each FITS file by its own structure and checksums (``fits``).
+    ``cluster`` (as for ``manifest``) hashes the files of a manifest audit on
+    a cluster's workers, in batches of at most ``batch_files``; it finds
+    exactly what one process finds.
     """
     from fitsync.engine.audit import audit_location
 
     connect = _remote_options(remote_options, jobs, verify_key=verify_key)
     return audit_location(_spec(target), manifest=None if manifest is None else _spec(manifest), fits=fits,
                         against=None if against is None else _spec(against), selection=select, jobs=jobs,
-                        options=connect, progress=progress)
+                        options=connect, progress=progress, cluster=cluster, batch_files=batch_files)
 
 
 def compare(a: Location, b: Location, *, checksum: bool = False, select: Optional[Selection] = None, jobs: int = 2,

@@ -47,9 +47,12 @@ class AuditReport:
 
 def audit_against_manifest(target: Remote, manifest: Manifest, *, ignore: set[str] = frozenset(),
                            selection=None, jobs: int | None = None, fits: bool = False, on_done=None,
-                           progress=None) -> AuditReport:
+                           progress=None, cluster=None, root_spec: str = "", options=None,
+                           batch_files=None) -> AuditReport:
     """Each file is read once (its digest, and its FITS checks with ``fits``);
-    a size mismatch needs no read at all."""
+    a size mismatch needs no read at all. With ``cluster`` (a Dask Client,
+    an Executor or a --dask address) the files are hashed on its workers,
+    which open ``root_spec`` with ``options`` themselves."""
     report = AuditReport()
     listed = {e.path: e for e in target.list() if e.path not in ignore and (selection is None or selection.matches(e))}
     expected = {p: m for p, m in manifest.entries.items() if selection is None or p in listed or _selected(selection, m)}
@@ -65,24 +68,43 @@ def audit_against_manifest(target: Remote, manifest: Manifest, *, ignore: set[st
     report.extra = [p for p in listed if p not in manifest.entries]
     for path, reason in getattr(target, "rejected_names", ()):
         report.corrupt.append({"path": path, "reason": reason})
-    if fits and Capability.LOCAL in target.capabilities:
-        digests, errors = _digest_with_fits(target, to_hash, manifest, report, jobs)
-    else:
+    want = {e.path: expected[e.path].blake3 for e in to_hash}
+    recorded = {e.path: expected[e.path].extra.get("fits") for e in to_hash}
+    if cluster is not None:
+        from fitsync.engine.cluster_audit import check_on_cluster
+
+        for found in check_on_cluster(cluster, root_spec, options, to_hash, want, recorded, fits=fits, jobs=jobs,
+                                      batch_files=batch_files):
+            for key in ("ok", "corrupt", "fits", "fits_problems"):
+                getattr(report, key).extend(found[key])
+        return report
+    if not (fits and Capability.LOCAL in target.capabilities):
         from fitsync.events import hashing_progress
 
         on_done = on_done or hashing_progress(progress, to_hash)
-        digests, errors = digest_entries(target, to_hash, jobs=jobs, on_done=on_done)
-    for path, error in errors.items():
-        report.corrupt.append({"path": path, "reason": error})
-    for path, digest in digests.items():
-        if digest == expected[path].blake3:
-            report.ok.append(path)
-        else:
-            report.corrupt.append({"path": path, "reason": "BLAKE3 differs from the manifest"})
+    check_entries(target, to_hash, want, recorded, report, fits=fits, jobs=jobs, on_done=on_done)
     return report
 
 
-def _digest_with_fits(target: Remote, entries: list[Entry], manifest: Manifest, report: AuditReport, jobs):
+def check_entries(target: Remote, entries: list, want: dict, recorded: dict, report: AuditReport, *, fits: bool,
+                  jobs, on_done=None) -> None:
+    """Hash ``entries`` (with ``fits``, FITS checks in the same read) and put
+    each in ``report``: ok when its BLAKE3 is ``want[path]``, else corrupt.
+    ``recorded`` maps a path to the FITS fields its manifest line holds."""
+    if fits and Capability.LOCAL in target.capabilities:
+        digests, errors = _digest_with_fits(target, entries, recorded, report, jobs)
+    else:
+        digests, errors = digest_entries(target, entries, jobs=jobs, on_done=on_done)
+    for path, error in errors.items():
+        report.corrupt.append({"path": path, "reason": error})
+    for path, digest in digests.items():
+        if digest == want[path]:
+            report.ok.append(path)
+        else:
+            report.corrupt.append({"path": path, "reason": "BLAKE3 differs from the manifest"})
+
+
+def _digest_with_fits(target: Remote, entries: list[Entry], recorded: dict, report: AuditReport, jobs):
     """Digest every file and check FITS files in the same read; collect FITS findings into ``report``."""
     from fitsync import fitsaudit
 
@@ -96,7 +118,7 @@ def _digest_with_fits(target: Remote, entries: list[Entry], manifest: Manifest, 
             continue
         fits_report, digests[entry.path] = result
         if fits_report is not None:
-            _record_fits(report, fits_report, manifest.entries[entry.path].extra.get("fits"))
+            _record_fits(report, fits_report, recorded.get(entry.path))
     return digests, errors
 
 
@@ -116,7 +138,7 @@ def _selected(selection, manifest_entry) -> bool:
 
 
 def audit_location(target: str, *, manifest: str | None, fits: bool, against: str | None, selection,
-                   jobs: int, options, progress=None) -> "AuditResult":
+                   jobs: int, options, progress=None, cluster=None, batch_files=None) -> "AuditResult":
     """``fitsync.audit``: ``target`` against a manifest (given, or its own
     fitsync-manifest.jsonl), another copy, and/or its FITS structure."""
     import os
@@ -132,6 +154,9 @@ def audit_location(target: str, *, manifest: str | None, fits: bool, against: st
     if manifest is None and against is None and not fits:
         raise UsageError(f"no manifest for {target}: pass --manifest=FILE, --against=LOCATION, "
                          "or --fits to check FITS files by their own structure")
+    if cluster is not None and (manifest is None or against is not None):
+        raise UsageError("--dask checks a copy against a manifest: give --manifest=FILE (or keep "
+                         "fitsync-manifest.jsonl in TARGET), without --against")
     result = AuditResult(target=target)
     matcher = selection.matcher() if selection else None
     if against is not None:
@@ -144,7 +169,9 @@ def audit_location(target: str, *, manifest: str | None, fits: bool, against: st
             if fits and Capability.LOCAL not in remote.capabilities:
                 raise UsageError(f"--fits reads the files' structure on this machine; {target} is not a local path")
             result.manifest = audit_against_manifest(remote, loaded, ignore={DEFAULT_NAME, DEFAULT_NAME + ".sig"},
-                                                     selection=matcher, jobs=jobs, fits=fits, progress=progress)
+                                                     selection=matcher, jobs=jobs, fits=fits, progress=progress,
+                                                     cluster=cluster, root_spec=target, options=options,
+                                                     batch_files=batch_files)
     elif fits:
         from fitsync import fitsaudit
 
