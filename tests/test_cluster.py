@@ -92,6 +92,25 @@ def test_a_cluster_audit_finds_exactly_what_one_process_finds(client, tmp_path, 
     assert bool(report.get("fits_problems")) == fits
 
 
+def test_a_cluster_compare_finds_exactly_what_one_process_finds(client, tmp_path):
+    make_tree(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "b" / "d0" / "f00007.bin").unlink()  # only on A
+    (tmp_path / "b" / "d1" / "new.bin").write_bytes(b"only on B")
+    victim = tmp_path / "b" / "d5" / "f00005.bin"
+    victim.write_bytes(bytes(b ^ 1 for b in victim.read_bytes()))  # differs, same size
+    alone = fitsync.compare(str(tmp_path / "a"), str(tmp_path / "b"), checksum=True)
+    spread = fitsync.compare(str(tmp_path / "a"), str(tmp_path / "b"), checksum=True, cluster=client,
+                             batch_files=37)
+    assert spread.to_dict() == alone.to_dict()
+    assert alone.to_dict()["counts"] == {"only_a": 1, "only_b": 1, "differ": 1, "identical": 601, "errors": 0}
+    with HttpFixture(str(tmp_path / "b"), "ranges") as srv:  # B served over HTTP: the workers download it
+        over_http = fitsync.compare(str(tmp_path / "a"), srv.url + "/", checksum=True, cluster=client,
+                                    batch_files=37)
+    assert over_http.to_dict()["counts"] == alone.to_dict()["counts"]
+    assert over_http.differ == alone.differ
+
+
 def test_the_audit_command_on_a_local_cluster(tmp_path):
     make_tree(tmp_path / "tree", n=200)
     fitsync.manifest(str(tmp_path / "tree"), output=str(tmp_path / "tree" / "fitsync-manifest.jsonl"))
@@ -197,6 +216,9 @@ def test_bad_cluster_arguments_are_one_line_errors(tmp_path, cli, monkeypatch):
         "fitsync: --dask=local:N needs a number of workers of 1 or more, not 'local:zero'"
     fmt = cli("manifest", tmp_path / "tree", f"--output={tmp_path / 'm.txt'}", "--dask=local:1", "--format=b3sum")
     assert fmt.code == 2 and "--format=jsonl" in fmt.err
+    no_checksum = cli("compare", tmp_path / "tree", tmp_path / "tree", "--dask=local:1")
+    assert no_checksum.code == 2 and no_checksum.err.strip() == \
+        "fitsync: --dask hashes the files of both sides: it needs --checksum"
     against = cli("audit", tmp_path / "tree", f"--against={tmp_path / 'tree'}", "--dask=local:1")
     assert against.code == 2 and against.err.strip().startswith("fitsync: --dask checks a copy against a manifest")
     monkeypatch.setitem(sys.modules, "dask.distributed", None)  # as where Dask is not installed

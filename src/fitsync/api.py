@@ -329,22 +329,26 @@ def audit(target: Location, *, manifest: Optional[Location] = None, fits: bool =
 
 def compare(a: Location, b: Location, *, checksum: bool = False, select: Optional[Selection] = None, jobs: int = 2,
             report: Optional[Location] = None, remote_options: Optional[RemoteOptions] = None,
-            progress: Optional[ProgressCallback] = None) -> CompareReport:
+            progress: Optional[ProgressCallback] = None, cluster: Any = None,
+            batch_files: Optional[int] = None) -> CompareReport:
     """List files only on ``a``, only on ``b``, differing and identical
     (``CompareReport``; ``agree`` is True when there is no difference). With
     ``checksum`` contents are compared, else sizes and mtimes. ``report``
-    writes rclone-style combined lines (+ - * = !) to that file."""
+    writes rclone-style combined lines (+ - * = !) to that file. ``cluster``
+    (as for ``manifest``) hashes the ``checksum`` pairs on a cluster's workers."""
     from fitsync.engine.compare import compare_trees
     from fitsync.formats.manifest import write_atomically
 
+    if cluster is not None and not checksum:
+        raise UsageError("--dask hashes the files of both sides: it needs --checksum")
     connect = _remote_options(remote_options, jobs)
     with open_source(_spec(a), connect) as first, open_source(_spec(b), connect) as second:
         for side, name in ((first, a), (second, b)):
             if not side.exists():
                 raise NotFound(f"{_spec(name)} does not exist; check the path")
         result = compare_trees(first, second, checksum=checksum, selection=select.matcher() if select else None,
-                               jobs=jobs,
-                               progress=progress)
+                               jobs=jobs, progress=progress, cluster=cluster, roots=(_spec(a), _spec(b)),
+                               options=connect, batch_files=batch_files)
     if report is not None:
         lines = result.combined_lines()
         write_atomically(_spec(report), lambda out: out.writelines(line + "\n" for line in lines))

@@ -71,7 +71,7 @@ def audit_against_manifest(target: Remote, manifest: Manifest, *, ignore: set[st
     want = {e.path: expected[e.path].blake3 for e in to_hash}
     recorded = {e.path: expected[e.path].extra.get("fits") for e in to_hash}
     if cluster is not None:
-        from fitsync.engine.cluster_audit import check_on_cluster
+        from fitsync.engine.cluster_checks import check_on_cluster
 
         for found in check_on_cluster(cluster, root_spec, options, to_hash, want, recorded, fits=fits, jobs=jobs,
                                       batch_files=batch_files):

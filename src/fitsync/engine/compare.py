@@ -48,7 +48,12 @@ class CompareReport:
 
 
 def compare_trees(a: Remote, b: Remote, *, checksum: bool = False, selection=None, jobs: int | None = None,
-                  on_done=None, progress=None) -> CompareReport:
+                  on_done=None, progress=None, cluster=None, roots: tuple = (), options=None,
+                  batch_files=None) -> CompareReport:
+    """Pair the listings of ``a`` and ``b``; with ``checksum`` hash the pairs of
+    equal size on both sides: here, or on ``cluster`` (a Dask Client, an
+    Executor or a --dask address), whose workers open ``roots`` (the
+    locations of a and b) with ``options`` themselves."""
     def listing(remote):
         return {e.path: e for e in remote.list() if selection is None or selection.matches(e)}
 
@@ -72,24 +77,46 @@ def compare_trees(a: Remote, b: Remote, *, checksum: bool = False, selection=Non
             report.differ.append({"path": path, "reason": "mtime differs"})
         else:
             report.identical.append(path)
-    if to_hash:
+    if to_hash and cluster is not None:
+        from fitsync.engine.cluster_checks import compare_on_cluster
+
+        pairs = [(left[p], right[p]) for p in to_hash]
+        for found in compare_on_cluster(cluster, roots, options, pairs, common_algorithm(a, b), jobs=jobs or 2,
+                                        batch_files=batch_files):
+            _add(report, found)
+    elif to_hash:
         from fitsync.events import hashing_progress
 
         on_done = on_done or hashing_progress(progress, [left[p] for p in to_hash], sides=2)
-        algo = common_algorithm(a, b)
-        with cf.ThreadPoolExecutor(max_workers=2) as pool:  # both sides at once
-            side_a = pool.submit(digest_entries, a, [left[p] for p in to_hash], algo=algo, jobs=jobs, on_done=on_done)
-            side_b = pool.submit(digest_entries, b, [right[p] for p in to_hash], algo=algo, jobs=jobs,
-                                 on_done=on_done)
-            (da, ea), (db, eb) = side_a.result(), side_b.result()
-        for path in to_hash:
-            error = ea.get(path) or eb.get(path)
-            if error:
-                report.errors.append({"path": path, "reason": error})
-            elif da[path] != db[path]:
-                report.differ.append({"path": path, "reason": f"{algo} differs"})
-            else:
-                report.identical.append(path)
+        _add(report, judge_pairs(a, b, [left[p] for p in to_hash], [right[p] for p in to_hash],
+                                 common_algorithm(a, b), jobs, on_done))
     report.differ.sort(key=lambda d: d["path"])
     report.identical.sort()
+    report.errors.sort(key=lambda d: d["path"])
     return report
+
+
+def _add(report: CompareReport, found: dict) -> None:
+    for key in ("identical", "differ", "errors"):
+        getattr(report, key).extend(found[key])
+
+
+def judge_pairs(a: Remote, b: Remote, left: list, right: list, algo: str, jobs, on_done=None) -> dict:
+    """Hash ``left`` on ``a`` and ``right`` on ``b`` (the same paths, in the
+    same order) with ``algo``, both sides at once: {"identical": [paths],
+    "differ": [{"path", "reason"}], "errors": [{"path", "reason"}]}."""
+    found: dict = {"identical": [], "differ": [], "errors": []}
+    with cf.ThreadPoolExecutor(max_workers=2) as pool:  # both sides at once
+        side_a = pool.submit(digest_entries, a, left, algo=algo, jobs=jobs, on_done=on_done)
+        side_b = pool.submit(digest_entries, b, right, algo=algo, jobs=jobs, on_done=on_done)
+        (da, ea), (db, eb) = side_a.result(), side_b.result()
+    for entry in left:
+        path = entry.path
+        error = ea.get(path) or eb.get(path)
+        if error:
+            found["errors"].append({"path": path, "reason": error})
+        elif da[path] != db[path]:
+            found["differ"].append({"path": path, "reason": f"{algo} differs"})
+        else:
+            found["identical"].append(path)
+    return found
