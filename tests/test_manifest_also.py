@@ -95,3 +95,29 @@ def test_a_resume_with_other_digests_redoes_every_batch(tmp_path):
     shard_lines = [json.loads(line) for path in sorted(Path(shards).glob("*.jsonl")) for line in
                    Path(path).read_text().splitlines()]
     assert len(shard_lines) == len(listed) and all("md5" in line for line in shard_lines)
+
+
+def test_files_from_looks_up_the_listed_files_instead_of_crawling(tmp_path):
+    """A name the crawl would trip on (not UTF-8) is never met when
+    --files-from lists other files; the manifest is the filtered one."""
+    import os
+
+    root = tree(tmp_path / "tree")
+    (root / "sub").mkdir()
+    (root / "sub" / "kept.dat").write_bytes(b"kept")
+    with open(os.path.join(os.fsencode(root), b"sub/\xff-not-utf8.dat"), "wb") as f:
+        f.write(b"a name a manifest cannot record")
+    (tmp_path / "list.txt").write_text("# tonight's files\nbig.bin\nsub/kept.dat\nnot/there.fits\n")
+    chosen = fitsync.manifest(root, output=tmp_path / "m.jsonl",
+                              select=fitsync.Selection(files_from=str(tmp_path / "list.txt")))
+    assert chosen.errors == []
+    lines = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()[1:]]
+    assert [line["path"] for line in lines] == ["big.bin", "sub/kept.dat"]
+    (tmp_path / "dirs.txt").write_text("sub\n")  # a directory selects all below it: a crawl after all
+    below = fitsync.manifest(root, output=tmp_path / "d.jsonl",
+                             select=fitsync.Selection(files_from=str(tmp_path / "dirs.txt")))
+    assert [json.loads(line)["path"] for line in (tmp_path / "d.jsonl").read_text().splitlines()[1:]] == ["sub/kept.dat"]
+    assert any("UTF-8" in e["reason"] for e in below.errors)
+    crawled = fitsync.manifest(root, output=tmp_path / "all.jsonl")
+    assert any("UTF-8" in e["reason"] for e in crawled.errors)  # what the crawl meets, and the lookup does not
+    assert (tmp_path / "all.jsonl").read_text().splitlines()[1:][0] == (tmp_path / "m.jsonl").read_text().splitlines()[1]
