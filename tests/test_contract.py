@@ -224,6 +224,33 @@ def test_declared_capabilities_hold(backend):
             backend.remote.delete("a.bin")
 
 
+def test_the_declared_attributes_are_there_and_typed(backend):
+    """What the engine asks of every remote, read without probing: digests
+    computed where the data is (a subset of those digest() can give when
+    Capability.DIGEST is declared), refused names as (path, reason), the lock."""
+    remote = backend.remote
+    list(remote.list())
+    assert isinstance(remote.remote_digests, frozenset)
+    assert all(isinstance(path, str) and isinstance(reason, str) for path, reason in remote.rejected_names)
+    if Capability.DIGEST in remote.capabilities:
+        for algo in remote.remote_digests & {"blake3", "sha256"}:
+            assert remote.digest("a.bin", algo) == new_hasher_hex(algo, FILES["a.bin"])
+    if Capability.LOCK in remote.capabilities:
+        remote.lock()
+        remote.unlock()
+    else:
+        with pytest.raises(NotImplementedError):
+            remote.lock()
+
+
+def new_hasher_hex(algo: str, data: bytes) -> str:
+    from fitsync.hashes import new_hasher
+
+    hasher = new_hasher(algo)
+    hasher.update(data)
+    return hasher.hexdigest()
+
+
 # -- as a destination -------------------------------------------------------------------
 
 def test_an_atomic_write_lands_whole_with_its_mtime(destination):

@@ -228,6 +228,7 @@ class ReleaseRemote(Remote):
         self.capabilities = frozenset(caps)
         self.listed_hashes = frozenset({"blake3"}) | frozenset(inner.listed_hashes)
         self.mtime_resolution = inner.mtime_resolution
+        self.remote_digests = inner.remote_digests
 
     def exists(self) -> bool:
         return True

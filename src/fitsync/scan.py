@@ -97,7 +97,7 @@ def digest_entries(
                 on_done(entry)
         else:
             todo.append(entry)
-    if getattr(remote, "hashes_in_bulk", False):
+    if remote.hashes_in_bulk:
         hashed, failed, _ = hash_local_files(remote, todo, algo=algo, jobs=jobs, on_done=on_done)
         digests.update(hashed)
         errors.update(failed)
@@ -263,4 +263,4 @@ def _remote_digests(remote: Remote):
     or a backend that declares nothing and reads the data to hash it)."""
     if Capability.LOCAL in remote.capabilities:
         return None
-    return getattr(remote, "remote_digests", None)
+    return remote.remote_digests or None

@@ -66,7 +66,7 @@ def audit_against_manifest(target: Remote, manifest: Manifest, *, ignore: set[st
         else:
             to_hash.append(have)
     report.extra = [p for p in listed if p not in manifest.entries]
-    for path, reason in getattr(target, "rejected_names", ()):
+    for path, reason in target.rejected_names:
         report.corrupt.append({"path": path, "reason": reason})
     want = {e.path: expected[e.path].blake3 for e in to_hash}
     recorded = {e.path: expected[e.path].extra.get("fits") for e in to_hash}

@@ -60,7 +60,7 @@ def compare_trees(a: Remote, b: Remote, *, checksum: bool = False, selection=Non
     left, right = listing(a), listing(b)
     report = CompareReport()
     for side in (a, b):
-        for path, reason in getattr(side, "rejected_names", ()):
+        for path, reason in side.rejected_names:
             report.errors.append({"path": path, "reason": reason})
     report.only_a = sorted(p for p in left if p not in right)
     report.only_b = sorted(p for p in right if p not in left)

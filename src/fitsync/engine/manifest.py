@@ -39,7 +39,7 @@ def iter_listed_files(remote: Remote, result: ManifestResult, select: Optional[S
         else:  # a name the tree holds but a manifest cannot record is an error of the run
             result.errors.append({"path": entry.path,
                                   "reason": "the name is not UTF-8, which a manifest records; rename the file"})
-    result.errors.extend({"path": p, "reason": r} for p, r in getattr(remote, "rejected_names", ()))
+    result.errors.extend({"path": p, "reason": r} for p, r in remote.rejected_names)
 
 
 def _listing(remote: Remote, selection, result: ManifestResult) -> Iterator:

@@ -119,7 +119,7 @@ class Mirror:
             from fitsync.lock import DirectoryLock
 
             return DirectoryLock(self.dst.state_dir())
-        if hasattr(self.dst, "lock") and hasattr(self.dst, "unlock"):
+        if Capability.LOCK in self.dst.capabilities:
             return RemoteLock(self.dst)
         return None
 
@@ -127,7 +127,7 @@ class Mirror:
         if self.can_plan_in_bulk():
             return self.plan_in_bulk()
         src_entries, dst_entries = self.list_both()
-        for path, reason in getattr(self.src, "rejected_names", ()):
+        for path, reason in self.src.rejected_names:
             # Names the source holds but this file system cannot (or must not) be given.
             self.fail(Item(path, Action.NEW, reason), TransferFailed(reason))
         self.result.files_total = len(src_entries)
@@ -182,7 +182,7 @@ class Mirror:
         dst_listing = run_beside(self.dst.bulk_listing)  # both walks release the GIL
         src_listing = self.src.bulk_listing()
         dst_listing = dst_listing()
-        for path, reason in getattr(self.src, "rejected_names", ()):
+        for path, reason in self.src.rejected_names:
             self.fail(Item(path, Action.NEW, reason), TransferFailed(reason))
         self.result.files_total = len(src_listing)
         self.result.bytes_total = src_listing.total_size

@@ -187,7 +187,7 @@ def _checkable_by_source(src: Remote, item: Item, trusted: str | None) -> bool:
         return False
     if trusted is not None or Capability.LOCAL in src.capabilities:
         return True
-    return "blake3" in getattr(src, "remote_digests", ())
+    return "blake3" in src.remote_digests
 
 
 def _hashes_own_data(src: Remote) -> bool:
@@ -197,7 +197,7 @@ def _hashes_own_data(src: Remote) -> bool:
     whole file back here to hash it."""
     if Capability.LOCAL in src.capabilities:
         return True
-    return Capability.DIGEST in src.capabilities and "blake3" in getattr(src, "remote_digests", ("blake3",))
+    return Capability.DIGEST in src.capabilities and "blake3" in src.remote_digests
 
 
 def _receive(src: Remote, item: Item, part: str, journal: str, resume_at: int, received, moved: Moved,

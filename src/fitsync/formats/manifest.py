@@ -337,7 +337,7 @@ def build_entries(remote, entries, *, blocks: bool = False, fits_fields: bool = 
     from fitsync.scan import for_each_file
 
     local = Capability.LOCAL in remote.capabilities
-    if not blocks and not also and getattr(remote, "hashes_in_bulk", False):
+    if not blocks and not also and remote.hashes_in_bulk:
         return _build_in_bulk(remote, entries, fits_fields, jobs, on_done)
 
     def work(entry):

@@ -37,6 +37,7 @@ class Capability:
     SIGNATURE = "signature"  # block_signature() is computed remotely, without moving data
     DIGEST = "digest"  # digest() is computed remotely, without moving data
     PATCH = "patch"  # apply_recipe() builds a new file remotely from a basis and literals
+    LOCK = "lock"  # lock()/unlock() hold the destination against a second writer
 
 
 _NO_HASHES: Mapping[str, str] = MappingProxyType({})
@@ -87,6 +88,11 @@ class Remote(ABC):
     # Whether fitsync.scan may read files straight from ``root`` (a local tree
     # whose digest() is the plain one) to hash many small files in batches.
     hashes_in_bulk: bool = False
+    # Digest algorithms digest() computes where the data is (with Capability.DIGEST).
+    remote_digests: frozenset = frozenset()
+    # (path, reason) of names the last listing left out because they are unsafe
+    # or unreadable; reported by every command, never silently dropped.
+    rejected_names: tuple = ()
 
     def __init__(self, url: str):
         self.url = url
@@ -192,6 +198,13 @@ class Remote(ABC):
         raise NotImplementedError(f"{self.url} cannot apply patches remotely")
 
     # -- lifetime -----------------------------------------------------
+    def lock(self) -> None:
+        """Hold the destination (Capability.LOCK); Locked when another run holds it."""
+        raise NotImplementedError(f"{self.url} has no destination lock")
+
+    def unlock(self) -> None:
+        raise NotImplementedError(f"{self.url} has no destination lock")
+
     def close(self) -> None:
         pass
 

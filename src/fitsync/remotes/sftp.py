@@ -897,7 +897,7 @@ class SftpRemote(Remote):
 
     @property
     def capabilities(self) -> frozenset:  # type: ignore[override]
-        caps = {Capability.READ_RANGE, Capability.WRITE, Capability.DELETE}
+        caps = {Capability.READ_RANGE, Capability.WRITE, Capability.DELETE, Capability.LOCK}
         info = self.agent_info()
         if info is not None:
             caps.add(Capability.DIGEST)
@@ -911,7 +911,7 @@ class SftpRemote(Remote):
         return 1e-9 if self._agent_state else 1.0
 
     @property
-    def remote_digests(self) -> frozenset:
+    def remote_digests(self) -> frozenset:  # type: ignore[override]
         """Digest algorithms computed on the host, without moving data."""
         info = self.agent_info()
         return frozenset(info["hashes"]) if info is not None else frozenset()
