@@ -14,6 +14,7 @@ import pytest
 
 from conftest import write_tree
 from fitsync import delta as delta_mod
+from fitsync import patch as patch_mod
 from fitsync import sshconn
 from fitsync.errors import TransferFailed
 from fitsync.remotes import open_remote
@@ -95,7 +96,7 @@ def test_a_basis_block_corrupted_during_a_pull_is_caught_then_repaired(sshd, hom
     new = edited(old, N_DATA)
     write_tree(tmp_path / "new", {"f.fits": new}, mtime=1_700_000_900.0)
     write_tree(tmp_path / "old", {"f.fits": old})
-    real_apply, calls = delta_mod.apply_recipe, []
+    real_apply, calls = patch_mod.apply_recipe, []
 
     def corrupting_apply(recipe, basis_fd, read_source, out_fd, writer=None):
         calls.append(recipe.digest_algo)
@@ -103,7 +104,7 @@ def test_a_basis_block_corrupted_during_a_pull_is_caught_then_repaired(sshd, hom
             _corrupt(tmp_path / "old" / "f.fits", len(old) - 100_000)  # a data block the recipe copies
         return real_apply(recipe, basis_fd, read_source, out_fd, writer)
 
-    monkeypatch.setattr(delta_mod, "apply_recipe", corrupting_apply)
+    monkeypatch.setattr(patch_mod, "apply_recipe", corrupting_apply)
     result = cli("mirror", sftp_url(sshd, tmp_path / "new"), tmp_path / "old", "--json")
     assert result.code == 0, result.err
     assert calls[0] == "sha256-blocks" and len(calls) >= 2

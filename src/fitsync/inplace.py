@@ -35,7 +35,8 @@ import struct
 
 import xxhash
 
-from fitsync.delta import BASIS, Recipe, SourceBytes
+from fitsync.patch import SourceBytes
+from fitsync.recipe import BASIS, Recipe
 from fitsync.errors import BadInput, TransferFailed, VerificationFailed
 
 MAGIC = b"FITSYNC-INPLACE-1\n"

@@ -20,7 +20,7 @@ import os
 import stat as stat_mod
 
 from fitsync import inplace
-from fitsync.delta import Recipe
+from fitsync.recipe import Recipe
 from fitsync.engine.transfer import Moved, _local_source
 from fitsync.errors import FitsyncError, TransferFailed, UsageError
 from fitsync.paths import safe_relpath

@@ -262,7 +262,7 @@ class _Build:
     def to_temporary(self, clones: bool) -> None:
         """Write the new file to its temporary name from the old copy and the
         source's missing ranges, verified."""
-        from fitsync.delta import apply_recipe
+        from fitsync.patch import apply_recipe
 
         tmp = _delta_tmp(self.dst, self.item)
         with open(self.dst.path_of(self.item.path), "rb") as basis:
