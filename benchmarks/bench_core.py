@@ -49,7 +49,8 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import numpy as np  # noqa: E402
 from docopt import docopt  # noqa: E402
 
-from fitsync.delta import apply_recipe, delta_recipe_for_file, fetch_recipe_for_file  # noqa: E402
+from fitsync.delta import delta_recipe_for_file, fetch_recipe_for_file  # noqa: E402
+from fitsync.patch import apply_recipe  # noqa: E402
 from fitsync.signature import file_digest, signature_of_file  # noqa: E402
 
 RECORD = 2880

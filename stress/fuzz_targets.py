@@ -220,7 +220,7 @@ def target_signature(data: bytes) -> None:
 
 
 def _recipe_blob(version, n_ops, target, basis, ops, digest):
-    from fitsync.delta import _HEADER, _OP, MAGIC
+    from fitsync.recipe import _HEADER, _OP, MAGIC
 
     import numpy as np
 
@@ -238,7 +238,7 @@ recipe_bytes = st.one_of(
 
 
 def target_recipe(data: bytes) -> None:
-    from fitsync.delta import Recipe
+    from fitsync.recipe import Recipe
 
     recipe = expect_only((BadInput,), Recipe.from_bytes, data)
     if recipe is not None:
