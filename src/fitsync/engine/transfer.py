@@ -20,6 +20,7 @@ Push to a remote destination:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
@@ -156,7 +157,8 @@ def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_chec
         if written is not None:
             _verify_written(part, item, written, trusted)
         else:  # through the page cache: read back, against the bytes received if nothing better
-            _verify_file(part, journal, item, trusted or (received.hexdigest() if received else None))
+            _verify_file(part, journal if item.src.size >= CHUNK else None, item,
+                         trusted or (received.hexdigest() if received else None))
     except VerificationFailed:
         # The journal vouched for bytes that were wrong when received: resuming
         # from them would fail forever. Start over next time.
@@ -166,7 +168,7 @@ def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_chec
     if fits_check:
         refuse_incomplete_fits(part, item)
     dst.install(part, item.path, item.src.mtime, _local_source(src, item))
-    os.unlink(journal)
+    unlink_quietly(journal)
     return moved
 
 
@@ -208,11 +210,16 @@ def _receive(src: Remote, item: Item, part: str, journal: str, resume_at: int, r
     from fitsync.directio import open_direct
 
     mode = "r+b" if resume_at else "wb"
-    with open_state_file(part, mode) as out, open_state_file(journal, mode) as jour:
+    # A file shorter than one chunk has nothing to resume from: no journal
+    # (creating and removing one doubled the cost of copying small files).
+    journalled = item.src.size >= CHUNK
+    with open_state_file(part, mode) as out, \
+            (open_state_file(journal, mode) if journalled else contextlib.nullcontext()) as jour:
         out.truncate(resume_at)
         out.seek(resume_at)
-        jour.truncate(resume_at // CHUNK * JOURNAL_DIGEST)
-        jour.seek(0, os.SEEK_END)
+        if jour is not None:
+            jour.truncate(resume_at // CHUNK * JOURNAL_DIGEST)
+            jour.seek(0, os.SEEK_END)
         writer = open_direct(out.fileno(), item.src.size) if direct else None
         if writer is None:
             _receive_into(out.write, out.flush, src, item, resume_at, received, jour, moved, on_bytes)
@@ -234,7 +241,7 @@ def _receive_into(write, flush, src: Remote, item: Item, resume_at: int, receive
         write(chunk)
         if received is not None:
             received.update(chunk)
-        if len(chunk) == CHUNK:
+        if len(chunk) == CHUNK and jour is not None:
             if flush is not None:
                 flush()
             jour.write(xxhash.xxh3_128_digest(chunk))
