@@ -471,6 +471,18 @@ def test_write_interrupted_leaves_no_file_under_final_name(sshd, home, big_file)
     assert (root / "copy.bin").read_bytes() == data
 
 
+def test_a_write_whose_connection_died_before_it_began_starts_again(sshd, home, big_file):
+    """Sessions killed between two files: the next write finds the dead
+    connection before its first chunk, reconnects and lands whole."""
+    root, data = big_file
+    r = open_remote(url(sshd, root), RemoteOptions(retries=1))
+    assert r.exists()
+    for i in range(3):
+        sshd.kill_sessions()
+        r.write_atomic(f"after{i}.bin", iter([data]), expected_digest=blake3.blake3(data).hexdigest())
+        assert (root / f"after{i}.bin").read_bytes() == data
+
+
 def test_gives_up_with_one_line_error_when_server_is_gone(tmp_path, home):
     server = SshServer(tmp_path / "short").start()
     (home / ".ssh" / "known_hosts").write_text(server.host_key_line())

@@ -1110,20 +1110,29 @@ class SftpRemote(Remote):
         engine retries it) instead of resuming here."""
         final = self.remote_path(path)
         tmp = self._temp_path(path)
-        conn = self.connection()
-        generation = conn.generation
-        try:
-            if not self._upload(conn, tmp, final, chunks, expected_digest, mtime):
-                self._call(f"rename into {final}", lambda c: self._rename(c.sftp(), tmp, final))
-            self._sweep_stale_temps()
-        except BaseException as exc:
-            self._remove_quietly(tmp)
-            if isinstance(exc, FitsyncError) or not isinstance(exc, Exception):
-                raise
-            if self._lost(exc, conn):  # ConnectionFailed: the sync engine retries the file
+        counted = _CountedChunks(chunks)
+        for attempt in (1, 2):
+            conn = self.connection()
+            generation = conn.generation
+            try:
+                if not self._upload(conn, tmp, final, counted, expected_digest, mtime):
+                    self._call(f"rename into {final}", lambda c: self._rename(c.sftp(), tmp, final))
+                self._sweep_stale_temps()
+                return
+            except BaseException as exc:
+                self._remove_quietly(tmp)
+                if isinstance(exc, FitsyncError) or not isinstance(exc, Exception):
+                    raise
+                if not self._lost(exc, conn):
+                    raise self._sftp_error(exc, f"write {final}") from None
+                if attempt == 1 and counted.taken == 0:
+                    # The connection had died before this file began (its
+                    # transport had not noticed yet): not this file's failure.
+                    conn.reconnect(generation)
+                    continue
+                # ConnectionFailed: the sync engine retries the file
                 raise ConnectionFailed(f"connection to {self.target.describe()} lost while writing {final}: "
                                        f"{conn.why_lost(generation, exc)}") from None
-            raise self._sftp_error(exc, f"write {final}") from None
 
     def _upload(self, conn: SshConnection, tmp: str, final: str, chunks, expected_digest, mtime) -> bool:
         """Upload to ``tmp`` and verify; True when the agent has also renamed it to ``final``."""
@@ -1499,3 +1508,20 @@ class SftpReader:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class _CountedChunks:
+    """An iterator over ``chunks`` that counts what it handed out: a write
+    whose connection fails before the first chunk may start again."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._chunks = iter(chunks)
+        self.taken = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        chunk = next(self._chunks)
+        self.taken += 1
+        return chunk
