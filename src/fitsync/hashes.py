@@ -41,9 +41,14 @@ def new_hasher(algo: str = DEFAULT):
 
 def hash_stream(stream, algo: str = DEFAULT, chunk_size: int = 8 << 20) -> str:
     hasher = new_hasher(algo)
+    hash_stream_into(stream, hasher, chunk_size)
+    return hasher.hexdigest()
+
+
+def hash_stream_into(stream, hasher, chunk_size: int = 8 << 20) -> None:
+    """Feed everything ``stream`` still holds to ``hasher``."""
     for chunk in iter(lambda: stream.read(chunk_size), b""):
         hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 MMAP_THRESHOLD = 1 << 20
@@ -57,25 +62,39 @@ def digest_and_head(path: str, algo: str = DEFAULT, head: int = 0) -> tuple[str,
     """Hex digest of a local file and its first ``head`` bytes. Large files are hashed from an mmap, which
     lets BLAKE3 use every core on one file (as ``b3sum`` does); small files
     take the shortest path (os.open/os.read: a Python file object costs more
-    than hashing a few kilobytes)."""
+    than hashing a few kilobytes), and a BLAKE3 without threads."""
+    hasher, first = _feed_file(path, lambda size: blake3.blake3() if algo == "blake3" and size < MMAP_THRESHOLD
+                               else new_hasher(algo), head)
+    return hasher.hexdigest(), first
+
+
+def hash_file_into(path: str, hasher, head: int = 0) -> bytes:
+    """Feed a local file to ``hasher`` (a TeeHasher, say) in one read, as
+    digest_and_head reads it; returns its first ``head`` bytes."""
+    return _feed_file(path, lambda size: hasher, head)[1]
+
+
+def _feed_file(path: str, hasher_for, head: int) -> tuple:
+    """Read a local file once into the hasher ``hasher_for(size)`` returns:
+    from an mmap when large, in os.read pieces (to its end, even if it grew
+    since fstat) when small. Returns (that hasher, the first ``head`` bytes)."""
     import mmap
     import os
 
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
+        hasher = hasher_for(size)
         if size >= MMAP_THRESHOLD:
-            hasher = new_hasher(algo)
             with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
                 mapped.madvise(mmap.MADV_SEQUENTIAL)
                 hasher.update(mapped)
-                return hasher.hexdigest(), mapped[:head]
-        hasher = blake3.blake3() if algo == "blake3" else new_hasher(algo)
+                return hasher, mapped[:head]
         first = b""
-        while True:  # to end of file, even if it grew since fstat
+        while True:
             data = os.read(fd, MMAP_THRESHOLD)
             if not data:
-                return hasher.hexdigest(), first[:head]
+                return hasher, first[:head]
             if len(first) < head:
                 first += data[:head]
             hasher.update(data)
@@ -116,28 +135,6 @@ class TeeHasher:
 
     def hexdigests(self) -> dict:
         return {algo: hasher.hexdigest() for algo, hasher in self._hashers.items()}
-
-
-def hash_file_into(path: str, hasher, chunk: int = 8 << 20) -> None:
-    """Feed a local file to ``hasher`` in one read: an mmap for a large file
-    (BLAKE3 uses its threads on it), chunks for a small one."""
-    import mmap
-    import os
-
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if os.fstat(fd).st_size >= MMAP_THRESHOLD:
-            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
-                for start in range(0, len(view), 256 << 20):
-                    hasher.update(view[start:start + (256 << 20)])
-            return
-        while True:
-            data = os.read(fd, chunk)
-            if not data:
-                return
-            hasher.update(data)
-    finally:
-        os.close(fd)
 
 
 def parse_also(text) -> tuple:

@@ -374,14 +374,14 @@ def build_entries(remote, entries, *, blocks: bool = False, fits_fields: bool = 
 
 def _read_into(remote, path: str, local: bool, algos: tuple) -> dict:
     """{algo: hex digest} of one file, read once (streamed from a remote)."""
-    from fitsync.hashes import TeeHasher
+    from fitsync.hashes import TeeHasher, hash_file_into, hash_stream_into
 
-    if local:
-        return _read_into_local(remote.local_path(path), algos)
     tee = TeeHasher(algos)
-    with remote.open_read(path) as stream:
-        for chunk in iter(lambda: stream.read(8 << 20), b""):
-            tee.update(chunk)
+    if local:
+        hash_file_into(remote.local_path(path), tee)
+    else:
+        with remote.open_read(path) as stream:
+            hash_stream_into(stream, tee)
     return tee.hexdigests()
 
 
@@ -437,33 +437,24 @@ def _digest_with_fits(full: str, name: str, also: tuple = ()):
     file; a file that is not FITS by its name is hashed directly and only
     re-read as FITS if its first bytes say it is one after all."""
     from fitsync.fitsnames import FITS_MAGIC, looks_like_fits
-    from fitsync.hashes import TeeHasher, digest_and_head
+    from fitsync.hashes import TeeHasher, digest_and_head, hash_file_into
 
     if not looks_like_fits(name, b""):
         if also:
-            with open(full, "rb") as f:
-                head = f.read(len(FITS_MAGIC))
-            if not head.startswith(FITS_MAGIC):
-                found = _read_into_local(full, ("blake3", *also))
-                return None, found.pop("blake3"), found
+            tee = TeeHasher(("blake3", *also))
+            head = hash_file_into(full, tee, head=len(FITS_MAGIC))
+            found = tee.hexdigests()
+            digest = found.pop("blake3")
         else:
-            digest, head = digest_and_head(full, head=len(FITS_MAGIC))
-            if not head.startswith(FITS_MAGIC):
-                return None, digest, {}
+            (digest, head), found = digest_and_head(full, head=len(FITS_MAGIC)), {}
+        if not head.startswith(FITS_MAGIC):
+            return None, digest, found
     from fitsync.fitsaudit import audit_and_digest
 
     tee = TeeHasher(("blake3", *also)) if also else None
     report, digest = audit_and_digest(full, display_path=name, hasher=tee)
     others = {a: d for a, d in tee.hexdigests().items() if a != "blake3"} if tee is not None else {}
     return report, digest, others
-
-
-def _read_into_local(full: str, algos: tuple) -> dict:
-    from fitsync.hashes import TeeHasher, hash_file_into
-
-    tee = TeeHasher(algos)
-    hash_file_into(full, tee)
-    return tee.hexdigests()
 
 
 def _signature_for(remote, path: str, local: bool):
