@@ -35,7 +35,7 @@ import struct
 
 import xxhash
 
-from fitsync.patch import SourceBytes
+from fitsync.patch import SourceBytes, write_all
 from fitsync.recipe import BASIS, Recipe
 from fitsync.errors import BadInput, TransferFailed, VerificationFailed
 
@@ -69,7 +69,7 @@ class Journal:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             body = json.dumps(header, sort_keys=True).encode()
-            _write_all(self._fd, MAGIC + _LEN.pack(len(body)) + body + xxhash.xxh3_128_digest(body))
+            write_all(self._fd, MAGIC + _LEN.pack(len(body)) + body + xxhash.xxh3_128_digest(body))
             os.fsync(self._fd)
             _sync_directory(os.path.dirname(path))  # the journal exists before any byte is overwritten
         except BaseException:
@@ -77,8 +77,8 @@ class Journal:
             raise
 
     def add(self, offset: int, data) -> None:
-        _write_all(self._fd, _RECORD.pack(offset, len(data), _record_check(offset, len(data), data)))
-        _write_all(self._fd, data)
+        write_all(self._fd, _RECORD.pack(offset, len(data), _record_check(offset, len(data), data)))
+        write_all(self._fd, data)
 
     def end(self) -> int:
         return os.lseek(self._fd, 0, os.SEEK_END)
@@ -88,19 +88,13 @@ class Journal:
 
     def mark_done(self) -> None:
         """Every new byte, the mode and the mtime are on disk and verified."""
-        _write_all(self._fd, _RECORD.pack(DONE, 0, _record_check(DONE, 0, b"")))
+        write_all(self._fd, _RECORD.pack(DONE, 0, _record_check(DONE, 0, b"")))
         os.fdatasync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def _write_all(fd: int, data) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _pwrite_all(fd: int, data, offset: int) -> None:

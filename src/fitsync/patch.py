@@ -52,8 +52,9 @@ class SourceBytes:
             raise TransferFailed("the source sent more bytes than the recipe needs")
 
 
-def _write_all(fd: int, data) -> None:
-    view = memoryview(data)
+def write_all(fd: int, data) -> None:
+    """os.write until every byte of ``data`` is written."""
+    view = memoryview(data).cast("B")
     while view:
         written = os.write(fd, view)
         view = view[written:]
@@ -151,7 +152,7 @@ class _Copier:
                 if n:
                     if self._hasher is not None:
                         self._hasher.update(data)
-                    _write_all(self._out, data)
+                    write_all(self._out, data)
             if n == 0:
                 break
             done += n
@@ -179,7 +180,7 @@ class _BufferedWriter:
     def write(self, data) -> None:
         if self._hasher is not None:
             self._hasher.update(data)
-        _write_all(self._out, data)
+        write_all(self._out, data)
         self._advance(len(data))
 
     def copy_from(self, fd: int, offset: int, length: int) -> int:

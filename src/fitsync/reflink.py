@@ -35,9 +35,11 @@ FICLONE = 0x40049409
 _CLONE_RANGE = struct.Struct("=qQQQ")  # src_fd, src_offset, src_length, dest_offset
 # Errors that mean "this file system (or pair of files) cannot share blocks".
 _NO_CLONE = {errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EPERM}
+# ... and for one clone only (ZFS: blocks not yet written out): copy this file or range instead.
+_CLONE_REFUSED = _NO_CLONE | {errno.EAGAIN}
 COPY_PIECE = 8 << 20
 
-_probed: dict = {}  # st_dev of a destination -> whether it clones
+_probed: dict = {}  # (device of the old copy, device of the scratch directory) -> whether they clone
 _probe_lock = threading.Lock()
 
 
@@ -57,7 +59,7 @@ def clone_file(src_fd: int, dst_fd: int) -> bool:
         fcntl.ioctl(dst_fd, FICLONE, src_fd)
         return True
     except OSError as exc:
-        if exc.errno not in _NO_CLONE and exc.errno != errno.EAGAIN:
+        if exc.errno not in _CLONE_REFUSED:
             raise
         return False
 
@@ -146,7 +148,7 @@ class CloneWriter:
             clone_range(fd, offset, self._out, self._pos, length)
             return True
         except OSError as exc:
-            if exc.errno not in _NO_CLONE and exc.errno != errno.EAGAIN:
+            if exc.errno not in _CLONE_REFUSED:
                 raise
             self._cloning = False
             return False

@@ -302,6 +302,21 @@ def open_executor(address: str):
     return executor_of(client) + (client.close,)
 
 
+@contextlib.contextmanager
+def executor_for(cluster):
+    """(executor, window) for ``cluster`` (an address as --dask takes it, a
+    Dask Client or an Executor) while the block runs; a cluster started
+    here for an address is closed after it."""
+    if not isinstance(cluster, str):
+        yield executor_of(cluster)
+        return
+    executor, window, closer = open_executor(cluster)
+    try:
+        yield executor, window
+    finally:
+        closer()
+
+
 def executor_of(cluster) -> tuple:
     """(executor, window) for a Dask Client or any concurrent.futures Executor."""
     if hasattr(cluster, "get_executor") and hasattr(cluster, "nthreads"):

@@ -26,27 +26,21 @@ def map_batches(cluster, entries: list, batch_files, submit: Callable) -> list:
     """Run ``submit(executor, run_id, batch)`` (returning a future) for each
     batch of ``entries`` (path order) on ``cluster``; the futures' results
     in batch order."""
-    closer = None
-    if isinstance(cluster, str):
-        executor, window, closer = clusters.open_executor(cluster)
-    else:
-        executor, window = clusters.executor_of(cluster)
     run_id = os.urandom(8).hex()
     found: dict = {}
     pending: dict = {}
     listed = sorted(entries, key=lambda e: e.path)
-    try:
-        for batch in clusters.batches(listed, max_files=clusters.batch_size(len(listed), batch_files)):
-            while len(pending) >= window:
+    with clusters.executor_for(cluster) as (executor, window):
+        try:
+            for batch in clusters.batches(listed, max_files=clusters.batch_size(len(listed), batch_files)):
+                while len(pending) >= window:
+                    _take(wait(pending, return_when=FIRST_COMPLETED).done, pending, found)
+                pending[submit(executor, run_id, batch)] = batch.index
+            while pending:
                 _take(wait(pending, return_when=FIRST_COMPLETED).done, pending, found)
-            pending[submit(executor, run_id, batch)] = batch.index
-        while pending:
-            _take(wait(pending, return_when=FIRST_COMPLETED).done, pending, found)
-    finally:
-        for future in pending:
-            future.cancel()
-        if closer is not None:
-            closer()
+        finally:
+            for future in pending:
+                future.cancel()
     return [found[i] for i in sorted(found)]
 
 

@@ -22,6 +22,7 @@ import stat as stat_mod
 from fitsync import inplace
 from fitsync.recipe import Recipe
 from fitsync.engine.transfer import Moved, _local_source
+from fitsync.engine.update import IN_PLACE
 from fitsync.errors import FitsyncError, TransferFailed, UsageError
 from fitsync.paths import safe_relpath
 from fitsync.remotes.local import STATE_DIR, LocalRemote
@@ -90,7 +91,7 @@ def update_in_place(build, fits_check: bool) -> Moved:
         _refuse_other_file_system(dst, item.path, st)
         with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as basis_map:
             recipe = build.recipe_for(basis_map)
-        journal = inplace.Journal(jpath, _header(rel, st, recipe, item, _new_mode(build, st), _new_owner(build)))
+        journal = inplace.Journal(jpath, _header(rel, st, recipe, item, *_new_attributes(build, st)))
         try:
             _write_and_check(fd, build, recipe, journal, st.st_size, fits_check)
         except BaseException:
@@ -102,7 +103,7 @@ def update_in_place(build, fits_check: bool) -> Moved:
     finally:
         os.close(fd)
     build.progress.finish()
-    return Moved(transferred=build.fetched, reused=build.reused, built="in place")
+    return Moved(transferred=build.fetched, reused=build.reused, built=IN_PLACE)
 
 
 def _open_for_update(dst: LocalRemote, rel: str) -> int:
@@ -148,21 +149,15 @@ def _header(rel: str, st: os.stat_result, recipe: Recipe, item, new_mode: int, o
             "layout": [int(recipe.layout[0]), [int(b) for b in recipe.layout[1]]] if recipe.layout else None}
 
 
-def _new_mode(build, st: os.stat_result) -> int:
-    """The source's permission bits (the old copy's for a remote source),
-    never setuid or setgid, as a renamed copy gets."""
+def _new_attributes(build, st: os.stat_result) -> tuple:
+    """(mode, owner) the updated file takes, as a renamed copy would: the
+    source's permission bits (the old copy's for a remote source), never
+    setuid or setgid; as root, a local source's [uid, gid] (else None)."""
     source = _local_source(build.src, build.item)
-    mode = stat_mod.S_IMODE(os.stat(source).st_mode if source is not None else st.st_mode)
-    return mode & ~(stat_mod.S_ISUID | stat_mod.S_ISGID)
-
-
-def _new_owner(build):
-    """[uid, gid] of a local source when running as root (as a renamed copy gets), else None."""
-    source = _local_source(build.src, build.item)
-    if source is None or os.geteuid() != 0:
-        return None
-    st = os.stat(source)
-    return [st.st_uid, st.st_gid]
+    src_st = os.stat(source) if source is not None else None
+    mode = stat_mod.S_IMODE((src_st or st).st_mode) & ~(stat_mod.S_ISUID | stat_mod.S_ISGID)
+    owner = [src_st.st_uid, src_st.st_gid] if src_st is not None and os.geteuid() == 0 else None
+    return mode, owner
 
 
 def _finish_new(fd: int, header: dict) -> None:

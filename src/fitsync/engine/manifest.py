@@ -164,17 +164,9 @@ def _write_on_cluster(result: ManifestResult, stream, listed: Iterator, cluster,
     if result.format != "jsonl":
         raise UsageError("a manifest on a cluster is written in --format=jsonl")
     shard_dir = shards or clusters.default_shard_dir(result.output)
-    closer = None
-    if isinstance(cluster, str):
-        executor, window, closer = clusters.open_executor(cluster)
-    else:
-        executor, window = clusters.executor_of(cluster)
-    try:
+    with clusters.executor_for(cluster) as (executor, window):
         run = clusters.run_batches(executor, window, result.root, options, listed, shard_dir, blocks=blocks,
                                    fits=fits, jobs=jobs, resume=resume, max_files=batch_files, also=also)
-    finally:
-        if closer is not None:
-            closer()
     for summary in (run.summaries[i] for i in sorted(run.summaries)):
         result.files += summary.files
         result.bytes += summary.bytes

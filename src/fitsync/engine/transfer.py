@@ -145,8 +145,11 @@ def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_chec
     at_source = run_beside(lambda: src.digest(item.path)) if needed else None
     received = None if resume_at else new_hasher("blake3")
     before = source_identity(src, item)
+    # A file shorter than one chunk has nothing to resume from: no journal
+    # (creating and removing one doubled the cost of copying small files).
+    journalled = journal if item.src.size >= CHUNK else None
     try:
-        written = _receive(src, item, part, journal, resume_at, received, moved, on_bytes, direct)
+        written = _receive(src, item, part, journalled, resume_at, received, moved, on_bytes, direct)
     except BaseException:
         _trim_partial(part, journal)
         raise
@@ -157,8 +160,7 @@ def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_chec
         if written is not None:
             _verify_written(part, item, written, trusted)
         else:  # through the page cache: read back, against the bytes received if nothing better
-            _verify_file(part, journal if item.src.size >= CHUNK else None, item,
-                         trusted or (received.hexdigest() if received else None))
+            _verify_file(part, journalled, item, trusted or (received.hexdigest() if received else None))
     except VerificationFailed:
         # The journal vouched for bytes that were wrong when received: resuming
         # from them would fail forever. Start over next time.
@@ -202,19 +204,17 @@ def _hashes_own_data(src: Remote) -> bool:
     return Capability.DIGEST in src.capabilities and "blake3" in src.remote_digests
 
 
-def _receive(src: Remote, item: Item, part: str, journal: str, resume_at: int, received, moved: Moved,
+def _receive(src: Remote, item: Item, part: str, journal: str | None, resume_at: int, received, moved: Moved,
              on_bytes, direct: bool = False) -> str | None:
-    """Append the source's bytes from ``resume_at`` to the partial file, journalling each full chunk.
+    """Append the source's bytes from ``resume_at`` to the partial file,
+    journalling each full chunk (in ``journal``, unless None).
     With ``direct`` a large file goes around the page cache (directio); the
     hex BLAKE3 of the bytes written is returned then, else None."""
     from fitsync.directio import open_direct
 
     mode = "r+b" if resume_at else "wb"
-    # A file shorter than one chunk has nothing to resume from: no journal
-    # (creating and removing one doubled the cost of copying small files).
-    journalled = item.src.size >= CHUNK
     with open_state_file(part, mode) as out, \
-            (open_state_file(journal, mode) if journalled else contextlib.nullcontext()) as jour:
+            (open_state_file(journal, mode) if journal else contextlib.nullcontext()) as jour:
         out.truncate(resume_at)
         out.seek(resume_at)
         if jour is not None:

@@ -39,7 +39,8 @@ from fitsync.remotes.local import LocalRemote, open_state_file, unlink_quietly
 
 log = logging.getLogger("fitsync.engine.update")
 
-CLONED, IN_PLACE, REWRITTEN, KERNEL_COPY, COPIED = "cloned", "in place", "rewritten", "kernel copy", "copied"
+# How a file was built, beside the writers' own "cloned", "kernel copy", "rewritten" (Writer.built).
+CLONED, IN_PLACE, REWRITTEN, COPIED = "cloned", "in place", "rewritten", "copied"
 
 
 def source_signature(src: Remote, path: str, like: str | None = None):
@@ -72,7 +73,6 @@ def _clone_whole(src: Remote, dst: LocalRemote, item: Item, local: str, on_bytes
     """The new file as a clone of the local source (cp --reflink): no byte is
     written. What is verified is what the clone shares: the source's bytes,
     hashed after the clone, with the source checked unchanged around it."""
-    from fitsync.hashes import file_digest as digest_of
     from fitsync.reflink import can_clone, clone_file
 
     tmp = os.path.join(dst.state_dir("tmp"), _identity_key(item) + ".clone")
@@ -84,7 +84,7 @@ def _clone_whole(src: Remote, dst: LocalRemote, item: Item, local: str, on_bytes
             with open_state_file(tmp, "wb") as out:
                 if not clone_file(source.fileno(), out.fileno()):
                     raise _NotCloned()
-            digest = digest_of(local)
+            digest = file_digest(local)
             _check_source_unchanged(src, item, before)
             trusted = _trusted_digest(item)
             if trusted is not None and digest != trusted:
