@@ -1121,15 +1121,20 @@ class SftpRemote(Remote):
                 return
             except BaseException as exc:
                 self._remove_quietly(tmp)
-                if isinstance(exc, FitsyncError) or not isinstance(exc, Exception):
+                if not isinstance(exc, Exception):
                     raise
-                if not self._lost(exc, conn):
-                    raise self._sftp_error(exc, f"write {final}") from None
-                if attempt == 1 and counted.taken == 0:
+                # Lost: the transport's own error, or the session it could not open.
+                lost = (isinstance(exc, ConnectionFailed) and exc.transient) or (
+                    not isinstance(exc, FitsyncError) and self._lost(exc, conn))
+                if lost and attempt == 1 and counted.taken == 0:
                     # The connection had died before this file began (its
                     # transport had not noticed yet): not this file's failure.
                     conn.reconnect(generation)
                     continue
+                if isinstance(exc, FitsyncError):
+                    raise
+                if not lost:
+                    raise self._sftp_error(exc, f"write {final}") from None
                 # ConnectionFailed: the sync engine retries the file
                 raise ConnectionFailed(f"connection to {self.target.describe()} lost while writing {final}: "
                                        f"{conn.why_lost(generation, exc)}") from None
