@@ -1,5 +1,6 @@
 """Builds the compiled core from ext/: fitsync._native (hashing, matching, FITS sums) and
-fitsync._walk (directory listing, small-file reading and BLAKE3 hashing)."""
+fitsync._walk (directory listing, small-file reading and BLAKE3 hashing) and
+fitsync._mapguard (memory maps whose file may shrink while they are read)."""
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -10,6 +11,9 @@ extensions = [
     Extension("fitsync._walk", sources=["ext/_walk.pyx"], depends=["ext/b3.h"], include_dirs=["ext"],
               extra_compile_args=["-O3", "-pthread", "-Wno-psabi"],  # b3.h: vectors inside inline functions only
               extra_link_args=["-pthread"]),
+    # mapguard.h: a SIGBUS handler that turns a truncated mmap'd file into "changed while read"
+    Extension("fitsync._mapguard", sources=["ext/_mapguard.pyx"], depends=["ext/mapguard.h"],
+              include_dirs=["ext"], extra_compile_args=["-O2"]),
 ]
 
 setup(

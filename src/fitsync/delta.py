@@ -18,7 +18,6 @@ of the SOURCE (the new file, to be sent). The same matcher serves:
 
 from __future__ import annotations
 
-import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from fitsync import _native
 from fitsync.errors import BadInput, NotFound
+from fitsync.mapped import mapped_file
 from fitsync.segments import LocalSegments
 from fitsync.recipe import BASIS, FORMAT_VERSION, SOURCE, ReadSource, Recipe  # noqa: F401  (re-exported)
 from fitsync.signature import STRONG_LEN, Signature, buffer_digest
@@ -371,15 +371,17 @@ class _mapped:
         except FileNotFoundError:
             raise NotFound(f"{self.path} does not exist") from None
         size = os.fstat(self._file.fileno()).st_size
-        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-        self._view = memoryview(self._map) if self._map is not None else memoryview(b"")
+        self._map = mapped_file(self._file.fileno(), what=self.path) if size else None
+        self._view = memoryview(self._map.__enter__()) if self._map is not None else memoryview(b"")
         return self._view
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         self._view.release()
-        if self._map is not None:
-            self._map.close()
-        self._file.close()
+        try:
+            if self._map is not None:
+                self._map.close(exc)
+        finally:
+            self._file.close()
 
 
 def __getattr__(name: str):

@@ -19,7 +19,6 @@ See docs/fits-audit.md for every check and how it compares with astropy.
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import re
 import sys
@@ -32,6 +31,7 @@ from fitsync import fits
 from fitsync.checksum import checksum_ok, datasum, datasum_ok
 from fitsync.errors import NotFound, SourceChanged
 from fitsync.fits import ABSENT, BAD, BROKEN, INCOMPLETE, OK, UNCHECKED, WARNING, HduResult, HduWalker, Problem
+from fitsync.mapped import mapped_file
 from fitsync.paths import join_under, safe_relpath
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -411,7 +411,7 @@ def _misnamed_gzip_report() -> FileReport:
 
 def _check_plain_file(f, size: int, hasher, mapped: bool) -> FileReport:
     if size and mapped:
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapping:
+        with mapped_file(f.fileno(), what=f.name) as mapping:
             view = memoryview(mapping)
             try:
                 if hasher is not None:

@@ -78,7 +78,6 @@ def _feed_file(path: str, hasher_for, head: int) -> tuple:
     """Read a local file once into the hasher ``hasher_for(size)`` returns:
     from an mmap when large, in os.read pieces (to its end, even if it grew
     since fstat) when small. Returns (that hasher, the first ``head`` bytes)."""
-    import mmap
     import os
 
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -86,7 +85,11 @@ def _feed_file(path: str, hasher_for, head: int) -> tuple:
         size = os.fstat(fd).st_size
         hasher = hasher_for(size)
         if size >= MMAP_THRESHOLD:
-            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
+            import mmap
+
+            from fitsync.mapped import mapped_file
+
+            with mapped_file(fd, what=path) as mapped:
                 mapped.madvise(mmap.MADV_SEQUENTIAL)
                 hasher.update(mapped)
                 return hasher, mapped[:head]

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import mmap
 import os
 import struct
 
@@ -38,6 +37,7 @@ import xxhash
 from fitsync.patch import SourceBytes, write_all
 from fitsync.recipe import BASIS, Recipe
 from fitsync.errors import BadInput, TransferFailed, VerificationFailed
+from fitsync.mapped import mapped_file
 
 MAGIC = b"FITSYNC-INPLACE-1\n"
 _LEN = struct.Struct("<I")
@@ -244,7 +244,7 @@ class _Batch:
 def file_digest_of(fd: int, size: int, hasher) -> str:
     """Hex digest of the first ``size`` bytes of ``fd`` read back."""
     if size:
-        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as view:
+        with mapped_file(fd, size, what="the file updated in place") as mapped, memoryview(mapped) as view:
             hasher.update(view)
     return hasher.hexdigest()
 

@@ -23,6 +23,7 @@ import blake3
 from fitsync.recipe import BASIS, ReadSource, Recipe
 from fitsync.directio import open_direct
 from fitsync.errors import BadInput, TransferFailed, VerificationFailed
+from fitsync.mapped import mapped_file
 
 COPY_CHUNK = 64 << 20  # a BASIS run is copied in pieces this large, so verification can follow
 VERIFY_CHUNK = 32 << 20
@@ -102,7 +103,7 @@ class _Verifier(threading.Thread):
     def _hash(self, start: int, end: int) -> int:
         begin = self._base + start
         aligned = begin - begin % mmap.ALLOCATIONGRANULARITY
-        with mmap.mmap(self._fd, self._base + end - aligned, access=mmap.ACCESS_READ, offset=aligned) as mapped:
+        with mapped_file(self._fd, self._base + end - aligned, aligned, "the file being written") as mapped:
             with memoryview(mapped) as view:
                 self.hasher.update(view[begin - aligned :])
         return end

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import mmap
 import os
 import struct
 import sys
@@ -31,6 +30,7 @@ from fitsync import _native
 from fitsync.errors import BadInput, NotFound, SourceChanged
 from fitsync.fits import BLOCK as FITS_BLOCK
 from fitsync.fits import segment_boundaries
+from fitsync.mapped import mapped_file
 from fitsync.sums import FAST, STDLIB, Sums, block_list_digest, suite_of
 from fitsync.threads import run_beside
 
@@ -418,7 +418,7 @@ def signature_of_file(path, block_size: int | None = None, fits_aware: bool = Tr
         if before.st_size == 0:
             sig = SignatureBuilder(0, block_size, digest=digest, sums=sums).finish()
         else:
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            with mapped_file(f.fileno(), what=path) as mapped:
                 view = memoryview(mapped)
                 try:
                     sig = signature_of_buffer(view, block_size, fits_aware, digest, sums)
@@ -450,14 +450,14 @@ def signature_of_remote(remote, path: str, block_size: int | None = None, fits_a
 
 def file_digest(path) -> str:
     """Hex BLAKE3 of a local file: mmap plus BLAKE3's own threads, like b3sum."""
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    from fitsync.hashes import file_digest as digest_of_file
+
     try:
-        hasher.update_mmap(path)
+        return digest_of_file(path)
     except FileNotFoundError:
         raise NotFound(f"{path} does not exist") from None
     except IsADirectoryError:
         raise NotFound(f"{path} is a directory, not a file") from None
-    return hasher.hexdigest()
 
 
 def buffer_digest(buffer) -> bytes:

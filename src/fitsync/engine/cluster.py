@@ -124,7 +124,8 @@ def hash_shard(run_id: str, root: str, options: RemoteOptions, index: int, list_
     """Hash one batch (its files listed in ``list_path``) on a worker and write
     its manifest lines as a shard (temporary name, then rename: a rerun
     replaces it, never appends)."""
-    from fitsync.formats.manifest import build_entries, jsonl_body
+    from fitsync.engine.entries import build_entries
+    from fitsync.formats.manifest import jsonl_body
     from fitsync.remotes.base import Entry
 
     remote = _worker_remote(run_id, root, options)

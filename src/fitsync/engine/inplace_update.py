@@ -15,7 +15,6 @@ Unlike rsync, nothing stays mixed after a crash.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import stat as stat_mod
 
@@ -24,6 +23,7 @@ from fitsync.recipe import Recipe
 from fitsync.engine.transfer import Moved, _local_source
 from fitsync.engine.update import IN_PLACE
 from fitsync.errors import FitsyncError, TransferFailed, UsageError
+from fitsync.mapped import mapped_file
 from fitsync.paths import safe_relpath
 from fitsync.remotes.local import STATE_DIR, LocalRemote
 
@@ -89,7 +89,7 @@ def update_in_place(build, fits_check: bool) -> Moved:
         if not stat_mod.S_ISREG(st.st_mode):
             raise TransferFailed(f"{dst.path_of(item.path)} is not a regular file; cannot update it in place")
         _refuse_other_file_system(dst, item.path, st)
-        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as basis_map:
+        with mapped_file(fd, what=dst.path_of(item.path)) as basis_map:
             recipe = build.recipe_for(basis_map)
         journal = inplace.Journal(jpath, _header(rel, st, recipe, item, *_new_attributes(build, st)))
         try:

@@ -11,7 +11,8 @@ import os
 from typing import IO, Iterator, Optional
 
 from fitsync.errors import NotFound, UnsafePath, UsageError
-from fitsync.formats.manifest import DEFAULT_NAME, build_entries, write_atomically, write_b3sum, write_hashlist, write_jsonl
+from fitsync.engine.entries import build_entries
+from fitsync.formats.manifest import DEFAULT_NAME, write_atomically, write_b3sum, write_hashlist, write_jsonl
 from fitsync.options import RemoteOptions, Selection
 from fitsync.remotes.base import Capability, Entry, Remote
 from fitsync.results import ManifestResult

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mmap
 import os
 import stat
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import xxhash
 from fitsync.errors import SourceChanged, TransferFailed, VerificationFailed
 from fitsync.hashes import file_digest, new_hasher
 from fitsync.engine.plan import Item
+from fitsync.mapped import mapped_file
 from fitsync.remotes.base import Capability, Remote
 from fitsync.remotes.local import LocalRemote, open_state_file, unlink_quietly
 from fitsync.threads import run_beside
@@ -480,7 +480,7 @@ def _push_delta(local: str, dst: Remote, item: Item, on_bytes=None) -> Moved:
     sig = dst.block_signature(item.path, like=local, digest=False)  # the old file's digest is of no use here
     digest, blake3_digest = digest_of_new()
     with open(local, "rb") as f:
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if item.src.size else _EmptyMap() as data:
+        with mapped_file(f.fileno(), what=local) if item.src.size else _EmptyMap() as data:
             recipe = delta_recipe(sig, data, source_digest=digest, known=sig.like_offsets)
             if stock:
                 from fitsync.sums import PUSH_LAYOUT

@@ -25,7 +25,6 @@ How the new version is built (``Moved.built``, shown by --itemize and --json):
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 
 from fitsync.engine.plan import Action, Item
@@ -34,6 +33,7 @@ from fitsync.engine.transfer import (CHUNK, Moved, _check_source_unchanged, _ide
                                      split_ranges)
 from fitsync.errors import VerificationFailed
 from fitsync.hashes import file_digest
+from fitsync.mapped import mapped_file
 from fitsync.remotes.base import Capability, Remote
 from fitsync.remotes.local import LocalRemote, open_state_file, unlink_quietly
 
@@ -266,7 +266,7 @@ class _Build:
 
         tmp = _delta_tmp(self.dst, self.item)
         with open(self.dst.path_of(self.item.path), "rb") as basis:
-            with mmap.mmap(basis.fileno(), 0, access=mmap.ACCESS_READ) as basis_map:
+            with mapped_file(basis.fileno(), what=basis.name) as basis_map:
                 recipe = self.recipe_for(basis_map)
             try:
                 with open_state_file(tmp, "wb") as out:
