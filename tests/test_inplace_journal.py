@@ -19,7 +19,8 @@ from test_delta import file_pairs
 
 
 def _apply(tmp_path, old: bytes, new: bytes, block_size: int, batch: int):
-    path, jpath = tmp_path / "f.dat", tmp_path / "f.journal"
+    path, jpath = tmp_path / "f.dat", tmp_path / ".fitsync" / "inplace" / "f.journal"  # where mirror keeps it
+    jpath.parent.mkdir(parents=True, exist_ok=True)
     for p in (path, jpath):
         if p.exists():
             p.unlink()

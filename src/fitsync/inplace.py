@@ -36,6 +36,7 @@ import xxhash
 
 from fitsync.patch import SourceBytes, write_all
 from fitsync.recipe import BASIS, Recipe
+from fitsync.remotes.statefiles import open_state_fd
 from fitsync.errors import BadInput, TransferFailed, VerificationFailed
 from fitsync.mapped import mapped_file
 
@@ -66,7 +67,8 @@ class Journal:
     def __init__(self, path: str, header: dict):
         self.path = path
         self.header = header
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        # Made under the state directory's descriptor: a swapped .fitsync cannot take it elsewhere.
+        self._fd = open_state_fd(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             body = json.dumps(header, sort_keys=True).encode()
             write_all(self._fd, MAGIC + _LEN.pack(len(body)) + body + xxhash.xxh3_128_digest(body))

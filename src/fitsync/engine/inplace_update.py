@@ -26,6 +26,7 @@ from fitsync.errors import FitsyncError, TransferFailed, UsageError
 from fitsync.mapped import mapped_file
 from fitsync.paths import safe_relpath
 from fitsync.remotes.local import STATE_DIR, LocalRemote
+from fitsync.remotes.statefiles import unlink_state_file
 
 log = logging.getLogger("fitsync")
 
@@ -99,7 +100,7 @@ def update_in_place(build, fits_check: bool) -> Moved:
             _roll_back(fd, jpath)
             raise
         journal.close()
-        os.unlink(jpath)
+        unlink_state_file(jpath)
     finally:
         os.close(fd)
     build.progress.finish()
@@ -172,10 +173,10 @@ def _roll_back(fd: int, jpath: str) -> None:
     try:
         header, records, _ = inplace.read_journal(jpath)
     except inplace.JournalCorrupt:
-        os.unlink(jpath)
+        unlink_state_file(jpath)
         return
     inplace.roll_back(fd, jpath, header, records)
-    os.unlink(jpath)
+    unlink_state_file(jpath)
 
 
 # -- recovery ------------------------------------------------------------------
@@ -207,17 +208,17 @@ def recover_journal(dst: LocalRemote, jpath: str) -> tuple:
     try:
         header, records, complete = inplace.read_journal(jpath)
     except inplace.JournalCorrupt:
-        os.unlink(jpath)  # torn before it was synced: no byte of the file was overwritten
+        unlink_state_file(jpath)  # torn before it was synced: no byte of the file was overwritten
         return None, "nothing had been written; the file is unchanged"
     rel = header["path"]
     try:
         fd = _open_for_update(dst, safe_relpath(rel))
     except FileNotFoundError:
-        os.unlink(jpath)
+        unlink_state_file(jpath)
         return rel, "the file is gone; its journal was dropped"
     try:
         if not _same_file(os.fstat(fd), header):
-            os.unlink(jpath)
+            unlink_state_file(jpath)
             return rel, "the file was replaced since; its journal was dropped"
         if complete and inplace.check_new(fd, header, _hasher(header)):
             _finish_new(fd, header)
@@ -226,7 +227,7 @@ def recover_journal(dst: LocalRemote, jpath: str) -> tuple:
         else:
             inplace.roll_back(fd, jpath, header, records)
             outcome = "rolled back to the old version"
-        os.unlink(jpath)
+        unlink_state_file(jpath)
         return rel, outcome
     finally:
         os.close(fd)

@@ -34,6 +34,7 @@ from fitsync.engine.plan import Item
 from fitsync.mapped import mapped_file
 from fitsync.remotes.base import Capability, Remote
 from fitsync.remotes.local import LocalRemote, open_state_file, unlink_quietly
+from fitsync.remotes.statefiles import truncate_state_file
 from fitsync.threads import run_beside
 
 log = logging.getLogger("fitsync.engine.transfer")
@@ -319,7 +320,7 @@ def _trim_partial(part: str, journal: str) -> None:
     except OSError:
         vouched = 0
     if vouched:
-        os.truncate(part, vouched)
+        truncate_state_file(part, vouched)
     else:
         unlink_quietly(part)
         unlink_quietly(journal)
@@ -370,7 +371,7 @@ def _drop_unless_regular(path: str) -> None:
         return
     if not stat.S_ISREG(st.st_mode):
         log.warning("%s is not a regular file; removing it (a partial download is started over)", path)
-        os.unlink(path)
+        unlink_quietly(path)
 
 
 def _validated_prefix(part: str, journal: str) -> int:

@@ -97,24 +97,31 @@ def _copy_directory_attributes(fd: int, source: str | None) -> None:
         os.fchown(fd, st.st_uid, st.st_gid)
 
 
-def install(root_fd: int, tmp: str, rel: str, *, like: str | None, replace_other_types: bool,
-            fsync: bool) -> None:
-    """Rename the verified temporary file ``tmp`` to ``rel`` under the root,
-    relative to the descriptor of its directory. A directory in its place is
-    replaced only with ``replace_other_types``, once the rename can happen."""
+def install(root_fd: int, tmp: tuple[int, str], rel: str, *, like: str | None, replace_other_types: bool,
+            fsync: bool, inode: int) -> None:
+    """Rename the verified temporary file ``tmp`` (its directory's descriptor
+    and its name) to ``rel`` under the root, relative to the descriptor of
+    its directory. A directory in its place is replaced only with
+    ``replace_other_types``, once the rename can happen. What arrives must be
+    the file ``inode``: anything swapped in for the temporary since it was
+    verified is removed again and refused."""
     parent, _, name = rel.rpartition("/")
+    tmp_dir, tmp_name = tmp
     pfd = open_beneath(root_fd, parent, create=True, like=os.path.dirname(like) if like else None,
                        replace_files=replace_other_types)
     try:
         old = _move_directory_aside(pfd, name, rel, replace_other_types)
         try:
-            os.replace(tmp, name, dst_dir_fd=pfd)
+            os.replace(tmp_name, name, src_dir_fd=tmp_dir, dst_dir_fd=pfd)
         except BaseException:
             if old is not None:
                 os.rename(old, name, src_dir_fd=pfd, dst_dir_fd=pfd)
             raise
         if old is not None:
             _remove_tree(pfd, old)
+        if os.stat(name, dir_fd=pfd, follow_symlinks=False).st_ino != inode:
+            os.unlink(name, dir_fd=pfd)
+            raise UnsafePath(f"{rel}: its temporary file was replaced before it was renamed; refusing it")
         if fsync:
             os.fsync(pfd)
     finally:

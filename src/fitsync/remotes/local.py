@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
 from fitsync.errors import BadInput, FitsyncError, NotFound, TransferFailed, UnsafePath, VerificationFailed
 from fitsync.paths import join_under, safe_relpath
 from fitsync.remotes.base import Capability, Entry, Remote
+from fitsync.remotes.statefiles import STATE_DIR, is_state_path, open_state_file, unlink_state_file  # noqa: F401
 
 if TYPE_CHECKING:  # pragma: no cover
     from fitsync.options import RemoteOptions
 
 # fitsync's own state inside a destination root: lock, partial files.
-STATE_DIR = ".fitsync"
 
 
 class LocalRemote(Remote):
@@ -230,19 +230,31 @@ class LocalRemote(Remote):
         fitsync.remotes.beneath): a directory swapped for a symlink during the
         run cannot lead it outside the tree."""
         from fitsync.remotes.beneath import install
+        from fitsync.remotes.statefiles import open_state_fd, state_parent
 
-        if mtime is not None:
-            ns = int(round(mtime * 1e9))
-            os.utime(tmp, ns=(ns, ns))
-        _copy_attributes(tmp, source, os.path.join(self.root, *safe_relpath(path).split("/")))
-        if self.fsync:
-            _sync(tmp)
+        # The temporary's attributes are set through one descriptor of it, and
+        # it is renamed from its own directory's descriptor: a temporary or a
+        # state directory swapped for a link meanwhile takes none of them
+        # outside the tree. A temporary with a second link is not ours.
+        final = os.path.join(self.root, *safe_relpath(path).split("/"))
+        fd = open_state_fd(tmp, os.O_RDONLY)
         try:
-            install(self.root_fd(), tmp, safe_relpath(path), like=source,
-                    replace_other_types=self.replaces_other_types, fsync=self.fsync)
+            st = os.fstat(fd)
+            if st.st_nlink != 1:
+                raise UnsafePath(f"{tmp} has {st.st_nlink} links, not the one fitsync made; refusing to install it")
+            if mtime is not None:
+                ns = int(round(mtime * 1e9))
+                os.utime(fd, ns=(ns, ns))
+            _copy_attributes(fd, source, final)
+            if self.fsync:
+                os.fsync(fd)
+            with state_parent(tmp) as (tmp_dir, name):
+                install(self.root_fd(), (tmp_dir, name), safe_relpath(path), like=source,
+                        replace_other_types=self.replaces_other_types, fsync=self.fsync, inode=st.st_ino)
         except PermissionError:
-            final = os.path.join(self.root, *safe_relpath(path).split("/"))
             raise TransferFailed(f"cannot replace {final}: permission denied (is its directory read-only?)") from None
+        finally:
+            os.close(fd)
 
     def root_fd(self) -> int:
         with self._root_lock:
@@ -318,25 +330,17 @@ def finish_file(tmp: str, final: str, mtime: float | None, mode: int) -> None:
         raise TransferFailed(f"cannot replace {final}: permission denied (is its directory read-only?)") from None
 
 
-def _copy_attributes(tmp: str, source: str | None, final: str) -> None:
-    """Permission bits (never setuid or setgid) and, as root, ownership of ``tmp``."""
+def _copy_attributes(fd: int, source: str | None, final: str) -> None:
+    """Permission bits (never setuid or setgid) and, as root, ownership of the
+    temporary open as ``fd``."""
     try:
         st = os.stat(source) if source else os.stat(final)
         mode = stat_mod.S_IMODE(st.st_mode) & ~(stat_mod.S_ISUID | stat_mod.S_ISGID)
     except (FileNotFoundError, TypeError):
         st, mode = None, 0o666 & ~_umask()
-    os.chmod(tmp, mode)
+    os.fchmod(fd, mode)
     if st is not None and source and os.geteuid() == 0:
-        os.chown(tmp, st.st_uid, st.st_gid)
-
-
-def _sync(path: str) -> None:
-    """fsync a file, or a directory (its entries), by path."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        os.fchown(fd, st.st_uid, st.st_gid)
 
 
 def _umask() -> int:
@@ -371,25 +375,12 @@ def private_directory(path: str) -> None:
         raise BadInput(f"{path} belongs to user {st.st_uid}, not to this user; refusing to use it")
 
 
-def open_state_file(path: str, mode: str):
-    """Open a file of the state directory (partial download, journal,
-    temporary) without following a symlink; a new file is made private
-    (0600) and any entry already there under that name is replaced, never
-    written through."""
-    if mode == "wb":
-        unlink_quietly(path)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    else:
-        flags = {"rb": os.O_RDONLY, "r+b": os.O_RDWR}[mode]
-    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise BadInput(f"{path} is not a regular file; remove it and run again")
-    return os.fdopen(fd, mode)
-
-
 def unlink_quietly(path: str) -> None:
-    """Remove a temporary file that may already be gone."""
+    """Remove a temporary file that may already be gone (one in the state
+    directory through its directory's descriptor: see remotes.statefiles)."""
+    if is_state_path(path):
+        unlink_state_file(path)
+        return
     try:
         os.unlink(path)
     except FileNotFoundError:
