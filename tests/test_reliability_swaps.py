@@ -97,3 +97,41 @@ def test_a_swapped_state_directory_takes_no_create_truncate_or_unlink_outside(tm
             raise AssertionError("went through the swapped state directory")
     unlink_quietly(str(part))
     assert fingerprint(canary) == before
+
+
+def test_an_archive_is_never_unpacked_through_a_directory_swapped_between_members(tmp_path, monkeypatch):
+    """--extract installs members as mirrored files are installed: a directory
+    swapped for a symlink after the archive was planned stops the members below it."""
+    import io
+    import tarfile
+
+    from fitsync import extract
+    from fitsync.errors import UnsafePath
+
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    (canary / "b.fits").write_bytes(b"canary")
+    before = fingerprint(canary)
+    dst = tmp_path / "dst"
+    (dst / "sub").mkdir(parents=True)
+    with tarfile.open(dst / "night.tar", "w") as tar:
+        for name in ("sub/a.fits", "sub/b.fits"):
+            info = tarfile.TarInfo(name)
+            info.size = 6
+            tar.addfile(info, io.BytesIO(b"member"))
+    real_write = extract._write_member
+
+    def swap_before_the_second(dst_remote, tar, member, target):
+        if target == "sub/b.fits":
+            swap(dst / "sub", canary)
+        return real_write(dst_remote, tar, member, target)
+
+    monkeypatch.setattr(extract, "_write_member", swap_before_the_second)
+    try:
+        extract.extract_one(str(dst), "night.tar")
+    except UnsafePath as exc:
+        assert "symlink" in str(exc)
+    else:
+        raise AssertionError("unpacked through a directory swapped for a symlink")
+    assert fingerprint(canary) == before
+    assert (dst / "sub.swapped-away" / "a.fits").read_bytes() == b"member"

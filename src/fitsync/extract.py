@@ -25,14 +25,15 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import secrets
+import stat as stat_mod
 import tarfile
-import tempfile
 import zlib
 
 from fitsync.errors import BadInput, UnsafePath
 from fitsync.formats.manifest import write_atomically
 from fitsync.paths import join_under, safe_relpath
-from fitsync.remotes.local import STATE_DIR, finish_file, unlink_quietly
+from fitsync.remotes.local import STATE_DIR, LocalRemote, open_state_file, unlink_quietly
 
 ARCHIVE_SUFFIXES = (".tar", ".tgz", ".tar.gz")
 STATE_FILE = "extracted.json"
@@ -93,14 +94,7 @@ def extract_one(dst_root: str, relpath: str, mirrored=frozenset(), max_bytes: in
                 if plan[-1][1] in mirrored and member.isreg():
                     raise UnsafePath(f"{relpath}: member {member.name!r} would overwrite {plan[-1][1]}, a file of "
                                      "the mirror itself; refusing to extract the archive")
-            written = []
-            for member, target in plan:
-                if member.isdir():
-                    if target:
-                        os.makedirs(join_under(dst_root, target), exist_ok=True)
-                    continue
-                written.append(_write_member(dst_root, tar, member, target))
-            return written
+            return _write_members(LocalRemote(dst_root), tar, plan)
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise BadInput(f"{relpath} is not a readable tar archive ({exc}); download it again") from None
 
@@ -138,29 +132,48 @@ def _target(base: str, member: tarfile.TarInfo, archive: str) -> str:
     return target
 
 
-def _write_member(dst_root: str, tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> list:
-    final = join_under(dst_root, target)
+def _write_members(dst: LocalRemote, tar: tarfile.TarFile, plan: list) -> list[list]:
+    """Directories made and files installed from the root's descriptor, one
+    directory at a time, never following a symlink (remotes.beneath)."""
+    from fitsync.remotes.beneath import open_beneath
+
+    written = []
+    try:
+        for member, target in plan:
+            if member.isdir():
+                if target:
+                    os.close(open_beneath(dst.root_fd(), target, create=True))
+                continue
+            written.append(_write_member(dst, tar, member, target))
+    finally:
+        dst.close()
+    return written
+
+
+def _write_member(dst: LocalRemote, tar: tarfile.TarFile, member: tarfile.TarInfo, target: str) -> list:
+    """Unpack one member to an unpredictable temporary in the state directory,
+    then install it as mirrored files are: through directory descriptors
+    (LocalRemote.install), so that a directory swapped for a symlink while
+    the archive is unpacked cannot lead a member outside the tree."""
+    final = join_under(dst.root, target)
     mtime_ns = int(member.mtime) * 1_000_000_000
     try:
         st = os.stat(final, follow_symlinks=False)
-        if os.path.isfile(final) and not os.path.islink(final) and st.st_size == member.size and st.st_mtime_ns == mtime_ns:
+        if stat_mod.S_ISREG(st.st_mode) and st.st_size == member.size and st.st_mtime_ns == mtime_ns:
             return [target, member.size, mtime_ns]  # already extracted
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         pass
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    tmp_dir = os.path.join(dst_root, STATE_DIR, "tmp")
-    os.makedirs(tmp_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="extract-", dir=tmp_dir)
+    tmp = os.path.join(dst.state_dir("tmp"), f"extract-{secrets.token_hex(8)}")
     try:
         source = tar.extractfile(member)
-        with os.fdopen(fd, "wb") as out:
+        with open_state_file(tmp, "wb") as out:
             written = 0
             for chunk in iter(lambda: source.read(COPY_CHUNK), b""):
                 out.write(chunk)
                 written += len(chunk)
         if written != member.size:
             raise BadInput(f"member {member.name!r} is truncated ({written} of {member.size} bytes)")
-        finish_file(tmp, final, mtime_ns / 1e9, 0o644 | (member.mode & 0o111))
+        dst.install(tmp, target, mtime_ns / 1e9, mode=0o644 | (member.mode & 0o111))
     except BaseException:
         unlink_quietly(tmp)
         raise

@@ -224,7 +224,8 @@ class LocalRemote(Remote):
             except OSError:
                 pass
 
-    def install(self, tmp: str, path: str, mtime: float | None, source: str | None = None) -> None:
+    def install(self, tmp: str, path: str, mtime: float | None, source: str | None = None,
+                mode: int | None = None) -> None:
         """Give the verified temporary file ``tmp`` its mtime and permissions
         and rename it to ``path`` through directory descriptors (see
         fitsync.remotes.beneath): a directory swapped for a symlink during the
@@ -245,7 +246,10 @@ class LocalRemote(Remote):
             if mtime is not None:
                 ns = int(round(mtime * 1e9))
                 os.utime(fd, ns=(ns, ns))
-            _copy_attributes(fd, source, final)
+            if mode is None:
+                _copy_attributes(fd, source, final)
+            else:
+                os.fchmod(fd, mode)
             if self.fsync:
                 os.fsync(fd)
             with state_parent(tmp) as (tmp_dir, name):
@@ -310,24 +314,6 @@ def _needs_check(path: str) -> bool:
     """Cheap pre-test: only names with unusual characters or great length go
     through the full safe_relpath check (a large tree lists tens of thousands)."""
     return len(path) > 200 or not path.isprintable() or "\\" in path
-
-
-def finish_file(tmp: str, final: str, mtime: float | None, mode: int) -> None:
-    """Give a verified temporary file (an unpacked archive member) its mtime and
-    ``mode``, then rename it into place. Mirrored files go through
-    ``LocalRemote.install`` (directory descriptors) instead; --extract checked
-    its targets with join_under when it planned them."""
-    if mtime is not None:
-        ns = int(round(mtime * 1e9))
-        os.utime(tmp, ns=(ns, ns))
-    if os.path.isdir(final) and not os.path.islink(final):
-        raise BadInput(f"{final} is a directory in the destination but a file in the source")
-    os.chmod(tmp, mode)
-    try:
-        os.makedirs(os.path.dirname(final), exist_ok=True)
-        os.replace(tmp, final)
-    except PermissionError:
-        raise TransferFailed(f"cannot replace {final}: permission denied (is its directory read-only?)") from None
 
 
 def _copy_attributes(fd: int, source: str | None, final: str) -> None:
