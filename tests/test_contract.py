@@ -127,7 +127,8 @@ def _backend(name: str, request, tmp_path: Path, monkeypatch):
 
 
 def _release_manifest(root: Path) -> None:
-    from fitsync.formats.manifest import DEFAULT_NAME, build_entries, write_atomically, write_jsonl
+    from fitsync.engine.entries import build_entries
+    from fitsync.formats.manifest import DEFAULT_NAME, write_atomically, write_jsonl
     from fitsync.remotes.local import LocalRemote
 
     local = LocalRemote(str(root))

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fitsync.errors import BadInput, ConnectionFailed, NotFound, SourceChanged, TransferFailed
-from fitsync.formats.manifest import DEFAULT_NAME, build_entries, write_atomically, write_jsonl
+from fitsync.engine.entries import build_entries
+from fitsync.formats.manifest import DEFAULT_NAME, write_atomically, write_jsonl
 from fitsync.options import RemoteOptions
 from fitsync.remotes import open_remote
 from fitsync.remotes.base import Capability

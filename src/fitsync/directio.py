@@ -31,6 +31,8 @@ import threading
 
 import blake3
 
+from fitsync.holes import data_runs
+
 ALIGN = 4096  # a multiple of every logical block size in use (512, 4096)
 BUFFER = 8 << 20
 BUFFERS = 3  # one being filled, one being written, one spare: reading never waits on the disk
@@ -44,6 +46,7 @@ class DirectWriter:
     """Sequential writer of one file opened with O_DIRECT; see the module docstring."""
 
     built = "rewritten"  # every byte goes through these buffers (engine.update names the ways)
+    holes = False  # True: aligned zero runs are left as holes (fitsync.holes), for sources that cannot say
 
     def __init__(self, fd: int, flags: int, hasher=None):
         self._fd = fd
@@ -153,29 +156,38 @@ class DirectWriter:
                 self._cond.notify_all()
 
     def _write_buffer(self, buffer: mmap.mmap, fill: int) -> None:
+        with memoryview(buffer) as whole:
+            if not self.holes:
+                self._write_run(whole, 0, fill)
+                return
+            at = self._pos  # buffers start on the block grid: so do the runs (fitsync.holes)
+            for start, end in data_runs(whole[:fill], at):
+                self._pos = at + start
+                self._write_run(whole, start, end)
+            self._pos = at + fill
+
+    def _write_run(self, whole: memoryview, done: int, fill: int) -> None:
         # pwrite at a tracked offset: after a short or refused write the
         # rest goes exactly where it belongs, whatever the mode.
-        with memoryview(buffer) as whole:
-            done = 0
-            while done < fill:
-                end = fill - fill % ALIGN if self._direct else fill
-                if end <= done:  # the unaligned tail of the last buffer
-                    self._buffered()
-                    end = fill
-                try:
-                    written = os.pwrite(self._fd, whole[done:end], self._pos)
-                except OSError as exc:
-                    # Some file systems accept the flag at open and refuse the
-                    # write (or an unaligned rest after a short write): go on
-                    # through the page cache.
-                    if exc.errno != errno.EINVAL or not self._direct:
-                        raise
-                    self._buffered()
-                    continue
-                if written <= 0:
-                    raise OSError(errno.EIO, "the kernel accepted no bytes")
-                done += written
-                self._pos += written
+        while done < fill:
+            end = fill - fill % ALIGN if self._direct else fill
+            if end <= done:  # the unaligned tail of the last buffer
+                self._buffered()
+                end = fill
+            try:
+                written = os.pwrite(self._fd, whole[done:end], self._pos)
+            except OSError as exc:
+                # Some file systems accept the flag at open and refuse the
+                # write (or an unaligned rest after a short write): go on
+                # through the page cache.
+                if exc.errno != errno.EINVAL or not self._direct:
+                    raise
+                self._buffered()
+                continue
+            if written <= 0:
+                raise OSError(errno.EIO, "the kernel accepted no bytes")
+            done += written
+            self._pos += written
 
     def _buffered(self) -> None:
         if self._direct:
@@ -190,6 +202,8 @@ class DirectWriter:
             self._submit(self._fill)
         self._stop()
         self._raise_if_failed()
+        if self.holes and os.fstat(self._fd).st_size < self._pos:  # it ended in a hole
+            os.ftruncate(self._fd, self._pos)
         return self.hasher.hexdigest()
 
     def abort(self) -> None:

@@ -30,6 +30,7 @@ import xxhash
 
 from fitsync.errors import SourceChanged, TransferFailed, VerificationFailed
 from fitsync.hashes import file_digest, new_hasher
+from fitsync.holes import HoleWriter
 from fitsync.engine.plan import Item
 from fitsync.mapped import mapped_file
 from fitsync.remotes.base import Capability, Remote
@@ -222,9 +223,18 @@ def _receive(src: Remote, item: Item, part: str, journal: str | None, resume_at:
             jour.truncate(resume_at // CHUNK * JOURNAL_DIGEST)
             jour.seek(0, os.SEEK_END)
         writer = open_direct(out.fileno(), item.src.size) if direct else None
+        # A source that cannot say where its holes are: its zero runs become
+        # holes (a local one keeps its own: engine/sparse.py).
+        holes = Capability.LOCAL not in src.capabilities
         if writer is None:
-            _receive_into(out.write, out.flush, src, item, resume_at, received, jour, moved, on_bytes)
+            if not holes:
+                _receive_into(out.write, out.flush, src, item, resume_at, received, jour, moved, on_bytes)
+                return None
+            sparse = HoleWriter(out, resume_at)
+            _receive_into(sparse.write, out.flush, src, item, resume_at, received, jour, moved, on_bytes)
+            sparse.finish()
             return None
+        writer.holes = holes
         try:
             _receive_into(writer.write, None, src, item, resume_at, None, jour, moved, on_bytes)
         except BaseException:
