@@ -78,3 +78,28 @@ def test_a_mostly_zero_file_from_http_takes_about_its_data(tmp_path):
         copy = tmp_path / "dst" / name
         assert copy.read_bytes() == data
         assert copy.stat().st_blocks * 512 <= 3 << 20, (name, copy.stat().st_blocks)
+
+
+def test_a_delta_update_keeps_the_holes_of_a_sparse_file(tmp_path):
+    """The old copy's holes stay holes where the basis is reused, and the new
+    version's zero runs become holes: through the page cache (24 MiB) and
+    with direct I/O (96 MiB)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    for name, size in (("small.dat", 24 << 20), ("large.dat", 96 << 20)):
+        for root, edit in ((dst, b"old version"), (src, b"new version")):
+            with open(root / name, "wb") as f:
+                f.truncate(size)
+                f.seek(size // 3)
+                f.write(os.urandom(1 << 20) if root is dst else (dst / name).read_bytes()[size // 3:size // 3 + (1 << 20)])
+                f.seek(size // 2)
+                f.write(edit)
+        os.utime(dst / name, (1_600_000_000, 1_600_000_000))
+    result = subprocess.run([FITSYNC, "mirror", src, dst, "--no-whole-file", "--itemize"], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for name in ("small.dat", "large.dat"):
+        copy = dst / name
+        assert copy.read_bytes() == (src / name).read_bytes()
+        assert copy.stat().st_blocks * 512 <= 3 << 20, (name, copy.stat().st_blocks * 512)

@@ -23,6 +23,7 @@ import blake3
 from fitsync.recipe import BASIS, ReadSource, Recipe
 from fitsync.directio import open_direct
 from fitsync.errors import BadInput, TransferFailed, VerificationFailed
+from fitsync.holes import data_runs
 from fitsync.mapped import mapped_file
 
 COPY_CHUNK = 64 << 20  # a BASIS run is copied in pieces this large, so verification can follow
@@ -125,17 +126,39 @@ _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, er
 
 class _Copier:
     """Copies basis ranges to the output: in the kernel when it can, else
-    through a buffer (other file systems, pipes)."""
+    through a buffer (other file systems, pipes). With ``holes`` the basis's
+    holes stay holes: only its data extents are copied (the kernel's copy
+    would write them out as zeros on ext4)."""
 
-    def __init__(self, basis_fd: int, out_fd: int, hasher=None):
+    def __init__(self, basis_fd: int, out_fd: int, hasher=None, holes: bool = False):
         self._basis = basis_fd
         self._out = out_fd
         self._hasher = hasher  # set when the output cannot be read back
         self._kernel = hasher is None and hasattr(os, "copy_file_range")
+        self._holes = holes and self._kernel
         self.kernel_bytes = 0  # copied by copy_file_range
 
     def copy(self, offset: int, length: int) -> int:
         """Bytes copied: ``length``, fewer only where the basis ends."""
+        if not self._holes:
+            return self._copy_all(offset, length)
+        done = 0
+        for start, end in data_extents(self._basis, offset, offset + length):
+            if start > offset + done:  # a hole of the basis: a hole of the output
+                os.lseek(self._out, start - offset - done, os.SEEK_CUR)
+                done = start - offset
+            got = self._copy_all(start, end - start)
+            done += got
+            if got < end - start:
+                return done
+        end_of_basis = os.fstat(self._basis).st_size
+        tail = min(offset + length, end_of_basis) - offset - done  # a hole up to the range's end
+        if tail > 0:
+            extend_to(self._out, os.lseek(self._out, tail, os.SEEK_CUR))
+            done += tail
+        return done
+
+    def _copy_all(self, offset: int, length: int) -> int:
         done = 0
         while done < length:
             if self._kernel:
@@ -160,6 +183,32 @@ class _Copier:
         return done
 
 
+def extend_to(fd: int, size: int) -> None:
+    """Make a file that ends in a hole ``size`` bytes long, before its reader
+    (the _Verifier's map) reaches that far."""
+    if os.fstat(fd).st_size < size:
+        os.ftruncate(fd, size)
+
+
+def data_extents(fd: int, begin: int, end: int):
+    """(start, end) of the data extents of ``fd`` within [begin, end), by
+    SEEK_DATA/SEEK_HOLE (the whole range where the file system cannot say)."""
+    at = begin
+    while at < end:
+        try:
+            start = os.lseek(fd, at, os.SEEK_DATA)
+            stop = os.lseek(fd, start, os.SEEK_HOLE)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # nothing but a hole from ``at`` on
+                return
+            yield at, end  # no SEEK_DATA here: all of it is data
+            return
+        if start >= end:
+            return
+        yield start, min(stop, end)
+        at = stop
+
+
 class _BufferedWriter:
     """The target through the page cache, with DirectWriter's interface: basis
     runs copied in the kernel, the output read back by a _Verifier as it is
@@ -167,7 +216,11 @@ class _BufferedWriter:
 
     def __init__(self, out_fd: int, size: int, new_hasher=lambda: blake3.blake3(max_threads=blake3.blake3.AUTO)):
         self._out = out_fd
+        self._start = os.lseek(out_fd, 0, os.SEEK_CUR) if stat_mod.S_ISREG(os.fstat(out_fd).st_mode) else 0
         self._read_fd = _reader_for(out_fd)
+        # A regular file keeps the basis's holes and gets holes for the
+        # source's zero runs (fitsync.holes); a pipe takes every byte.
+        self._holes = self._read_fd is not None
         self._verifier = None
         self._hasher = None
         if self._read_fd is not None:
@@ -181,13 +234,24 @@ class _BufferedWriter:
     def write(self, data) -> None:
         if self._hasher is not None:
             self._hasher.update(data)
-        write_all(self._out, data)
+        if not self._holes:
+            write_all(self._out, data)
+        else:
+            with memoryview(data).cast("B") as view:
+                at, last = self._start + self._written, 0
+                for start, end in data_runs(view, at):
+                    os.lseek(self._out, at + start, os.SEEK_SET)
+                    write_all(self._out, view[start:end])
+                    last = end
+                os.lseek(self._out, at + len(view), os.SEEK_SET)
+                if last < len(view):
+                    extend_to(self._out, at + len(view))
         self._advance(len(data))
 
     def copy_from(self, fd: int, offset: int, length: int) -> int:
         """Like DirectWriter.copy_from; in pieces, so verification can follow."""
         if self._copier is None:
-            self._copier = _Copier(fd, self._out, self._hasher)
+            self._copier = _Copier(fd, self._out, self._hasher, self._holes)
         done = 0
         while done < length:
             step = min(COPY_CHUNK, length - done)
@@ -242,8 +306,12 @@ def apply_recipe(recipe: Recipe, basis_fd: int | None, read_source: ReadSource, 
     if recipe.basis_bytes + recipe.source_bytes != recipe.target_size:
         raise BadInput("recipe runs do not add up to the target size")
     source = SourceBytes(read_source(recipe.source_ranges()) if recipe.source_bytes else ())
-    writer = (writer or open_direct(out_fd, recipe.target_size, recipe.new_hasher())
-              or _BufferedWriter(out_fd, recipe.target_size, recipe.new_hasher))
+    if writer is None:
+        writer = open_direct(out_fd, recipe.target_size, recipe.new_hasher())
+        if writer is not None:
+            writer.holes = True  # zero runs of the new version become holes (fitsync.holes)
+        else:
+            writer = _BufferedWriter(out_fd, recipe.target_size, recipe.new_hasher)
     got = _write_ops(recipe, basis_fd, source, writer)
     built = writer.built
     if got != recipe.digest:
