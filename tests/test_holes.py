@@ -7,6 +7,7 @@ data on disk."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from fitsync.holes import HOLE, HoleWriter, data_runs
 from http_fixture import HttpFixture
+from sshd_fixture import home, sshd  # noqa: F401  (fixtures)
 
 FITSYNC = str(Path(sys.executable).with_name("fitsync"))
 
@@ -102,4 +104,45 @@ def test_a_delta_update_keeps_the_holes_of_a_sparse_file(tmp_path):
     for name in ("small.dat", "large.dat"):
         copy = dst / name
         assert copy.read_bytes() == (src / name).read_bytes()
+        assert copy.stat().st_blocks * 512 <= 3 << 20, (name, copy.stat().st_blocks * 512)
+
+
+def test_holes_survive_an_sftp_push_to_a_stock_host(sshd, home, tmp_path):  # noqa: F811  (fixtures)
+    """A new file uploaded over SFTP skips its zero runs (the server's writes at
+    offsets leave holes), and a delta pushed to a stock host's agent keeps the
+    old copy's holes and makes holes of the new version's zero runs."""
+    from test_sftp_mirror import sftp_url
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    size = 24 << 20
+    for name in ("new.dat", "changed.dat"):
+        with open(src / name, "wb") as f:
+            f.truncate(size)
+            f.seek(size // 3)
+            f.write(os.urandom(1 << 20))
+            f.seek(size - 5)
+            f.write(b"tail!")
+    with open(dst / "changed.dat", "wb") as f:  # an older version: the same data, one edit
+        f.write((src / "changed.dat").read_bytes())
+        f.seek(size // 2)
+        f.write(b"old edit")
+    with open(dst / "changed.dat", "r+b") as f:  # made sparse again, as it would be
+        data = f.read()
+    (dst / "changed.dat").unlink()
+    with open(dst / "changed.dat", "wb") as f:
+        f.truncate(size)
+        for at in (size // 3, size // 2, size - 5):
+            f.seek(at)
+            f.write(data[at:at + (1 << 20) if at == size // 3 else at + 8])
+    os.utime(dst / "changed.dat", (1_600_000_000, 1_600_000_000))
+    result = subprocess.run([FITSYNC, "mirror", src, sftp_url(sshd, dst), "--json", "--itemize"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    moved = {row["path"]: row["bytes_moved"] for row in json.loads(result.stdout)["files"]}
+    assert moved["changed.dat"] < 1 << 20  # a delta, patched by the host's agent
+    for name in ("new.dat", "changed.dat"):
+        copy = dst / name
+        assert copy.read_bytes() == (src / name).read_bytes(), name
         assert copy.stat().st_blocks * 512 <= 3 << 20, (name, copy.stat().st_blocks * 512)

@@ -20,6 +20,7 @@ few lines of FITS header walking that block layouts need are repeated here
 (tests/test_sftp_agent.py holds them equal to fitsync.fits.segment_boundaries).
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -546,10 +547,13 @@ def stdlib_patcher(req, body, literals, hashes):
                 pieces, pending = _take(literals, pending, length)
                 got = 0
                 for piece in pieces:
-                    out.write(piece)
+                    _write_leaving_holes(out, piece)
                     got += len(piece)
             if got != length:
                 raise AgentError("verify", "%s: the basis or literal data ended early" % final)
+        end = out.seek(0, os.SEEK_CUR)
+        if os.fstat(out.fileno()).st_size < end:  # it ends in a hole
+            os.ftruncate(out.fileno(), end)
         return request_digest(req["tmp"], req, hashes)
 
     return produce
@@ -588,9 +592,67 @@ def fitsync_patcher(delta, req, body, literals):
     return produce
 
 
+# Holes, as fitsync.holes leaves them on the other side: an aligned run of
+# HOLE zero bytes is skipped, and the basis's own holes are not copied as
+# zeros (copy_file_range writes them out on ext4).
+HOLE = 64 << 10
+_ZERO_RUN = bytes(HOLE)
+
+
+def _write_leaving_holes(out, data):
+    """Write ``data`` at out's offset (an unbuffered file), skipping aligned zero runs."""
+    view = memoryview(data)
+    at = out.seek(0, os.SEEK_CUR)
+    pos = start = 0
+    while pos < len(view):
+        end = min(len(view), pos + HOLE - (at + pos) % HOLE)
+        if end - pos == HOLE and view[pos:end] == _ZERO_RUN:
+            _write_at(out, at + start, view[start:pos])
+            start = end
+        pos = end
+    _write_at(out, at + start, view[start:])
+    out.seek(at + len(view))
+
+
+def _write_at(out, offset, view):
+    out.seek(offset)
+    while view:
+        view = view[out.write(view):]
+
+
 def _copy_range(src, offset, length, out):
-    """Copy ``length`` bytes of ``src`` at ``offset`` to the end of ``out``;
-    return how many were copied (fewer only at the end of ``src``)."""
+    """Copy ``length`` bytes of ``src`` at ``offset`` to out's offset, its
+    holes left as holes; return how many were copied (fewer only at the end
+    of ``src``)."""
+    end = min(offset + length, os.fstat(src.fileno()).st_size)
+    at = out.seek(0, os.SEEK_CUR)
+    for start, stop in _data_extents(src.fileno(), offset, end):
+        out.seek(at + start - offset)
+        got = _copy_all(src, start, stop - start, out)
+        if got < stop - start:
+            return start - offset + got
+    out.seek(at + end - offset)
+    return end - offset
+
+
+def _data_extents(fd, begin, end):
+    at = begin
+    while at < end:
+        try:
+            start = os.lseek(fd, at, getattr(os, "SEEK_DATA", 3))
+            stop = os.lseek(fd, start, getattr(os, "SEEK_HOLE", 4))
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole from here on
+                return
+            yield at, end  # the file system cannot say: all of it is data
+            return
+        if start >= end:
+            return
+        yield start, min(stop, end)
+        at = stop
+
+
+def _copy_all(src, offset, length, out):
     done = 0
     copy = getattr(os, "copy_file_range", None)
     while copy is not None and done < length:

@@ -48,6 +48,7 @@ from fitsync import agent as agent_module
 from fitsync.errors import (BadInput, ConnectionFailed, FitsyncError, Locked, NotFound, SourceChanged,
                             TransferFailed, UnsafePath, UsageError, VerificationFailed)
 from fitsync.hashes import new_hasher
+from fitsync.holes import data_runs
 from fitsync.options import RemoteOptions
 from fitsync.paths import safe_relpath
 from fitsync.remotes.base import Capability, Entry, Remote
@@ -206,25 +207,30 @@ def read_pipelined(sftp: paramiko.SFTPClient, handle: bytes, ranges: Iterable[tu
         yield b"".join(parts)
 
 
-def write_pipelined(sftp: paramiko.SFTPClient, handle: bytes, chunks: Iterable[bytes], hashers=()) -> int:
+def write_pipelined(sftp: paramiko.SFTPClient, handle: bytes, chunks: Iterable[bytes], hashers=()) -> tuple[int, int]:
     """Write ``chunks`` sequentially with bounded outstanding requests; feed
-    each hasher; return the byte count."""
+    each hasher. Aligned zero runs are not sent: the server's writes at
+    offsets leave them as holes (fitsync.holes), and they cost no bandwidth.
+    Returns (the byte count, the end of the last bytes written): where they
+    differ the file ends in a hole and needs its size set."""
     replies = _Replies(sftp)
     outstanding: deque = deque()
-    offset = 0
+    offset = written_to = 0
     for chunk in chunks:
         for h in hashers:
             h.update(chunk)
-        view = memoryview(chunk)
-        for start in range(0, len(view), REQUEST_SIZE):
-            piece = bytes(view[start:start + REQUEST_SIZE])
-            outstanding.append(replies.request(CMD_WRITE, handle, int64(offset), piece))
-            offset += len(piece)
-            if len(outstanding) >= MAX_OUTSTANDING:
-                replies.wait(outstanding.popleft())
+        view = memoryview(chunk).cast("B")
+        for run_start, run_end in data_runs(view, offset):
+            for start in range(run_start, run_end, REQUEST_SIZE):
+                piece = bytes(view[start:min(start + REQUEST_SIZE, run_end)])
+                outstanding.append(replies.request(CMD_WRITE, handle, int64(offset + start), piece))
+                if len(outstanding) >= MAX_OUTSTANDING:
+                    replies.wait(outstanding.popleft())
+            written_to = offset + run_end
+        offset += len(view)
     while outstanding:
         replies.wait(outstanding.popleft())
-    return offset
+    return offset, written_to
 
 
 def read_striped(remote: "SftpRemote", full: str, start: int, end: int) -> Iterator[bytes]:
@@ -1147,7 +1153,9 @@ class SftpRemote(Remote):
         source_hash = new_hasher("blake3")
         hashers = [source_hash] + ([new_hasher(algo)] if algo != "blake3" else [])
         with sftp.open(tmp, "wb") as f:
-            size = write_pipelined(sftp, f.handle, chunks, hashers)
+            size, written_to = write_pipelined(sftp, f.handle, chunks, hashers)
+            if written_to < size:  # it ends in a hole
+                f.truncate(size)
         if expected_digest is not None and source_hash.hexdigest() != expected_digest:
             raise VerificationFailed(f"{tmp}: the bytes read from the source do not match its digest")
         with self.using_agent() as agent:
