@@ -1,7 +1,7 @@
 """Manifests on a Dask cluster: what batching costs, and how workers scale on a far source.
 
 Run by hand:  PYTHONPATH=src python3 benchmarks/bench_cluster.py [--rounds=5] [--files=20000]
-    [--only=local|latency|memory] [--entries=1000000,10000000]
+    [--only=local|latency|mirror-latency|memory] [--entries=1000000,10000000]
 
 - local: FILES files of 8 KiB. `fitsync manifest` in one process, and with
   `--dask=ADDRESS` on an already running LocalCluster of 2 worker processes
@@ -12,6 +12,8 @@ Run by hand:  PYTHONPATH=src python3 benchmarks/bench_cluster.py [--rounds=5] [-
   every request, hashed through `fitsync.manifest(cluster=client)` on
   LocalClusters of 1, 2, 4 and 8 single-threaded workers (one file at a time
   per worker); throughput relative to 1 worker, medians of 3.
+- mirror-latency: the same files copied (`fitsync.mirror(cluster=client)`,
+  each file verified and renamed into place) into a fresh directory.
 
 - memory: the peak RSS of one process holding the client, the scheduler and
   two worker threads (a LocalCluster with processes=False) while a cluster
@@ -94,11 +96,12 @@ def bench_local(work: Path, n: int, rounds: int) -> dict:
         "fitsync manifest --dask (2 workers)"], 3), "b3sum_vs_single": round(single / medians["b3sum"], 3)}
 
 
-def bench_latency(work: Path, rounds: int) -> dict:
+def bench_latency(work: Path, rounds: int, what: str = "manifest") -> dict:
+    """``what``: "manifest" (hash the files where they are) or "mirror" (copy them here, verified)."""
     import fitsync
     from dask.distributed import Client, LocalCluster
 
-    site = work / "site"
+    site = work / f"site-{what}"
     make_files(site / "tree", 320, 4096)
     for d in (site / "tree").iterdir():  # one directory: one index page, listed once by the client
         for f in d.iterdir():
@@ -121,9 +124,16 @@ def bench_latency(work: Path, rounds: int) -> dict:
             try:
                 runs = []
                 for _ in range(rounds):
+                    copy = work / f"copy-{workers}"
+                    shutil.rmtree(copy, ignore_errors=True)
                     t0 = time.perf_counter()
-                    fitsync.manifest(url, output=str(work / f"http-{workers}.jsonl"), cluster=client, fits=False,
-                                     jobs=1)
+                    if what == "manifest":
+                        fitsync.manifest(url, output=str(work / f"http-{workers}.jsonl"), cluster=client, fits=False,
+                                         jobs=1)
+                    else:
+                        result = fitsync.mirror(url, str(copy), cluster=client, jobs=1)
+                        if result.files_new != 320 or result.exit_code:
+                            raise RuntimeError(f"the cluster mirror copied {result.files_new} of 320 files")
                     runs.append(time.perf_counter() - t0)
                 results[workers] = statistics.median(runs)
             finally:
@@ -131,12 +141,12 @@ def bench_latency(work: Path, rounds: int) -> dict:
                 cluster.close()
     finally:
         server.kill()
-    print(f"\nlatency: 320 files over HTTP, {LATENCY * 1000:.0f} ms a request, medians of {rounds}; the client's "
-          f"listing (index page + a HEAD per file, 4 at a time) takes {listing:.2f} s of each run")
+    print(f"\n{what} latency: 320 files over HTTP, {LATENCY * 1000:.0f} ms a request, medians of {rounds}; the "
+          f"client's listing (index page + a HEAD per file, 4 at a time) takes {listing:.2f} s of each run")
     base, base_hashing = results[1], results[1] - listing
     for workers, secs in results.items():
         print(f"  {workers} workers: {secs:6.2f} s   speed-up {base / secs:5.2f}x   "
-              f"hashing on the workers {secs - listing:6.2f} s, speed-up {base_hashing / (secs - listing):5.2f}x")
+              f"work on the workers {secs - listing:6.2f} s, speed-up {base_hashing / (secs - listing):5.2f}x")
     return {"seconds": results, "listing_seconds": listing,
             "speedup": {w: round(base / s, 2) for w, s in results.items()},
             "hashing_speedup": {w: round(base_hashing / (s - listing), 2) for w, s in results.items()}}
@@ -252,6 +262,8 @@ def main(argv: list) -> int:
             out["local"] = bench_local(work, int(opts.get("files", 20000)), rounds)
         if opts.get("only") in (None, "latency"):
             out["latency"] = bench_latency(work, min(rounds, 3))
+        if opts.get("only") in (None, "mirror-latency"):
+            out["mirror_latency"] = bench_latency(work, min(rounds, 3), "mirror")
         if opts.get("only") in (None, "memory"):
             out["memory"] = bench_memory(work, [int(n) for n in opts.get("entries", "1000000,10000000").split(",")])
     finally:

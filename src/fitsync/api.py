@@ -66,7 +66,8 @@ def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool
            allow_empty_source: bool = False, fsync: bool = False, extract_max: Union[str, int, None] = None,
            verify_key: Optional[str] = None, remote_options: Optional[RemoteOptions] = None,
            raise_on_failure: bool = False, inplace: bool = False,
-           whole_file: Optional[bool] = None) -> MirrorResult:
+           whole_file: Optional[bool] = None, cluster: Any = None, batch_files: Optional[int] = None,
+           max_connections: Optional[int] = None) -> MirrorResult:
     """Make ``dst`` an exact, verified copy of ``src``, moving only new, changed or corrupt data.
 
     ``checksum`` compares content even where size and mtime agree; ``delete``
@@ -87,6 +88,9 @@ def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool
     (rolled back after a crash; see ``recover``). ``whole_file=False`` makes a
     local source's changed files travel as deltas even where copying them whole
     costs less. Each entry of ``result.files`` says how the file was ``built``.
+    ``cluster`` (as for ``manifest``) moves the files on a cluster's workers,
+    in batches of at most ``batch_files``, with at most ``max_connections``
+    connections to a remote location at once (docs/cluster.md).
     Per-file failures are listed in the result;
     with ``raise_on_failure`` they raise ``TransferFailed`` (its ``result``
     attribute holds the result).
@@ -98,7 +102,8 @@ def mirror(src: Location, dst: Location, *, checksum: bool = False, delete: bool
                              manifest=manifest, fits_check=fits_check, select=select, progress=progress,
                              verify_key=connect.verify_key, links=links, bwlimit=bwlimit, max_delete=max_delete,
                              allow_empty_source=allow_empty_source, fsync=fsync, extract_max=extract_max,
-                             inplace=inplace, whole_file=whole_file)
+                             inplace=inplace, whole_file=whole_file, cluster=cluster, batch_files=batch_files,
+                             max_connections=max_connections)
     reporter = Reporter(quiet=True, show_progress=False)  # events go to ``progress``; nothing is printed
     return run_mirror(src, dst, options, connect, select, extract, reporter, raise_on_failure)
 
@@ -109,7 +114,8 @@ def mirror_options(*, checksum: bool, delete: bool, dry_run: bool, jobs: int, re
                    bwlimit: Union[str, int, None] = None, max_delete: Optional[int] = None,
                    allow_empty_source: bool = False, fsync: bool = False,
                    extract_max: Union[str, int, None] = None, inplace: bool = False,
-                   whole_file: Optional[bool] = None):
+                   whole_file: Optional[bool] = None, cluster: Any = None, batch_files: Optional[int] = None,
+                   max_connections: Optional[int] = None):
     """The engine's MirrorOptions for ``mirror``'s arguments (the CLI builds them here too)."""
     from fitsync.engine.mirror import MirrorOptions
     from fitsync.units import parse_size
@@ -121,7 +127,12 @@ def mirror_options(*, checksum: bool, delete: bool, dry_run: bool, jobs: int, re
     rate = parse_size(str(bwlimit), "--bwlimit") if bwlimit is not None else None
     if rate is not None and rate < 1024:
         raise UsageError(f"--bwlimit={bwlimit} is below 1 KiB/s; give a rate such as 500k or 10M")
+    if cluster is not None and rate is not None:
+        raise UsageError("--bwlimit cannot be shared among a cluster's workers; leave it out with --dask")
+    if (batch_files is not None and batch_files < 1) or (max_connections is not None and max_connections < 1):
+        raise UsageError("batch_files and max_connections must be at least 1")
     return MirrorOptions(checksum=checksum, delete=delete, dry_run=dry_run, jobs=jobs, retries=retries,
+                         cluster=cluster, batch_files=batch_files, max_connections=max_connections,
                          manifest=_loaded_manifest(manifest, verify_key), fits_check=fits_check,
                          selection=select.matcher() if select else None, progress=progress, links=links,
                          bwlimit=rate,
@@ -146,6 +157,10 @@ def run_mirror(src: Location, dst: Location, options, connect: RemoteOptions, se
     from fitsync.engine.mirror import Mirror
     from fitsync.remotes import Capability
 
+    if options.cluster is not None:
+        from fitsync.engine.cluster_mirror import Locations
+
+        options.locations = Locations(_spec(src), _spec(dst), connect)  # each worker opens both itself
     with _source_tree(_spec(src), options, connect) as source, open(dst, remote_options=connect) as target:
         if extract and Capability.LOCAL not in target.capabilities:
             raise UsageError(f"--extract unpacks archives in a local destination; {_spec(dst)} is not one")

@@ -9,7 +9,8 @@ Usage:
                          [--profile=NAME] [--where=EXPR]... [--production=NAME] [--runlist=FILE] [--keep-local]
                          [--allow-root=DIR]... [--extract] [--extract-max=SIZE] [--links] [--copy-links] [--unsafe-links]
                          [--bwlimit=RATE] [--max-delete=N] [--allow-empty-source] [--fsync] [--inplace]
-                         [--no-whole-file] [--accept-new-host-key]
+                         [--no-whole-file] [--dask=ADDRESS] [--batch-files=N] [--max-connections=N]
+                         [--accept-new-host-key]
                          [--ca-bundle=FILE] [--allow-password-in-url]
                          [--dropbox-config=FILE] [--verify-key=PUBKEY] [--timeout=SECONDS] [--verbose]
   fitsync mirror --help
@@ -38,6 +39,11 @@ Options:
   --no-whole-file        Update changed files from a local source as deltas too
                          (by default they are copied whole unless the destination
                          can share the old copy's blocks, as rsync does locally).
+  --dask=ADDRESS         Move the files on a Dask cluster's workers: local:N,
+                         tcp://HOST:PORT or a scheduler file (docs/cluster.md).
+  --batch-files=N        Files per batch on a cluster (default 5000, or 1/64 of fewer).
+  --max-connections=N    On a cluster: connections to a remote location at once,
+                         over all workers (default 8).
   -n, --dry-run          Print what a real run would do; change nothing.
   -i, --itemize          One line per changed file in rsync's --itemize-changes
                          format (>f+++++++++ new, >f.st...... updated, >fc........
@@ -117,7 +123,9 @@ def run(opts: dict) -> int:
         max_delete=int_option(opts, "--max-delete", 0) if opts["--max-delete"] is not None else None,
         allow_empty_source=bool(opts["--allow-empty-source"]), fsync=bool(opts["--fsync"]),
         extract_max=opts["--extract-max"] or None, inplace=bool(opts["--inplace"]),
-        whole_file=False if opts["--no-whole-file"] else None)
+        whole_file=False if opts["--no-whole-file"] else None, cluster=opts["--dask"] or None,
+        batch_files=int_option(opts, "--batch-files", None, minimum=1),
+        max_connections=int_option(opts, "--max-connections", None, minimum=1))
     # With --json, stdout carries only the summary object: itemized lines go to
     # stderr, or with --itemize into the object's "files" list instead.
     itemize = 0 if opts["--json"] and opts["--itemize"] else max(int(opts["--itemize"]), int(options.dry_run))

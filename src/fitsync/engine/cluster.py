@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import json
 import os
+import threading
 from concurrent.futures import FIRST_COMPLETED, Executor, wait
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -102,21 +103,24 @@ def batches(listed, max_files: int = BATCH_FILES, max_bytes: int = BATCH_BYTES) 
 # -- on a worker ----------------------------------------------------------------------
 
 _REMOTES: dict = {}  # per worker process: the open roots (and their connections) of the current run
+_REMOTES_LOCK = threading.Lock()
 
 
-def _worker_remote(run_id: str, root: str, options: RemoteOptions):
+def _worker_remote(run_id: str, root: str, options: RemoteOptions, source: bool = False):
     """The root, opened once per run on this worker: its connections serve all
     the run's batches here, and a later run (over a tree that may have
-    changed) starts afresh."""
-    key = (run_id, root, options)
-    if key not in _REMOTES:
-        from fitsync.remotes import open_remote
+    changed) starts afresh. ``source``: opened as a mirror's source is (a
+    release manifest's server is listed and served from its manifest)."""
+    key = (run_id, root, options, source)
+    with _REMOTES_LOCK:  # a worker with several threads runs several batches at once
+        if key not in _REMOTES:
+            from fitsync.remotes import open_remote, open_source
 
-        for old in [k for k in _REMOTES if k[0] != run_id]:
-            with contextlib.suppress(Exception):  # a connection already gone
-                _REMOTES.pop(old).close()
-        _REMOTES[key] = open_remote(root, options)
-    return _REMOTES[key]
+            for old in [k for k in _REMOTES if k[0] != run_id]:
+                with contextlib.suppress(Exception):  # a connection already gone
+                    _REMOTES.pop(old).close()
+            _REMOTES[key] = (open_source if source else open_remote)(root, options)
+        return _REMOTES[key]
 
 
 def hash_shard(run_id: str, root: str, options: RemoteOptions, index: int, list_path: str, shard_dir: str,

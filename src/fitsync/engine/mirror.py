@@ -83,11 +83,7 @@ class Mirror:
             lock.acquire()
             if local_dst:
                 self.dst.clear_state("tmp")  # a killed run's temporaries; nothing there is reusable
-        if self.options.links == "follow" and isinstance(self.src, LocalRemote):
-            self.src.follow_links = True
-        if isinstance(self.dst, LocalRemote):
-            self.dst.replaces_other_types = self.options.delete
-            self.dst.fsync = self.options.fsync
+        self.configure_remotes()
         try:
             if lock and local_dst:
                 self.recover_updates_in_place()
@@ -109,6 +105,14 @@ class Mirror:
         if self.result.files_failed:
             self.result.exit_code = EXIT_FAILED
         return self.result
+
+    def configure_remotes(self) -> None:
+        """What the options ask of the two locations themselves (also on a cluster's workers)."""
+        if self.options.links == "follow" and isinstance(self.src, LocalRemote):
+            self.src.follow_links = True
+        if isinstance(self.dst, LocalRemote):
+            self.dst.replaces_other_types = self.options.delete
+            self.dst.fsync = self.options.fsync
 
     def destination_lock(self, local_dst: bool):
         """The lock that keeps two mirrors from writing DST at once: a file in a
@@ -298,25 +302,13 @@ class Mirror:
             from fitsync.events import Totals
 
             self.progress(Totals("transfer", len(transfers), total))
-        if isinstance(self.dst, LocalRemote) and any(i.action == Action.DELTA for i in transfers):
-            # Read now: a transfer of this run may replace it with the new release's.
-            from fitsync.recorded import RecordedSignatures
+        if self.options.cluster is not None and transfers:
+            from fitsync.engine.cluster_mirror import transfer_on_cluster
 
-            self.recorded = RecordedSignatures.of_destination(self.dst.root, self.resolution)
-        if transfers:
-            import concurrent.futures as cf
-
-            with cf.ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
-                futures = {pool.submit(self.transfer_with_retries, item): item for item in transfers}
-                try:
-                    for future in cf.as_completed(futures):
-                        future.result()
-                except KeyboardInterrupt:
-                    # Start no further file; those in flight finish or keep their
-                    # partial data for the next run. Then the interrupt goes on.
-                    self.stopping = True
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+            transfer_on_cluster(self, transfers)
+        else:
+            self.prepare_destination_for_transfers(transfers)
+            self.transfer_all(transfers)
         self.reporter.close_phase()
         if self.aborted is not None:
             raise self.aborted
@@ -335,6 +327,32 @@ class Mirror:
             return
         for item in doomed:
             self.delete(item)
+
+    def prepare_destination_for_transfers(self, transfers: list[Item]) -> None:
+        self.configure_remotes()
+        if isinstance(self.dst, LocalRemote) and any(i.action == Action.DELTA for i in transfers):
+            # Read now: a transfer of this run may replace it with the new release's.
+            from fitsync.recorded import RecordedSignatures
+
+            self.recorded = RecordedSignatures.of_destination(self.dst.root, self.resolution)
+
+    def transfer_all(self, transfers: list[Item]) -> None:
+        """Move ``transfers`` on ``jobs`` threads of this process."""
+        if not transfers:
+            return
+        import concurrent.futures as cf
+
+        with cf.ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
+            futures = {pool.submit(self.transfer_with_retries, item): item for item in transfers}
+            try:
+                for future in cf.as_completed(futures):
+                    future.result()
+            except KeyboardInterrupt:
+                # Start no further file; those in flight finish or keep their
+                # partial data for the next run. Then the interrupt goes on.
+                self.stopping = True
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
 
     def record_incomplete(self, item: Item, reason: str) -> None:
         self.result.files_incomplete += 1

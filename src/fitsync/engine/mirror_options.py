@@ -34,6 +34,10 @@ class MirrorOptions:
     inplace = False  # changed files of a local destination updated in place, under an undo journal
     whole_file: bool | None = None  # False: a local source's changed files travel as deltas all the same
     extract_max: int | None = None  # --extract: bytes an archive may unpack to (None: the default bound)
+    cluster = None  # --dask: transfers on a cluster (an address, a Dask Client or an Executor)
+    batch_files: int | None = None  # files per batch on a cluster (engine.cluster.batch_size)
+    max_connections: int | None = None  # to one remote location from the whole cluster
+    locations = None  # engine.cluster_mirror.Locations: how the workers open both sides
 
     def __init__(self, **options):
         self.protected: set = set()  # never deleted (e.g. files unpacked by --extract)
