@@ -11,6 +11,7 @@ from fitsync.errors import BadInput, FitsyncError, NotFound, TransferFailed, Uns
 from fitsync.paths import join_under, safe_relpath
 from fitsync.remotes.base import Capability, Entry, Remote
 from fitsync.remotes.statefiles import STATE_DIR, is_state_path, open_state_file, unlink_state_file  # noqa: F401
+from fitsync.remotes.statefiles import release as release_state_dirs
 
 if TYPE_CHECKING:  # pragma: no cover
     from fitsync.options import RemoteOptions
@@ -218,6 +219,7 @@ class LocalRemote(Remote):
         """Remove fitsync's state directory when nothing in it is worth keeping
         (no partial downloads to resume, no lock)."""
         state = os.path.join(self.root, STATE_DIR)
+        release_state_dirs(self.root)
         for sub in ("tmp", "partial", "inplace", ""):
             try:
                 os.rmdir(os.path.join(state, sub) if sub else state)
@@ -270,6 +272,7 @@ class LocalRemote(Remote):
             return self._root_fd
 
     def close(self) -> None:
+        release_state_dirs(self.root)
         with self._root_lock:
             if self._root_fd is not None:
                 os.close(self._root_fd)
