@@ -13,15 +13,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from fitsync.errors import (
-    EXIT_FAILED,
-    ConnectionFailed,
-    FitsyncError,
-    NotFound,
-    SourceChanged,
-    TransferFailed,
-    VerificationFailed,
-)
+from fitsync.errors import (EXIT_FAILED, BadInput, ConnectionFailed, FitsyncError, NotFound, SourceChanged,
+                            TransferFailed, VerificationFailed)
 from fitsync.paths import shown
 from fitsync.engine.plan import Action, Item, decide, deletions, same_mtime
 from fitsync.progress import Reporter
@@ -92,8 +85,12 @@ class Mirror:
             mirror_links(self)
             if local_dst and not self.options.dry_run and not self.result.files_failed:
                 # Every transfer completed, so what is left in partial/ belongs to
-                # source versions that no longer exist.
-                self.dst.clear_state("partial")
+                # source versions that no longer exist. Something planted there
+                # meanwhile is left alone, not a failure of the copies made.
+                try:
+                    self.dst.clear_state("partial")
+                except BadInput as exc:
+                    log.warning("%s", exc)
         finally:
             self.reporter.close_phase()
             self.reporter.flush()
