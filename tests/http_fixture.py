@@ -345,6 +345,10 @@ def _human(n: int) -> str:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver listens with a backlog of 5: 32 clients connecting at once
+    # (8 cluster workers, 4 HEADs each) then wait out SYN retransmits of 1 s
+    # and more. nginx and Apache listen with 511.
+    request_queue_size = 511
 
     def __init__(self, root: str, behaviour: str, **kw):
         super().__init__(("127.0.0.1", 0), _Handler)

@@ -161,3 +161,23 @@ def test_the_mirror_command_on_a_local_cluster(tmp_path):
     bad = subprocess.run([FITSYNC, "mirror", tmp_path / "src", tmp_path / "d2", "--dask=local:1", "--bwlimit=1M"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--bwlimit cannot be shared among a cluster's workers" in bad.stderr
+
+
+def test_an_index_page_listing_is_stated_by_the_workers(client, tmp_path, monkeypatch):
+    """A server without a manifest is listed from its index pages and a HEAD
+    a file: on a cluster the workers make the HEADs, not the client (whose
+    listing would otherwise be the serial part of the run)."""
+    from fitsync.remotes import http
+
+    def no_head_here(self, path):
+        raise AssertionError(f"the client made a HEAD for {path}")
+
+    make_pair(tmp_path / "site" / "tree", tmp_path / "dst", n=45)
+    monkeypatch.setattr(http.HttpRemote, "_head_entry", no_head_here)  # this process only, not the workers
+    with HttpFixture(str(tmp_path / "site"), "ranges") as srv:
+        result = fitsync.mirror(f"{srv.url}/tree/", str(tmp_path / "dst"), delete=True, cluster=client)
+        made = fitsync.manifest(f"{srv.url}/tree/", output=str(tmp_path / "m.jsonl"), cluster=client, fits=False)
+    assert result.exit_code == 0 and result.files_new and result.files_updated
+    assert {k: v[:3] for k, v in snapshot(tmp_path / "dst").items()} == \
+        {k: v[:3] for k, v in snapshot(tmp_path / "site" / "tree").items()}
+    assert made.files == 45

@@ -158,10 +158,24 @@ def run_mirror(src: Location, dst: Location, options, connect: RemoteOptions, se
     from fitsync.remotes import Capability
 
     if options.cluster is not None:
-        from fitsync.engine.cluster_mirror import Locations
+        from fitsync.engine import cluster as clusters
 
-        options.locations = Locations(_spec(src), _spec(dst), connect)  # each worker opens both itself
-    with _source_tree(_spec(src), options, connect) as source, open(dst, remote_options=connect) as target:
+        if not isinstance(options.cluster, clusters.OpenCluster):
+            asked = options.cluster
+            with clusters.executor_for(asked) as opened:  # open once: the listing's stats, then the batches
+                options.cluster = clusters.OpenCluster(*opened)
+                try:
+                    return run_mirror(src, dst, options, connect, select, extract, reporter, raise_on_failure)
+                finally:
+                    options.cluster = asked
+    source, source_spec = _source_tree(_spec(src), options, connect)
+    with source, open(dst, remote_options=connect) as target:
+        if options.cluster is not None:
+            from fitsync.engine.cluster import StatOnCluster
+            from fitsync.engine.cluster_mirror import Locations
+
+            options.locations = Locations(source_spec, _spec(dst), connect)  # each worker opens both itself
+            source.stat_listed = StatOnCluster(options.cluster, source_spec, connect, options.max_connections)
         if extract and Capability.LOCAL not in target.capabilities:
             raise UsageError(f"--extract unpacks archives in a local destination; {_spec(dst)} is not one")
         if select is not None and select.production:
@@ -198,27 +212,27 @@ def _extract(target: Remote, result: MirrorResult, max_bytes: Optional[int]) -> 
         result.exit_code = EXIT_FAILED
 
 
-def _source_tree(spec: str, options, connect: RemoteOptions) -> Remote:
-    """The opened tree to mirror from: ``spec`` itself, or, when it names a
-    single file, its directory with only that file selected (rsync's
-    single-file copy). The first remote opened is the one used when it is a
-    tree: an SSH source is not connected to twice."""
+def _source_tree(spec: str, options, connect: RemoteOptions) -> tuple:
+    """(the opened tree to mirror from, its spec): ``spec`` itself, or, when
+    it names a single file, its directory with only that file selected
+    (rsync's single-file copy). The first remote opened is the one used when
+    it is a tree: an SSH source is not connected to twice."""
     source = open_source(spec, connect)
     if source.exists():
-        return source
+        return source, spec
     parent, name = _parent_and_name(spec)
     if parent is None or not name:
-        return source  # neither a tree nor a file: the mirror says it does not exist
+        return source, spec  # neither a tree nor a file: the mirror says it does not exist
     try:
         with open(parent, remote_options=connect) as directory:
             directory.stat(name)
     except (NotFound, UsageError):
-        return source
+        return source, spec
     source.close()
     if options.delete:
         raise UsageError(f"--delete needs a directory as SRC; {spec} is a single file")
     options.only_paths = {name} if options.only_paths is None else options.only_paths & {name}
-    return open_source(parent, connect)
+    return open_source(parent, connect), parent
 
 
 def _parent_and_name(spec: str) -> tuple:

@@ -26,7 +26,7 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, Executor, wait
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import IO, Iterator, Optional
+from typing import IO, Iterator, NamedTuple, Optional
 
 from fitsync.errors import UsageError
 from fitsync.options import RemoteOptions
@@ -35,6 +35,7 @@ BATCH_FILES = 5000
 BATCH_BYTES = 4 << 30
 MIN_BATCHES = 64  # a small tree is cut finer, so that every worker of a cluster has batches
 WINDOW_PER_THREAD = 3
+DEFAULT_CONNECTIONS = 8  # requests at once to one remote location from the whole cluster
 JOURNAL = "journal"
 
 
@@ -307,11 +308,21 @@ def open_executor(address: str):
     return executor_of(client) + (client.close,)
 
 
+class OpenCluster(NamedTuple):
+    """An executor opened once for a whole run (its listing, then its batches)."""
+
+    executor: Executor
+    window: int
+
+
 @contextlib.contextmanager
 def executor_for(cluster):
     """(executor, window) for ``cluster`` (an address as --dask takes it, a
-    Dask Client or an Executor) while the block runs; a cluster started
-    here for an address is closed after it."""
+    Dask Client, an Executor or an OpenCluster) while the block runs; a
+    cluster started here for an address is closed after it."""
+    if isinstance(cluster, OpenCluster):
+        yield cluster
+        return
     if not isinstance(cluster, str):
         yield executor_of(cluster)
         return
@@ -346,3 +357,40 @@ def default_shard_dir(output: Optional[str]) -> str:
     if not output:
         raise UsageError("a manifest on a cluster needs --output=FILE (its shards go beside it) or --shards=DIR")
     return output + ".shards"
+
+
+# -- listings whose files are stat'ed one by one --------------------------------------
+
+class StatOnCluster:
+    """``Remote.stat_listed`` on a cluster: the stats a listing needs one file
+    at a time (HTTP index pages: a HEAD each) are made by the workers, in as
+    many batches as the cluster has threads, instead of a few at a time by
+    the client, whose listing would otherwise be the serial part of the run."""
+
+    def __init__(self, opened: OpenCluster, root: str, options: RemoteOptions, max_connections: Optional[int] = None):
+        self.opened, self.root, self.options = opened, root, options
+        # Requests at once to the server from the whole cluster: a server caps
+        # its connections (and each worker keeps one open between batches).
+        self.max_connections = max_connections or DEFAULT_CONNECTIONS
+
+    def __call__(self, paths: list) -> list:
+        from fitsync.engine.cluster_checks import map_batches
+        from fitsync.remotes.base import Entry
+
+        threads = max(1, self.opened.window // WINDOW_PER_THREAD)
+        per_batch = min(BATCH_FILES, max(1, -(-len(paths) // threads)))
+        at_once = max(1, self.max_connections // threads)
+
+        def submit(executor, run_id, batch):
+            return executor.submit(stat_batch, run_id, self.root, self.options, [p for p, _, _ in batch.files],
+                                   at_once)
+
+        names = [Entry(path, 0, 0.0) for path in paths]
+        found = {row[0]: Entry(*row) for rows in map_batches(self.opened, names, per_batch, submit) for row in rows}
+        return [found[path] for path in paths]
+
+
+def stat_batch(run_id: str, root: str, options: RemoteOptions, paths: list, at_once: int) -> list:
+    """On a worker: (path, size, mtime) of each of ``paths``, ``at_once`` at a time."""
+    remote = _worker_remote(run_id, root, options)
+    return [(e.path, e.size, e.mtime) for e in remote.stat_many(paths, at_once)]

@@ -31,7 +31,6 @@ from fitsync.remotes.base import Capability
 
 log = logging.getLogger("fitsync")
 
-DEFAULT_CONNECTIONS = 8  # connections to one remote location from the whole cluster
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ def transfer_on_cluster(mirror, transfers: list[Item]) -> None:
     by_path = {item.path: item for item in transfers}
     worker_options = _for_workers(options)
     networked = not all(Capability.LOCAL in r.capabilities for r in (mirror.src, mirror.dst))
-    leases = max(1, (options.max_connections or DEFAULT_CONNECTIONS) // max(1, options.jobs))
+    leases = max(1, (options.max_connections or clusters.DEFAULT_CONNECTIONS) // max(1, options.jobs))
 
     def submit(executor, run_id, batch):
         items = [by_path[path] for path, _, _ in batch.files]

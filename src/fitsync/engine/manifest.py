@@ -118,9 +118,14 @@ def write(result: ManifestResult, stream: Optional[IO[str]], *, blocks: bool, fi
 
     with open_remote(result.root, options) as root:
         if cluster is not None:
-            _write_on_cluster(result, stream, iter_listed_files(root, result, selection), cluster, shards, resume,
-                              blocks=blocks, fits=fits, jobs=jobs, options=options, batch_files=batch_files,
-                              also=also)
+            from fitsync.engine import cluster as clusters
+
+            with clusters.executor_for(cluster) as opened:
+                opened = clusters.OpenCluster(*opened)
+                root.stat_listed = clusters.StatOnCluster(opened, result.root, options)  # HEADs on the workers
+                _write_on_cluster(result, stream, iter_listed_files(root, result, selection), opened, shards,
+                                  resume, blocks=blocks, fits=fits, jobs=jobs, options=options,
+                                  batch_files=batch_files, also=also)
             _sign(result, sign)
             return
         listed = listed_files(root, result, selection)

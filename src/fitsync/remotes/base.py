@@ -93,6 +93,11 @@ class Remote(ABC):
     # (path, reason) of names the last listing left out because they are unsafe
     # or unreadable; reported by every command, never silently dropped.
     rejected_names: tuple = ()
+    # A callable that stats a list of paths elsewhere (engine.cluster.StatOnCluster:
+    # a cluster's workers) and returns their Entries in order. A backend whose
+    # listing must stat each file (HTTP index pages: a HEAD each) hands those
+    # stats to it when it is set; the others ignore it.
+    stat_listed = None
 
     def __init__(self, url: str):
         self.url = url
@@ -115,6 +120,10 @@ class Remote(ABC):
     def exists(self) -> bool:
         """True when the root itself exists."""
         return True
+
+    def stat_many(self, paths: list, at_once: int | None = None) -> list:
+        """``[self.stat(p) for p in paths]``; a backend may ask for up to ``at_once`` at a time."""
+        return [self.stat(p) for p in paths]
 
     def remember(self, entries: Iterable[Entry]) -> None:
         """Entries the caller listed already, elsewhere (a cluster's client):

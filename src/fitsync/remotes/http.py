@@ -495,8 +495,13 @@ class HttpRemote(Remote):
         log.info("listing %s from the server's index pages (%s; %d files, sizes and dates by HEAD); "
                  "no %s there, so no block signatures or digests", self.base,
                  f"Server: {server}" if server else "Apache/nginx autoindex", len(files), _manifest_name())
-        with cf.ThreadPoolExecutor(max_workers=HEAD_WORKERS) as pool:
-            return {e.path: e for e in pool.map(self._head_entry, files)}
+        entries = self.stat_listed(files) if self.stat_listed is not None else self.stat_many(files)
+        return {e.path: e for e in entries}
+
+    def stat_many(self, paths: list, at_once: int | None = None) -> list:
+        """A HEAD for each path, ``at_once`` (default HEAD_WORKERS) at a time."""
+        with cf.ThreadPoolExecutor(max_workers=at_once or HEAD_WORKERS) as pool:
+            return list(pool.map(self._head_entry, paths))
 
     def _index_page(self, url: str) -> tuple[str, str | None]:
         def attempt():
