@@ -67,3 +67,49 @@ def hess() -> Path:
     if not HESS.is_dir():
         pytest.fail(f"the H.E.S.S. DL3 DR1 release is expected at {HESS} (../shared beside the repo)")
     return HESS
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A Dask client of a LocalCluster of 2 worker processes, for one test module."""
+    from dask.distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+class WorkerKiller:
+    """Kills one of a Dask client's worker processes (SIGKILL) once ``ready()``
+    holds, from a thread, while the run under test goes on; ``killed`` says
+    whether it happened before the 60 s deadline."""
+
+    def __init__(self, client, ready):
+        import threading
+
+        self.client, self.ready = client, ready
+        self.killed = threading.Event()
+        self._thread = threading.Thread(target=self._watch)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is not None:  # the run failed: stop watching
+            self.killed.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        import signal
+        import time
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not self.killed.is_set():
+            if self.ready():
+                pids = self.client.run(os.getpid)
+                os.kill(sorted(pids.values())[0], signal.SIGKILL)
+                self.killed.set()
+                return
+            time.sleep(0.002)

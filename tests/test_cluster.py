@@ -12,16 +12,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from dask.distributed import Client, LocalCluster
 
 import fitsync
 from fitsync.engine import cluster as clusters
+from conftest import WorkerKiller
 from http_fixture import HttpFixture
 from sshd_fixture import home, sshd  # noqa: F401  (fixtures)
 
@@ -33,14 +32,6 @@ EPOCH = "1700000000"
 def fixed_creation_time(monkeypatch):
     """Both manifests carry the same "created" (SOURCE_DATE_EPOCH)."""
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
-
-
-@pytest.fixture(scope="module")
-def client():
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-    with Client(cluster) as c:
-        yield c
-    cluster.close()
 
 
 def make_tree(root: Path, n: int = 600, seed: int = 5) -> None:
@@ -134,25 +125,11 @@ def test_a_killed_worker_loses_no_batch_and_duplicates_none(client, tmp_path):
     make_tree(tmp_path / "tree", n=3000)
     want = single_process(tmp_path / "tree", tmp_path / "single.jsonl")
     shards = tmp_path / "shards"
-    killed = threading.Event()
-
-    def kill_a_worker_once_batches_finish():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not killed.is_set():
-            journal = shards / clusters.JOURNAL
-            if journal.exists() and journal.read_text().count("\n") >= 2:
-                pids = client.run(os.getpid)
-                os.kill(sorted(pids.values())[0], signal.SIGKILL)
-                killed.set()
-                return
-            time.sleep(0.005)
-
-    killer = threading.Thread(target=kill_a_worker_once_batches_finish)
-    killer.start()
-    result = fitsync.manifest(str(tmp_path / "tree"), output=str(tmp_path / "cluster.jsonl"), cluster=client,
-                              shards=str(shards), batch_files=10)
-    killer.join()
-    assert killed.is_set(), "the run ended before a worker could be killed"
+    journal = shards / clusters.JOURNAL
+    with WorkerKiller(client, lambda: journal.exists() and journal.read_text().count("\n") >= 2) as killer:
+        result = fitsync.manifest(str(tmp_path / "tree"), output=str(tmp_path / "cluster.jsonl"), cluster=client,
+                                  shards=str(shards), batch_files=10)
+    assert killer.killed.is_set(), "the run ended before a worker could be killed"
     assert (tmp_path / "cluster.jsonl").read_bytes() == want
     assert result.batches == 301 and result.files == 3003
     client.wait_for_workers(2, timeout=60)  # the nanny brings the killed worker back for the next test

@@ -5,33 +5,19 @@ a worker killed mid-run loses no file; and the installed CLI does the same."""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import blake3
-import pytest
-from dask.distributed import Client, LocalCluster
 
 import fitsync
-from conftest import write_tree
+from conftest import WorkerKiller, write_tree
 from http_fixture import HttpFixture
 from sshd_fixture import home, sshd  # noqa: F401  (fixtures)
 
 FITSYNC = str(Path(sys.executable).with_name("fitsync"))
-
-
-@pytest.fixture(scope="module")
-def client():
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-    with Client(cluster) as c:
-        yield c
-    cluster.close()
 
 
 def fits_bytes(rng: random.Random, n: int) -> bytes:
@@ -128,23 +114,9 @@ def test_a_killed_worker_loses_no_file(client, tmp_path):
     make_pair(tmp_path / "src", tmp_path / "dst", n=400)
     dst = tmp_path / "dst"
     before = len(list(dst.rglob("*.fits")))
-    killed = threading.Event()
-
-    def kill_a_worker_once_files_arrive():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not killed.is_set():
-            if len(list(dst.rglob("*.fits"))) >= before + 20:
-                pids = client.run(os.getpid)
-                os.kill(sorted(pids.values())[0], signal.SIGKILL)
-                killed.set()
-                return
-            time.sleep(0.002)
-
-    killer = threading.Thread(target=kill_a_worker_once_files_arrive)
-    killer.start()
-    result = fitsync.mirror(str(tmp_path / "src"), str(dst), delete=True, cluster=client, batch_files=10)
-    killer.join()
-    assert killed.is_set(), "the run ended before a worker could be killed"
+    with WorkerKiller(client, lambda: len(list(dst.rglob("*.fits"))) >= before + 20) as killer:
+        result = fitsync.mirror(str(tmp_path / "src"), str(dst), delete=True, cluster=client, batch_files=10)
+    assert killer.killed.is_set(), "the run ended before a worker could be killed"
     assert result.exit_code == 0 and result.files_failed == 0
     assert {k: v[:2] for k, v in snapshot(dst).items()} == {k: v[:2] for k, v in snapshot(tmp_path / "src").items()}
     client.wait_for_workers(2, timeout=60)
