@@ -233,16 +233,15 @@ class LocalRemote(Remote):
         fitsync.remotes.beneath): a directory swapped for a symlink during the
         run cannot lead it outside the tree."""
         from fitsync.remotes.beneath import install
-        from fitsync.remotes.statefiles import open_state_fd, state_parent
+        from fitsync.remotes.statefiles import open_state_fd_and_stat, state_parent
 
         # The temporary's attributes are set through one descriptor of it, and
         # it is renamed from its own directory's descriptor: a temporary or a
         # state directory swapped for a link meanwhile takes none of them
         # outside the tree. A temporary with a second link is not ours.
         final = os.path.join(self.root, *safe_relpath(path).split("/"))
-        fd = open_state_fd(tmp, os.O_RDONLY)
+        fd, st = open_state_fd_and_stat(tmp, os.O_RDONLY)
         try:
-            st = os.fstat(fd)
             if st.st_nlink != 1:
                 raise UnsafePath(f"{tmp} has {st.st_nlink} links, not the one fitsync made; refusing to install it")
             if mtime is not None:

@@ -106,6 +106,11 @@ def release(root: str) -> None:
 def open_state_fd(path: str, flags: int, mode: int = 0o600) -> int:
     """A descriptor of the state file ``path`` (never through a symlink, at
     any level below the root); a regular file, or BadInput."""
+    return open_state_fd_and_stat(path, flags, mode)[0]
+
+
+def open_state_fd_and_stat(path: str, flags: int, mode: int = 0o600) -> tuple:
+    """open_state_fd, and the stat of what it opened."""
     def attempt() -> int:
         with state_parent(path) as (pfd, name):
             return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=pfd)
@@ -116,10 +121,11 @@ def open_state_fd(path: str, flags: int, mode: int = 0o600) -> int:
         if exc.errno == errno.ELOOP:  # the name itself is a symlink
             raise UnsafePath(f"{path} is a symlink; refusing to use it") from None
         raise
-    if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat_mod.S_ISREG(st.st_mode):
         os.close(fd)
         raise BadInput(f"{path} is not a regular file; remove it and run again")
-    return fd
+    return fd, st
 
 
 def open_state_file(path: str, mode: str):
@@ -137,12 +143,10 @@ def open_state_file(path: str, mode: str):
 def unlink_state_file(path: str) -> None:
     """Remove a state file if it is there (a symlink is removed, not followed);
     nothing when its directory is gone or is no longer a real directory."""
-    def attempt() -> None:
+    # No second walk when it is not there: a directory that is gone holds no file either.
+    try:
         with state_parent(path) as (pfd, name):
             os.unlink(name, dir_fd=pfd)
-
-    try:
-        _again_if_gone(path, attempt)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, UnsafePath):
         pass
 
