@@ -417,8 +417,6 @@ class Mirror:
             return
 
     def transfer_one(self, item: Item) -> transfer.Moved:
-        from fitsync.engine import transfer
-
         advance, fits_check = self._advance_for(item.path), self.options.fits_check
         if isinstance(self.dst, LocalRemote):
             from fitsync.engine.update import pull_delta, pull_new_file
@@ -427,7 +425,9 @@ class Mirror:
                 return pull_new_file(self.src, self.dst, item, advance, fits_check)
             return pull_delta(self.src, self.dst, item, advance, fits_check, self.recorded,
                               inplace=self.options.inplace, whole_file=self.options.whole_file)
-        return transfer.push(self.src, self.dst, item, advance, fits_check)
+        from fitsync.engine.push import push
+
+        return push(self.src, self.dst, item, advance, fits_check)
 
     def recover_updates_in_place(self) -> None:
         """Roll back (or forward) updates in place that a crash interrupted,

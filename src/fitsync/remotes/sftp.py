@@ -1212,7 +1212,7 @@ class SftpRemote(Remote):
         """Patch ``path`` remotely: basis runs are copied by the agent, literal
         bytes go up the channel; the agent verifies and renames. It verifies
         with the recipe's STDLIB digest (any agent), or with BLAKE3 where the
-        host has it (a push to a stock host brings a STDLIB one: transfer._push_delta)."""
+        host has it (a push to a stock host brings a STDLIB one: engine.push._push_delta)."""
         info = self.agent_info()
         if info is None:
             raise TransferFailed(f"{self.url} cannot apply patches: no agent")
