@@ -153,3 +153,19 @@ def test_an_index_page_listing_is_stated_by_the_workers(client, tmp_path, monkey
     assert {k: v[:3] for k, v in snapshot(tmp_path / "dst").items()} == \
         {k: v[:3] for k, v in snapshot(tmp_path / "site" / "tree").items()}
     assert made.files == 45
+
+
+def test_a_cluster_push_to_a_stock_ssh_host_equals_one_process(sshd, home, tmp_path):
+    """The other direction: the workers push (deltas patched by the host's
+    agent) while the client holds the destination's lock."""
+    import shutil
+
+    make_pair(tmp_path / "src", tmp_path / "dst", n=40)
+    shutil.copytree(tmp_path / "dst", tmp_path / "dst-cluster", copy_function=shutil.copy2)
+    single = fitsync.mirror(str(tmp_path / "src"), f"sftp://127.0.0.1:{sshd.port}{tmp_path / 'dst'}", delete=True)
+    spread = fitsync.mirror(str(tmp_path / "src"), f"sftp://127.0.0.1:{sshd.port}{tmp_path / 'dst-cluster'}",
+                            delete=True, cluster="local:2", batch_files=8)
+    assert [getattr(spread, k) for k in COUNTS] == [getattr(single, k) for k in COUNTS]
+    assert single.files_updated and single.bytes_reused and single.files_deleted == 2
+    assert {k: v[:3] for k, v in snapshot(tmp_path / "dst-cluster").items()} == \
+        {k: v[:3] for k, v in snapshot(tmp_path / "dst").items()}
