@@ -165,6 +165,39 @@ def test_a_killed_client_resumes_and_redoes_only_the_unfinished_batches(tmp_path
     assert out.read_bytes() == want
 
 
+def test_a_killed_audit_resumes_and_redoes_only_the_unfinished_batches(tmp_path):
+    """audit --manifest --dask --shards: each finished batch's findings are
+    kept and journalled; --resume after a killed client takes those and
+    checks only the rest, and finds what one process finds."""
+    tree, manifest, shards = tmp_path / "tree", tmp_path / "m.jsonl", tmp_path / "shards"
+    make_tree(tree, n=4000)
+    fitsync.manifest(str(tree), output=str(manifest), fits=False)
+    victim = max((tree / "d3").glob("*.bin"), key=lambda p: p.stat().st_size)
+    victim.write_bytes(bytes(b ^ 1 for b in victim.read_bytes()))  # corrupt, same size
+    alone = fitsync.audit(str(tree), manifest=str(manifest)).to_dict()
+    args = ["audit", tree, f"--manifest={manifest}", "--dask=local:2", "--batch-files=10", f"--shards={shards}",
+            "--json"]
+    first = _fitsync(*args)
+    deadline, journal = time.monotonic() + 120, shards / clusters.JOURNAL
+    while time.monotonic() < deadline and first.poll() is None:
+        if journal.exists() and journal.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.005)
+    assert first.poll() is None, f"the run ended before it could be killed: {first.communicate()}"
+    os.killpg(first.pid, signal.SIGKILL)  # the client and its LocalCluster's workers
+    first.communicate()
+    done_before = journal.read_text().count("\n")
+    second = _fitsync(*args, "--resume", f"--log-file={tmp_path / 'audit.log'}")
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 1, err  # the corrupt file
+    assert f"{done_before} of 401 batches were taken from {shards}" in (tmp_path / "audit.log").read_text()
+    assert json.loads(out)["manifest"] == alone["manifest"]
+    assert not shards.exists()  # kept only until the report is made
+    refused = _fitsync("audit", tree, f"--manifest={manifest}", "--resume")
+    _, refusal = refused.communicate(timeout=60)
+    assert refused.returncode == 2 and "--shards=DIR" in refusal
+
+
 def test_an_sftp_source_on_the_cluster(sshd, home, tmp_path):
     """Each worker opens its own SSH connection and agent (the host's stock
     python3), with its own HOME's keys and known hosts: the workers here are

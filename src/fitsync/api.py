@@ -340,36 +340,55 @@ def audit(target: Location, *, manifest: Optional[Location] = None, fits: bool =
           against: Optional[Location] = None, select: Optional[Selection] = None, jobs: int = 2,
           verify_key: Optional[str] = None, remote_options: Optional[RemoteOptions] = None,
           progress: Optional[ProgressCallback] = None, cluster: Any = None,
-          batch_files: Optional[int] = None) -> AuditResult:
+          batch_files: Optional[int] = None, shards: Optional[str] = None, resume: bool = False) -> AuditResult:
     """Check a copy: against a manifest (default: ``target``'s own
     fitsync-manifest.jsonl, if any), against another copy (``against``, by
     content), and/or each FITS file by its own structure and checksums (``fits``).
     ``cluster`` (as for ``manifest``) hashes the files of a manifest audit on
     a cluster's workers, in batches of at most ``batch_files``; it finds
-    exactly what one process finds.
+    exactly what one process finds. With ``shards`` (a directory) each
+    finished batch's findings are kept there, and ``resume`` after a killed
+    run takes them instead of checking those batches again.
     """
     from fitsync.engine.audit import audit_location
 
     connect = _remote_options(remote_options, jobs, verify_key=verify_key)
     return audit_location(_spec(target), manifest=None if manifest is None else _spec(manifest), fits=fits,
                         against=None if against is None else _spec(against), selection=select, jobs=jobs,
-                        options=connect, progress=progress, cluster=cluster, batch_files=batch_files)
+                        options=connect, progress=progress, cluster=cluster,
+                        batch_files=_batching(cluster, batch_files, shards, resume))
+
+
+def _batching(cluster, batch_files: Optional[int], shards: Optional[str], resume: bool):
+    """``batch_files`` as the cluster checks take it: with ``shards``, a
+    Batching that keeps each batch's findings for ``resume``."""
+    if shards is None:
+        if resume:
+            raise UsageError("--resume takes the batches an earlier run kept: give its --shards=DIR")
+        return batch_files
+    if cluster is None:
+        raise UsageError("--shards keeps the batches of a run on a cluster: give --dask too")
+    from fitsync.engine.cluster_checks import Batching
+
+    return Batching(files=batch_files, shards=_spec(shards), resume=resume)
 
 
 def compare(a: Location, b: Location, *, checksum: bool = False, select: Optional[Selection] = None, jobs: int = 2,
             report: Optional[Location] = None, remote_options: Optional[RemoteOptions] = None,
             progress: Optional[ProgressCallback] = None, cluster: Any = None,
-            batch_files: Optional[int] = None) -> CompareReport:
+            batch_files: Optional[int] = None, shards: Optional[str] = None, resume: bool = False) -> CompareReport:
     """List files only on ``a``, only on ``b``, differing and identical
     (``CompareReport``; ``agree`` is True when there is no difference). With
     ``checksum`` contents are compared, else sizes and mtimes. ``report``
     writes rclone-style combined lines (+ - * = !) to that file. ``cluster``
-    (as for ``manifest``) hashes the ``checksum`` pairs on a cluster's workers."""
+    (as for ``manifest``) hashes the ``checksum`` pairs on a cluster's
+    workers; ``shards`` and ``resume`` as for ``audit``."""
     from fitsync.engine.compare import compare_trees
     from fitsync.formats.manifest import write_atomically
 
     if cluster is not None and not checksum:
         raise UsageError("--dask hashes the files of both sides: it needs --checksum")
+    batching = _batching(cluster, batch_files, shards, resume)
     connect = _remote_options(remote_options, jobs)
     with open_source(_spec(a), connect) as first, open_source(_spec(b), connect) as second:
         for side, name in ((first, a), (second, b)):
@@ -377,7 +396,7 @@ def compare(a: Location, b: Location, *, checksum: bool = False, select: Optiona
                 raise NotFound(f"{_spec(name)} does not exist; check the path")
         result = compare_trees(first, second, checksum=checksum, selection=select.matcher() if select else None,
                                jobs=jobs, progress=progress, cluster=cluster, roots=(_spec(a), _spec(b)),
-                               options=connect, batch_files=batch_files)
+                               options=connect, batch_files=batching)
     if report is not None:
         lines = result.combined_lines()
         write_atomically(_spec(report), lambda out: out.writelines(line + "\n" for line in lines))

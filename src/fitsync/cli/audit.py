@@ -7,7 +7,7 @@ Usage:
                        [--include-from=FILE]... [--exclude-from=FILE]... [--min-age=DURATION] [--max-size=SIZE]
                        [--min-size=SIZE] [--log-file=FILE] [--progress]
                        [--accept-new-host-key] [--timeout=SECONDS] [--ca-bundle=FILE] [--allow-password-in-url] [--dropbox-config=FILE] [--quiet]
-                       [--dask=ADDRESS] [--batch-files=N]
+                       [--dask=ADDRESS] [--batch-files=N] [--shards=DIR] [--resume]
   fitsync audit --help
 
 Options:
@@ -30,6 +30,8 @@ Options:
   --dask=ADDRESS        Hash a manifest audit's files on a Dask cluster: local:N,
                         tcp://HOST:PORT or a scheduler file (docs/cluster.md).
   --batch-files=N       Files per batch on a cluster (default 5000, or 1/64 of fewer).
+  --shards=DIR          On a cluster: keep each finished batch's findings in DIR.
+  --resume              Take the batches a killed run kept in --shards=DIR.
   --timeout=SECONDS     An SSH connection silent for SECONDS is lost (default 60; 0: never).
 
 Exit codes: 0 every file ok; 1 missing, corrupt or extra files (or broken FITS files).
@@ -53,7 +55,8 @@ def run(opts: dict) -> int:
                        fits=bool(opts["--fits"]), against=opts["--against"] or None, select=selection(opts),
                        jobs=int_option(opts, "--jobs", 2, minimum=1), remote_options=remote_options(opts),
                        progress=progress_bar(opts), cluster=opts["--dask"] or None,
-                       batch_files=int_option(opts, "--batch-files", None, minimum=1))
+                       batch_files=int_option(opts, "--batch-files", None, minimum=1),
+                       shards=opts["--shards"] or None, resume=bool(opts["--resume"]))
     log.info("summary: %s", "clean" if result.clean else "differences found")
     if opts["--json"]:
         print_json(result.to_dict())

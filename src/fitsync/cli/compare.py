@@ -7,7 +7,7 @@ Usage:
                       [--include-from=FILE]... [--exclude-from=FILE]... [--min-age=DURATION] [--max-size=SIZE]
                       [--min-size=SIZE] [--log-file=FILE] [--progress]
                       [--accept-new-host-key] [--timeout=SECONDS] [--ca-bundle=FILE] [--allow-password-in-url] [--dropbox-config=FILE]
-                      [--dask=ADDRESS] [--batch-files=N]
+                      [--dask=ADDRESS] [--batch-files=N] [--shards=DIR] [--resume]
   fitsync compare --help
 
 Options:
@@ -28,6 +28,8 @@ Options:
   --dask=ADDRESS       With --checksum, hash both sides on a Dask cluster: local:N,
                        tcp://HOST:PORT or a scheduler file (docs/cluster.md).
   --batch-files=N      Files per batch on a cluster (default 5000, or 1/64 of fewer).
+  --shards=DIR         On a cluster: keep each finished batch's findings in DIR.
+  --resume             Take the batches a killed run kept in --shards=DIR.
   --timeout=SECONDS  An SSH connection silent for SECONDS is lost (default 60; 0: never).
 
 Prints nothing and exits 0 when A and B agree (so cron mails only problems);
@@ -48,7 +50,8 @@ def run(opts: dict) -> int:
     report = api.compare(opts["A"], opts["B"], checksum=bool(opts["--checksum"]), select=selection(opts),
                          jobs=int_option(opts, "--jobs", 2, minimum=1), report=opts["--report"] or None,
                          remote_options=remote_options(opts), progress=progress_bar(opts),
-                         cluster=opts["--dask"] or None, batch_files=int_option(opts, "--batch-files", None, minimum=1))
+                         cluster=opts["--dask"] or None, batch_files=int_option(opts, "--batch-files", None, minimum=1),
+                         shards=opts["--shards"] or None, resume=bool(opts["--resume"]))
     counts = report.to_dict()["counts"]
     log.info("summary: %s", ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items()))
     if opts["--json"]:
