@@ -31,7 +31,7 @@ import threading
 
 import blake3
 
-from fitsync.holes import data_runs
+from fitsync.holes import data_runs, extend_to
 
 ALIGN = 4096  # a multiple of every logical block size in use (512, 4096)
 BUFFER = 8 << 20
@@ -202,8 +202,8 @@ class DirectWriter:
             self._submit(self._fill)
         self._stop()
         self._raise_if_failed()
-        if self.holes and os.fstat(self._fd).st_size < self._pos:  # it ended in a hole
-            os.ftruncate(self._fd, self._pos)
+        if self.holes:  # it may end in a hole
+            extend_to(self._fd, self._pos)
         return self.hasher.hexdigest()
 
     def abort(self) -> None:

@@ -7,6 +7,7 @@ no space, and reads back the same."""
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Iterator
 
@@ -32,6 +33,32 @@ def data_runs(view: memoryview, at: int) -> Iterator[tuple[int, int]]:
         yield start, size
 
 
+def data_extents(fd: int, begin: int, end: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of the data extents of ``fd`` within [begin, end), by
+    SEEK_DATA/SEEK_HOLE (the whole range where the file system cannot say)."""
+    at = begin
+    while at < end:
+        try:
+            start = os.lseek(fd, at, os.SEEK_DATA)
+            stop = os.lseek(fd, start, os.SEEK_HOLE)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # nothing but a hole from ``at`` on
+                return
+            yield at, end  # no SEEK_DATA here: all of it is data
+            return
+        if start >= end:
+            return
+        yield start, min(stop, end)
+        at = stop
+
+
+def extend_to(fd: int, size: int) -> None:
+    """Make a file that ends in a hole ``size`` bytes long (nothing wrote its
+    last bytes), before a reader or a size check comes to it."""
+    if os.fstat(fd).st_size < size:
+        os.ftruncate(fd, size)
+
+
 class HoleWriter:
     """``write(data)`` for a file object written from ``at`` on, leaving
     holes; ``finish()`` sets the file's size, whatever its last bytes were."""
@@ -50,5 +77,4 @@ class HoleWriter:
 
     def finish(self) -> None:
         self._out.flush()
-        if os.fstat(self._out.fileno()).st_size < self._pos:  # it ended in a hole
-            self._out.truncate(self._pos)
+        extend_to(self._out.fileno(), self._pos)

@@ -23,7 +23,7 @@ import blake3
 from fitsync.recipe import BASIS, ReadSource, Recipe
 from fitsync.directio import open_direct
 from fitsync.errors import BadInput, TransferFailed, VerificationFailed
-from fitsync.holes import data_runs
+from fitsync.holes import data_extents, data_runs, extend_to
 from fitsync.mapped import mapped_file
 
 COPY_CHUNK = 64 << 20  # a BASIS run is copied in pieces this large, so verification can follow
@@ -181,32 +181,6 @@ class _Copier:
                 break
             done += n
         return done
-
-
-def extend_to(fd: int, size: int) -> None:
-    """Make a file that ends in a hole ``size`` bytes long, before its reader
-    (the _Verifier's map) reaches that far."""
-    if os.fstat(fd).st_size < size:
-        os.ftruncate(fd, size)
-
-
-def data_extents(fd: int, begin: int, end: int):
-    """(start, end) of the data extents of ``fd`` within [begin, end), by
-    SEEK_DATA/SEEK_HOLE (the whole range where the file system cannot say)."""
-    at = begin
-    while at < end:
-        try:
-            start = os.lseek(fd, at, os.SEEK_DATA)
-            stop = os.lseek(fd, start, os.SEEK_HOLE)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # nothing but a hole from ``at`` on
-                return
-            yield at, end  # no SEEK_DATA here: all of it is data
-            return
-        if start >= end:
-            return
-        yield start, min(stop, end)
-        at = stop
 
 
 class _BufferedWriter:

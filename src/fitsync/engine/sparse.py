@@ -10,12 +10,12 @@ into place: its extents re-read, its holes counted as zeros.
 
 from __future__ import annotations
 
-import errno
 import os
 
 import blake3
 
 from fitsync.errors import SourceChanged, VerificationFailed
+from fitsync.holes import data_extents
 
 CHUNK = 8 << 20
 ZEROS = bytes(CHUNK)
@@ -32,23 +32,6 @@ def allocated_if_sparse(path: str, size: int) -> int | None:
     return allocated if allocated < size - CHUNK else None
 
 
-def extents(fd: int, size: int):
-    """(offset, length) of each data extent of the open file, in order."""
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # only a hole is left
-                return
-            raise
-        if start >= size:
-            return
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        yield start, end - start
-        pos = end
-
-
 def copy_sparse(source: str, out, size: int, on_bytes=None) -> str:
     """Copy the local file ``source`` (``size`` bytes) into the open writable
     file ``out`` with its holes; return the hex BLAKE3 of its content."""
@@ -56,9 +39,8 @@ def copy_sparse(source: str, out, size: int, on_bytes=None) -> str:
     done = 0
     with open(source, "rb") as src:
         fd = src.fileno()
-        for offset, length in extents(fd, size):
+        for offset, end in data_extents(fd, 0, size):
             _hash_zeros(hasher, offset - done)
-            end = offset + length
             while offset < end:
                 data = os.pread(fd, min(CHUNK, end - offset), offset)
                 if not data:
@@ -81,9 +63,8 @@ def verify_sparse(path: str, size: int, expected: str, name: str) -> None:
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size != size:
             raise VerificationFailed(f"{name}: the copy has {os.fstat(f.fileno()).st_size} bytes, expected {size}")
-        for offset, length in extents(f.fileno(), size):
+        for offset, end in data_extents(f.fileno(), 0, size):
             _hash_zeros(hasher, offset - done)
-            end = offset + length
             while offset < end:
                 data = os.pread(f.fileno(), min(CHUNK, end - offset), offset)
                 hasher.update(data)
