@@ -344,10 +344,11 @@ def executor_of(cluster) -> tuple:
 
 
 def remove_shards(shard_dir: str) -> None:
-    """Drop the shards and the journal of a run whose manifest is written;
-    the directory too, when nothing else is in it."""
+    """Drop the shards and the journal of a run whose output is written, and
+    the temporaries of a killed run that was writing one (its resume wrote
+    them again); the directory too, when nothing else is in it."""
     for name in os.listdir(shard_dir):
-        if name == JOURNAL or (name.startswith("batch-") and name.endswith((".jsonl", ".list"))):
+        if name == JOURNAL or (name.startswith("batch-") and name.endswith((".jsonl", ".list", ".tmp"))):
             os.unlink(os.path.join(shard_dir, name))
     with contextlib.suppress(OSError):  # something else is in it
         os.rmdir(shard_dir)
