@@ -141,21 +141,26 @@ def _fitsync(*args, **kw) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)
 
 
+def _kill_once_journalled(run: subprocess.Popen, journal: Path, batches: int = 3) -> int:
+    """SIGKILL ``run`` (the client and its LocalCluster's workers) once its
+    journal holds ``batches`` finished batches; how many it held then."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and run.poll() is None:
+        if journal.exists() and journal.read_text().count("\n") >= batches:
+            break
+        time.sleep(0.005)
+    assert run.poll() is None, f"the run ended before it could be killed: {run.communicate()}"
+    os.killpg(run.pid, signal.SIGKILL)
+    run.communicate()
+    return journal.read_text().count("\n")
+
+
 def test_a_killed_client_resumes_and_redoes_only_the_unfinished_batches(tmp_path):
     make_tree(tmp_path / "tree", n=4000)
     want = single_process(tmp_path / "tree", tmp_path / "single.jsonl")
     out, shards = tmp_path / "cluster.jsonl", tmp_path / "cluster.jsonl.shards"
     first = _fitsync("manifest", tmp_path / "tree", f"--output={out}", "--dask=local:2", "--batch-files=10")
-    deadline = time.monotonic() + 120
-    journal = shards / clusters.JOURNAL
-    while time.monotonic() < deadline and first.poll() is None:
-        if journal.exists() and journal.read_text().count("\n") >= 3:
-            break
-        time.sleep(0.005)
-    assert first.poll() is None, f"the run ended before it could be killed: {first.communicate()}"
-    os.killpg(first.pid, signal.SIGKILL)  # the client and its LocalCluster's workers
-    first.wait()
-    done_before = journal.read_text().count("\n")
+    done_before = _kill_once_journalled(first, shards / clusters.JOURNAL)
     assert not out.exists() and 3 <= done_before < 403
     second = _fitsync("manifest", tmp_path / "tree", f"--output={out}", "--dask=local:2", "--batch-files=10",
                       "--resume")
@@ -177,16 +182,7 @@ def test_a_killed_audit_resumes_and_redoes_only_the_unfinished_batches(tmp_path)
     alone = fitsync.audit(str(tree), manifest=str(manifest)).to_dict()
     args = ["audit", tree, f"--manifest={manifest}", "--dask=local:2", "--batch-files=10", f"--shards={shards}",
             "--json"]
-    first = _fitsync(*args)
-    deadline, journal = time.monotonic() + 120, shards / clusters.JOURNAL
-    while time.monotonic() < deadline and first.poll() is None:
-        if journal.exists() and journal.read_text().count("\n") >= 3:
-            break
-        time.sleep(0.005)
-    assert first.poll() is None, f"the run ended before it could be killed: {first.communicate()}"
-    os.killpg(first.pid, signal.SIGKILL)  # the client and its LocalCluster's workers
-    first.communicate()
-    done_before = journal.read_text().count("\n")
+    done_before = _kill_once_journalled(_fitsync(*args), shards / clusters.JOURNAL)
     second = _fitsync(*args, "--resume", f"--log-file={tmp_path / 'audit.log'}")
     out, err = second.communicate(timeout=300)
     assert second.returncode == 1, err  # the corrupt file

@@ -372,7 +372,7 @@ class _mapped:
             raise NotFound(f"{self.path} does not exist") from None
         size = os.fstat(self._file.fileno()).st_size
         self._map = mapped_file(self._file.fileno(), what=self.path) if size else None
-        self._view = memoryview(self._map.__enter__()) if self._map is not None else memoryview(b"")
+        self._view = memoryview(self._map.map) if self._map is not None else memoryview(b"")
         return self._view
 
     def __exit__(self, exc_type, exc, tb):

@@ -24,12 +24,12 @@ class mapped_file:
     the block raised or returned, since that was computed from zeros."""
 
     def __init__(self, fd: int, length: int = 0, offset: int = 0, what: str = "a file"):
-        self._map = mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=offset)
-        self._slot = _mapguard.add(self._map)
+        self.map = mmap.mmap(fd, length, access=mmap.ACCESS_READ, offset=offset)
+        self._slot = _mapguard.add(self.map)
         self._what = what
 
     def __enter__(self) -> mmap.mmap:
-        return self._map
+        return self.map
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(exc)
@@ -39,6 +39,6 @@ class mapped_file:
         # addresses meanwhile is mistaken for this one.
         faulted = _mapguard.remove(self._slot)
         self._slot = -1
-        self._map.close()
+        self.map.close()
         if faulted and (cause is None or isinstance(cause, Exception)):  # never mask a Ctrl-C
             raise SourceChanged(f"{self._what} shrank while it was read; try again") from cause

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from fitsync.engine import cluster as clusters
 from fitsync.engine.cluster_checks import map_batches
 from fitsync.engine.plan import Action, Item
-from fitsync.errors import UsageError
 from fitsync.options import RemoteOptions
 from fitsync.paths import shown
 from fitsync.remotes.base import Capability
@@ -40,11 +39,6 @@ class Locations:
     src: str
     dst: str
     options: RemoteOptions
-
-
-def refuse_unsupported(options) -> None:
-    if options.bwlimit:
-        raise UsageError("--bwlimit cannot be shared among a cluster's workers; leave it out with --dask")
 
 
 def transfer_on_cluster(mirror, transfers: list[Item]) -> None:
@@ -116,6 +110,7 @@ def mirror_batch(run_id: str, locations: Locations, options, items: list[Item], 
     dst = clusters._worker_remote(run_id, locations.dst, locations.options)
     src.remember([item.src for item in items])  # sizes the client listed: no HEAD (or stat) again here
     worker = Mirror(src, dst, options, Reporter(quiet=True, show_progress=False))
+    worker.configure_remotes()  # what Mirror.run does first in one process
     worker.prepare_destination_for_transfers(items)
     if cap is None:
         worker.transfer_all(items)

@@ -326,7 +326,6 @@ class Mirror:
             self.delete(item)
 
     def prepare_destination_for_transfers(self, transfers: list[Item]) -> None:
-        self.configure_remotes()
         if isinstance(self.dst, LocalRemote) and any(i.action == Action.DELTA for i in transfers):
             # Read now: a transfer of this run may replace it with the new release's.
             from fitsync.recorded import RecordedSignatures

@@ -223,12 +223,11 @@ def _receive(src: Remote, item: Item, part: str, journal: str | None, resume_at:
         # holes (a local one keeps its own: engine/sparse.py).
         holes = Capability.LOCAL not in src.capabilities
         if writer is None:
-            if not holes:
-                _receive_into(out.write, out.flush, src, item, resume_at, received, jour, moved, on_bytes)
-                return None
-            sparse = HoleWriter(out, resume_at)
-            _receive_into(sparse.write, out.flush, src, item, resume_at, received, jour, moved, on_bytes)
-            sparse.finish()
+            sparse = HoleWriter(out, resume_at) if holes else None
+            _receive_into(sparse.write if sparse else out.write, out.flush, src, item, resume_at, received, jour,
+                          moved, on_bytes)
+            if sparse:
+                sparse.finish()
             return None
         writer.holes = holes
         try:

@@ -10,13 +10,12 @@ from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
 from fitsync.errors import BadInput, FitsyncError, NotFound, TransferFailed, UnsafePath, VerificationFailed
 from fitsync.paths import join_under, safe_relpath
 from fitsync.remotes.base import Capability, Entry, Remote
+# open_state_file stays importable from here, where the engine has always taken it.
 from fitsync.remotes.statefiles import STATE_DIR, is_state_path, open_state_file, unlink_state_file  # noqa: F401
 from fitsync.remotes.statefiles import release as release_state_dirs
 
 if TYPE_CHECKING:  # pragma: no cover
     from fitsync.options import RemoteOptions
-
-# fitsync's own state inside a destination root: lock, partial files.
 
 
 class LocalRemote(Remote):
@@ -253,9 +252,8 @@ class LocalRemote(Remote):
                 os.fchmod(fd, mode)
             if self.fsync:
                 os.fsync(fd)
-            with state_parent(tmp) as (tmp_dir, name):
-                install(self.root_fd(), (tmp_dir, name), safe_relpath(path), like=source,
-                        replace_other_types=self.replaces_other_types, fsync=self.fsync, inode=st.st_ino)
+            install(self.root_fd(), state_parent(tmp), safe_relpath(path), like=source,
+                    replace_other_types=self.replaces_other_types, fsync=self.fsync, inode=st.st_ino)
         except PermissionError:
             raise TransferFailed(f"cannot replace {final}: permission denied (is its directory read-only?)") from None
         finally:

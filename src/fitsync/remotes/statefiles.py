@@ -25,7 +25,6 @@ import errno
 import os
 import stat as stat_mod
 import threading
-from contextlib import contextmanager
 
 from fitsync.errors import BadInput, UnsafePath
 from fitsync.remotes.beneath import open_beneath, open_root
@@ -40,13 +39,12 @@ def is_state_path(path: str) -> bool:
     return _MARK in path
 
 
-@contextmanager
-def state_parent(path: str):
+def state_parent(path: str) -> tuple[int, str]:
     """``(directory descriptor, name)`` of the state file ``path``: the
     directory reached from the destination root without following a link
     (held for the next files; the caller does not close it)."""
     directory, name = os.path.split(path)
-    yield _held(directory), name
+    return _held(directory), name
 
 
 def _held(directory: str) -> int:
@@ -112,8 +110,8 @@ def open_state_fd(path: str, flags: int, mode: int = 0o600) -> int:
 def open_state_fd_and_stat(path: str, flags: int, mode: int = 0o600) -> tuple:
     """open_state_fd, and the stat of what it opened."""
     def attempt() -> int:
-        with state_parent(path) as (pfd, name):
-            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=pfd)
+        pfd, name = state_parent(path)
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=pfd)
 
     try:
         fd = _again_if_gone(path, attempt)
@@ -145,8 +143,8 @@ def unlink_state_file(path: str) -> None:
     nothing when its directory is gone or is no longer a real directory."""
     # No second walk when it is not there: a directory that is gone holds no file either.
     try:
-        with state_parent(path) as (pfd, name):
-            os.unlink(name, dir_fd=pfd)
+        pfd, name = state_parent(path)
+        os.unlink(name, dir_fd=pfd)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, UnsafePath):
         pass
 
