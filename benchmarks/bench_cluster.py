@@ -164,43 +164,6 @@ def _listing_time(url: str) -> float:
     return time.perf_counter() - t0
 
 
-class SyntheticRemote:
-    """N files that exist only as names, listed in path order as they are made."""
-
-    @staticmethod
-    def make(url: str):
-        from fitsync.remotes.base import Capability, Entry, Remote
-
-        class Synthetic(Remote):
-            scheme = "synthetic"
-            capabilities = frozenset({Capability.READ_RANGE})
-
-            def __init__(self, url: str):
-                super().__init__(url)
-                self.count = int(url.split("://", 1)[1].strip("/"))
-
-            @classmethod
-            def from_url(cls, url, options):
-                return cls(url)
-
-            def list(self):
-                for i in range(self.count):
-                    yield Entry(f"d{i // 10000:06d}/f{i:09d}.fits", 2880, 1_700_000_000.0)
-
-            def stat(self, path):
-                return Entry(path, 2880, 1_700_000_000.0)
-
-            def read_range(self, path, offset, length):
-                return b""
-
-            def digest(self, path, algo="blake3"):
-                import blake3
-
-                return blake3.blake3(path.encode()).hexdigest()
-
-        return Synthetic(url)
-
-
 def memory_child(entries: int, mode: str, work: Path) -> int:
     """One run in this (fresh) process; prints the peak RSS in MiB."""
     import resource
@@ -208,7 +171,7 @@ def memory_child(entries: int, mode: str, work: Path) -> int:
     import fitsync
     from fitsync import remotes
 
-    remotes.register_scheme("synthetic", "bench_cluster:_synthetic_class")
+    remotes.register_scheme("synthetic", "synthetic:Backend")  # benchmarks/synthetic.py
     t0 = time.perf_counter()
     if mode == "cluster":
         from dask.distributed import Client, LocalCluster
@@ -222,14 +185,6 @@ def memory_child(entries: int, mode: str, work: Path) -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"entries": entries, "mode": mode, "peak_rss_mib": round(peak, 1), "seconds": round(seconds, 1)}))
     return 0
-
-
-class _synthetic_class:
-    """The backend class the scheme names: ``from_url`` builds a synthetic remote."""
-
-    @staticmethod
-    def from_url(url, options):
-        return SyntheticRemote.make(url)
 
 
 def bench_memory(work: Path, sizes: list) -> dict:

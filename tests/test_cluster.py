@@ -49,13 +49,20 @@ def single_process(root: Path, out: Path, **kw) -> bytes:
     return out.read_bytes()
 
 
-@pytest.mark.parametrize("blocks,also", [(False, ()), (True, ()), (False, ("adler32", "md5"))])
-def test_a_cluster_manifest_is_byte_identical_to_one_made_by_one_process(client, tmp_path, blocks, also):
+@pytest.mark.parametrize("blocks,also,streamed", [(False, (), False), (True, (), False),
+                                                  (False, ("adler32", "md5"), False), (False, (), True),
+                                                  (True, (), True)])
+def test_a_cluster_manifest_is_byte_identical_to_one_made_by_one_process(client, tmp_path, monkeypatch, blocks,
+                                                                         also, streamed):
+    if streamed:  # a manifest too long for its totals to lead: version 2, totals on the trailer
+        monkeypatch.setattr("fitsync.formats.manifest.HEADER_TOTALS_UP_TO", 100)
+        monkeypatch.setattr("fitsync.formats.manifest.BLOCKS_HEADER_TOTALS_UP_TO", 100)
     make_tree(tmp_path / "tree")
     want = single_process(tmp_path / "tree", tmp_path / "single.jsonl", blocks=blocks, also=also)
     result = fitsync.manifest(str(tmp_path / "tree"), output=str(tmp_path / "cluster.jsonl"), blocks=blocks,
                               cluster=client, batch_files=50, also=also)
     assert (tmp_path / "cluster.jsonl").read_bytes() == want
+    assert (b'"end": "fitsync-manifest"' in want.splitlines()[-1]) == streamed
     assert result.batches == 13 and result.batches_skipped == 0 and result.files == 603
     assert not (tmp_path / "cluster.jsonl.shards").exists()  # shards and journal gone once merged
 

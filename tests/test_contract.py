@@ -244,6 +244,30 @@ def test_the_declared_attributes_are_there_and_typed(backend):
             remote.lock()
 
 
+def test_where_the_tree_lies_and_what_it_stages_are_declared(backend, tmp_path):
+    """The engine chooses pull or push, staging, links and the nesting check
+    from these alone, never from a backend's class."""
+    remote = backend.remote
+    root = remote.local_root()
+    assert (root is not None) == (Capability.LOCAL in remote.capabilities)
+    if root is not None:
+        assert (Path(root) / "a.bin").read_bytes() == FILES["a.bin"]
+    remote.configure(follow_links=False, replaces_other_types=False, fsync=False)  # every backend takes it
+    list(remote.list())
+    assert remote.symlinks() == [] or Capability.LINKS in remote.capabilities
+    if Capability.STAGED in remote.capabilities:
+        assert root is not None and Capability.WRITE in remote.capabilities
+        state = Path(remote.state_dir("tmp"))
+        assert state.is_dir() and str(state).startswith(root)
+        (state / "leftover").write_bytes(b"x")
+        remote.clear_state("tmp")
+        assert not (state / "leftover").exists()
+        remote.tidy_state_dir()
+    else:
+        with pytest.raises(NotImplementedError):
+            remote.state_dir("tmp")
+
+
 def new_hasher_hex(algo: str, data: bytes) -> str:
     from fitsync.hashes import new_hasher
 

@@ -28,7 +28,6 @@ Location = Union[str, "os.PathLike[str]"]
 
 MANIFEST_FORMATS = ("jsonl", "b3sum", "sha256sum", "bagit")
 LINK_MODES = ("skip", "links", "unsafe-links", "follow")  # symlinks in a source: rsync's (none), -l, -l --unsafe-links, -L
-STREAM_BATCH = 2000  # files hashed per batch when a manifest is streamed
 
 
 def _spec(location: Location) -> str:
@@ -185,7 +184,7 @@ def run_mirror(src: Location, dst: Location, options, connect: RemoteOptions, se
                 from fitsync.extract import extracted_paths
 
                 # What earlier runs unpacked is not in the source; delete must keep it.
-                options.protected = set(extracted_paths(target.root))
+                options.protected = set(extracted_paths(target.local_root()))
             result = Mirror(source, target, options, reporter).run()
             if extract and not options.dry_run:
                 _extract(target, result, options.extract_max)
@@ -203,9 +202,9 @@ def _extract(target: Remote, result: MirrorResult, max_bytes: Optional[int]) -> 
     from fitsync.extract import extract_archives, extracted_paths, is_archive
 
     listed = [e.path for e in target.list()]
-    mirrored = set(listed) - extracted_paths(target.root)
+    mirrored = set(listed) - extracted_paths(target.local_root())
     failures: List[dict] = []
-    extract_archives(target.root, [p for p in listed if is_archive(p)], mirrored, max_bytes, failures)
+    extract_archives(target.local_root(), [p for p in listed if is_archive(p)], mirrored, max_bytes, failures)
     for failure in failures:
         result.files_failed += 1
         result.failures.append(failure)
@@ -321,18 +320,13 @@ def manifest(root: Location, *, output: Union[Location, IO[str], None] = None, b
 def _stream_entries(root: Location, result: ManifestResult, blocks: bool, fits: bool, select: Optional[Selection],
                     jobs: int, connect: RemoteOptions, progress: Optional[ProgressCallback],
                     also: tuple = ()) -> Iterator:
-    """Entries of ``root`` in path order, hashed STREAM_BATCH files at a time."""
+    """Entries of ``root`` in path order, hashed a batch at a time as the listing comes."""
     from fitsync.engine import manifest as manifests
 
     with open(root, remote_options=connect) as remote:
-        from fitsync.events import hashing_progress
-
-        listed = manifests.listed_files(remote, result, select)
-        on_done = hashing_progress(progress, listed)
-        for start in range(0, len(listed), STREAM_BATCH):
-            batch = listed[start:start + STREAM_BATCH]
-            entries = manifests.hash_batch(remote, batch, result, blocks=blocks, fits=fits, jobs=jobs, on_done=on_done,
-                                           also=also)
+        listed = manifests.iter_listed_files(remote, result, select)
+        for entries in manifests.hashed_batches(remote, listed, result, progress, blocks=blocks, fits=fits, jobs=jobs,
+                                                also=also):
             yield from entries
 
 
@@ -444,13 +438,13 @@ def recover(dst: Location) -> List[dict]:
     nothing was interrupted. Every mirror into ``dst`` does this first."""
     from fitsync.engine.inplace_update import recover as recover_journals
     from fitsync.lock import DirectoryLock
-    from fitsync.remotes.local import LocalRemote
+    from fitsync.remotes.base import Capability
 
     target = open(dst)
-    if not isinstance(target, LocalRemote):
+    if Capability.STAGED not in target.capabilities:
         raise UsageError(f"{_spec(dst)}: recover works on local destinations (updates in place are local only)")
-    if not os.path.isdir(target.root):
-        raise NotFound(f"{target.root} is not a directory; check the path")
+    if not os.path.isdir(target.local_root()):
+        raise NotFound(f"{target.local_root()} is not a directory; check the path")
     lock = DirectoryLock(target.state_dir())
     lock.acquire()
     try:

@@ -5,6 +5,8 @@ be quick and thread-safe (``fitsync.progress.tqdm_bar()`` is). Events:
 
 - ``Totals``: the work of a phase is known (``phase`` is "scan" for content
   comparisons and hashing, "transfer" for copies);
+- ``MoreListed``: a phase whose listing streams (a manifest of more files
+  than are held at once) grew by this much;
 - ``FileStarted``: a file's transfer or hashing starts;
 - ``BytesDone``: ``bytes`` more of a file were processed (sent, reused or hashed);
 - ``FileFinished``: a file is done, with what was done to it.
@@ -19,6 +21,15 @@ from typing import Callable, Optional, Union
 @dataclass(frozen=True)
 class Totals:
     """The size of a phase, once the listing is known."""
+
+    phase: str
+    files: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class MoreListed:
+    """More work for the current phase: its listing is walked as it is processed."""
 
     phase: str
     files: int
@@ -46,7 +57,7 @@ class FileFinished:
     error: Optional[str] = None
 
 
-Event = Union[Totals, FileStarted, BytesDone, FileFinished]
+Event = Union[Totals, MoreListed, FileStarted, BytesDone, FileFinished]
 ProgressCallback = Callable[[Event], None]
 
 
@@ -58,7 +69,11 @@ def hashing_progress(progress: Optional[ProgressCallback], entries, phase: str =
         return None
     entries = list(entries)
     progress(Totals(phase, sides * len(entries), sides * sum(e.size for e in entries)))
+    return file_done_reporter(progress)
 
+
+def file_done_reporter(progress: ProgressCallback):
+    """An ``on_done(entry)`` that reports each hashed file to ``progress``."""
     def on_done(entry) -> None:
         progress(BytesDone(entry.path, entry.size))
         progress(FileFinished(entry.path, "hashed"))

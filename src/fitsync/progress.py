@@ -152,10 +152,14 @@ class TqdmBar:
         self._lock = threading.Lock()
 
     def __call__(self, event) -> None:
-        from fitsync.events import BytesDone, FileFinished, Totals
+        from fitsync.events import BytesDone, FileFinished, MoreListed, Totals
 
         with self._lock:
-            if isinstance(event, Totals):
+            if isinstance(event, MoreListed) and self._bar is not None:
+                self._bar.total += event.bytes  # the same bar, grown
+                self._bar.refresh()
+                self._left += event.files
+            elif isinstance(event, (Totals, MoreListed)):
                 self._close()
                 if event.files:
                     from tqdm.auto import tqdm

@@ -233,6 +233,9 @@ class ReleaseRemote(Remote):
     def exists(self) -> bool:
         return True
 
+    def local_root(self) -> str | None:
+        return self.inner.local_root()
+
     def list(self) -> Iterator[Entry]:
         return iter(self.release.entries())
 
@@ -276,7 +279,7 @@ def release_source(remote: Remote, verify_key: str | None = None) -> Remote:
     """``remote`` as a mirror source: listed from its release manifest when
     it has one, can read ranges and cannot compute signatures itself (Dropbox,
     an sftp-only account), or whenever --verify-key demands a signed manifest."""
-    if getattr(remote, "release_aware", False):
+    if remote.release_aware:
         return remote
     if not verify_key:
         if Capability.LOCAL in remote.capabilities:

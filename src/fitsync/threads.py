@@ -30,6 +30,21 @@ def run_beside(work):
     return wait
 
 
+def put_unless_stopped(handoff, stop: threading.Event, item, poll: float = 0.2) -> bool:
+    """Put ``item`` on the bounded queue ``handoff`` unless ``stop`` is set
+    first (its reader has gone); False when it was. A producer thread that
+    blocked on a full queue forever would outlive the reader that left."""
+    import queue
+
+    while not stop.is_set():
+        try:
+            handoff.put(item, timeout=poll)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 _PRELOADS: list[threading.Thread] = []
 
 

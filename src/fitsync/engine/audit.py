@@ -53,19 +53,25 @@ def audit_against_manifest(target: Remote, manifest: Manifest, *, ignore: set[st
     a size mismatch needs no read at all. With ``cluster`` (a Dask Client,
     an Executor or a --dask address) the files are hashed on its workers,
     which open ``root_spec`` with ``options`` themselves."""
+    from operator import attrgetter
+
+    from fitsync.engine.march import paired, selected
+
     report = AuditReport()
-    listed = {e.path: e for e in target.list() if e.path not in ignore and (selection is None or selection.matches(e))}
-    expected = {p: m for p, m in manifest.entries.items() if selection is None or p in listed or _selected(selection, m)}
-    to_hash = []
-    for path, want in expected.items():
-        have = listed.get(path)
-        if have is None:
-            report.missing.append(path)
-        elif have.size != want.size:
-            report.corrupt.append({"path": path, "reason": f"size {have.size}, manifest says {want.size}"})
+    listed = selected((e for e in target.list() if e.path not in ignore), selection)
+    recorded_files = sorted(manifest.entries.values(), key=attrgetter("path"))
+    to_hash, expected = [], {}
+    for path, recorded_file, have in paired(recorded_files, listed, ("the manifest", target.url)):
+        if recorded_file is None:
+            report.extra.append(path)
+        elif have is None:
+            if selection is None or _selected(selection, recorded_file):
+                report.missing.append(path)
+        elif have.size != recorded_file.size:
+            report.corrupt.append({"path": path, "reason": f"size {have.size}, manifest says {recorded_file.size}"})
         else:
             to_hash.append(have)
-    report.extra = [p for p in listed if p not in manifest.entries]
+            expected[path] = recorded_file
     for path, reason in target.rejected_names:
         report.corrupt.append({"path": path, "reason": reason})
     want = {e.path: expected[e.path].blake3 for e in to_hash}

@@ -270,15 +270,20 @@ def _summary_from_shard(batch: Batch, shard_dir: str) -> ShardSummary:
 
 
 def merge(out: IO[str], run: ClusterRun, shard_dir: str, blocks: bool) -> None:
-    """The header (totals from the summaries), then every shard in batch order."""
-    from fitsync.formats.manifest import header_line
+    """The header, then every shard in batch order: the bytes the single-process
+    writer gives (totals from the summaries, in the header or on a trailer)."""
+    from fitsync.formats.manifest import header_line, streamed_header_line, totals_in_header, trailer_line
 
     summaries = [run.summaries[i] for i in sorted(run.summaries)]
-    out.write(header_line(sum(s.files for s in summaries), sum(s.bytes for s in summaries), blocks))
+    files, size = sum(s.files for s in summaries), sum(s.bytes for s in summaries)
+    leading = totals_in_header(files, blocks)
+    out.write(header_line(files, size, blocks) if leading else streamed_header_line(blocks))
     for summary in summaries:
         with open(batch_file(shard_dir, summary.index), encoding="utf-8") as f:
             for piece in iter(lambda: f.read(1 << 20), ""):
                 out.write(piece)
+    if not leading:
+        out.write(trailer_line(files, size))
 
 
 # -- executors ---------------------------------------------------------------------------

@@ -54,41 +54,41 @@ def compare_trees(a: Remote, b: Remote, *, checksum: bool = False, selection=Non
     equal size on both sides: here, or on ``cluster`` (a Dask Client, an
     Executor or a --dask address), whose workers open ``roots`` (the
     locations of a and b) with ``options`` themselves."""
-    def listing(remote):
-        return {e.path: e for e in remote.list() if selection is None or selection.matches(e)}
+    from fitsync.engine.march import paired, prefetched, selected
 
-    left, right = listing(a), listing(b)
     report = CompareReport()
-    for side in (a, b):
-        for path, reason in side.rejected_names:
-            report.errors.append({"path": path, "reason": reason})
-    report.only_a = sorted(p for p in left if p not in right)
-    report.only_b = sorted(p for p in right if p not in left)
     resolution = max(a.mtime_resolution, b.mtime_resolution)
-    both = sorted(p for p in left if p in right)
-    to_hash = []
-    for path in both:
-        x, y = left[path], right[path]
-        if x.size != y.size:
+    to_hash = []  # (entry on a, entry on b) of equal size, with --checksum
+    # Both listed at once, each in a thread of its own (two hosts wait at once).
+    left = prefetched(lambda: selected(a.list(), selection))
+    right = prefetched(lambda: selected(b.list(), selection))
+    for path, x, y in paired(left, right):
+        if y is None:
+            report.only_a.append(path)
+        elif x is None:
+            report.only_b.append(path)
+        elif x.size != y.size:
             report.differ.append({"path": path, "reason": f"size {x.size} vs {y.size}"})
         elif checksum:
-            to_hash.append(path)
+            to_hash.append((x, y))
         elif not same_mtime(x.mtime, y.mtime, resolution):
             report.differ.append({"path": path, "reason": "mtime differs"})
         else:
             report.identical.append(path)
+    for side in (a, b):  # known once each listing has been walked
+        for path, reason in side.rejected_names:
+            report.errors.append({"path": path, "reason": reason})
     if to_hash and cluster is not None:
         from fitsync.engine.cluster_checks import compare_on_cluster
 
-        pairs = [(left[p], right[p]) for p in to_hash]
-        for found in compare_on_cluster(cluster, roots, options, pairs, common_algorithm(a, b), jobs=jobs or 2,
+        for found in compare_on_cluster(cluster, roots, options, to_hash, common_algorithm(a, b), jobs=jobs or 2,
                                         batch_files=batch_files):
             _add(report, found)
     elif to_hash:
         from fitsync.events import hashing_progress
 
-        on_done = on_done or hashing_progress(progress, [left[p] for p in to_hash], sides=2)
-        _add(report, judge_pairs(a, b, [left[p] for p in to_hash], [right[p] for p in to_hash],
+        on_done = on_done or hashing_progress(progress, [x for x, _ in to_hash], sides=2)
+        _add(report, judge_pairs(a, b, [x for x, _ in to_hash], [y for _, y in to_hash],
                                  common_algorithm(a, b), jobs, on_done))
     report.differ.sort(key=lambda d: d["path"])
     report.identical.sort()

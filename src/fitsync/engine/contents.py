@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 
-def compare_contents(mirror, src_entries, dst_entries):
-    """With --checksum or --manifest, find same-size-and-mtime pairs whose content differs."""
+def compare_contents(mirror, pairs: list) -> tuple[dict, dict]:
+    """With --checksum or --manifest: (differs, reasons) by path for ``pairs``,
+    the (source, destination) entries of equal size. A --manifest gives the
+    source's digests where it records them, so only the destination is read."""
     differs: dict[str, bool] = {}
     reasons: dict[str, str] = {}
-    expected: dict[str, str] = {}
     manifest = mirror.options.manifest
-    if manifest is not None:
-        for path, m in manifest.entries.items():
-            expected[path] = m.blake3
-    if not (mirror.options.checksum or manifest is not None):
-        return differs, reasons, expected
+    expected = {s.path: manifest.entries[s.path].blake3 for s, _ in pairs
+                if manifest is not None and s.path in manifest.entries}
     from fitsync.scan import common_algorithm, digest_entries
 
-    pairs = [
-        (src_entries[p], dst_entries[p]) for p in src_entries
-        if p in dst_entries and src_entries[p].size == dst_entries[p].size
-    ]
-    if not pairs:
-        return differs, reasons, expected
     algo = common_algorithm(mirror.src, mirror.dst)
     total = sum(s.size for s, _ in pairs) * (1 if manifest is not None and algo == "blake3" else 2)
     mirror.reporter.phase("scan", total)
@@ -55,4 +47,4 @@ def compare_contents(mirror, src_entries, dst_entries):
         else:
             reasons[s.path] = "content differs"
     mirror.reporter.close_phase()
-    return differs, reasons, expected
+    return differs, reasons

@@ -25,6 +25,7 @@ from fitsync.engine.update import IN_PLACE
 from fitsync.errors import FitsyncError, TransferFailed, UsageError
 from fitsync.mapped import mapped_file
 from fitsync.paths import safe_relpath
+from fitsync.remotes.base import Capability
 from fitsync.remotes.local import STATE_DIR, LocalRemote
 from fitsync.remotes.statefiles import unlink_state_file
 
@@ -252,9 +253,10 @@ def refuse_unless_possible(dst, inplace_asked: bool) -> None:
     """UsageError when ``--inplace`` cannot run on ``dst`` (one line, exit 2)."""
     if not inplace_asked:
         return
-    if not isinstance(dst, LocalRemote):
+    # local_root() first: it needs no connection, so a remote is refused before one is made.
+    if dst.local_root() is None or Capability.STAGED not in dst.capabilities:
         raise UsageError("--inplace updates files of a local destination only; drop it for this one")
-    reason = inplace_refusal(dst.root)
+    reason = inplace_refusal(dst.local_root())
     if reason:
         raise UsageError(reason)
 

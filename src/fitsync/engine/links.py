@@ -7,13 +7,13 @@ from __future__ import annotations
 from fitsync.engine.plan import Action, Item
 from fitsync.errors import FitsyncError
 from fitsync.paths import shown
-from fitsync.remotes.local import LocalRemote
+from fitsync.remotes.base import Capability
 
 
 def mirror_links(mirror) -> None:
     """Symlinks of a local source: reported as skipped, or made in a local
     destination (``--links``); ``--copy-links`` listed their targets already."""
-    links = mirror.src.symlinks() if isinstance(mirror.src, LocalRemote) else []
+    links = mirror.src.symlinks() if Capability.LINKS in mirror.src.capabilities else []
     if not links or mirror.options.links == "follow":
         return
     from fitsync.remotes.links import is_safe
@@ -37,7 +37,7 @@ def _link_refused(mirror, link, safe: bool) -> str | None:
         return "non-regular file"
     if not safe and mirror.options.links != "unsafe-links":
         return "unsafe symlink (it leads outside the source; --unsafe-links copies it)"
-    if not isinstance(mirror.dst, LocalRemote):
+    if Capability.LINKS not in mirror.dst.capabilities:
         return "symlink (links are made only in a local destination)"
     return None
 
@@ -46,7 +46,7 @@ def _place_link(mirror, link) -> bool:
     from fitsync.remotes.links import place_link
 
     try:
-        return place_link(mirror.dst.root, link, join_under)
+        return place_link(mirror.dst.local_root(), link, join_under)
     except (FitsyncError, OSError) as exc:
         mirror.fail(Item(link.path, Action.NEW, "symlink"), exc)
         return False

@@ -6,21 +6,21 @@ from __future__ import annotations
 import os
 
 from fitsync.errors import BadInput, NotFound
-from fitsync.remotes.base import Entry, Remote
-from fitsync.remotes.local import LocalRemote
+from fitsync.remotes.base import Remote
 
 
 def check_locations(src: Remote, dst: Remote) -> None:
     """Refuse a missing source and a destination inside a local source."""
     if not src.exists():
         raise NotFound(f"source {src.url} does not exist; check the path")
-    if isinstance(src, LocalRemote) and isinstance(dst, LocalRemote):
+    src_root, dst_root = src.local_root(), dst.local_root()
+    if src_root is not None and dst_root is not None:
         # By device and inode, along every existing parent: symlinks and a
         # bind mount of the same directory count too.
-        if _identity(src.root) in _lineage(dst.root):
-            raise BadInput(f"destination {dst.root} is inside the source {src.root}; choose a destination outside it")
-        if _identity(dst.root) is not None and _identity(dst.root) in _lineage(src.root):
-            raise BadInput(f"source {src.root} is inside the destination {dst.root}: a mirror (and its --delete) "
+        if _identity(src_root) in _lineage(dst_root):
+            raise BadInput(f"destination {dst_root} is inside the source {src_root}; choose a destination outside it")
+        if _identity(dst_root) is not None and _identity(dst_root) in _lineage(src_root):
+            raise BadInput(f"source {src_root} is inside the destination {dst_root}: a mirror (and its --delete) "
                            "would write where it reads; choose a destination outside it")
 
 
@@ -47,27 +47,18 @@ def _lineage(path: str) -> set:
         path = parent
 
 
-def prepare_local_destination(dst: LocalRemote) -> None:
+def prepare_local_destination(dst: Remote) -> None:
+    """A staged destination's root and state directory, made if missing."""
+    root = dst.local_root()
     try:
-        os.makedirs(dst.root, exist_ok=True)
+        os.makedirs(root, exist_ok=True)
         dst.state_dir()
     except PermissionError:
-        raise BadInput(f"destination {dst.root} is not writable; check its permissions") from None
+        raise BadInput(f"destination {root} is not writable; check its permissions") from None
     except FileExistsError:
-        raise BadInput(f"destination {dst.root} exists and is not a directory") from None
-    if not os.access(dst.root, os.W_OK):
-        raise BadInput(f"destination {dst.root} is not writable; check its permissions")
-
-
-def list_selected(remote: Remote, options) -> dict[str, Entry]:
-    entries = {}
-    for entry in remote.list():
-        if options.only_paths is not None and entry.path not in options.only_paths:
-            continue
-        if options.selection is not None and not options.selection.matches(entry):
-            continue
-        entries[entry.path] = entry
-    return entries
+        raise BadInput(f"destination {root} exists and is not a directory") from None
+    if not os.access(root, os.W_OK):
+        raise BadInput(f"destination {root} is not writable; check its permissions")
 
 
 class RemoteLock:
@@ -94,10 +85,10 @@ def describe_os_error(exc: BaseException) -> str:
 def new_directories(dst: Remote, paths) -> list[str]:
     """The directories a local destination lacks for ``paths`` (new files),
     parents first: rsync itemizes each as ``cd+++++++++ dir/``."""
-    if not isinstance(dst, LocalRemote):
+    if dst.local_root() is None:
         return []
     wanted = {"/".join(path.split("/")[:depth]) for path in paths for depth in range(1, path.count("/") + 1)}
-    return sorted(d for d in wanted if not os.path.isdir(os.path.join(dst.root, *d.split("/"))))
+    return sorted(d for d in wanted if not os.path.isdir(os.path.join(dst.local_root(), *d.split("/"))))
 
 
 def refuse_empty_source(src: Remote, doomed: list, result, options) -> list:

@@ -6,28 +6,29 @@ formats themselves are in fitsync.formats.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from typing import IO, Iterator, Optional
 
 from fitsync.errors import NotFound, UnsafePath, UsageError
 from fitsync.engine.entries import build_entries
-from fitsync.formats.manifest import DEFAULT_NAME, write_atomically, write_b3sum, write_hashlist, write_jsonl
+from fitsync.formats.manifest import (DEFAULT_NAME, JsonlWriter, header_totals_limit, write_atomically, write_b3sum,
+                                      write_hashlist, write_jsonl)
 from fitsync.options import RemoteOptions, Selection
 from fitsync.remotes.base import Capability, Entry, Remote
 from fitsync.results import ManifestResult
 
 log = logging.getLogger("fitsync")
 
-
-def listed_files(remote: Remote, result: ManifestResult, select: Optional[Selection]) -> list:
-    """The files of ``remote`` a manifest lists: selected, never the manifest itself."""
-    return list(iter_listed_files(remote, result, select))
+# A listing longer than a header's totals may wait for (header_totals_limit) is hashed and written in batches of this much.
+STREAM_BATCH_FILES = 4096
+STREAM_BATCH_BYTES = 4 << 30
 
 
 def iter_listed_files(remote: Remote, result: ManifestResult, select: Optional[Selection]) -> Iterator:
-    """listed_files as the listing comes, one entry at a time (a cluster's
-    client keeps a window of batches, not the tree)."""
+    """The files of ``remote`` a manifest lists (selected, never the manifest
+    itself), as the listing comes: a writer holds a batch, not the tree."""
     if not remote.exists():
         raise NotFound(f"{result.root} does not exist; check the path")
     selection = select.matcher() if select else None
@@ -128,29 +129,94 @@ def write(result: ManifestResult, stream: Optional[IO[str]], *, blocks: bool, fi
                                   batch_files=batch_files, also=also)
             _sign(result, sign)
             return
-        listed = listed_files(root, result, selection)
+        listed = iter_listed_files(root, result, selection)
+        limit = header_totals_limit(blocks and result.format == "jsonl")
+        head = list(itertools.islice(listed, limit + 1))
+        if len(head) > limit and result.format != "bagit":
+            stream_out = _streamed(root, itertools.chain(head, listed), result, progress, blocks=blocks,
+                                   fits=fits, jobs=jobs, also=also)
+            _emit(result.output, stream, stream_out)
+            if result.format == "jsonl":
+                _sign(result, sign)
+            return
         on_done = None
         if progress is not None:
             from fitsync.events import hashing_progress
 
-            on_done = hashing_progress(progress, listed)
+            on_done = hashing_progress(progress, head)
         if result.format == "bagit":
-            _write_bagit(root, listed, result, jobs, on_done)
+            _write_bagit(root, head, result, jobs, on_done)
             return
         if result.format == "sha256sum":
-            from fitsync.scan import digest_entries
-
-            digests, errors = digest_entries(root, listed, algo="sha256", jobs=jobs, on_done=on_done)
-            entries = [e for e in listed if e.path in digests]
-            _count(result, entries, errors)
+            entries, digests = _sha256_batch(root, head, result, jobs, on_done=on_done)
             _emit(result.output, stream, lambda out: write_hashlist(out, entries, digests))
             return
-        entries = hash_batch(root, listed, result, blocks=blocks, fits=fits, jobs=jobs, on_done=on_done, also=also)
+        entries = hash_batch(root, head, result, blocks=blocks, fits=fits, jobs=jobs, on_done=on_done, also=also)
     if result.format == "b3sum":
         _emit(result.output, stream, lambda out: write_b3sum(out, entries))
         return
     _emit(result.output, stream, lambda out: write_jsonl(out, entries, blocks=blocks))
     _sign(result, sign)
+
+
+def _sha256_batch(root: Remote, batch: list, result: ManifestResult, jobs: int, on_done=None) -> tuple[list, dict]:
+    from fitsync.scan import digest_entries
+
+    digests, errors = digest_entries(root, batch, algo="sha256", jobs=jobs, on_done=on_done)
+    entries = [e for e in batch if e.path in digests]
+    _count(result, entries, errors)
+    return entries, digests
+
+
+def _streamed(root: Remote, listed: Iterator, result: ManifestResult, progress, **hashing):
+    """A ``write(out)`` that hashes a long listing batch by batch and writes
+    each batch's lines before the next is read: memory holds one batch, not
+    the tree (a JSONL manifest's totals then trail: formats.manifest.JsonlWriter)."""
+
+    def write(out) -> None:
+        if result.format == "sha256sum":
+            for batch in hashed_batches(root, listed, result, progress, hash_one=_sha256_batch, jobs=hashing["jobs"]):
+                write_hashlist(out, *batch)
+            return
+        writer = JsonlWriter(out, hashing["blocks"]) if result.format == "jsonl" else None
+        for entries in hashed_batches(root, listed, result, progress, **hashing):
+            if writer is None:
+                write_b3sum(out, entries)
+            else:
+                writer.add(entries)
+        if writer is not None:
+            writer.close()
+    return write
+
+
+def hashed_batches(root: Remote, listed: Iterator, result: ManifestResult, progress, *, hash_one=None,
+                   **hashing) -> Iterator:
+    """``hash_one(root, batch, result, on_done=..., **hashing)`` (default:
+    manifest entries) of each batch of ``listed`` in turn; ``progress`` hears
+    of each batch as it is taken (MoreListed), then of each file hashed."""
+    from fitsync.events import MoreListed, file_done_reporter
+
+    for batch in _batches(listed):
+        on_done = None
+        if progress is not None:
+            progress(MoreListed("scan", len(batch), sum(e.size for e in batch)))
+            on_done = file_done_reporter(progress)
+        yield (hash_one or hash_batch)(root, batch, result, on_done=on_done, **hashing)
+
+
+def _batches(listed: Iterator) -> Iterator[list]:
+    """Consecutive runs of the listing: STREAM_BATCH_FILES files or
+    STREAM_BATCH_BYTES bytes, whichever comes first, so that every core has
+    work in each and no batch holds much."""
+    batch, size = [], 0
+    for entry in listed:
+        batch.append(entry)
+        size += entry.size
+        if len(batch) >= STREAM_BATCH_FILES or size >= STREAM_BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def _sign(result: ManifestResult, sign: Optional[str]) -> None:
@@ -186,7 +252,7 @@ def _write_on_cluster(result: ManifestResult, stream, listed: Iterator, cluster,
 def _own_files(root: Remote, output: Optional[str]) -> set:
     """A manifest never lists itself (nor its signature)."""
     skip = {DEFAULT_NAME, DEFAULT_NAME + ".sig"}
-    local_root = getattr(root, "root", None)
+    local_root = root.local_root()
     if output and local_root:
         rel = os.path.relpath(os.path.abspath(output), local_root)
         if not rel.startswith(".."):
@@ -212,5 +278,5 @@ def _write_bagit(root: Remote, listed: list, result: ManifestResult, jobs: int, 
     digests, errors = digest_entries(root, listed, algo="sha512", jobs=jobs, on_done=on_done)
     entries = [e for e in listed if e.path in digests]
     _count(result, entries, errors)
-    result.output = result.output or os.path.dirname(root.root)
-    write_bag_tags(result.output, root.root, entries, digests)
+    result.output = result.output or os.path.dirname(root.local_root())
+    write_bag_tags(result.output, root.local_root(), entries, digests)

@@ -18,13 +18,13 @@ from fitsync.errors import (EXIT_FAILED, BadInput, ConnectionFailed, FitsyncErro
 from fitsync.paths import shown
 from fitsync.engine.plan import Action, Item, decide, deletions, same_mtime
 from fitsync.progress import Reporter
-from fitsync.remotes.base import Capability, Entry, Remote
-from fitsync.remotes.local import LocalRemote, entry_of
+from fitsync.remotes.base import Capability, Remote
+from fitsync.remotes.local import entry_of
 from fitsync.engine.contents import compare_contents
 from fitsync.engine.links import mirror_links
 from fitsync.engine.mirror_options import MirrorOptions
-from fitsync.engine.locations import (RemoteLock, check_locations, describe_os_error, list_selected,
-                                     new_directories, prepare_local_destination, refuse_empty_source)
+from fitsync.engine.locations import (RemoteLock, check_locations, describe_os_error, new_directories,
+                                     prepare_local_destination, refuse_empty_source)
 from fitsync.results import FileAction, MirrorResult
 from fitsync.threads import run_beside
 
@@ -68,7 +68,7 @@ class Mirror:
 
             refuse_unless_possible(self.dst, True)
         check_locations(self.src, self.dst)
-        local_dst = isinstance(self.dst, LocalRemote)
+        local_dst = Capability.STAGED in self.dst.capabilities
         if local_dst and not self.options.dry_run:
             prepare_local_destination(self.dst)
         lock = self.destination_lock(local_dst)
@@ -105,11 +105,8 @@ class Mirror:
 
     def configure_remotes(self) -> None:
         """What the options ask of the two locations themselves (also on a cluster's workers)."""
-        if self.options.links == "follow" and isinstance(self.src, LocalRemote):
-            self.src.follow_links = True
-        if isinstance(self.dst, LocalRemote):
-            self.dst.replaces_other_types = self.options.delete
-            self.dst.fsync = self.options.fsync
+        self.src.configure(follow_links=self.options.links == "follow")
+        self.dst.configure(replaces_other_types=self.options.delete, fsync=self.options.fsync)
 
     def destination_lock(self, local_dst: bool):
         """The lock that keeps two mirrors from writing DST at once: a file in a
@@ -127,37 +124,60 @@ class Mirror:
     def plan(self) -> list[Item]:
         if self.can_plan_in_bulk():
             return self.plan_in_bulk()
-        src_entries, dst_entries = self.list_both()
+        return self.plan_by_march()
+
+    def plan_by_march(self) -> list[Item]:
+        """Walk both listings side by side (engine/march.py), holding nothing per
+        unchanged file: a no-op run keeps counters, not the tree. Pairs whose
+        contents --checksum or --manifest must judge are decided after the walk,
+        once their digests are known; the items come out in path order."""
+        from fitsync.engine.march import paired, prefetched, selected
+
+        o = self.options
+        expected = o.manifest.entries if o.manifest is not None else {}
+        judge_contents = o.checksum or o.manifest is not None
+        src_side = prefetched(lambda: selected(self.src.list(), o.selection, o.only_paths))
+        dst_side = (prefetched(lambda: selected(self.dst.list(), o.selection, o.only_paths))
+                    if self.dst.exists() else iter(()))
+        items, to_judge, gone = [], [], {}
+        files = size = 0
+        for path, src, dst in paired(src_side, dst_side):
+            if src is None:
+                if path not in o.protected:
+                    gone[path] = dst
+                continue
+            files += 1
+            size += src.size
+            if dst is not None and dst.size == src.size:
+                if judge_contents:
+                    to_judge.append((src, dst))
+                    continue
+                if same_mtime(dst.mtime, src.mtime, self.resolution):
+                    # The common case of a large no-op run, kept free of per-file objects.
+                    self.result.files_unchanged += 1
+                    if self.reporter.itemize_unchanged:
+                        self.reporter.item(Item(path, Action.UNCHANGED, "same size and mtime"))
+                    continue
+            items.append(decide(src, dst, mtime_resolution=self.resolution,
+                                expected_digest=_digest_in(expected, path)))
         for path, reason in self.src.rejected_names:
             # Names the source holds but this file system cannot (or must not) be given.
             self.fail(Item(path, Action.NEW, reason), TransferFailed(reason))
-        self.result.files_total = len(src_entries)
-        self.result.bytes_total = sum(e.size for e in src_entries.values())
-        differs, reasons, expected = compare_contents(self, src_entries, dst_entries)
-        items = []
-        unchanged_lines = self.reporter.itemize_unchanged
-        for path, entry in src_entries.items():
-            dst = dst_entries.get(path)
-            if (dst is not None and path not in differs and dst.size == entry.size
-                    and same_mtime(dst.mtime, entry.mtime, self.resolution)):
-                # The common case of a large no-op run, kept free of per-file objects.
-                self.result.files_unchanged += 1
-                if unchanged_lines:
-                    self.reporter.item(Item(path, Action.UNCHANGED, "same size and mtime"))
-                continue
-            items.append(decide(
-                entry, dst,
-                mtime_resolution=self.resolution,
-                content_differs=differs.get(path),
-                content_reason=reasons.get(path, "content differs"),
-                expected_digest=expected.get(path),
-            ))
+        self.result.files_total, self.result.bytes_total = files, size
+        if to_judge:
+            items = sorted(items + self.judge_contents(to_judge, expected), key=lambda item: item.path)
         items = self.hold_back_incomplete_sources(items)
-        if self.options.delete:
-            kept = {p: e for p, e in dst_entries.items() if p not in self.options.protected}
-            doomed = deletions(set(src_entries), kept)
-            items.extend(refuse_empty_source(self.src, doomed, self.result, self.options))
+        if o.delete:
+            items.extend(refuse_empty_source(self.src, deletions(set(), gone), self.result, o))
         return items
+
+    def judge_contents(self, pairs: list, expected: dict) -> list[Item]:
+        """Decisions for same-size pairs once --checksum or --manifest has judged their bytes."""
+        differs, reasons = compare_contents(self, pairs)
+        return [decide(src, dst, mtime_resolution=self.resolution, content_differs=differs.get(src.path),
+                       content_reason=reasons.get(src.path, "content differs"),
+                       expected_digest=_digest_in(expected, src.path))
+                for src, dst in pairs]
 
     def can_plan_in_bulk(self) -> bool:
         """Whether both sides list in bulk and the plan needs nothing per file
@@ -174,7 +194,7 @@ class Mirror:
         if o.checksum:
             # Two local trees are compared byte by byte in C, log file or not
             # (a log file used to switch this to hashing both sides).
-            return isinstance(self.src, LocalRemote) and isinstance(self.dst, LocalRemote)
+            return Capability.LOCAL in self.src.capabilities and Capability.LOCAL in self.dst.capabilities
         return True
 
     def plan_in_bulk(self) -> list[Item]:
@@ -219,9 +239,9 @@ class Mirror:
         parts = max(1, min(self.options.jobs, count))
         bounds = [count * p // parts for p in range(parts + 1)]
         # Each part compares its files with the GIL released: one core each.
-        waits = [run_beside(lambda lo=lo, hi=hi: diff.compare_contents(self.src.root, self.dst.root, lo, hi))
+        waits = [run_beside(lambda lo=lo, hi=hi: diff.compare_contents(self.src.local_root(), self.dst.local_root(), lo, hi))
                  for lo, hi in zip(bounds[1:-1], bounds[2:])]
-        found = diff.compare_contents(self.src.root, self.dst.root, bounds[0], bounds[1])
+        found = diff.compare_contents(self.src.local_root(), self.dst.local_root(), bounds[0], bounds[1])
         for wait in waits:
             found += wait()
         self.reporter.advance(2 * diff.unchanged_bytes)
@@ -237,16 +257,6 @@ class Mirror:
             repairs.append((i, decide(src, dst, mtime_resolution=self.resolution, content_differs=True,
                                       content_reason=reason)))
         return repairs
-
-    def list_both(self) -> tuple[dict[str, Entry], dict[str, Entry]]:
-        """List source and destination at once (local listings release the GIL)."""
-        import concurrent.futures as cf
-
-        with cf.ThreadPoolExecutor(max_workers=2) as pool:
-            src_future = pool.submit(list_selected, self.src, self.options)
-            dst_future = pool.submit(
-                lambda: list_selected(self.dst, self.options) if self.dst.exists() else {})
-            return src_future.result(), dst_future.result()
 
     def hold_back_incomplete_sources(self, items: list[Item]) -> list[Item]:
         """A local source FITS file about to be transferred whose structure is
@@ -326,11 +336,11 @@ class Mirror:
             self.delete(item)
 
     def prepare_destination_for_transfers(self, transfers: list[Item]) -> None:
-        if isinstance(self.dst, LocalRemote) and any(i.action == Action.DELTA for i in transfers):
+        if Capability.STAGED in self.dst.capabilities and any(i.action == Action.DELTA for i in transfers):
             # Read now: a transfer of this run may replace it with the new release's.
             from fitsync.recorded import RecordedSignatures
 
-            self.recorded = RecordedSignatures.of_destination(self.dst.root, self.resolution)
+            self.recorded = RecordedSignatures.of_destination(self.dst.local_root(), self.resolution)
 
     def transfer_all(self, transfers: list[Item]) -> None:
         """Move ``transfers`` on ``jobs`` threads of this process."""
@@ -417,7 +427,7 @@ class Mirror:
 
     def transfer_one(self, item: Item) -> transfer.Moved:
         advance, fits_check = self._advance_for(item.path), self.options.fits_check
-        if isinstance(self.dst, LocalRemote):
+        if Capability.STAGED in self.dst.capabilities:  # pulled into its staging area
             from fitsync.engine.update import pull_delta, pull_new_file
 
             if item.action == Action.NEW or item.dst is None:
@@ -494,3 +504,9 @@ class Mirror:
             from fitsync.events import FileFinished
 
             self.progress(FileFinished(item.path, Action.DELETE.value))
+
+
+def _digest_in(manifest_entries: dict, path: str):
+    """The BLAKE3 a --manifest gives ``path``, or None."""
+    entry = manifest_entries.get(path)
+    return entry.blake3 if entry is not None else None

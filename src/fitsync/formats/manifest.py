@@ -19,7 +19,13 @@ from fitsync.errors import BadInput, NotFound
 from fitsync.paths import safe_relpath
 
 FORMAT_NAME = "fitsync-manifest"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this fitsync reads; it writes 1 whenever the totals fit in the header
+# A manifest of at most this many files (with --blocks, whose lines are long,
+# BLOCKS_HEADER_TOTALS_UP_TO) is written as always: version 1, its totals in
+# the header. A longer one is written as it is hashed, in bounded memory:
+# version 2, the totals on a trailer line ({"end": FORMAT_NAME, ...}).
+HEADER_TOTALS_UP_TO = 100_000
+BLOCKS_HEADER_TOTALS_UP_TO = 5_000
 DEFAULT_NAME = "fitsync-manifest.jsonl"
 MAX_LINE = 64 << 20
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")  # a line with block signatures of a huge file stays far below this
@@ -100,7 +106,7 @@ class Manifest:
 def _header(files: int, size: int, blocks: bool) -> dict:
     return {
         "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
+        "version": 1,  # totals in the header (streamed_header_line writes 2)
         "tool": f"fitsync {__version__}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(_created())),
         "files": files,
@@ -122,6 +128,30 @@ def header_line(files: int, size: int, blocks: bool) -> str:
     return json.dumps(_header(files, size, blocks), sort_keys=True) + "\n"
 
 
+def streamed_header_line(blocks: bool) -> str:
+    """The first line of a manifest whose totals follow on its trailer line (version 2)."""
+    header = _header(0, 0, blocks)
+    del header["files"], header["bytes"]
+    header["version"] = 2
+    return json.dumps(header, sort_keys=True) + "\n"
+
+
+def trailer_line(files: int, size: int) -> str:
+    """The last line of a version 2 manifest: its totals, which also mark it complete."""
+    return json.dumps({"bytes": size, "end": FORMAT_NAME, "files": files}, sort_keys=True) + "\n"
+
+
+def totals_in_header(files: int, blocks: bool) -> bool:
+    """Whether a manifest of ``files`` files carries its totals in its header
+    (version 1): the rule single-process and cluster writers share, so that
+    both write the same bytes."""
+    return files <= header_totals_limit(blocks)
+
+
+def header_totals_limit(blocks: bool) -> int:
+    return BLOCKS_HEADER_TOTALS_UP_TO if blocks else HEADER_TOTALS_UP_TO
+
+
 def jsonl_body(entries: list[ManifestEntry]) -> str:
     """The lines after the header, one per entry."""
     from fitsync._walk import jsonl_lines
@@ -130,8 +160,47 @@ def jsonl_body(entries: list[ManifestEntry]) -> str:
 
 
 def write_jsonl(out: IO[str], entries: list[ManifestEntry], blocks: bool = False) -> None:
-    out.write(header_line(len(entries), sum(e.size for e in entries), blocks))
-    out.write(jsonl_body(entries))
+    writer = JsonlWriter(out, blocks)
+    writer.add(entries)
+    writer.close()
+
+
+class JsonlWriter:
+    """Writes a JSONL manifest from batches of entries, in path order. Lines
+    are held back until the manifest is known to be short enough for its
+    totals to lead (totals_in_header); past that, the header goes out without
+    them and every later batch is written as it comes, the totals trailing."""
+
+    def __init__(self, out: IO[str], blocks: bool):
+        self.out, self.blocks = out, blocks
+        self.files = self.bytes = 0
+        self.held: list = []  # body text not yet written, while the header waits
+        self.streaming = False
+
+    def add(self, entries: list[ManifestEntry]) -> None:
+        self.files += len(entries)
+        self.bytes += sum(e.size for e in entries)
+        body = jsonl_body(entries)
+        if self.streaming:
+            self.out.write(body)
+            return
+        self.held.append(body)
+        if not totals_in_header(self.files, self.blocks):
+            self.streaming = True
+            self.out.write(streamed_header_line(self.blocks))
+            self._release()
+
+    def close(self) -> None:
+        if self.streaming:
+            self.out.write(trailer_line(self.files, self.bytes))
+            return
+        self.out.write(header_line(self.files, self.bytes, self.blocks))
+        self._release()
+
+    def _release(self) -> None:
+        for body in self.held:
+            self.out.write(body)
+        self.held = []
 
 
 def _jsonl_line(entry: ManifestEntry) -> str:
@@ -248,9 +317,36 @@ def parse_manifest_bytes(data: bytes, name: str) -> Manifest:
 
 
 def _parse(stream, name: str) -> Manifest:
-    header = None
+    header = trailer = None
     entries: dict[str, ManifestEntry] = {}
-    lineno = 0
+    for lineno, record in _records(stream, name):
+        if trailer is not None:
+            raise BadInput(f"manifest {name} line {lineno}: a line after the trailer; the manifest was edited")
+        if header is None:
+            header = _check_header(record, name, lineno)
+        elif "end" in record and "path" not in record:
+            trailer = _check_trailer(record, header, name, lineno)
+        else:
+            entry = _entry_from(record, name, lineno)
+            if entry.path in entries:
+                raise BadInput(f"manifest {name} line {lineno}: duplicate path {entry.path!r}")
+            entries[entry.path] = entry
+    if header is None:
+        raise BadInput(f"manifest {name} is empty: no header line")
+    if header["version"] >= 2:
+        if trailer is None:
+            raise BadInput(f"manifest {name} has no trailer line: it is truncated; write it again")
+        header = {**header, "files": trailer["files"], "bytes": trailer["bytes"]}
+    declared = header.get("files")
+    if isinstance(declared, int) and declared != len(entries):
+        raise BadInput(
+            f"manifest {name} declares {declared} files but lists {len(entries)}: it is truncated or edited"
+        )
+    return Manifest(header, entries)
+
+
+def _records(stream, name: str):
+    """(line number, JSON object) of each non-empty line."""
     # Each line is read bounded (readline with a limit): an endless line is
     # refused after MAX_LINE characters instead of being held whole first.
     for lineno, line in enumerate(iter(lambda: stream.readline(MAX_LINE + 1), ""), 1):
@@ -266,21 +362,18 @@ def _parse(stream, name: str) -> Manifest:
             raise BadInput(f"manifest {name} line {lineno}: not valid JSON ({reason})") from None
         if not isinstance(record, dict):
             raise BadInput(f"manifest {name} line {lineno}: expected a JSON object")
-        if header is None:
-            header = _check_header(record, name, lineno)
-            continue
-        entry = _entry_from(record, name, lineno)
-        if entry.path in entries:
-            raise BadInput(f"manifest {name} line {lineno}: duplicate path {entry.path!r}")
-        entries[entry.path] = entry
-    if header is None:
-        raise BadInput(f"manifest {name} is empty: no header line")
-    declared = header.get("files")
-    if isinstance(declared, int) and declared != len(entries):
-        raise BadInput(
-            f"manifest {name} declares {declared} files but lists {len(entries)}: it is truncated or edited"
-        )
-    return Manifest(header, entries)
+        yield lineno, record
+
+
+def _check_trailer(record: dict, header: dict, name: str, lineno: int) -> dict:
+    where = f"manifest {name} line {lineno}"
+    if header["version"] < 2 or record.get("end") != FORMAT_NAME:
+        raise BadInput(f"{where}: a trailer line in a version {header['version']} manifest; it was edited")
+    for key in ("files", "bytes"):
+        value = record.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise BadInput(f"{where}: the trailer's {key!r} must be a non-negative integer")
+    return record
 
 
 def _check_header(record: dict, name: str, lineno: int) -> dict:
@@ -290,7 +383,7 @@ def _check_header(record: dict, name: str, lineno: int) -> dict:
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
         raise BadInput(
             f"manifest {name} line {lineno}: format version {version!r} is not supported "
-            f"(this fitsync reads version {FORMAT_VERSION}); upgrade fitsync"
+            f"(this fitsync reads versions 1 to {FORMAT_VERSION}); upgrade fitsync"
         )
     return record
 

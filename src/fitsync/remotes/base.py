@@ -38,6 +38,13 @@ class Capability:
     DIGEST = "digest"  # digest() is computed remotely, without moving data
     PATCH = "patch"  # apply_recipe() builds a new file remotely from a basis and literals
     LOCK = "lock"  # lock()/unlock() hold the destination against a second writer
+    # A destination on this machine that stages its writes in a state directory
+    # of its own (state_dir()): copies resume from partial files, updates in
+    # place keep undo journals, its lock is a file there, and install() puts a
+    # verified file into place. The engine pulls into such a destination and
+    # pushes to every other.
+    STAGED = "staged"
+    LINKS = "links"  # symlinks are listed apart (symlinks()) and can be made in it
 
 
 _NO_HASHES: Mapping[str, str] = MappingProxyType({})
@@ -98,6 +105,9 @@ class Remote(ABC):
     # listing must stat each file (HTTP index pages: a HEAD each) hands those
     # stats to it when it is set; the others ignore it.
     stat_listed = None
+    # Whether the listing is a release manifest's already (release.ReleaseRemote):
+    # a source is wrapped in one at most once.
+    release_aware: bool = False
 
     def __init__(self, url: str):
         self.url = url
@@ -154,6 +164,22 @@ class Remote(ABC):
         """The OS path of ``path`` when the file is on this machine, else None."""
         return None
 
+    def local_root(self) -> str | None:
+        """The OS path of the root when the tree is on this machine, else None."""
+        return None
+
+    def symlinks(self) -> list:
+        """The symlinks the last listing passed over (Capability.LINKS), as
+        fitsync.remotes.links.Link; a backend without LINKS has none to give."""
+        return []
+
+    def configure(self, *, follow_links: bool = False, replaces_other_types: bool = False,
+                  fsync: bool = False) -> None:
+        """What a run's options ask of the backend itself: list the files
+        symlinks lead to (--copy-links), let a file replace a directory and
+        the reverse (--delete), sync each file before its rename (--fsync).
+        A backend takes those it can act on and ignores the rest."""
+
     def digest(self, path: str, algo: str = "blake3") -> str:
         """Hex digest of the file with ``algo`` (see fitsync.hashes). Backends
         with DIGEST compute it remotely; the default reads the whole file."""
@@ -205,6 +231,18 @@ class Remote(ABC):
         caller gives a recipe whose ``digest_algo`` the backend verifies
         alone (``verifies_patches_alone``)."""
         raise NotImplementedError(f"{self.url} cannot apply patches remotely")
+
+    # -- staging (Capability.STAGED) ---------------------------------------
+    def state_dir(self, *parts: str) -> str:
+        """The destination's private state directory (or a subdirectory of it)."""
+        raise NotImplementedError(f"{self.url} stages nothing on this machine")
+
+    def clear_state(self, sub: str) -> None:
+        """Empty one state subdirectory ("tmp", "partial"); the caller holds the lock."""
+        raise NotImplementedError(f"{self.url} stages nothing on this machine")
+
+    def tidy_state_dir(self) -> None:
+        """Remove the state directory when nothing in it is worth keeping."""
 
     # -- lifetime -----------------------------------------------------
     def lock(self) -> None:

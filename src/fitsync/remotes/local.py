@@ -21,7 +21,8 @@ if TYPE_CHECKING:  # pragma: no cover
 class LocalRemote(Remote):
     scheme = "file"
     capabilities = frozenset(
-        {Capability.READ_RANGE, Capability.WRITE, Capability.DELETE, Capability.LOCAL}
+        {Capability.READ_RANGE, Capability.WRITE, Capability.DELETE, Capability.LOCAL, Capability.STAGED,
+         Capability.LINKS}
     )
 
     def __init__(self, url: str):
@@ -70,6 +71,15 @@ class LocalRemote(Remote):
         elif not listing.in_str_order:
             entries.sort(key=lambda e: e.path)  # a name that is not UTF-8: byte order is not str order
         return iter(entries)
+
+    def local_root(self) -> str:
+        return self.root
+
+    def configure(self, *, follow_links: bool = False, replaces_other_types: bool = False,
+                  fsync: bool = False) -> None:
+        self.follow_links = follow_links
+        self.replaces_other_types = replaces_other_types
+        self.fsync = fsync
 
     def symlinks(self) -> list:
         """The symlinks of the tree (fitsync.remotes.links.Link), after a listing."""

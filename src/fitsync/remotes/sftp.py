@@ -54,6 +54,7 @@ from fitsync.paths import safe_relpath
 from fitsync.remotes.base import Capability, Entry, Remote
 from fitsync import sshconn
 from fitsync.sshconn import DEFAULT_TIMEOUT, SshConnection, SshTarget, connect, resolve_target
+from fitsync.threads import put_unless_stopped
 from fitsync.threads import await_preloads, preload
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -247,13 +248,7 @@ def read_striped(remote: "SftpRemote", full: str, start: int, end: int) -> Itera
     stop = threading.Event()
 
     def put(q, item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless_stopped(q, stop, item)
 
     def lane_worker(lane: int) -> None:
         try:
