@@ -16,6 +16,8 @@ must survive:
 - ``drop_after``: the first GET of each file is cut off after that many body
   bytes, as a dropped connection would, to exercise resume.
 - ``fail_first``: the first N requests get 503 Service Unavailable.
+- ``fail_always``: url paths whose every GET gets 503 (a file the server
+  cannot serve, however often it is asked).
 - ``redirects``: {url path: Location} answered with 302 Found.
 - ``honor_if_match=False``: If-Match is ignored, as many servers do, so the
   client must notice a changed file from the validators alone.
@@ -161,9 +163,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         req = self._record()
+        if self.server.gone:  # go_away(): a connection kept alive from before is dropped unanswered
+            self.close_connection = True
+            return
         if self.server.latency:  # a far server: each request waits this long before its answer
             time.sleep(self.server.latency)
-        if self.server.take_failure():
+        if self.server.take_failure() or (self.command == "GET" and req.path in self.server.fail_always):
             self._simple(req, 503, "try again later", {"Retry-After": "0"})
             return
         if self.server.basic_auth and self.headers.get("Authorization") != self.server.basic_auth:
@@ -359,6 +364,8 @@ class _Server(ThreadingHTTPServer):
         self.versions = dict(kw.get("versions") or {})  # url path -> [bytes, ...]
         self.drop_after = kw.get("drop_after")
         self.fail_first = kw.get("fail_first", 0)
+        self.fail_always = frozenset(kw.get("fail_always") or ())
+        self.gone = False
         self.honor_if_match = kw.get("honor_if_match", True)
         self.latency = kw.get("latency", 0.0)  # seconds added to every request
         self.redirects = dict(kw.get("redirects") or {})
@@ -465,6 +472,11 @@ class HttpFixture:
     @property
     def counters(self) -> Counters:
         return self.server.counters
+
+    def go_away(self) -> None:
+        """The server goes down: new connections are refused, kept-alive ones dropped."""
+        self.server.gone = True
+        self.close()
 
     def close(self) -> None:
         self.server.shutdown()

@@ -25,7 +25,8 @@ from fitsync.errors import (
     VerificationFailed,
 )
 from fitsync.remotes.base import ReadOnlyRemote
-from fitsync.remotes.dropbox import Credentials, DropboxRemote, RetryPolicy, read_old_ini
+from fitsync.remotes.dropbox import Credentials, DropboxRemote, read_old_ini
+from fitsync.remotes.retry import RetryPolicy
 
 LINK = "https://www.dropbox.com/sh/k3yk3yk3y/AAAsecretpart?dl=0"
 PASSWORD = "s3cret-link-pw"

@@ -42,7 +42,7 @@ def _tree(root) -> None:
 
 def _remote(url: str, **kw) -> HttpRemote:
     remote = HttpRemote(url, retries=kw.pop("retries", 2), **kw)
-    remote.backoff = 0.01
+    remote.retry.base_delay = 0.01
     return remote
 
 
@@ -138,7 +138,7 @@ def test_manifest_with_escaping_path_is_refused(site):
 def test_open_remote_parses_options(site, tmp_path):
     with _serve(site) as srv:
         remote = open_remote(srv.url + "/rel", RemoteOptions(retries=5))
-        assert isinstance(remote, HttpRemote) and remote.retries == 5 and remote.url.endswith("/rel/")
+        assert isinstance(remote, HttpRemote) and remote.retry.attempts == 5 and remote.url.endswith("/rel/")
         remote.close()
         with pytest.raises(NotFound, match="CA bundle"):
             open_remote("https://127.0.0.1:1/x/", RemoteOptions(ca_bundle=str(tmp_path / "missing.pem")))

@@ -50,7 +50,7 @@ def release(tmp_path, keys, cli):
 
 def _remote(url: str, pub) -> HttpRemote:
     remote = HttpRemote(url, retries=1, verify_key=str(pub))
-    remote.backoff = 0.01
+    remote.retry.base_delay = 0.01
     return remote
 
 

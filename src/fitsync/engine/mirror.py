@@ -19,6 +19,7 @@ from fitsync.paths import shown
 from fitsync.engine.plan import Action, Item, decide, deletions, same_mtime
 from fitsync.progress import Reporter
 from fitsync.remotes.base import Capability, Remote
+from fitsync.remotes.retry import RetryPolicy, was_retried
 from fitsync.remotes.local import entry_of
 from fitsync.engine.contents import compare_contents
 from fitsync.engine.links import mirror_links
@@ -381,7 +382,7 @@ class Mirror:
             from fitsync.events import FileStarted
 
             self.progress(FileStarted(item.path, item.src.size))
-        attempt = 0
+        tries = RetryPolicy(self.options.retries, base_delay=self.options.retry_delay).tracker()
         while True:
             try:
                 moved = self.transfer_one(item)
@@ -393,17 +394,18 @@ class Mirror:
                         self.aborted = exc
                     self.fail(item, exc)
                     return
-                attempt += 1
+                if was_retried(exc):  # its backend retried it already: retries never nest
+                    self.fail(item, exc)
+                    return
                 if isinstance(exc, SourceChanged):
                     item = self.refresh_source(item)
                     if item is None or item.action == Action.INCOMPLETE:
                         return
-                if attempt > self.options.retries:
+                try:
+                    tries.failed(f"{item.path}: {exc}", lambda count, exc=exc: exc)
+                except RETRYABLE:
                     self.fail(item, exc)
                     return
-                delay = min(self.options.retry_delay * 2 ** (attempt - 1), 30.0)
-                log.warning("%s: %s; retry %d of %d in %.1f s", item.path, exc, attempt, self.options.retries, delay)
-                time.sleep(delay)
                 continue
             except (FitsyncError, OSError) as exc:
                 self.fail(item, exc)

@@ -31,10 +31,8 @@ import datetime as dt
 import io
 import logging
 import os
-import random
 import stat as stat_mod
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterable, Iterator
@@ -56,6 +54,7 @@ from fitsync.errors import (
 )
 from fitsync.options import RemoteOptions
 from fitsync.paths import safe_relpath
+from fitsync.remotes.retry import Retries, RetryPolicy
 from fitsync.remotes.base import Capability, Entry, ReadOnlyRemote, Remote
 
 log = logging.getLogger("fitsync.dropbox")
@@ -77,20 +76,19 @@ DOWNLOAD_READ = 1 << 20
 _STREAM_ERRORS = (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError)
 
 
-@dataclass
-class RetryPolicy:
-    """How long to keep trying. ``attempts`` comes from ``--retries``."""
+# Dropbox asks clients to back off longer than most servers: the shared
+# policy (remotes/retry.py) with these defaults. A rate limit (HTTP 429) is
+# waited out as the server asks, up to MAX_RATE_WAIT, not counted as a failure.
+DROPBOX_ATTEMPTS = 5
+DROPBOX_BASE_DELAY = 1.0
+DROPBOX_MAX_DELAY = 60.0
+MAX_RATE_WAIT = 300.0  # a Retry-After longer than this is reported, not waited out
+DEFAULT_RATE_WAIT = 5.0  # when a 429 carries no Retry-After
 
-    attempts: int = 5
-    base_delay: float = 1.0  # first 5xx / connection back-off, doubled each time
-    max_delay: float = 60.0
-    max_rate_wait: float = 300.0  # a Retry-After longer than this is reported, not waited out
-    default_rate_wait: float = 5.0  # when a 429 carries no Retry-After
-    sleep: object = time.sleep
 
-    def backoff(self, failures: int) -> float:
-        delay = min(self.max_delay, self.base_delay * 2 ** (failures - 1))
-        return delay * (0.5 + random.random() / 2)  # jitter, so parallel jobs do not retry in step
+def dropbox_policy(attempts: int | None = None) -> RetryPolicy:
+    return RetryPolicy(DROPBOX_ATTEMPTS if attempts is None else attempts, base_delay=DROPBOX_BASE_DELAY,
+                       max_delay=DROPBOX_MAX_DELAY)
 
 
 @dataclass
@@ -245,7 +243,7 @@ class DropboxRemote(Remote):
         super().__init__(url)
         self.root = _root_of(root)
         self.creds = credentials
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or dropbox_policy()
         self.jobs = max(1, jobs)
         if not 0 < upload_chunk <= SINGLE_UPLOAD_LIMIT:
             raise BadInput(f"the Dropbox upload chunk must be between 1 byte and {SINGLE_UPLOAD_LIMIT} bytes")
@@ -303,7 +301,7 @@ class DropboxRemote(Remote):
         chunk_mib = conf.get("upload_chunk_mib", UPLOAD_CHUNK >> 20)
         if not isinstance(chunk_mib, int) or not 1 <= chunk_mib <= 148:
             raise BadInput("upload_chunk_mib must be a whole number of MiB from 1 to 148")
-        retry = RetryPolicy(attempts=RetryPolicy.attempts if options.retries is None else options.retries)
+        retry = dropbox_policy(options.retries)
         return cls(url, path, creds, retry=retry, jobs=options.jobs or 4,
                    upload_chunk=chunk_mib << 20)
 
@@ -336,7 +334,7 @@ class DropboxRemote(Remote):
 
         if self._auth_error is not None:
             raise self._auth_error
-        failures = 0
+        tries = self.retry.tracker()
         waits = 0
         while True:
             try:
@@ -345,11 +343,11 @@ class DropboxRemote(Remote):
                 raise self._auth_failed(exc) from None
             except dbx_errors.RateLimitError as exc:
                 waits += 1
-                wait = exc.backoff if exc.backoff is not None else self.retry.default_rate_wait
-                if wait > self.retry.max_rate_wait:
+                wait = exc.backoff if exc.backoff is not None else DEFAULT_RATE_WAIT
+                if wait > MAX_RATE_WAIT:
                     raise TransferFailed(
                         f"Dropbox is rate limiting {what} and asks to wait {wait:.0f} s, longer than "
-                        f"fitsync waits ({self.retry.max_rate_wait:.0f} s); run again later") from None
+                        f"fitsync waits ({MAX_RATE_WAIT:.0f} s); run again later") from None
                 if waits > self.retry.attempts:
                     raise TransferFailed(
                         f"Dropbox is still rate limiting {what} after {waits - 1} waits; "
@@ -358,15 +356,13 @@ class DropboxRemote(Remote):
                             "(wait %d of at most %d)", what, wait, waits, self.retry.attempts)
                 self.retry.sleep(wait)
             except dbx_errors.InternalServerError as exc:
-                failures = self._back_off(what, f"server error HTTP {exc.status_code}", failures,
-                                          TransferFailed)
+                self._back_off(tries, what, f"server error HTTP {exc.status_code}", TransferFailed)
             except requests.exceptions.SSLError as exc:
                 raise ConnectionFailed(
                     f"TLS verification of the Dropbox server failed ({_first_line(exc)}); "
                     "behind an intercepting proxy, pass its CA with --ca-bundle=FILE") from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                failures = self._back_off(what, f"connection problem: {_first_line(exc)}", failures,
-                                          ConnectionFailed)
+                self._back_off(tries, what, f"connection problem: {_first_line(exc)}", ConnectionFailed)
             except dbx_errors.BadInputError as exc:
                 raise BadInput(f"Dropbox rejected the request for {what}: {_first_line(exc.message)}") from None
             except dbx_errors.HttpError as exc:
@@ -374,18 +370,13 @@ class DropboxRemote(Remote):
             except (ValueError, AssertionError):
                 # The SDK asserts the answer's content type, then decodes its JSON:
                 # a proxy's or login portal's page came back instead of the API's answer.
-                failures = self._back_off(what, "answer that is not the API's JSON (a proxy or login page on the "
-                                          "way?)", failures, ConnectionFailed)
+                self._back_off(tries, what, "answer that is not the API's JSON (a proxy or login page on the "
+                               "way?)", ConnectionFailed)
 
-    def _back_off(self, what: str, problem: str, failures: int, error_type) -> int:
-        failures += 1
-        if failures > self.retry.attempts:
-            raise error_type(f"Dropbox {problem} on {what}; gave up after {self.retry.attempts} retries")
-        delay = self.retry.backoff(failures)
-        log.warning("Dropbox %s on %s; retry %d of %d in %.1f s", problem, what, failures,
-                    self.retry.attempts, delay)
-        self.retry.sleep(delay)
-        return failures
+    def _back_off(self, tries: Retries, what: str, problem: str, error_type) -> None:
+        """Count a transient failure of ``what`` and wait, or give up with ``error_type``."""
+        tries.failed(f"Dropbox {problem} on {what}", lambda count: error_type(
+            f"Dropbox {problem} on {what}; gave up after {self.retry.attempts} retries"))
 
     def _auth_failed(self, exc) -> AuthenticationFailed:
         tag = getattr(getattr(exc, "error", None), "_tag", None) or "other"
@@ -627,7 +618,7 @@ class DropboxRemote(Remote):
         end = min(offset + length, entry.size)
         if end <= offset:
             return b""
-        failures = 0
+        tries = self.retry.tracker()
         while True:
             meta, resp = self._content(rel, offset, end - 1)
             try:
@@ -637,8 +628,8 @@ class DropboxRemote(Remote):
                     self._note_no_range(rel)
                     data = data[offset:end]
             except _STREAM_ERRORS as exc:
-                failures = self._back_off(f"reading {rel}", f"interrupted download ({_first_line(exc)})",
-                                          failures, ConnectionFailed)
+                self._back_off(tries, f"reading {rel}", f"interrupted download ({_first_line(exc)})",
+                               ConnectionFailed)
                 continue
             finally:
                 resp.close()
@@ -787,7 +778,7 @@ class _Download(io.RawIOBase):
         self._resp = None
         self._hasher: DropboxContentHasher | None = DropboxContentHasher()
         self._verified = False
-        self._failures = 0
+        self._tries = remote.retry.tracker()
         self._failed_at = -1
 
     def readable(self) -> bool:
@@ -867,18 +858,12 @@ class _Download(io.RawIOBase):
     def _interrupted(self, why: str) -> None:
         self._drop()
         if self._pos > self._failed_at:
-            self._failures = 0  # progress since the last cut: a fresh set of retries
+            self._tries.progressed()  # progress since the last cut: a fresh set of retries
         self._failed_at = self._pos
-        self._failures += 1
-        retry = self._remote.retry
-        if self._failures > retry.attempts:
-            raise ConnectionFailed(
-                f"{self._rel}: the download was cut {self._failures} times at byte {self._pos} of "
-                f"{self._entry.size} ({why}); giving up")
-        delay = retry.backoff(self._failures)
-        log.warning("%s: download cut at byte %d of %d (%s); resuming from there in %.1f s",
-                    self._rel, self._pos, self._entry.size, why, delay)
-        retry.sleep(delay)
+        self._tries.failed(
+            f"{self._rel}: download cut at byte {self._pos} of {self._entry.size} ({why}); resuming from there",
+            lambda count: ConnectionFailed(f"{self._rel}: the download was cut {count} times at byte {self._pos} "
+                                           f"of {self._entry.size} ({why}); giving up"))
 
     def _finish(self) -> None:
         self._drop()

@@ -25,11 +25,9 @@ import http.client
 import io
 import logging
 import os
-import random
 import re
 import ssl
 import threading
-import time
 import urllib.parse
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -46,6 +44,7 @@ from fitsync.errors import (
 )
 from fitsync.options import RemoteOptions
 from fitsync.paths import safe_relpath
+from fitsync.remotes.retry import RetryPolicy, retrying
 from fitsync.remotes.base import Capability, Entry, Remote
 
 log = logging.getLogger("fitsync.http")
@@ -287,10 +286,10 @@ def _netrc_auth(host: str) -> str | None:
 class HttpRemote(Remote):
     scheme = "https"
     release_aware = True  # lists from its manifest itself; fitsync.release need not wrap it
-    backoff = 0.5  # seconds before the first retry; doubles each time
     timeout = 60.0
 
-    def __init__(self, url: str, *, ca_bundle: str | None = None, retries: int = 3, verify_key: str | None = None):
+    def __init__(self, url: str, *, ca_bundle: str | None = None, retries: int | None = None,
+                 verify_key: str | None = None):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"{url!r} is not an http:// or https:// URL")
@@ -306,7 +305,7 @@ class HttpRemote(Remote):
         # Credentials stay out of self.url: it appears in messages and logs.
         super().__init__(urllib.parse.urlunsplit((parts.scheme, netloc, path or "/", "", "")))
         self.base = self.url
-        self.retries = retries
+        self.retry = RetryPolicy.from_option(retries)  # remotes/retry.py: --retries, backoff with jitter
         self.verify_key = verify_key
         self._context = _tls_context(ca_bundle) if parts.scheme == "https" else None
         self._pools: dict[tuple, _Pool] = {}
@@ -332,8 +331,7 @@ class HttpRemote(Remote):
             raise UsageError("a password in the URL is visible to every user of this machine; put the user in a "
                              "remotes file entry (username, password_env) or in ~/.netrc, or pass "
                              "--allow-password-in-url")
-        remote = cls(url, ca_bundle=options.ca_bundle, retries=3 if options.retries is None else options.retries,
-                     verify_key=options.verify_key)
+        remote = cls(url, ca_bundle=options.ca_bundle, retries=options.retries, verify_key=options.verify_key)
         if remote._auth is None and parts.hostname:
             remote._auth = _netrc_auth(parts.hostname)
         return remote
@@ -347,8 +345,7 @@ class HttpRemote(Remote):
             raise BadInput(f"remote {name!r} in the remotes config has no url; add url = \"https://...\"")
         url = base.rstrip("/") + "/" + path.lstrip("/") if path.strip("/") else base
         remote = cls(url, ca_bundle=options.ca_bundle or conf.get("ca_bundle"),
-                     retries=3 if options.retries is None else options.retries,
-                     verify_key=options.verify_key or conf.get("verify_key"))
+                     retries=options.retries, verify_key=options.verify_key or conf.get("verify_key"))
         if conf.get("username"):
             variable = conf.get("password_env")
             password = os.environ.get(variable, "") if variable else conf.get("password", "")
@@ -599,7 +596,7 @@ class HttpRemote(Remote):
     def _read_run(self, path: str, run) -> Iterator[bytes]:
         wanted = _Wanted(run)
         yield from wanted.take_empty()
-        failures = 0
+        tries = self.retry.tracker()
         url = self._url_of(path)
         while not wanted.done:
             mark = wanted.progress()
@@ -620,11 +617,10 @@ class HttpRemote(Remote):
                 else:
                     raise TransferFailed(f"{url}: {exc}") from None
             except _Transient as exc:
-                failures = 0 if wanted.progress() != mark else failures
-                failures += 1
-                if failures > self.retries:
-                    raise self._give_up(f"reading {path}", exc, failures) from None
-                self._pause(failures, exc)
+                if wanted.progress() != mark:
+                    tries.progressed()  # bytes arrived since the last failure
+                tries.failed(str(exc), lambda count, exc=exc: self._give_up(f"reading {path}", exc, count),
+                             exc.retry_after)
 
     def _fetch_whole(self, path: str, wanted: "_Wanted") -> Iterator[bytes]:
         url = self._url_of(path)
@@ -850,22 +846,9 @@ class HttpRemote(Remote):
         return ex
 
     def _retrying(self, what: str, attempt):
-        failures = 0
-        while True:
-            try:
-                return attempt()
-            except _Transient as exc:
-                failures += 1
-                if failures > self.retries:
-                    raise self._give_up(what, exc, failures) from None
-                self._pause(failures, exc)
-
-    def _pause(self, failures: int, exc: _Transient) -> None:
-        delay = min(self.backoff * 2 ** (failures - 1), 30.0) * random.uniform(0.75, 1.25)
-        if exc.retry_after is not None:
-            delay = max(delay, min(float(exc.retry_after), 60.0))
-        log.warning("%s; retry %d of %d in %.1f s", exc, failures, self.retries, delay)
-        time.sleep(delay)
+        return retrying(attempt, self.retry, transient=lambda exc: isinstance(exc, _Transient), describe=str,
+                        give_up=lambda exc, count: self._give_up(what, exc, count),
+                        retry_after=lambda exc: exc.retry_after)
 
     def _give_up(self, what: str, exc: _Transient, attempts: int) -> Exception:
         if exc.connecting:
@@ -889,7 +872,7 @@ class _HttpStream(io.RawIOBase):
         self._size = size
         self._pos = 0
         self._ex: _Exchange | None = None
-        self._failures = 0
+        self._tries = remote.retry.tracker()
 
     def readable(self) -> bool:
         return True
@@ -920,12 +903,10 @@ class _HttpStream(io.RawIOBase):
                     raise _Transient(f"the server closed the connection at byte {self._pos} of {self._size}")
             except _Transient as exc:
                 self._drop()
-                self._failures += 1
-                if self._failures > self._remote.retries:
-                    raise self._remote._give_up(f"downloading {self._path}", exc, self._failures) from None
-                self._remote._pause(self._failures, exc)
+                self._tries.failed(str(exc), lambda count, exc=exc: self._remote._give_up(
+                    f"downloading {self._path}", exc, count), exc.retry_after)
                 continue
-            self._failures = 0
+            self._tries.progressed()
             self._pos += n
             if self._pos >= self._size:
                 self._drop()

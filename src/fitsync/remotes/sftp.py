@@ -52,6 +52,7 @@ from fitsync.holes import data_runs
 from fitsync.options import RemoteOptions
 from fitsync.paths import safe_relpath
 from fitsync.remotes.base import Capability, Entry, Remote
+from fitsync.remotes.retry import RetryPolicy
 from fitsync import sshconn
 from fitsync.sshconn import DEFAULT_TIMEOUT, SshConnection, SshTarget, connect, resolve_target
 from fitsync.threads import put_unless_stopped
@@ -67,7 +68,6 @@ STATE_DIR = ".fitsync"
 # requests are what makes paramiko fast.
 REQUEST_SIZE = 252 << 10
 MAX_OUTSTANDING = 32  # ~8 MiB in flight per stream
-DEFAULT_RETRIES = 3
 # Large sequential reads are striped over this many connections (1 = off).
 DEFAULT_LANES = 2
 STRIPE_SIZE = 8 << 20
@@ -645,7 +645,7 @@ class SftpRemote(Remote):
         self.target = target
         self._root_spec = root
         self._root: str | None = None
-        self.retries = DEFAULT_RETRIES if options.retries is None else options.retries
+        self.retry = RetryPolicy.from_option(options.retries, max_delay=8.0)  # remotes/retry.py
         self.jobs = options.jobs or 2
         # The interpreter (or command) that runs the agent, e.g. "env PYTHONPATH=/opt/fitsync python3".
         self.python = conf.get("python") or os.environ.get("FITSYNC_SSH_PYTHON") or None  # None: search the host
@@ -761,34 +761,18 @@ class SftpRemote(Remote):
             return True  # paramiko's "Socket is closed", raised before the transport notices
         return not conn.alive()
 
-    def _recover(self, conn: SshConnection, generation: int, attempt: int, what: str, exc) -> None:
-        why = conn.why_lost(generation, exc)
-        if attempt > self.retries:
-            raise ConnectionFailed(f"connection to {self.target.describe()} lost during {what}; "
-                                   f"gave up after {self.retries} retries ({why})") from None
-        delay = min(0.5 * 2 ** (attempt - 1), 8.0)
-        log.warning("connection to %s lost during %s (%s); retry %d/%d in %.1fs",
-                    self.target.describe(), what, why, attempt, self.retries, delay)
-        time.sleep(delay)
-        try:
-            conn.reconnect(generation)
-        except ConnectionFailed as again:
-            if attempt >= self.retries:
-                raise
-            log.warning("reconnect failed: %s", again)
-
     def _call(self, what: str, fn):
-        """Run ``fn(conn)``; on a lost connection reconnect and run it again."""
-        attempt = 0
+        """Run ``fn(conn)``; on a lost connection reconnect and run it again,
+        under the retry policy (remotes/retry.py). Host key and authentication
+        failures are not retried."""
+        tries = self.retry.tracker()
         while True:
             try:
                 conn = self.connection()
             except ConnectionFailed as exc:
-                if type(exc) is not ConnectionFailed or attempt >= self.retries:
-                    raise  # host key and authentication failures are not retried
-                attempt += 1
-                log.warning("cannot reach %s (%s); retry %d/%d", self.target.describe(), exc, attempt, self.retries)
-                time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0))
+                if type(exc) is not ConnectionFailed:
+                    raise
+                tries.failed(f"cannot reach {self.target.describe()} ({exc})", lambda count, exc=exc: exc)
                 continue
             generation = conn.generation
             try:
@@ -799,8 +783,19 @@ class SftpRemote(Remote):
                     raise
                 if not isinstance(exc, FitsyncError) and not self._lost(exc, conn):
                     raise self._sftp_error(exc, what) from None
-                attempt += 1
-                self._recover(conn, generation, attempt, what, exc)
+                self.recover(tries, conn, generation, what, exc)
+
+    def recover(self, tries, conn: SshConnection, generation: int, what: str, exc: BaseException) -> None:
+        """A connection lost during ``what``: count it against ``tries`` (a
+        retry.Retries), wait, and reconnect; past the policy, ConnectionFailed."""
+        why = conn.why_lost(generation, exc)
+        where = f"connection to {self.target.describe()} lost during {what}"
+        tries.failed(f"{where} ({why})", lambda count: ConnectionFailed(
+            f"{where}; gave up after {self.retry.attempts} retries ({why})"))
+        try:
+            conn.reconnect(generation)
+        except ConnectionFailed as again:  # the next try finds it still down, and counts it
+            log.warning("reconnect failed: %s", again)
 
     def _sftp_error(self, exc: Exception, what: str) -> FitsyncError:
         where = f"{self.target.hostname}"
@@ -990,7 +985,7 @@ class SftpRemote(Remote):
         ranges = list(ranges)
         full = self.remote_path(path)
         done = 0
-        attempt = 0
+        tries = self.retry.tracker()
         while done < len(ranges):
             conn = self.connection()
             generation = conn.generation
@@ -999,15 +994,14 @@ class SftpRemote(Remote):
                 with sftp.open(full, "rb") as f:
                     for data in read_pipelined(sftp, f.handle, ranges[done:]):
                         done += 1
-                        attempt = 0
+                        tries.progressed()
                         yield data
             except FitsyncError:
                 raise
             except Exception as exc:
                 if not self._lost(exc, conn):
                     raise self._sftp_error(exc, f"read {full}") from None
-                attempt += 1
-                self._recover(conn, generation, attempt, f"read of {full}", exc)
+                self.recover(tries, conn, generation, f"read of {full}", exc)
 
     def open_read(self, path: str):
         return SftpReader(self, path)
@@ -1404,7 +1398,7 @@ class SftpReader:
         self._chunks = read_pipelined(sftp, self._file.handle, pieces)
 
     def _next_chunk(self) -> bytes:
-        attempt = 0
+        tries = self.remote.retry.tracker()
         while self._received < self.entry.size:
             conn = self.remote.connection()
             generation = conn.generation
@@ -1424,11 +1418,9 @@ class SftpReader:
                     if isinstance(exc, FitsyncError):
                         raise
                     raise self.remote._sftp_error(exc, f"read {self.full}") from None
-                attempt += 1
                 self._drop_stream()
                 self._file = None  # its connection is gone
-                self.remote._recover(conn, generation, attempt, f"read of {self.full} at byte {self._received}",
-                                     exc)
+                self.remote.recover(tries, conn, generation, f"read of {self.full} at byte {self._received}", exc)
                 self._check_unchanged()
         return b""
 
