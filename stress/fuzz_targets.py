@@ -414,7 +414,7 @@ def target_agent_frames(data: bytes) -> None:
 
 def target_client_frames(data: bytes) -> None:
     """The client's side: replies from a (possibly hostile) remote host."""
-    from fitsync.remotes.sftp import AgentClient
+    from fitsync.remotes.sftp_agent import AgentClient
 
     client = AgentClient.__new__(AgentClient)  # framing only: no SSH connection behind it
     client.rfile = LiveChannel(data)

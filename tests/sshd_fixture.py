@@ -59,14 +59,14 @@ def use_client_home(server: "SshServer", home: Path, monkeypatch) -> Path:
     once-per-host warnings and a logger an in-process CLI run left detached."""
     import logging
 
-    from fitsync.remotes import sftp
+    from fitsync.remotes import sftp_agent
 
     path = server.client_home(home)
     monkeypatch.setenv("HOME", str(path))
     for var in CLIENT_ENV:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("FITSYNC_SSH_PYTHON", host_python(server.dir))
-    sftp._WARNED_NO_AGENT.clear()
+    sftp_agent._WARNED_NO_AGENT.clear()
     fitsync_log = logging.getLogger("fitsync")
     monkeypatch.setattr(fitsync_log, "propagate", True)
     monkeypatch.setattr(fitsync_log, "handlers", [])

@@ -154,7 +154,7 @@ def test_agent_frame_reader_refuses_malformed_frames(frame):
                          ids=["null-header", "list-header", "negative-n"])
 def test_client_frame_reader_refuses_malformed_replies(frame):
     from fitsync.errors import FitsyncError
-    from fitsync.remotes.sftp import AgentClient
+    from fitsync.remotes.sftp_agent import AgentClient
 
     client = AgentClient.__new__(AgentClient)
     client.rfile = fuzz_targets.LiveChannel(frame)

@@ -24,7 +24,7 @@ from fitsync.errors import (AuthenticationFailed, HostKeyRejected, NotFound, Tra
                             VerificationFailed)
 from fitsync.options import RemoteOptions
 from fitsync.remotes import Capability, open_remote
-from fitsync.remotes import sftp as sftp_mod
+from fitsync.remotes import sftp_agent, sftp_io
 from fitsync.remotes.sftp import parse_ssh_location
 from sshd_fixture import SshServer, home, keygen, sshd, use_client_home  # noqa: F401 (fixtures)
 
@@ -182,7 +182,7 @@ def test_agent_cache_is_verified_before_use(sshd, home, tree):
     root, files = tree
     r = open_remote(url(sshd, root))
     assert Capability.DIGEST in r.capabilities
-    payload = sftp_mod.agent_payload()
+    payload = sftp_agent.agent_payload()
     digest = hashlib.sha256(payload).hexdigest()
     from fitsync import __version__
     cached = Path(r.agent_info()["home"]) / ".cache" / "fitsync" / f"agent-{__version__}-{digest[:16]}.py"
@@ -283,12 +283,12 @@ def test_one_agent_starts_however_early_it_is_asked_for(sshd, home, tree, monkey
     root, _ = tree
     started = []
 
-    class CountedAgent(sftp_mod.AgentClient):
+    class CountedAgent(sftp_agent.AgentClient):
         def __init__(self, *args, **kwargs):
             started.append(1)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(sftp_mod, "AgentClient", CountedAgent)
+    monkeypatch.setattr(sftp_agent, "AgentClient", CountedAgent)
     sshconn.close_all()
     r = open_remote(url(sshd, root))
     assert Capability.SIGNATURE in r.capabilities
@@ -421,8 +421,8 @@ def test_read_resumes_after_connection_killed(sshd, home, big_file, caplog, monk
     root, data = big_file
     caplog.set_level(logging.WARNING)
     monkeypatch.setenv("FITSYNC_SSH_CONNECTIONS", str(lanes))
-    monkeypatch.setattr(sftp_mod, "STRIPE_SIZE", 1 << 20)  # many stripes, so lanes interleave
-    monkeypatch.setattr(sftp_mod, "STRIPED_MIN_BYTES", 1 << 20)
+    monkeypatch.setattr(sftp_io, "STRIPE_SIZE", 1 << 20)  # many stripes, so lanes interleave
+    monkeypatch.setattr(sftp_io, "STRIPED_MIN_BYTES", 1 << 20)
     r = open_remote(url(sshd, root, sshd.sftp_only_port), RemoteOptions(retries=3))
     got = bytearray()
     with r.open_read("big.bin") as f:
@@ -441,8 +441,8 @@ def test_read_resumes_after_connection_killed(sshd, home, big_file, caplog, monk
 
 def test_striped_read_equals_file(sshd, home, big_file, monkeypatch):
     root, data = big_file
-    monkeypatch.setattr(sftp_mod, "STRIPE_SIZE", 3 << 20)
-    monkeypatch.setattr(sftp_mod, "STRIPED_MIN_BYTES", 1 << 20)
+    monkeypatch.setattr(sftp_io, "STRIPE_SIZE", 3 << 20)
+    monkeypatch.setattr(sftp_io, "STRIPED_MIN_BYTES", 1 << 20)
     r = open_remote(url(sshd, root))
     with r.open_read("big.bin") as f:
         assert f.read(1) == data[:1]
@@ -542,7 +542,7 @@ def test_signature_by_difference_is_exact_and_small(sig_pair, old, new, most):
     strong_digest = full.sums.strong
     with remote.using_agent() as agent:
         before = agent.received
-        got = sftp_mod.signature_by_difference(agent, remote.remote_path("f.fits"), str(ldir / "f.fits"),
+        got = sftp_agent.signature_by_difference(agent, remote.remote_path("f.fits"), str(ldir / "f.fits"),
                                                sums=STDLIB)
         wire = agent.received - before
     assert got == full

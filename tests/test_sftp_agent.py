@@ -25,7 +25,7 @@ from fitsync.fits import segment_boundaries
 from fitsync.signature import Signature, signature_of_file
 from fitsync.sums import STDLIB
 
-# what the client sends with every signature request (fitsync.remotes.sftp.signature_request)
+# what the client sends with every signature request (fitsync.remotes.sftp_agent.signature_request)
 REQ = {"fits": True, "block_records": [core_signature.MIN_BLOCK_RECORDS, core_signature.MAX_BLOCK_RECORDS]}
 HESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hess-dl3-dr1"
 

@@ -13,6 +13,7 @@ from conftest import read_tree, write_tree
 from fitsync import sshconn
 from fitsync.remotes import open_remote
 from fitsync.remotes import sftp as sftp_mod
+from fitsync.remotes import sftp_io
 from sshd_fixture import blake3_host, home, host_python, sshd  # noqa: F401  (one sshd per module, a client HOME)
 
 
@@ -20,13 +21,13 @@ from sshd_fixture import blake3_host, home, host_python, sshd  # noqa: F401  (on
 def wire_reads(monkeypatch):
     """Counts file bytes read over SFTP (instrumentation around the real reader)."""
     counted = {"bytes": 0}
-    real = sftp_mod.read_pipelined
+    real = sftp_io.read_pipelined
 
     def counting(*args, **kwargs):
         for data in real(*args, **kwargs):
             counted["bytes"] += len(data)
             yield data
-    monkeypatch.setattr(sftp_mod, "read_pipelined", counting)
+    monkeypatch.setattr(sftp_io, "read_pipelined", counting)
     return counted
 
 

@@ -19,6 +19,7 @@ from fitsync import sshconn
 from fitsync.errors import TransferFailed
 from fitsync.remotes import open_remote
 from fitsync.remotes import sftp as sftp_mod
+from fitsync.remotes import sftp_agent
 from fitsync.sums import PUSH_LAYOUT, file_block_list_digest
 from sshd_fixture import home, sshd  # noqa: F401  (fixtures)
 from test_sftp_mirror import edited, fits_file, sftp_url
@@ -55,7 +56,7 @@ def test_the_agent_is_found_without_a_python_setting(sshd, home, tmp_path, monke
 
 def test_a_host_without_any_python3_says_so(tmp_path):
     """The search's own failure message, as the host's shell would run it."""
-    command = sftp_mod.agent_command(None, b"payload")
+    command = sftp_agent.agent_command(None, b"payload")
     empty = tmp_path / "bin"
     empty.mkdir()
     run = subprocess.run(["/bin/sh", "-c", command], env={"PATH": str(empty)}, capture_output=True, text=True,
@@ -171,7 +172,7 @@ def test_the_agent_runs_on_python_3_6(tmp_path):
     bootstrap that needs more than Python 3.6."""
     agent = Path(sftp_mod.__file__).parent.parent / "agent.py"
     boot = tmp_path / "bootstrap.py"
-    boot.write_text(sftp_mod._BOOTSTRAP)
+    boot.write_text(sftp_agent._BOOTSTRAP)
     vermin = Path(sysconfig.get_path("scripts")) / "vermin"  # installed with the test extra
     run = subprocess.run([str(vermin), "--no-tips", "--violations", "-t=3.6-", str(agent),
                           str(boot)], capture_output=True, text=True)
