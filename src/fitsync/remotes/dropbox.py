@@ -26,36 +26,23 @@ link. Secrets are never logged, printed or put in exception messages.
 from __future__ import annotations
 
 import calendar
-import configparser
 import datetime as dt
-import io
 import logging
 import os
-import stat as stat_mod
 import threading
 from collections import deque
-from dataclasses import dataclass, field
-from typing import BinaryIO, Iterable, Iterator
+from typing import Iterator
 
 import requests
-import urllib3
 
-from fitsync.dbhash import DropboxContentHasher
-from fitsync.errors import (
-    AuthenticationFailed,
-    BadInput,
-    ConnectionFailed,
-    NotFound,
-    SourceChanged,
-    TransferFailed,
-    UnsafePath,
-    UsageError,
-    VerificationFailed,
-)
+from fitsync.errors import (AuthenticationFailed, BadInput, ConnectionFailed,
+                            NotFound, TransferFailed, UnsafePath, UsageError)
 from fitsync.options import RemoteOptions
 from fitsync.paths import safe_relpath
 from fitsync.remotes.retry import Retries, RetryPolicy
-from fitsync.remotes.base import Capability, Entry, ReadOnlyRemote, Remote
+from fitsync.remotes.dropbox_auth import Credentials, credentials_from_config, read_old_ini, tls_session
+from fitsync.remotes.dropbox_io import DropboxTransfers, first_line
+from fitsync.remotes.base import Capability, Entry, Remote
 
 log = logging.getLogger("fitsync.dropbox")
 # The SDK logs one INFO line per request, which over 42,000 files drowns fitsync's
@@ -71,9 +58,6 @@ LIST_PAGE = 2000  # entries per list_folder page (the API's maximum)
 # 150 MiB, so the chunk must stay below that; Dropbox advises multiples of 4 MiB.
 UPLOAD_CHUNK = 32 * 1024 * 1024
 SINGLE_UPLOAD_LIMIT = 150 * 1024 * 1024
-DOWNLOAD_READ = 1 << 20
-# What a broken download stream can raise (urllib3 below requests, or the socket).
-_STREAM_ERRORS = (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError)
 
 
 # Dropbox asks clients to back off longer than most servers: the shared
@@ -89,115 +73,6 @@ DEFAULT_RATE_WAIT = 5.0  # when a 429 carries no Retry-After
 def dropbox_policy(attempts: int | None = None) -> RetryPolicy:
     return RetryPolicy(DROPBOX_ATTEMPTS if attempts is None else attempts, base_delay=DROPBOX_BASE_DELAY,
                        max_delay=DROPBOX_MAX_DELAY)
-
-
-@dataclass
-class Credentials:
-    """Where to log in. Secret fields are kept out of repr()."""
-
-    source: str  # said in messages: which file or variable the secrets came from
-    access_token: str | None = field(default=None, repr=False)
-    app_key: str | None = field(default=None, repr=False)
-    app_secret: str | None = field(default=None, repr=False)
-    refresh_token: str | None = field(default=None, repr=False)
-    shared_url: str | None = field(default=None, repr=False)
-    password: str | None = field(default=None, repr=False)
-    ca_bundle: str | None = None
-
-    def check(self) -> None:
-        if not (self.access_token or self.refresh_token):
-            raise BadInput(
-                f"{self.source} holds no Dropbox credentials; give access_token, or app_key, "
-                "app_secret and refresh_token (see `fitsync config template dropbox`)")
-        if self.refresh_token and not self.app_key:
-            raise BadInput(f"{self.source}: a refresh_token needs the app_key (and app_secret) it was issued to")
-
-
-# -- credentials from files and options ------------------------------------------
-
-def refuse_if_others_can_read(path: str) -> None:
-    """Secrets in a file other users can read are refused, like ssh does with keys."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise NotFound(f"Dropbox config {path} does not exist") from None
-    if mode & 0o077:
-        raise BadInput(
-            f"{path} holds Dropbox secrets but other users can access it "
-            f"(mode {stat_mod.filemode(mode)}); run `chmod 600 {path}` and try again")
-
-
-def read_old_ini(path: str) -> Credentials:
-    """The VAST download script's INI: ``[dropbox]`` shared_url, password, access_token."""
-    refuse_if_others_can_read(path)
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        with open(path, encoding="utf-8") as f:
-            parser.read_file(f)
-    except (configparser.Error, UnicodeDecodeError) as exc:
-        raise BadInput(f"{path} is not a valid INI file ({type(exc).__name__}); "
-                       "expected a [dropbox] section") from None
-    if not parser.has_section("dropbox"):
-        raise BadInput(f"{path} has no [dropbox] section (expected shared_url, password, access_token)")
-    section = parser["dropbox"]
-
-    def value(key: str) -> str | None:
-        text = section.get(key, "").strip()
-        return text or None
-
-    creds = Credentials(
-        source=f"--dropbox-config {path}",
-        access_token=value("access_token"),
-        app_key=value("app_key"),
-        app_secret=value("app_secret"),
-        refresh_token=value("refresh_token"),
-        shared_url=value("shared_url"),
-        password=value("password"),
-    )
-    creds.check()
-    return creds
-
-
-_SECRET_KEYS = ("access_token", "app_secret", "refresh_token", "password")
-_PLAIN_KEYS = ("app_key", "shared_url", "ca_bundle")
-
-
-def credentials_from_config(name: str, conf: dict) -> Credentials:
-    """A configured remote's table (fitsync.config has already refused a file
-    holding secrets that other users can read). Each secret may instead be
-    named by an environment variable: ``password_env = "VAST_LINK_PASSWORD"``."""
-    known = {"type", "name", "path", "upload_chunk_mib", *_PLAIN_KEYS, *_SECRET_KEYS,
-             *(key + "_env" for key in _SECRET_KEYS)}
-    unknown = sorted(set(conf) - known)
-    if unknown:
-        raise BadInput(f"remote {name!r}: unknown key(s) {', '.join(unknown)}; "
-                       "see `fitsync config template dropbox`")
-    values = {}
-    for key in (*_PLAIN_KEYS, *_SECRET_KEYS, "path"):
-        value = conf.get(key)
-        if value is not None and not isinstance(value, str):
-            raise BadInput(f"remote {name!r}: {key} must be a string")
-        values[key] = value or None
-    for key in _SECRET_KEYS:
-        variable = conf.get(key + "_env")
-        if variable:
-            if values[key]:
-                raise BadInput(f"remote {name!r}: give {key} or {key}_env, not both")
-            values[key] = os.environ.get(str(variable)) or None
-            if values[key] is None:
-                raise BadInput(f"remote {name!r}: {key}_env names {variable}, which is not set")
-    creds = Credentials(
-        source=f"remote {name!r} in the config",
-        access_token=values["access_token"],
-        app_key=values["app_key"],
-        app_secret=values["app_secret"],
-        refresh_token=values["refresh_token"],
-        shared_url=values["shared_url"],
-        password=values["password"],
-        ca_bundle=values["ca_bundle"],
-    )
-    creds.check()
-    return creds
 
 
 def _root_of(path: str) -> str:
@@ -224,7 +99,7 @@ def _timestamp(value: dt.datetime) -> float:
 
 # -- the backend -----------------------------------------------------------------
 
-class DropboxRemote(Remote):
+class DropboxRemote(DropboxTransfers, Remote):
     scheme = "dropbox"
     listed_hashes = frozenset({"dropbox"})
     mtime_resolution = 1.0  # client_modified has whole seconds
@@ -313,7 +188,7 @@ class DropboxRemote(Remote):
                 import dropbox
 
                 c = self.creds
-                session = _session(self.jobs + 2, c.ca_bundle)
+                session = tls_session(self.jobs + 2, c.ca_bundle)
                 self._client = dropbox.Dropbox(
                     oauth2_access_token=c.access_token,
                     oauth2_refresh_token=c.refresh_token,
@@ -359,12 +234,12 @@ class DropboxRemote(Remote):
                 self._back_off(tries, what, f"server error HTTP {exc.status_code}", TransferFailed)
             except requests.exceptions.SSLError as exc:
                 raise ConnectionFailed(
-                    f"TLS verification of the Dropbox server failed ({_first_line(exc)}); "
+                    f"TLS verification of the Dropbox server failed ({first_line(exc)}); "
                     "behind an intercepting proxy, pass its CA with --ca-bundle=FILE") from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                self._back_off(tries, what, f"connection problem: {_first_line(exc)}", ConnectionFailed)
+                self._back_off(tries, what, f"connection problem: {first_line(exc)}", ConnectionFailed)
             except dbx_errors.BadInputError as exc:
-                raise BadInput(f"Dropbox rejected the request for {what}: {_first_line(exc.message)}") from None
+                raise BadInput(f"Dropbox rejected the request for {what}: {first_line(exc.message)}") from None
             except dbx_errors.HttpError as exc:
                 raise TransferFailed(f"Dropbox answered HTTP {exc.status_code} to {what}") from None
             except (ValueError, AssertionError):
@@ -598,383 +473,3 @@ class DropboxRemote(Remote):
         entry = self._listed.get(rel)
         return entry if entry is not None else self.stat(rel)
 
-    # -- reading --------------------------------------------------------
-    def digest(self, path: str, algo: str = "blake3") -> str:
-        """Dropbox's content hash comes from the metadata; other algorithms read the file."""
-        if algo == "dropbox":
-            value = self._known(safe_relpath(path)).hashes.get("dropbox")
-            if value:
-                return value
-        return super().digest(path, algo)
-
-    def open_read(self, path: str) -> BinaryIO:
-        rel = safe_relpath(path)
-        return io.BufferedReader(_Download(self, rel, self._known(rel), self._revs.get(rel)),
-                                 buffer_size=DOWNLOAD_READ)
-
-    def read_range(self, path: str, offset: int, length: int) -> bytes:
-        rel = safe_relpath(path)
-        entry = self._known(rel)
-        end = min(offset + length, entry.size)
-        if end <= offset:
-            return b""
-        tries = self.retry.tracker()
-        while True:
-            meta, resp = self._content(rel, offset, end - 1)
-            try:
-                self._check_same_version(rel, meta, self._revs.get(rel), entry)
-                data = resp.content
-                if resp.status_code != 206:
-                    self._note_no_range(rel)
-                    data = data[offset:end]
-            except _STREAM_ERRORS as exc:
-                self._back_off(tries, f"reading {rel}", f"interrupted download ({_first_line(exc)})",
-                               ConnectionFailed)
-                continue
-            finally:
-                resp.close()
-            if len(data) != end - offset:
-                raise SourceChanged(f"{rel}: Dropbox sent {len(data)} bytes for a {end - offset}-byte range; "
-                                    "the file changed; it will be fetched again")
-            return data
-
-    def _note_no_range(self, rel: str) -> None:
-        if not self._range_warned:
-            self._range_warned = True
-            log.warning("Dropbox ignored an HTTP Range request for %s; interrupted downloads from this "
-                        "link restart from the beginning", rel)
-
-    def _content(self, rel: str, first: int = 0, last: int | None = None):
-        """(metadata, streaming response) of a download, from ``first`` to ``last`` inclusive."""
-        from dropbox import exceptions as dbx_errors, sharing
-
-        headers = None
-        if first or last is not None:
-            headers = {"Range": f"bytes={first}-{'' if last is None else last}"}
-        try:
-            if self.shared:
-                arg = sharing.GetSharedLinkMetadataArg(self.creds.shared_url, self._api_path(rel),
-                                                       self.creds.password)
-                # The SDK's helper takes no headers; its public request() does (same route).
-                return self._call(f"downloading {rel}", self.client.request, sharing.get_shared_link_file,
-                                  "sharing", arg, None, extra_headers=headers)
-            return self._call(f"downloading {rel}", self.client.files_download, self._api_path(rel),
-                              extra_headers=headers)
-        except dbx_errors.ApiError as exc:
-            if self.shared:
-                raise self._link_error(exc, rel) from None
-            raise self._path_error(exc, rel) from None
-
-    def _check_same_version(self, rel: str, meta, listed_rev: str | None, entry: Entry) -> None:
-        changed = (listed_rev is not None and meta.rev != listed_rev) or meta.size != entry.size
-        content_hash = getattr(meta, "content_hash", None)
-        if content_hash and entry.hashes.get("dropbox") and content_hash != entry.hashes["dropbox"]:
-            changed = True
-        if changed:
-            self._listed.pop(rel, None)  # the next stat() asks Dropbox again
-            raise SourceChanged(f"{rel} changed on Dropbox since it was listed; it will be fetched again")
-
-    # -- writing --------------------------------------------------------
-    def _require_writable(self, what: str) -> None:
-        if self.shared:
-            raise ReadOnlyRemote(f"{self.url} is a shared link, which fitsync only reads; cannot {what}")
-
-    def write_atomic(self, path, chunks: Iterable[bytes], *, mtime=None, expected_digest=None) -> None:
-        """Upload. Dropbox commits a file only when the last request completes, so
-        nothing partial is ever visible under ``path``; the BLAKE3 of the bytes is
-        checked before that commit and the content hash after it."""
-        self._require_writable(f"write {path}")
-        rel = safe_relpath(path)
-        self._refuse_case_clash(rel)
-        _Upload(self, rel, mtime).run(chunks, expected_digest)
-        self._by_lower[rel.lower()] = rel
-        self._listed.pop(rel, None)
-
-    def _refuse_case_clash(self, rel: str) -> None:
-        other = self._by_lower.get(rel.lower())
-        if other is not None and other != rel:
-            raise BadInput(f"Dropbox names ignore case: {rel!r} would overwrite {other!r}; "
-                           "rename one of them locally (fitsync never renames files itself)")
-
-    def _write_error(self, exc, rel: str):
-        text = str(exc.error)
-        for reason in ("disallowed_name", "malformed_path"):
-            if reason in text:
-                return BadInput(f"Dropbox cannot hold the name {rel!r} ({reason}); rename it locally "
-                                "(fitsync never renames files itself)")
-        if "insufficient_space" in text:
-            return TransferFailed(f"the Dropbox account is full; {rel} was not uploaded")
-        if "no_write_permission" in text:
-            return AuthenticationFailed(f"no permission to write {self._where(rel)} on Dropbox")
-        if "content_hash_mismatch" in text:
-            return VerificationFailed(f"{rel}: Dropbox received bytes that do not match their content hash")
-        return TransferFailed(f"Dropbox refused the upload of {rel} ({text})")
-
-    def delete(self, path: str) -> None:
-        self._require_writable(f"delete {path}")
-        rel = safe_relpath(path)
-        from dropbox import exceptions as dbx_errors
-
-        try:
-            self._call(f"deleting {rel}", self.client.files_delete_v2, self._api_path(rel))
-        except dbx_errors.ApiError as exc:
-            error = self._path_error(exc, rel)
-            if not isinstance(error, NotFound):
-                raise error from None
-        self._listed.pop(rel, None)
-        self._by_lower.pop(rel.lower(), None)
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-
-class _NamedCASession(requests.Session):
-    """A session whose CA bundle (--ca-bundle) wins over REQUESTS_CA_BUNDLE and
-    CURL_CA_BUNDLE. requests lets those variables override a session's
-    ``verify``; proxies from the environment still apply."""
-
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):
-        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        if verify is None:
-            settings["verify"] = self.verify
-        return settings
-
-
-def _session(max_connections: int, ca_bundle: str | None) -> requests.Session:
-    import dropbox
-
-    sdk_session = dropbox.create_session(max_connections=max_connections, ca_certs=ca_bundle)
-    if ca_bundle is None:
-        return sdk_session
-    session = _NamedCASession()
-    session.verify = ca_bundle
-    session.mount("https://", sdk_session.get_adapter("https://"))
-    return session
-
-
-def _first_line(exc) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
-
-
-class _Download(io.RawIOBase):
-    """A sequential, seekable reader of one Dropbox file.
-
-    A connection cut mid-stream is resumed from the current byte with an HTTP
-    Range request; if the endpoint ignores Range, the download restarts and
-    the bytes already delivered are skipped (and this is logged). Read from
-    the start, the bytes are checked against Dropbox's content hash before
-    the last of them is returned, so a wrong download can never look complete.
-    """
-
-    def __init__(self, remote: DropboxRemote, rel: str, entry: Entry, rev: str | None):
-        self._remote = remote
-        self._rel = rel
-        self._entry = entry
-        self._rev = rev
-        self._pos = 0
-        self._resp = None
-        self._hasher: DropboxContentHasher | None = DropboxContentHasher()
-        self._verified = False
-        self._tries = remote.retry.tracker()
-        self._failed_at = -1
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._entry.size}[whence]
-        target = max(0, base + offset)
-        if target != self._pos:
-            self._drop()
-            self._pos = target
-            # Only a read from byte 0 sees every byte, so only then can it check the hash.
-            self._hasher = DropboxContentHasher() if target == 0 else None
-        return self._pos
-
-    def readinto(self, buffer) -> int:
-        size = self._entry.size
-        while self._pos < size:
-            if self._resp is None:
-                self._connect()
-            want = min(len(buffer), size - self._pos)
-            try:
-                data = self._resp.raw.read(want, decode_content=True)
-            except _STREAM_ERRORS as exc:
-                self._interrupted(_first_line(exc))
-                continue
-            if not data:
-                self._interrupted("the server closed the connection early")
-                continue
-            n = len(data)
-            if self._hasher is not None:
-                self._hasher.update(data)
-            if self._pos + n == size:
-                # Checked before the last bytes are handed over: a reader that stops at
-                # the listed size (without reading to EOF) is protected too.
-                self._pos += n
-                self._finish()
-                self._pos -= n
-            buffer[:n] = data
-            self._pos += n
-            return n
-        self._finish()
-        return 0
-
-    def _connect(self) -> None:
-        remote = self._remote
-        meta, resp = remote._content(self._rel, self._pos) if self._pos else remote._content(self._rel)
-        try:
-            remote._check_same_version(self._rel, meta, self._rev, self._entry)
-            self._rev = meta.rev
-            if self._pos and resp.status_code != 206:
-                remote._note_no_range(self._rel)
-                log.warning("%s: restarting the download from byte 0 (skipping %d bytes already received)",
-                            self._rel, self._pos)
-                self._skip(resp, self._pos)
-            elif self._pos and not resp.headers.get("Content-Range", "").startswith(f"bytes {self._pos}-"):
-                raise TransferFailed(f"{self._rel}: Dropbox answered a Range request with the wrong range")
-        except BaseException:
-            resp.close()
-            raise
-        self._resp = resp
-
-    @staticmethod
-    def _skip(resp, count: int) -> None:
-        while count:
-            data = resp.raw.read(min(count, DOWNLOAD_READ), decode_content=True)
-            if not data:
-                raise ConnectionError("connection closed while skipping to the resume point")
-            count -= len(data)
-
-    def _interrupted(self, why: str) -> None:
-        self._drop()
-        if self._pos > self._failed_at:
-            self._tries.progressed()  # progress since the last cut: a fresh set of retries
-        self._failed_at = self._pos
-        self._tries.failed(
-            f"{self._rel}: download cut at byte {self._pos} of {self._entry.size} ({why}); resuming from there",
-            lambda count: ConnectionFailed(f"{self._rel}: the download was cut {count} times at byte {self._pos} "
-                                           f"of {self._entry.size} ({why}); giving up"))
-
-    def _finish(self) -> None:
-        self._drop()
-        if self._verified or self._hasher is None:
-            return
-        expected = self._entry.hashes.get("dropbox")
-        got = self._hasher.hexdigest()
-        self._verified = True
-        if expected and got != expected:
-            raise VerificationFailed(
-                f"{self._rel}: the downloaded bytes do not match Dropbox's content hash; it will be fetched again")
-
-    def _drop(self) -> None:
-        if self._resp is not None:
-            try:
-                self._resp.close()
-            except Exception:  # closing a broken connection may fail; it is discarded anyway
-                pass
-            self._resp = None
-
-    def close(self) -> None:
-        self._drop()
-        super().close()
-
-
-class _Upload:
-    """One file up to Dropbox: a single request, or an upload session in chunks."""
-
-    def __init__(self, remote: DropboxRemote, rel: str, mtime: float | None):
-        self.remote = remote
-        self.rel = rel
-        self.path = remote._api_path(rel)
-        self.mtime = mtime
-        self.session_id: str | None = None
-        self.offset = 0
-
-    def run(self, chunks: Iterable[bytes], expected_digest: str | None) -> None:
-        import blake3
-
-        received = blake3.blake3()
-        content = DropboxContentHasher()
-        buffer = bytearray()
-        chunk = self.remote.upload_chunk
-        for piece in chunks:
-            received.update(piece)
-            content.update(piece)
-            buffer += piece
-            while len(buffer) > chunk:  # strictly more: the last chunk always goes with the commit
-                self._send(bytes(buffer[:chunk]))
-                del buffer[:chunk]
-        # Checked before the commit: a mismatch leaves Dropbox untouched.
-        if expected_digest is not None and received.hexdigest() != expected_digest:
-            raise VerificationFailed(f"{self.rel}: the bytes read for upload do not match the source digest")
-        meta = self._commit(bytes(buffer))
-        if meta.content_hash != content.hexdigest():
-            raise VerificationFailed(
-                f"{self.rel}: Dropbox stored content that does not match what was sent "
-                "(content hash differs); run again to upload it anew")
-        log.debug("uploaded %s (%d bytes%s)", self.rel, meta.size,
-                  ", upload session" if self.session_id else "")
-
-    def _commit_info(self):
-        from dropbox import files
-
-        modified = None
-        if self.mtime is not None:
-            modified = dt.datetime.fromtimestamp(int(self.mtime), dt.timezone.utc).replace(tzinfo=None)
-        return files.CommitInfo(path=self.path, mode=files.WriteMode.overwrite, client_modified=modified,
-                                mute=True)
-
-    def _send(self, data: bytes) -> None:
-        from dropbox import files
-
-        client = self.remote.client
-        if self.session_id is None:
-            result = self._api(client.files_upload_session_start, data)
-            self.session_id = result.session_id
-        else:
-            cursor = files.UploadSessionCursor(session_id=self.session_id, offset=self.offset)
-            self._append(client, cursor, data)
-        self.offset += len(data)
-
-    def _append(self, client, cursor, data: bytes) -> None:
-        from dropbox import exceptions as dbx_errors
-
-        try:
-            self._api(client.files_upload_session_append_v2, data, cursor, raw_errors=True)
-        except dbx_errors.ApiError as exc:
-            # A retried append whose first try did arrive: the server is already past it.
-            err = exc.error
-            if err.is_incorrect_offset() and err.get_incorrect_offset().correct_offset == cursor.offset + len(data):
-                return
-            raise self.remote._write_error(exc, self.rel) from None
-
-    def _commit(self, data: bytes):
-        from dropbox import files
-
-        client = self.remote.client
-        commit = self._commit_info()
-        if self.session_id is None:
-            return self._api(client.files_upload, data, commit.path, mode=commit.mode,
-                             client_modified=commit.client_modified, mute=True)
-        cursor = files.UploadSessionCursor(session_id=self.session_id, offset=self.offset)
-        return self._api(client.files_upload_session_finish, data, cursor, commit)
-
-    def _api(self, fn, *args, raw_errors: bool = False, **kwargs):
-        from dropbox import exceptions as dbx_errors
-
-        try:
-            return self.remote._call(f"uploading {self.rel}", fn, *args, **kwargs)
-        except dbx_errors.ApiError as exc:
-            if raw_errors:
-                raise
-            raise self.remote._write_error(exc, self.rel) from None
