@@ -44,7 +44,7 @@ RELEASE = REPO.parent / "shared/data/hess-dl3-dr1"
 
 from docopt import docopt  # noqa: E402
 
-from fitsync import fitsaudit  # noqa: E402
+from fitsync import fits_gzip, fitsaudit  # noqa: E402
 
 
 def read_through(paths) -> None:
@@ -122,7 +122,7 @@ def bench_gzip(args) -> None:
 
 def gzip_regions(data: bytes) -> dict:
     """offset -> name of the part of the gzip file it is in."""
-    header_length = fitsaudit.parse_gzip_header(data)[0]
+    header_length = fits_gzip.parse_gzip_header(data)[0]
     names = {0: "magic", 1: "magic", 2: "method", 3: "flags", 4: "mtime", 5: "mtime", 6: "mtime", 7: "mtime", 8: "xfl", 9: "os"}
     regions = {o: names.get(o, "name") for o in range(header_length)}
     regions.update({o: "trailer" for o in range(len(data) - 8, len(data))})
@@ -140,7 +140,7 @@ def flips_of_file(job) -> list[tuple[str, str, str]]:
     original = zlib.decompress(data, wbits=31)
     regions = gzip_regions(data)
     changes = [(o, 0xFF) for o in regions] + [(o, 1 << int(rng.integers(0, 8))) for o in regions]
-    header_length = fitsaudit.parse_gzip_header(data)[0]
+    header_length = fits_gzip.parse_gzip_header(data)[0]
     changes += [(int(o), int(rng.integers(1, 256))) for o in rng.integers(header_length, len(data) - 8, deflate_flips)]
     results = []
     with tempfile.TemporaryDirectory() as tmp:

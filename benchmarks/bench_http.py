@@ -183,6 +183,7 @@ def compare_edit(srv: HttpFixture, site: str, old: str, old_manifest: str, which
     env = {k: v for k, v in installed_env().items() if not k.lower().endswith("_proxy")}
 
     def prepare_fitsync(recorded: bool):
+        os.makedirs(dst, exist_ok=True)  # the first round starts from nothing
         shutil.rmtree(os.path.join(dst, ".fitsync"), ignore_errors=True)
         for name in (MANIFEST,):
             if os.path.exists(os.path.join(dst, name)):

@@ -219,7 +219,11 @@ class Bench:
     def agent(self) -> None:
         path = WORK / "agent.fits"
         fits_file(path, self.size)
-        agent_dir = HERE.parent / "src" / "fitsync"
+        agent_dir = WORK / "agent"  # the one file the host runs, as fitsync ships it
+        agent_dir.mkdir(exist_ok=True)
+        from fitsync.remotes.sftp_agent import agent_payload
+
+        (agent_dir / "agent.py").write_bytes(agent_payload())
         code = ("import sys, time; sys.path.insert(0, sys.argv[1]); import agent\n"
                 "class A: signature = 'stdlib'\n"
                 "agent.signature_of(sys.argv[2], {'fits': True, 'block_records': [2, 64]}, A())\n")

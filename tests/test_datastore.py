@@ -19,7 +19,8 @@ from astropy.table import Table
 
 from fitsync import __version__
 from fitsync.options import Selection
-from fitsync.datastore import Locator, mirror_production, read_master, split_location
+from fitsync.datastore import mirror_production, read_master
+from fitsync.datastore_locator import Locator, split_location
 from fitsync.errors import UnsafePath
 from fitsync.remotes.local import LocalRemote
 from fitsync.engine.mirror import Mirror, MirrorOptions
@@ -348,7 +349,7 @@ def test_master_json_with_escaping_index_path_is_refused(cli, tmp_path):
 
 
 def test_gzip_bomb_index_is_refused(tmp_path):
-    from fitsync.datastore import gunzip_bounded
+    from fitsync.datastore_files import gunzip_bounded
     from fitsync.errors import BadInput
 
     bomb = gzip.compress(b"\0" * (2 << 20))

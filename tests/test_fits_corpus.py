@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from astropy.io import fits as afits
 
-from fitsync import fitsaudit
+from fitsync import fits_gzip, fitsaudit
 
 SEED = 20240611
 CUTS_PER_KIND = 3  # random offsets per truncation/flip kind
@@ -92,7 +92,7 @@ def flip(data: bytes, offset: int, mask: int) -> bytes:
 
 
 def gzip_header_length(data: bytes) -> int:
-    return fitsaudit.parse_gzip_header(data)[0]
+    return fits_gzip.parse_gzip_header(data)[0]
 
 
 def build_corpus(seed: int = SEED) -> list[Case]:

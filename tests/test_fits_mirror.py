@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from fitsync import fitsaudit
+from fitsync import fits_stream, fitsaudit
 from fitsync.errors import SourceChanged
 from fitsync.remotes.local import LocalRemote
 from test_fits_corpus import base_hdul, fits_bytes, layout
@@ -39,15 +39,15 @@ def leftovers(remote: LocalRemote) -> list[str]:
 
 def test_incomplete_source_never_replaces_the_good_copy(destination):
     half_written = NEWER[: layout(NEWER)[1]["data"] + 1000]
-    with pytest.raises(fitsaudit.IncompleteFits, match="obs.fits is incomplete.*bytes missing"):
-        destination.write_atomic("obs.fits", fitsaudit.guard_chunks("obs.fits", chunks_of(half_written)))
+    with pytest.raises(fits_stream.IncompleteFits, match="obs.fits is incomplete.*bytes missing"):
+        destination.write_atomic("obs.fits", fits_stream.guard_chunks("obs.fits", chunks_of(half_written)))
     assert open(os.path.join(destination.root, "obs.fits"), "rb").read() == GOOD
     assert leftovers(destination) == []
-    assert issubclass(fitsaudit.IncompleteFits, SourceChanged)
+    assert issubclass(fits_stream.IncompleteFits, SourceChanged)
 
 
 def test_complete_source_goes_through_the_guard(destination):
-    destination.write_atomic("obs.fits", fitsaudit.guard_chunks("obs.fits", chunks_of(NEWER, 1000)))
+    destination.write_atomic("obs.fits", fits_stream.guard_chunks("obs.fits", chunks_of(NEWER, 1000)))
     assert open(os.path.join(destination.root, "obs.fits"), "rb").read() == NEWER
 
 
@@ -59,8 +59,8 @@ def test_gzip_source_flushed_mid_write_is_incomplete(tmp_path, destination):
         writer.flush()  # what a writer has on disk mid-file: no trailer yet
         state, reason = fitsaudit.quick_state(str(path))
         assert state == "incomplete" and "gzip stream ends early" in reason
-        with pytest.raises(fitsaudit.IncompleteFits):
-            destination.write_atomic("obs.fits.gz", fitsaudit.guard_chunks("obs.fits.gz", [path.read_bytes()]))
+        with pytest.raises(fits_stream.IncompleteFits):
+            destination.write_atomic("obs.fits.gz", fits_stream.guard_chunks("obs.fits.gz", [path.read_bytes()]))
         writer.write(NEWER[10000:])
         writer.close()
     assert fitsaudit.quick_state(str(path)) == ("ok", "")
@@ -101,8 +101,8 @@ def test_source_appended_to_while_it_is_read(tmp_path, destination):
     writer.start()
     first_half_written.wait(10)
     try:
-        with open(path, "rb") as source, pytest.raises(fitsaudit.IncompleteFits):
-            destination.write_atomic("obs.fits", fitsaudit.guard_chunks("obs.fits", iter(lambda: source.read(1500), b"")))
+        with open(path, "rb") as source, pytest.raises(fits_stream.IncompleteFits):
+            destination.write_atomic("obs.fits", fits_stream.guard_chunks("obs.fits", iter(lambda: source.read(1500), b"")))
     finally:
         reader_done.set()
         writer.join()

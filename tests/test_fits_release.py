@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fitsync import fitsaudit
+from fitsync import fits_gzip, fitsaudit
 
 RELEASE = Path(__file__).resolve().parents[2] / "shared/data/hess-dl3-dr1"
 FILES_SAMPLED = 6
@@ -50,7 +50,7 @@ def sampled_flips(release: Path, seed: int = 7):
     files = sorted(p for p in release.rglob("*.fits.gz"))
     for path in rng.choice(files, FILES_SAMPLED, replace=False):
         data = path.read_bytes()
-        header_length = fitsaudit.parse_gzip_header(data)[0]
+        header_length = fits_gzip.parse_gzip_header(data)[0]
         offsets = [int(rng.integers(0, header_length)), len(data) - int(rng.integers(1, 9))]
         offsets += [int(o) for o in rng.integers(header_length, len(data) - 8, FLIPS_PER_FILE - 2)]
         for offset in offsets:
@@ -72,7 +72,7 @@ def test_single_byte_changes_are_detected_unless_the_fits_bytes_are_unchanged(re
             detected += 1
             continue
         assert fits_content(bytes(damaged)) == fits_content(data), (path.name, offset, mask)
-        assert offset < fitsaudit.parse_gzip_header(data)[0], (path.name, offset, mask)
+        assert offset < fits_gzip.parse_gzip_header(data)[0], (path.name, offset, mask)
         harmless += 1
     assert detected + harmless == FILES_SAMPLED * FLIPS_PER_FILE
     assert detected >= FILES_SAMPLED * (FLIPS_PER_FILE - 1)
@@ -82,7 +82,7 @@ def test_gzip_metadata_changes_leave_the_fits_bytes_whole(release, tmp_path):
     """MTIME and the stored file name are outside the CRC and outside the FITS
     bytes: changing them is invisible without a manifest, and harmless."""
     data = (release / "data/hess_dl3_dr1_obs_id_020136.fits.gz").read_bytes()
-    assert data[3] & fitsaudit.FNAME and data[10:20] == b"hess_dl3_d"
+    assert data[3] & fits_gzip.FNAME and data[10:20] == b"hess_dl3_d"
     for offset, mask in ((4, 0x55), (7, 0x01), (12, 0x20), (15, 0x03)):  # MTIME, then name characters
         damaged = bytearray(data)
         damaged[offset] ^= mask

@@ -13,7 +13,7 @@ from astropy.io import fits as afits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fitsync import fits, fitsaudit
+from fitsync import fits, fits_gzip, fits_stream, fits_walker, fitsaudit
 from test_fits_corpus import base_hdul, fits_bytes, gzipped, layout
 
 WITH_SUMS = fits_bytes(base_hdul(11), checksum=True)
@@ -24,7 +24,7 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 
 
 def stream_report(data: bytes, cuts=(), name="x.fits") -> fitsaudit.FileReport:
-    check = fitsaudit.StreamCheck(name)
+    check = fits_stream.StreamCheck(name)
     last = 0
     for cut in sorted(set(cuts)) + [len(data)]:
         check.update(data[last:cut])
@@ -121,13 +121,13 @@ def test_mapped_read_and_streamed_checks_agree_on_the_corpus(tmp_path):
 @pytest.mark.parametrize("mapped", [True, False])
 def test_plain_file_without_checksums_reads_only_headers_and_padding(tmp_path, monkeypatch, mapped):
     seen = []
-    original = fits.HduWalker.feed
+    original = fits_walker.HduWalker.feed
 
     def counting_feed(self, data):
         seen.append(len(memoryview(data)))
         return original(self, data)
 
-    monkeypatch.setattr(fits.HduWalker, "feed", counting_feed)
+    monkeypatch.setattr(fits_walker.HduWalker, "feed", counting_feed)
     big = afits.PrimaryHDU(np.zeros((1000, 1000), dtype=np.float64) + 1.5)
     report = file_report(tmp_path, fits_bytes(afits.HDUList([big]), checksum=False), mapped=mapped)
     assert report.status == "ok"
@@ -195,7 +195,7 @@ def test_zero_bytes_after_the_gzip_stream_are_a_warning(tmp_path):
 
 
 def gzip_with_header_crc(payload: bytes, corrupt: bool = False) -> bytes:
-    header = b"\x1f\x8b\x08" + bytes([fitsaudit.FHCRC | fitsaudit.FNAME]) + struct.pack("<I", 0) + b"\x00\x03" + b"a.fits\x00"
+    header = b"\x1f\x8b\x08" + bytes([fits_gzip.FHCRC | fits_gzip.FNAME]) + struct.pack("<I", 0) + b"\x00\x03" + b"a.fits\x00"
     crc16 = zlib.crc32(header) & 0xFFFF
     if corrupt:
         crc16 ^= 1

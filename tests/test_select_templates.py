@@ -13,10 +13,10 @@ from fitsync.errors import BadInput, NotFound, UsageError
 from fitsync.remotes.base import Entry
 from fitsync.options import Selection
 from fitsync.selection import build_selection
+from fitsync.engine.missing import find_missing
 from fitsync.templates_paths import (
     compile_template,
     date_period,
-    find_missing,
     load_profile,
     parse_where,
     shipped_profile_names,

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fitsync import sshconn
+from fitsync import sshauth, sshconn
 from fitsync.errors import (AuthenticationFailed, HostKeyRejected, NotFound, TransferFailed, UsageError,
                             VerificationFailed)
 from fitsync.options import RemoteOptions
@@ -384,16 +384,16 @@ def password_server(tmp_path, monkeypatch):
 def test_password_from_the_environment_logs_in_and_a_wrong_one_is_one_line(password_server, monkeypatch, cli):
     server, user, password, root = password_server
     location = f"sftp://{user}@127.0.0.1:{server.port}{root}"
-    with pytest.raises(AuthenticationFailed, match=sshconn.PASSWORD_ENV):  # no terminal to ask on
+    with pytest.raises(AuthenticationFailed, match=sshauth.PASSWORD_ENV):  # no terminal to ask on
         open_remote(location).stat("night/obs.fits")
-    monkeypatch.setenv(sshconn.PASSWORD_ENV, password)
+    monkeypatch.setenv(sshauth.PASSWORD_ENV, password)
     assert open_remote(location).stat("night/obs.fits").size == 900
     sshconn.close_all()
-    monkeypatch.setenv(sshconn.PASSWORD_ENV, password + "-wrong")
+    monkeypatch.setenv(sshauth.PASSWORD_ENV, password + "-wrong")
     result = cli("compare", location, root)
     assert result.code == 4 and "Traceback" not in result.err
     assert len(result.err.strip().splitlines()) == 1 and user in result.err
-    assert f"password from {sshconn.PASSWORD_ENV}" in result.err
+    assert f"password from {sshauth.PASSWORD_ENV}" in result.err
     assert password not in result.err + result.out, "a secret is never printed"
 
 

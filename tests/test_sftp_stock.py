@@ -170,7 +170,8 @@ def test_an_interrupted_push_patch_leaves_the_old_file_and_the_next_run_finishes
 def test_the_agent_runs_on_python_3_6(tmp_path):
     """RHEL/CentOS 7 and 8 servers: vermin finds nothing in the agent or its
     bootstrap that needs more than Python 3.6."""
-    agent = Path(sftp_mod.__file__).parent.parent / "agent.py"
+    agent = tmp_path / "agent.py"
+    agent.write_bytes(sftp_agent.agent_payload())  # the one file the host runs, joined from its parts
     boot = tmp_path / "bootstrap.py"
     boot.write_text(sftp_agent._BOOTSTRAP)
     vermin = Path(sysconfig.get_path("scripts")) / "vermin"  # installed with the test extra

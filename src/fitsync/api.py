@@ -19,10 +19,10 @@ from fitsync.remotes.base import Remote
 from fitsync.results import AuditResult, ManifestResult, MirrorResult
 
 if TYPE_CHECKING:  # pragma: no cover
-    from fitsync.datastore import Summary
+    from fitsync.datastore_summary import Summary
     from fitsync.events import ProgressCallback
     from fitsync.engine.compare import CompareReport
-    from fitsync.templates_paths import MissingReport
+    from fitsync.engine.missing import MissingReport
 
 Location = Union[str, "os.PathLike[str]"]
 
@@ -400,9 +400,11 @@ def compare(a: Location, b: Location, *, checksum: bool = False, select: Optiona
 def datasets(store: Location, *, allow_root: Sequence[str] = (), remote_options: Optional[RemoteOptions] = None
              ) -> List[Summary]:
     """The productions of an IACT data store (its master.json, or bare index
-    tables), each a ``fitsync.datastore.Summary``: observations, events,
+    tables), each a ``fitsync.datastore_summary.Summary``: observations, events,
     livetime, files and bytes, and the files its index lists but the store lacks."""
-    from fitsync.datastore import Locator, read_master, summarize
+    from fitsync.datastore import read_master
+    from fitsync.datastore_locator import Locator
+    from fitsync.datastore_summary import summarize
 
     spec = _spec(store)
     connect = remote_options or RemoteOptions()

@@ -23,7 +23,7 @@ list; where master.json states other totals, both are shown.
 from __future__ import annotations
 
 from fitsync.cli.options import print_json, remote_options, selection
-from fitsync.datastore import format_summary
+from fitsync.datastore_summary import format_summary
 from fitsync.errors import EXIT_DIFFERENCES, EXIT_OK
 
 

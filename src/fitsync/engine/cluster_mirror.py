@@ -31,7 +31,6 @@ from fitsync.remotes.base import Capability
 log = logging.getLogger("fitsync")
 
 
-
 @dataclass(frozen=True)
 class Locations:
     """What a worker needs to open both sides itself."""

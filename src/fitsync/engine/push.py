@@ -45,7 +45,7 @@ def push(src: Remote, dst: Remote, item: Item, on_bytes=None, fits_check: bool =
         from fitsync.fitsnames import looks_like_fits
 
         if looks_like_fits(item.path, b""):
-            from fitsync.fitsaudit import guard_chunks
+            from fitsync.fits_stream import guard_chunks
 
             stream = guard_chunks(item.path, stream)
     dst.write_atomic(item.path, stream, mtime=item.src.mtime, expected_digest=digest)

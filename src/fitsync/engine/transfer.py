@@ -107,7 +107,8 @@ def _raise_if_incomplete(item: Item, state: tuple[str, str] | None) -> None:
     """IncompleteFits when ``state`` (from fitsaudit, None for no FITS file) says so."""
     if state is None:
         return
-    from fitsync.fitsaudit import STATUS_INCOMPLETE, IncompleteFits
+    from fitsync.fits_stream import IncompleteFits
+    from fitsync.fitsaudit import STATUS_INCOMPLETE
 
     if state[0] == STATUS_INCOMPLETE:
         raise IncompleteFits(f"{item.path} is incomplete (still being written?): {state[1]}")

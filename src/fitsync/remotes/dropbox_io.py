@@ -19,7 +19,6 @@ from fitsync.errors import (AuthenticationFailed, BadInput, ConnectionFailed,
 from fitsync.paths import safe_relpath
 from fitsync.remotes.base import Entry, ReadOnlyRemote
 
-
 if TYPE_CHECKING:  # pragma: no cover
     from fitsync.remotes.dropbox import DropboxRemote
 

@@ -253,7 +253,6 @@ def netrc_auth(host: str) -> str | None:
     return "Basic " + base64.b64encode(f"{login}:{password or ''}".encode()).decode("ascii")
 
 
-
 # -- helpers ---------------------------------------------------------------------
 
 def ascending_runs(ranges: list[tuple[int, int]]) -> Iterator[list[tuple[int, int]]]:

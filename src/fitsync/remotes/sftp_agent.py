@@ -1,5 +1,5 @@
-"""The SSH agent, client side: starting fitsync's agent (agent.py, shipped as
-one stdlib-only file) on the host, its framing, the pool of agents a remote
+"""The SSH agent, client side: starting fitsync's agent (fitsync.agent, shipped
+as one stdlib-only file) on the host, its framing, the pool of agents a remote
 checks out, and signatures computed by difference with a local file."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 import socket
 import struct
 import threading
-from importlib import resources
 from typing import TYPE_CHECKING, Iterator
 
 import paramiko
@@ -39,8 +38,8 @@ _WARNED_NO_AGENT: set = set()
 # -- the agent, client side ---------------------------------------------------------
 
 def agent_payload() -> bytes:
-    """The text of fitsync.agent: what the remote host runs."""
-    return resources.files("fitsync").joinpath("agent.py").read_bytes()
+    """The text of fitsync.agent: the one file the remote host runs."""
+    return agent_module.source()
 
 
 _BOOTSTRAP = """\

@@ -190,7 +190,6 @@ def read_striped(remote: "SftpRemote", full: str, start: int, end: int) -> Itera
             t.join(5)
 
 
-
 class SftpReader:
     """Sequential reader with pipelined requests that survives a dropped
     connection: it reconnects and resumes at the first byte not yet received,

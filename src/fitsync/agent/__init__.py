@@ -1,0 +1,28 @@
+"""fitsync's remote agent: one stdlib-only program, kept here in parts.
+
+The agent runs on the far side of an SSH connection, where fitsync need not
+be installed, so it travels as the text of a single file (see
+remotes/sftp_agent.py: sent once, cached on the host and checked by its
+SHA-256 before every use). That file is ``source()``: the parts in
+``parts/``, joined in the order of their names, each a job of its own
+(framing, hashing, operations, the destination through descriptors, block
+signatures, FITS layout, main). The parts are not modules: they share one
+namespace once joined, so none imports another.
+
+This package runs the very same text, so ``fitsync.agent.Channel``,
+``fitsync.agent.main`` and the rest are what the host runs, byte for byte.
+"""
+
+from importlib import resources
+
+
+def source() -> bytes:
+    """The agent as the single file the remote host runs."""
+    parts = sorted((p for p in resources.files(__name__).joinpath("parts").iterdir() if p.name.endswith(".py")),
+                   key=lambda p: p.name)
+    return b"\n\n".join(p.read_bytes() for p in parts)
+
+
+_PACKAGE_DOC = __doc__
+exec(compile(source(), "<fitsync agent>", "exec"), globals())  # noqa: S102 - the shipped text, run here too
+__doc__ = _PACKAGE_DOC  # the agent's own docstring (its protocol) stays in source()
