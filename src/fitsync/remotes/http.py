@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures as cf
-import http.client
 import logging
 import os
 import re
-import ssl
 import threading
 import urllib.parse
 from typing import Iterator
@@ -38,10 +36,10 @@ from fitsync.options import RemoteOptions
 from fitsync.paths import safe_relpath
 from fitsync.remotes.http_read import HttpReading
 from fitsync.remotes.retry import RetryPolicy, retrying
-from fitsync.remotes.http_wire import (Exchange, HEAD_WORKERS, MAX_INDEX_PAGES, MAX_INDEX_PAGE_BYTES,
-                                       MAX_REDIRECTS, Pinned, Pool, REDIRECTS, RETRY_STATUSES, Transient,
-                                       USER_AGENT, check_status, describe, http_date, index_links, int_header,
-                                       manifest_name, netrc_auth, tls_context, tls_failure, total_size)
+from fitsync.remotes.http_wire import (Connections, Exchange, HEAD_WORKERS, MAX_INDEX_PAGE_BYTES,
+                                       MAX_INDEX_PAGES, MAX_REDIRECTS, Pinned, REDIRECTS, RETRY_STATUSES,
+                                       Transient, USER_AGENT, check_status, http_date, index_links, int_header,
+                                       manifest_name, netrc_auth, tls_context, total_size)
 from fitsync.remotes.base import Capability, Entry, Remote
 
 log = logging.getLogger("fitsync.http")
@@ -74,8 +72,7 @@ class HttpRemote(HttpReading, Remote):
         self.retry = RetryPolicy.from_option(retries)  # remotes/retry.py: --retries, backoff with jitter
         self.verify_key = verify_key
         self._context = tls_context(ca_bundle) if parts.scheme == "https" else None
-        self._pools: dict[tuple, Pool] = {}
-        self._pools_lock = threading.Lock()
+        self._connections = Connections(self._context, self.timeout)  # urllib3's pools
         self._pinned: dict[str, Pinned] = {}
         self._state_lock = threading.Lock()
         self._listing_lock = threading.Lock()
@@ -326,17 +323,6 @@ class HttpRemote(HttpReading, Remote):
     def _url_of(self, path: str) -> str:
         return self.base + urllib.parse.quote(safe_relpath(path))
 
-    def _pool(self, scheme: str, host: str, port: int) -> Pool:
-        key = (scheme, host, port)
-        with self._pools_lock:
-            pool = self._pools.get(key)
-            if pool is None:
-                context = None
-                if scheme == "https":
-                    context = self._context or tls_context(None)
-                pool = self._pools[key] = Pool(scheme, host, port, context, self.timeout)
-            return pool
-
     def _send(self, method: str, url: str, headers: dict | None = None) -> Exchange:
         """Send one request, following redirects; map failures to errors.
 
@@ -346,13 +332,11 @@ class HttpRemote(HttpReading, Remote):
         origin = urllib.parse.urlsplit(self.base).netloc
         for _ in range(MAX_REDIRECTS + 1):
             parts = urllib.parse.urlsplit(url)
-            pool = self._pool(parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
             request_headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
             if self._auth and parts.netloc == origin:  # credentials never follow a redirect elsewhere
                 request_headers["Authorization"] = self._auth
             request_headers.update(headers or {})
-            target = parts.path + (f"?{parts.query}" if parts.query else "")
-            ex = self._exchange(pool, method, target or "/", request_headers, url)
+            ex = self._connections.exchange(method, url, request_headers)
             if ex.status in REDIRECTS and ex.header("Location"):
                 location = urllib.parse.urljoin(url, ex.header("Location"))
                 ex.release()
@@ -362,26 +346,6 @@ class HttpRemote(HttpReading, Remote):
                 continue
             return self._classify(ex, method, url)
         raise TransferFailed(f"{url}: more than {MAX_REDIRECTS} redirects")
-
-    def _exchange(self, pool: Pool, method: str, target: str, headers: dict, url: str) -> Exchange:
-        for _ in range(2):
-            conn, reused = pool.get()
-            connecting = conn.sock is None
-            try:
-                if connecting:
-                    conn.connect()
-                    connecting = False
-                conn.request(method, target, headers=headers)
-                return Exchange(url, conn, pool, conn.getresponse())
-            except ssl.SSLError as exc:
-                conn.close()
-                raise tls_failure(exc, pool) from None
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                if reused and not connecting:  # a keep-alive connection the server had closed: use a fresh one
-                    continue
-                raise Transient(f"{pool.host}:{pool.port}: {describe(exc)}", connecting=connecting) from None
-        raise Transient(f"{pool.host}:{pool.port}: connection closed by the server")
 
     def _classify(self, ex: Exchange, method: str, url: str) -> Exchange:
         status = ex.status
@@ -410,7 +374,4 @@ class HttpRemote(HttpReading, Remote):
         return TransferFailed(f"{what}: {exc} ({attempts} attempts)")
 
     def close(self) -> None:
-        with self._pools_lock:
-            pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
-            pool.close()
+        self._connections.close()

@@ -10,11 +10,12 @@ import logging
 import os
 import re
 import ssl
-import threading
 import urllib.parse
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Iterator
+
+import urllib3
 
 from fitsync.errors import BadInput, ConnectionFailed, NotFound, SourceChanged, TransferFailed
 
@@ -63,60 +64,102 @@ class Pinned:
     size: int | None
 
 
-# -- connections -----------------------------------------------------------------
+# -- connections: urllib3's pools, TLS and timeouts ---------------------------------
+# urllib3 keeps the connections (a pool per origin, a socket checked before it
+# is reused); fitsync keeps what is its own: redirects without credentials to
+# other hosts, the classification of answers, retries (remotes/retry.py).
 
-class Pool:
-    """Keep-alive connections to one origin, shared by threads."""
+class Connections:
+    """Keep-alive connections to every origin a remote talks to, shared by threads."""
 
-    def __init__(self, scheme: str, host: str, port: int, context: ssl.SSLContext | None, timeout: float):
-        self.scheme, self.host, self.port = scheme, host, port
-        self.context = context
-        self.timeout = timeout
-        self._idle: list = []
-        self._lock = threading.Lock()
+    def __init__(self, context: ssl.SSLContext | None, timeout: float):
+        self.manager = urllib3.PoolManager(
+            num_pools=4, maxsize=POOL_SIZE, block=False, retries=False,
+            ssl_context=context or tls_context(None),
+            timeout=urllib3.Timeout(connect=timeout or None, read=timeout or None))
 
-    def get(self):
-        with self._lock:
-            if self._idle:
-                return self._idle.pop(), True
-        if self.scheme == "https":
-            conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self.context)
-        else:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        return conn, False
-
-    def put(self, conn) -> None:
-        with self._lock:
-            if len(self._idle) < POOL_SIZE:
-                self._idle.append(conn)
-                return
-        conn.close()
+    def exchange(self, method: str, url: str, headers: dict) -> "Exchange":
+        """Send one request (no redirect followed) and return its answer unread.
+        A kept-alive connection the server closed in the meantime is replaced
+        by a fresh one once (urllib3's read retry); every other failure is the
+        caller's to retry (remotes/retry.py)."""
+        parts = urllib.parse.urlsplit(url)
+        try:
+            try:
+                resp = self.manager.request(method, url, headers=headers, redirect=False, retries=_STALE_ONCE,
+                                            preload_content=False, decode_content=False)
+            except urllib3.exceptions.MaxRetryError as exc:
+                raise exc.reason from None
+        except urllib3.exceptions.SSLError as exc:
+            raise tls_failure(_ssl_error_of(exc), parts.hostname, parts.port) from None
+        except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError) as exc:
+            raise Transient(f"{parts.hostname}:{parts.port}: {describe(_cause_of(exc))}", connecting=True) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Transient(f"{parts.hostname}:{parts.port}: {describe(_cause_of(exc))}") from None
+        return Exchange(url, resp)
 
     def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        self.manager.clear()
+
+
+def _cause_of(exc: BaseException) -> BaseException:
+    """The OS error under urllib3's wrapping (what "Connection refused" was
+    raised as), else ``exc`` itself."""
+    return _first_in_chain(exc, lambda e: isinstance(e, OSError) and not isinstance(e, urllib3.exceptions.HTTPError)) \
+        or exc
+
+
+def _ssl_error_of(exc: BaseException) -> ssl.SSLError:
+    return _first_in_chain(exc, lambda e: isinstance(e, ssl.SSLError)) or ssl.SSLError(str(exc))
+
+
+def _first_in_chain(exc: BaseException, wanted) -> BaseException | None:
+    """The first exception ``wanted`` accepts among ``exc``, its ``reason`` and
+    arguments (where urllib3 keeps what it wrapped) and its causes and
+    contexts; each visited once."""
+    todo, seen = [exc], set()
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if wanted(current):
+            return current
+        linked = (getattr(current, "reason", None), *current.args, current.__cause__, current.__context__)
+        todo += [e for e in linked if isinstance(e, BaseException)]
+    return None
+
+
+# One more try, only for an answer that never came on a reused connection.
+_STALE_ONCE = urllib3.Retry(total=1, connect=0, read=1, redirect=0, status=0, other=0, raise_on_redirect=False,
+                            raise_on_status=False)
+
+_READ_ERRORS = (OSError, urllib3.exceptions.HTTPError, http.client.HTTPException)
 
 
 class Exchange:
-    """One response being read; gives its connection back when done."""
+    """One response being read; its connection goes back to the pool only
+    when the response was read to its end."""
 
-    def __init__(self, url: str, conn, pool: Pool, resp: http.client.HTTPResponse):
+    def __init__(self, url: str, resp):
         self.url = url
-        self.conn = conn
-        self.pool = pool
         self.resp = resp
         self.status = resp.status
+        self._pending = b""  # read past a line (multipart framing), handed out first
 
     def header(self, name: str) -> str | None:
-        return self.resp.getheader(name)
+        return self.resp.headers.get(name)
 
     def readinto(self, view) -> int:
+        if self._pending:
+            n = min(len(view), len(self._pending))
+            view[:n] = self._pending[:n]
+            self._pending = self._pending[n:]
+            return n
         try:
             return self.resp.readinto(view)
-        except (OSError, http.client.HTTPException) as exc:
-            raise Transient(f"connection lost while reading ({describe(exc)})") from None
+        except _READ_ERRORS as exc:
+            raise Transient(f"connection lost while reading ({describe(_cause_of(exc))})") from None
 
     def read_exact_into(self, view) -> None:
         """Fill ``view`` or raise Transient: a body cut short is a dropped connection."""
@@ -138,20 +181,31 @@ class Exchange:
 
     def skip_rest(self, limit: int) -> None:
         """Read what is left of a short body so the connection can be reused."""
+        self._pending = b""
         try:
             self.resp.read(limit)
-        except (OSError, http.client.HTTPException):
+        except _READ_ERRORS:
             pass
 
-    def readline(self) -> bytes:
-        try:
-            return self.resp.readline(1024)
-        except (OSError, http.client.HTTPException) as exc:
-            raise Transient(f"connection lost while reading ({describe(exc)})") from None
+    def readline(self, limit: int = 1024) -> bytes:
+        """One line of multipart framing (at most ``limit`` bytes); what was
+        read past it is kept for the next read."""
+        while b"\n" not in self._pending and len(self._pending) < limit:
+            try:
+                more = self.resp.read1(max(limit, READ_CHUNK >> 4))
+            except _READ_ERRORS as exc:
+                raise Transient(f"connection lost while reading ({describe(_cause_of(exc))})") from None
+            if not more:
+                break
+            self._pending += more
+        end = self._pending.find(b"\n")
+        cut = min(limit, end + 1 if end >= 0 else len(self._pending))
+        line, self._pending = self._pending[:cut], self._pending[cut:]
+        return line
 
     def read_small(self, limit: int) -> bytes:
         """The whole body of a response expected to be small (a manifest, an index page)."""
-        length = self.resp.length
+        length = _int_or_none(self.resp.headers.get("Content-Length"))
         if length is not None:
             if length > limit:
                 raise BadInput(f"{self.url} is {length} bytes; more than the {limit} expected")
@@ -162,8 +216,8 @@ class Exchange:
         while True:  # no Content-Length (chunked): read to the end, within the limit
             try:
                 chunk = self.resp.read1(READ_CHUNK)
-            except (OSError, http.client.HTTPException) as exc:
-                raise Transient(f"connection lost while reading ({describe(exc)})") from None
+            except _READ_ERRORS as exc:
+                raise Transient(f"connection lost while reading ({describe(_cause_of(exc))})") from None
             if not chunk:
                 return b"".join(chunks)
             total += len(chunk)
@@ -172,24 +226,36 @@ class Exchange:
             chunks.append(chunk)
 
     def release(self) -> None:
-        """Reuse the connection only when the response was read to its end."""
+        """Give the connection back when the body was read to its end; else close it."""
         resp, self.resp = self.resp, None
         if resp is None:
             return
-        if resp.isclosed() and not resp.will_close:
-            self.pool.put(self.conn)
-        elif resp.length == 0 and not resp.will_close:
-            resp.close()
-            self.pool.put(self.conn)
-        else:
-            resp.close()
-            self.conn.close()
+        if self._pending or resp.length_remaining not in (0, None) or not _at_end(resp):
+            resp.close()  # bytes still on the wire: this socket cannot carry another request
+        resp.release_conn()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.release()
+
+
+def _at_end(resp) -> bool:
+    """Whether nothing of ``resp``'s body is left (a HEAD answer, or one read to its end)."""
+    if resp.length_remaining == 0:
+        return True
+    try:
+        return resp.read(1) == b""  # a body of unknown length: is there more?
+    except _READ_ERRORS:
+        return False
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 # -- index pages ---------------------------------------------------------------
@@ -381,15 +447,14 @@ def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
         raise BadInput(f"--ca-bundle {ca_bundle} holds no readable PEM CA certificate") from None
 
 
-def tls_failure(exc: ssl.SSLError, pool: Pool) -> ConnectionFailed:
+def tls_failure(exc: ssl.SSLError, host: str | None, port: int | None) -> ConnectionFailed:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return ConnectionFailed(
-            f"TLS certificate of {pool.host} is not trusted ({exc.verify_message}); "
+            f"TLS certificate of {host} is not trusted ({exc.verify_message}); "
             "if it is signed by your own CA, pass --ca-bundle=FILE"
         )
-    return ConnectionFailed(
-        f"TLS with {pool.host}:{pool.port} failed ({exc.reason or exc}); check that the URL's scheme matches the server"
-    )
+    reason = getattr(exc, "reason", None) or exc
+    return ConnectionFailed(f"TLS with {host}:{port} failed ({reason}); check that the URL's scheme matches the server")
 
 
 def manifest_name() -> str:
