@@ -1,5 +1,5 @@
-"""HTTP(S) on the wire for remotes/http.py: keep-alive connection pools,
-one exchange (a response being read), and the parsing of what servers send
+"""HTTP(S) on the wire for remotes/http.py: urllib3's keep-alive pools, TLS
+and timeouts, one exchange (a response being read), and the parsing of what servers send
 (status, Content-Range, multipart framing, dates), index pages and ~/.netrc."""
 
 from __future__ import annotations

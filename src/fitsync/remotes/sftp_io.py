@@ -39,7 +39,12 @@ STRIPED_MIN_BYTES = 32 << 20
 
 class _Replies:
     """Collects asynchronous SFTP replies by request number; paramiko calls
-    ``_async_response`` for every reply to a request made with this object."""
+    ``_async_response`` for every reply to a request made with this object.
+
+    This rests on three private methods of paramiko.SFTPClient
+    (``_async_request``, ``_read_response``, ``_convert_status``), stable
+    since paramiko 1.x; pyproject.toml pins the major versions tested and
+    tests/test_sftp_io.py fails loudly if they change."""
 
     def __init__(self, sftp: paramiko.SFTPClient):
         self.sftp = sftp
