@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import os
 import stat
-import tomllib
+try:
+    import tomllib  # novm (tomli below on 3.10)
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 from fitsync.errors import BadInput
 

@@ -32,7 +32,10 @@ import datetime as dt
 import fnmatch
 import os
 import re
-import tomllib
+try:
+    import tomllib  # novm (tomli below on 3.10)
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 
