@@ -250,3 +250,19 @@ def test_stdlib_only_host_offers_the_stdlib_signature():
         assert agent.hello["signature"] == "stdlib"  # xxhash and blake3 alone do not make a faster signature
     finally:
         agent.close()
+
+
+def test_the_wire_formats_are_written_once_and_shipped_whole():
+    """fitsync/wire.py is both imported by fitsync and sent, as text, inside
+    the agent's one file: the layouts cannot drift apart."""
+    from importlib import resources
+
+    from fitsync import recipe, signature, wire
+    from fitsync.remotes.sftp_agent import agent_payload
+
+    text = resources.files("fitsync").joinpath("wire.py").read_bytes()
+    assert text in agent_payload()
+    assert agent_mod.SIG_HEADER.format == signature._HEADER.format == wire.SIG_HEADER.format
+    assert agent_mod.RECIPE_HEADER.format == recipe._HEADER.format
+    for size in (0, 2880, 1 << 20, 1 << 30, 1 << 40):
+        assert agent_mod.default_block_size(size) == signature.default_block_size(size)

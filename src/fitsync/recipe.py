@@ -5,13 +5,13 @@ applies them."""
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import blake3
 import numpy as np
 
+from fitsync import wire
 from fitsync.errors import BadInput
 from fitsync.sums import BlockListHasher
 from fitsync.signature import block_layout, check_length, open_envelope, seal
@@ -20,11 +20,11 @@ BASIS = 0
 SOURCE = 1
 
 
-MAGIC = b"FSYNCRCP"
-FORMAT_VERSION = 1
+MAGIC, FORMAT_VERSION = wire.RECIPE_MAGIC, wire.RECIPE_FORMAT_VERSION  # fitsync/wire.py, shared with the agent
 UNKNOWN_SIZE = (1 << 64) - 1
-_HEADER = struct.Struct("<8sHHIQQQ32s")  # magic version 0 0 n_ops target_size basis_size digest
-_OP = np.dtype([("kind", "u1"), ("offset", "<u8"), ("length", "<u8")])  # packed: 17 bytes
+_HEADER = wire.RECIPE_HEADER
+_OP = np.dtype([("kind", "u1"), ("offset", "<u8"), ("length", "<u8")])  # wire.RECIPE_OP as a numpy row
+assert _OP.itemsize == wire.RECIPE_OP.size
 _TRAILER_SIZE = 8  # XXH3-64 of everything before it (signature.seal)
 MAX_OFFSET = 1 << 62  # no file offset or length beyond this is plausible
 

@@ -16,7 +16,6 @@ The byte format of ``Signature.to_bytes`` is docs/signature-format.md.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import struct
 import sys
@@ -26,7 +25,8 @@ import blake3
 import numpy as np
 import xxhash
 
-from fitsync import _native
+from fitsync import _native, wire
+from fitsync.wire import MAX_BLOCK_RECORDS, MIN_BLOCK_RECORDS
 from fitsync.errors import BadInput, NotFound, SourceChanged
 from fitsync.fits import BLOCK as FITS_BLOCK
 from fitsync.fits import segment_boundaries
@@ -47,8 +47,6 @@ _native.bind_xxh3_128(getattr(sys.modules.get("xxhash._xxhash"), "__file__", Non
 # a signature and the signature is 0.7 % of the file, at 2 records ~5 % and
 # 0.35 %; from 4 records CPU time is flat, so beyond 64 records (180 KiB)
 # bigger blocks only make every change cost more literal bytes.
-MIN_BLOCK_RECORDS = 2
-MAX_BLOCK_RECORDS = 64
 MIN_BLOCK_SIZE = MIN_BLOCK_RECORDS * FITS_BLOCK
 MAX_BLOCK_SIZE = MAX_BLOCK_RECORDS * FITS_BLOCK
 
@@ -57,11 +55,9 @@ FILE_WINDOW = 256 << 20  # mmap window hashed at once: sequential reads on cold 
 PARALLEL_MIN_BYTES = 16 << 20  # below this, threads cost more than they save
 CACHE_WINDOW = 8 << 20  # read by BLAKE3 and the block sums together, while it is in cache
 
-MAGIC = b"FSYNCSIG"
-FORMAT_VERSION = 1
-_HEADER = struct.Struct("<8sHBBIQIIQ32s")  # magic version weak strong bs size nbounds flags nblocks digest
-FLAG_NO_DIGEST = 1  # the signature was made without the whole-file digest (digest is None)
-_TRAILER = struct.Struct("<Q")  # xxh3-64 of everything before it
+# The layout is fitsync/wire.py's, which the SSH agent is sent too (written once).
+MAGIC, FORMAT_VERSION, _HEADER, _TRAILER = wire.SIG_MAGIC, wire.SIG_FORMAT_VERSION, wire.SIG_HEADER, wire.SIG_TRAILER
+FLAG_NO_DIGEST = wire.SIG_FLAG_NO_DIGEST  # the signature was made without the whole-file digest (digest is None)
 MAX_SIGNATURE_BYTES = 1 << 34  # 16 GiB: refuse anything larger when parsing
 MAX_FILE_SIZE = 1 << 62  # keeps every offset arithmetic inside int64
 
@@ -106,15 +102,8 @@ THREADS = min(_cpu_count(), 8)
 
 
 def default_block_size(file_size: int) -> int:
-    """About half the square root of the file size, in whole FITS records,
-    within [MIN_BLOCK_SIZE, MAX_BLOCK_SIZE].
-
-    Half of rsync's sqrt rule because a block here costs 20 signature bytes
-    and a changed byte costs up to two blocks of literal: for a 1 GiB file this
-    gives 17,280-byte blocks (1.2 MiB of signature) and keeps a 1 MiB edit's
-    literal below rsync's."""
-    records = round(math.sqrt(max(file_size, 0)) / 2 / FITS_BLOCK)
-    return min(max(records, MIN_BLOCK_RECORDS), MAX_BLOCK_RECORDS) * FITS_BLOCK
+    """The block size of a new signature (wire.default_block_size, the rule the agent applies too)."""
+    return wire.default_block_size(file_size)
 
 
 def _check_layout_args(file_size: int, block_size: int, boundaries) -> list[int]:

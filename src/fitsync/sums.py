@@ -21,7 +21,7 @@ from typing import Callable
 
 import xxhash
 
-from fitsync import _native
+from fitsync import _native, wire
 
 STRONG_LEN = 16  # every suite's block digest is 16 bytes: the format's fixed row width
 
@@ -57,7 +57,8 @@ class Sums:
 
 
 FAST = Sums("fast", 1, 1, _native.ROLLSUM, xxhash.xxh3_128_digest, _xxh3_64_check, "blake3")
-STDLIB = Sums("stdlib", 2, 2, _native.ADLER32, _sha256_128, _sha256_check, "sha256-blocks")
+STDLIB = Sums("stdlib", wire.WEAK_ADLER32, wire.STRONG_SHA256_128, _native.ADLER32, _sha256_128, _sha256_check,
+              "sha256-blocks")
 SUITES = {(s.weak_id, s.strong_id): s for s in (FAST, STDLIB)}
 BY_NAME = {s.name: s for s in (FAST, STDLIB)}
 

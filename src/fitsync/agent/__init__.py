@@ -17,10 +17,14 @@ from importlib import resources
 
 
 def source() -> bytes:
-    """The agent as the single file the remote host runs."""
+    """The agent as the single file the remote host runs: its first part (the
+    docstring, framing), then fitsync/wire.py (the wire formats fitsync uses
+    too, written once), then the other parts."""
     parts = sorted((p for p in resources.files(__name__).joinpath("parts").iterdir() if p.name.endswith(".py")),
                    key=lambda p: p.name)
-    return b"\n\n".join(p.read_bytes() for p in parts)
+    wire = resources.files("fitsync").joinpath("wire.py")
+    texts = [p.read_bytes() for p in parts]
+    return b"\n\n".join([texts[0], wire.read_bytes(), *texts[1:]])
 
 
 _PACKAGE_DOC = __doc__

@@ -15,9 +15,11 @@ A reply is {"ok": ...} or {"error": kind, "msg": text}; streamed replies send
 
 Hashes: blake3 and xxhash are used when importable; otherwise the client
 and agent agree on hashlib algorithms during "hello" (see fitsync.remotes.sftp).
-Nothing here may import fitsync: the remote host need not have it, so the
-few lines of FITS header walking that block layouts need are repeated here
-(tests/test_sftp_agent.py holds them equal to fitsync.fits.segment_boundaries).
+Nothing here may import fitsync: the remote host need not have it. The wire
+formats (signature and recipe layouts, the STDLIB suite's ids, the block-size
+rule) are fitsync/wire.py's own text, joined into this file after this part;
+the few lines of FITS header walking that block layouts need are repeated
+here (tests/test_sftp_agent.py holds them equal to fitsync.fits.segment_boundaries).
 """
 
 import errno

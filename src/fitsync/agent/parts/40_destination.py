@@ -296,9 +296,7 @@ def file_digest(path, algo, hashes):
     return hasher.hexdigest()
 
 
-RECIPE_MAGIC = b"FSYNCRCP"
-RECIPE_HEADER = struct.Struct("<8sHHIQQQ32s")  # magic version 0 0 n_ops target_size basis_size digest
-RECIPE_OP = struct.Struct("<BQQ")  # kind offset length, packed
+# RECIPE_MAGIC, RECIPE_HEADER and RECIPE_OP: fitsync/wire.py, joined into this file.
 
 
 def parse_recipe(data, hashes):
@@ -308,7 +306,7 @@ def parse_recipe(data, hashes):
         raise AgentError("bad", "not a fitsync recipe")
     fields = RECIPE_HEADER.unpack_from(data)
     n_ops = fields[4]
-    if fields[1] != 1 or len(data) != RECIPE_HEADER.size + n_ops * RECIPE_OP.size + 8:
+    if fields[1] != RECIPE_FORMAT_VERSION or len(data) != RECIPE_HEADER.size + n_ops * RECIPE_OP.size + 8:
         raise AgentError("bad", "recipe version or length is wrong")
     if hashes.xxhash is not None:
         (check,) = struct.unpack_from("<Q", data, len(data) - 8)

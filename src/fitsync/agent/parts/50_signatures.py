@@ -6,12 +6,9 @@
 # SHA-256 (first 16 bytes) per block, and as the file digest the SHA-256 of
 # the blocks' full SHA-256 digests, so it costs no second pass over the file.
 
-SIG_MAGIC = b"FSYNCSIG"
-SIG_FORMAT_VERSION = 1
-SIG_HEADER = struct.Struct("<8sHBBIQIIQ32s")
-WEAK_ADLER32, STRONG_SHA256_128 = 2, 2  # the STDLIB suite's algorithm bytes
-FITS_RECORD = 2880
-MIN_BLOCK_RECORDS, MAX_BLOCK_RECORDS = 2, 64  # the client's values come with each request
+# The layouts, ids and block-size rule are fitsync/wire.py's, joined into this
+# file ahead of this part (fitsync.agent.source()); the client sends its block
+# record bounds with each request.
 HASH_RUN = 4 << 20  # bytes of consecutive blocks one thread reads and hashes at a time
 
 
@@ -80,13 +77,6 @@ class ParsedSignature:
             count = -(-(end - start) // self.block_size)
             yield first, count
             first += count
-
-
-def default_block_size(file_size, bounds=(MIN_BLOCK_RECORDS, MAX_BLOCK_RECORDS)):
-    """fitsync.signature.default_block_size; the client sends its record bounds."""
-    import math
-    records = round(math.sqrt(max(file_size, 0)) / 2 / FITS_RECORD)
-    return min(max(records, bounds[0]), bounds[1]) * FITS_RECORD
 
 
 def block_layout(file_size, block_size, boundaries):
