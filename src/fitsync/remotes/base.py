@@ -265,6 +265,38 @@ class Remote(ABC):
         return f"{type(self).__name__}({self.url!r})"
 
 
+class ResumableStream(io.RawIOBase):
+    """A sequential reader of one remote file that can be moved with seek and
+    resumes where it stands after a dropped connection (HTTP, Dropbox).
+    Subclasses keep their position in ``_pos``, give the file's size by
+    ``_end()`` and drop whatever is in flight in ``_moved(target)``."""
+
+    _pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._end()}[whence]
+        target = max(0, base + offset)
+        if target != self._pos:
+            self._moved(target)
+            self._pos = target
+        return self._pos
+
+    def _end(self) -> int:
+        raise NotImplementedError
+
+    def _moved(self, target: int) -> None:
+        """The position is about to become ``target``: drop the stream in flight."""
+
+
 class _RangeReader(io.RawIOBase):
     """Sequential file object over ``Remote.read_range``."""
 

@@ -17,7 +17,7 @@ from fitsync.dbhash import DropboxContentHasher
 from fitsync.errors import (AuthenticationFailed, BadInput, ConnectionFailed,
                             NotFound, SourceChanged, TransferFailed, VerificationFailed)
 from fitsync.paths import safe_relpath
-from fitsync.remotes.base import Entry, ReadOnlyRemote
+from fitsync.remotes.base import Entry, ReadOnlyRemote, ResumableStream
 
 if TYPE_CHECKING:  # pragma: no cover
     from fitsync.remotes.dropbox import DropboxRemote
@@ -168,7 +168,7 @@ class DropboxTransfers:
             self._client = None
 
 
-class _Download(io.RawIOBase):
+class _Download(ResumableStream):
     """A sequential, seekable reader of one Dropbox file.
 
     A connection cut mid-stream is resumed from the current byte with an HTTP
@@ -190,24 +190,13 @@ class _Download(io.RawIOBase):
         self._tries = remote.retry.tracker()
         self._failed_at = -1
 
-    def readable(self) -> bool:
-        return True
+    def _end(self) -> int:
+        return self._entry.size
 
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._entry.size}[whence]
-        target = max(0, base + offset)
-        if target != self._pos:
-            self._drop()
-            self._pos = target
-            # Only a read from byte 0 sees every byte, so only then can it check the hash.
-            self._hasher = DropboxContentHasher() if target == 0 else None
-        return self._pos
+    def _moved(self, target: int) -> None:
+        self._drop()
+        # Only a read from byte 0 sees every byte, so only then can it check the hash.
+        self._hasher = DropboxContentHasher() if target == 0 else None
 
     def readinto(self, buffer) -> int:
         size = self._entry.size

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 from fitsync.errors import SourceChanged, TransferFailed
 from fitsync.paths import safe_relpath
+from fitsync.remotes.base import ResumableStream
 from fitsync.remotes.http_wire import (Broken, Exchange, GAP_MULTIRANGE, GAP_SINGLE, MAX_RANGES_PER_REQUEST,
                                        MAX_RANGE_HEADER, Pinned, READ_CHUNK, Transient, ascending_runs,
                                        check_status, content_range, int_header, multipart_boundary,
@@ -238,7 +239,7 @@ class HttpReading:
         return {}
 
 
-class HttpStream(io.RawIOBase):
+class HttpStream(ResumableStream):
     """Sequential, seekable reader of one file that resumes with Range after
     a dropped connection and refuses to splice two versions."""
 
@@ -250,21 +251,11 @@ class HttpStream(io.RawIOBase):
         self._ex: Exchange | None = None
         self._tries = remote.retry.tracker()
 
-    def readable(self) -> bool:
-        return True
+    def _end(self) -> int:
+        return self._size
 
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        target = {io.SEEK_SET: offset, io.SEEK_CUR: self._pos + offset, io.SEEK_END: self._size + offset}[whence]
-        if target != self._pos:
-            self._drop()
-            self._pos = max(0, target)
-        return self._pos
+    def _moved(self, target: int) -> None:
+        self._drop()
 
     def readinto(self, buffer) -> int:
         if self._pos >= self._size or not len(buffer):
