@@ -1,15 +1,38 @@
 """The wire formats fitsync and its SSH agent share, written once.
 
-The layouts of a serialized block signature and of a delta recipe
-(docs/signature-format.md), the ids of the STDLIB sum suite, and the rule
-that sizes a signature's blocks. fitsync imports this module; the agent,
+The agent's framing, the layouts of a serialized block signature and of a
+delta recipe (docs/signature-format.md), the ids of the STDLIB sum suite, and
+the rule that sizes a signature's blocks. fitsync imports this module; the agent,
 which runs on hosts where fitsync is not installed, is sent this very text
 as part of its one file (fitsync.agent.source()). So it must stay stdlib
 only, import nothing of fitsync, and run on Python 3.6.
 """
 
+import json
 import math
 import struct
+
+# Agent frames: a 4-byte big-endian length, a UTF-8 JSON header of that length,
+# then header["n"] raw bytes when the header has "n".
+FRAME = struct.Struct(">I")
+MAX_FRAME_HEADER = 64 << 20
+MAX_FRAME_BODY = 1 << 30
+
+
+def parse_frame_header(raw):
+    """A frame header: a JSON object whose optional "n" (body length) is an
+    int in 0..MAX_FRAME_BODY. Anything else is a malformed frame (ValueError)."""
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ValueError("frame header is not JSON") from None
+    if not isinstance(header, dict):
+        raise ValueError("frame header is not an object")
+    n = header.get("n")
+    if "n" in header and (type(n) is not int or not 0 <= n <= MAX_FRAME_BODY):
+        raise ValueError("frame body length is invalid")
+    return header
+
 
 FITS_RECORD = 2880  # bytes in a FITS block: blocks of a signature are whole records
 

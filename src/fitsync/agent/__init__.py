@@ -11,8 +11,12 @@ namespace once joined, so none imports another.
 
 This package runs the very same text, so ``fitsync.agent.Channel``,
 ``fitsync.agent.main`` and the rest are what the host runs, byte for byte.
+It runs it at the first such name asked for, not on import: the SSH client
+needs only ``source()`` (and the framing, from fitsync.wire), and compiling
+the agent would cost every SSH run several milliseconds for nothing.
 """
 
+import threading
 from importlib import resources
 
 
@@ -27,6 +31,21 @@ def source() -> bytes:
     return b"\n\n".join([texts[0], wire.read_bytes(), *texts[1:]])
 
 
-_PACKAGE_DOC = __doc__
-exec(compile(source(), "<fitsync agent>", "exec"), globals())  # noqa: S102 - the shipped text, run here too
-__doc__ = _PACKAGE_DOC  # the agent's own docstring (its protocol) stays in source()
+_RUN_LOCK = threading.Lock()
+_ran = False
+
+
+def __getattr__(name: str):
+    """A name of the agent (PEP 562): the agent's text is run into this
+    package once, at the first name asked for."""
+    global _ran
+    with _RUN_LOCK:
+        if not _ran:
+            doc = __doc__
+            exec(compile(source(), "<fitsync agent>", "exec"), globals())  # noqa: S102 - the shipped text
+            globals()["__doc__"] = doc  # the agent's own docstring (its protocol) stays in source()
+            _ran = True
+    try:
+        return globals()[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None

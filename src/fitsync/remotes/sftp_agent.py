@@ -19,6 +19,7 @@ import paramiko
 
 from fitsync import __version__
 from fitsync import agent as agent_module
+from fitsync import wire
 from fitsync.errors import BadInput, ConnectionFailed, NotFound, TransferFailed, UnsafePath, VerificationFailed
 from fitsync.sshconn import SshConnection
 from fitsync.threads import await_preloads
@@ -31,7 +32,6 @@ log = logging.getLogger("fitsync.remotes.sftp")
 AGENT_MAGIC = b"FSA1"  # also an absurd SFTP length: internal-sftp quits at once
 AGENT_START_TIMEOUT = 30.0
 AGENT_IO_TIMEOUT = 600.0
-_FRAME = struct.Struct(">I")
 _WARNED_NO_AGENT: set = set()
 
 
@@ -156,25 +156,25 @@ class AgentClient:
         if body is not None:
             header = dict(header, n=len(body))
         raw = json.dumps(header, separators=(",", ":")).encode()
-        self.channel.sendall(_FRAME.pack(len(raw)) + raw + (body or b""))
+        self.channel.sendall(wire.FRAME.pack(len(raw)) + raw + (body or b""))
 
     received = 0  # bytes read from the agent (for tests and benchmarks)
 
     def recv(self) -> tuple[dict, bytes | None]:
-        raw = self.rfile.read(_FRAME.size)
-        if len(raw) != _FRAME.size:
+        raw = self.rfile.read(wire.FRAME.size)
+        if len(raw) != wire.FRAME.size:
             raise EOFError("the agent closed its channel")
-        (length,) = _FRAME.unpack(raw)
-        if length > agent_module.MAX_HEADER:
+        (length,) = wire.FRAME.unpack(raw)
+        if length > wire.MAX_FRAME_HEADER:
             raise TransferFailed("the fitsync agent sent a malformed reply (header too large)")
         try:
-            header = agent_module.parse_frame_header(self.rfile.read(length))
+            header = wire.parse_frame_header(self.rfile.read(length))
         except ValueError as exc:
             raise TransferFailed(f"the fitsync agent sent a malformed reply ({exc})") from None
         body = self.rfile.read(header["n"]) if "n" in header else None
         if body is not None and len(body) != header["n"]:
             raise EOFError("the agent closed its channel mid-reply")
-        self.received += _FRAME.size + length + (len(body) if body is not None else 0)
+        self.received += wire.FRAME.size + length + (len(body) if body is not None else 0)
         return header, body
 
     def finish(self) -> tuple[dict, bytes | None]:

@@ -33,25 +33,9 @@ import sys
 AGENT_PROTOCOL = 1
 READ_CHUNK = 4 << 20
 STATE_DIR = ".fitsync"
-HEADER = struct.Struct(">I")
-MAX_HEADER = 64 << 20
-MAX_BODY = 1 << 30
+# FRAME, MAX_FRAME_HEADER, MAX_FRAME_BODY and parse_frame_header: fitsync/wire.py,
+# joined into this file after this part.
 READ_PIECE = 4 << 20
-
-
-def parse_frame_header(raw):
-    """A frame header: a JSON object whose optional "n" (body length) is an
-    int in 0..MAX_BODY. Anything else is a malformed frame (ValueError)."""
-    try:
-        header = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise ValueError("frame header is not JSON") from None
-    if not isinstance(header, dict):
-        raise ValueError("frame header is not an object")
-    n = header.get("n")
-    if "n" in header and (type(n) is not int or not 0 <= n <= MAX_BODY):
-        raise ValueError("frame body length is invalid")
-    return header
 
 
 # -- framing ----------------------------------------------------------------
@@ -74,13 +58,13 @@ class Channel:
 
     def recv(self):
         """(header dict, body bytes or None); None at a clean end of input."""
-        raw = self.rfile.read(HEADER.size)
+        raw = self.rfile.read(FRAME.size)
         if not raw:
             return None, None
-        if len(raw) != HEADER.size:
+        if len(raw) != FRAME.size:
             raise EOFError("truncated frame")
-        (length,) = HEADER.unpack(raw)
-        if length > MAX_HEADER:
+        (length,) = FRAME.unpack(raw)
+        if length > MAX_FRAME_HEADER:
             raise ValueError("frame header too large")
         header = parse_frame_header(self.read_exact(length))
         body = self.read_exact(header["n"]) if "n" in header else None
@@ -90,7 +74,7 @@ class Channel:
         if body is not None:
             header["n"] = len(body)
         raw = json.dumps(header, separators=(",", ":")).encode()
-        self.wfile.write(HEADER.pack(len(raw)) + raw)
+        self.wfile.write(FRAME.pack(len(raw)) + raw)
         if body is not None:
             self.wfile.write(body)
         if flush:
