@@ -239,9 +239,7 @@ class Mirror(Planning):
                     item = self.refresh_source(item)
                     if item is None or item.action == Action.INCOMPLETE:
                         return
-                try:
-                    tries.failed(f"{item.path}: {exc}", lambda count, exc=exc: exc)
-                except RETRYABLE:
+                if not tries.again(f"{item.path}: {exc}"):
                     self.fail(item, exc)
                     return
                 continue

@@ -71,20 +71,25 @@ class Retries:
         """Count a transient failure (``failure`` says what happened), then
         wait before the next try; past the policy's attempts raise
         ``give_up(attempts)``, marked as retried."""
+        if not self.again(failure, retry_after):
+            raise mark_retried(give_up(self.failures))
+
+    def again(self, failure: str, retry_after: Optional[float] = None) -> bool:
+        """Count a transient failure and wait before the next try: True, or
+        False (no wait) once the policy's attempts are spent."""
         self.failures += 1
         if self.failures > self.policy.attempts:
-            raise mark_retried(give_up(self.failures))
+            return False
         delay = self.policy.delay(self.failures, retry_after)
         log.warning("%s; retry %d of %d in %.1f s", failure, self.failures, self.policy.attempts, delay)
         self.policy.sleep(delay)
+        return True
 
 
 def retrying(attempt: Callable[[], object], policy: RetryPolicy, *, transient: Callable[[BaseException], bool],
              describe: Callable[[BaseException], str], give_up: Callable[[BaseException, int], BaseException],
-             retry_after: Callable[[BaseException], Optional[float]] = lambda exc: None,
-             before_retry: Callable[[BaseException], None] = lambda exc: None):
-    """``attempt()``, tried again while it raises what ``transient`` accepts.
-    ``before_retry(exc)`` runs after the wait, before the next try (a reconnect)."""
+             retry_after: Callable[[BaseException], Optional[float]] = lambda exc: None):
+    """``attempt()``, tried again while it raises what ``transient`` accepts."""
     tries = policy.tracker()
     while True:
         try:
@@ -93,7 +98,6 @@ def retrying(attempt: Callable[[], object], policy: RetryPolicy, *, transient: C
             if not transient(exc):
                 raise
             tries.failed(describe(exc), lambda count, exc=exc: give_up(exc, count), retry_after(exc))
-            before_retry(exc)
 
 
 def mark_retried(error: BaseException) -> BaseException:
