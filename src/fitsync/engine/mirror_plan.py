@@ -42,7 +42,7 @@ class Planning:
         files = size = 0
         for path, src, dst in paired(src_side, dst_side):
             if src is None:
-                if path not in o.protected:
+                if o.delete and path not in o.protected:  # held only when they are to go
                     gone[path] = dst
                 continue
             files += 1

@@ -230,7 +230,7 @@ class Exchange:
         resp, self.resp = self.resp, None
         if resp is None:
             return
-        if self._pending or resp.length_remaining not in (0, None) or not _at_end(resp):
+        if self._pending or not _at_end(resp):
             resp.close()  # bytes still on the wire: this socket cannot carry another request
         resp.release_conn()
 
@@ -243,8 +243,8 @@ class Exchange:
 
 def _at_end(resp) -> bool:
     """Whether nothing of ``resp``'s body is left (a HEAD answer, or one read to its end)."""
-    if resp.length_remaining == 0:
-        return True
+    if resp.length_remaining is not None:
+        return resp.length_remaining == 0
     try:
         return resp.read(1) == b""  # a body of unknown length: is there more?
     except _READ_ERRORS:
