@@ -39,6 +39,9 @@ MTIME = 1_700_000_000.0
 SOURCES = ["local", "local-named", "sftp-agent", "sftp-only", "sftp-named", "http-index", "https-manifest",
            "https-named", "dropbox", "dropbox-named"]
 WRITABLE = ["local", "local-named", "sftp-agent", "sftp-only", "sftp-named", "dropbox", "dropbox-named"]
+# Writable backends whose interrupted copies keep their bytes (Capability.RESUMES).
+# Dropbox does not: an upload session dies with the client that held it.
+RESUMING = ["local", "local-named", "sftp-agent", "sftp-only", "sftp-named"]
 
 
 def _write_tree(root: Path) -> None:
@@ -59,9 +62,12 @@ def _config(tmp_path: Path, monkeypatch, text: str) -> None:
 class Backend:
     """One backend serving FILES: ``remote`` and what the suite may expect of it."""
 
-    def __init__(self, name: str, remote, *, outside: Path | None = None):
+    def __init__(self, name: str, remote, *, outside: Path | None = None, address: str = "",
+                 root: Path | None = None):
         self.name = name
         self.remote = remote
+        self.address = address or remote.url  # as a user types it on the command line
+        self.root = root  # where the tree is on this machine (None: only through the backend)
         self.outside = outside  # a file beside the tree that no path may reach
         self.writable = name in WRITABLE
 
@@ -77,12 +83,13 @@ def _backend(name: str, request, tmp_path: Path, monkeypatch):
     outside.parent.mkdir(parents=True, exist_ok=True)
     outside.write_bytes(b"secret beside the tree\n")
     stack = contextlib.ExitStack()
+    address = ""
     with stack:
         if name == "local":
-            remote = open_remote(str(root))
+            remote = open_remote(address := str(root))
         elif name == "local-named":
             _config(tmp_path, monkeypatch, f'[lustre]\ntype = "file"\npath = "{base}"\n')
-            remote = open_remote("lustre:tree")
+            remote = open_remote(address := "lustre:tree")
         elif name.startswith("sftp"):
             server = request.getfixturevalue("sshd")
             request.getfixturevalue("home")
@@ -90,9 +97,9 @@ def _backend(name: str, request, tmp_path: Path, monkeypatch):
             if name == "sftp-named":
                 _config(tmp_path, monkeypatch, f'[mountain]\ntype = "sftp"\nhost = "127.0.0.1"\nport = {port}\n'
                                                f'key_file = "{server.client_key}"\npath = "{base}"\n')
-                remote = open_remote("mountain:tree")
+                remote = open_remote(address := "mountain:tree")
             else:
-                remote = open_remote(f"sftp://127.0.0.1:{port}{root}")
+                remote = open_remote(address := f"sftp://127.0.0.1:{port}{root}")
             stack.callback(sshconn.close_all)
         elif name == "http-index":
             srv = stack.enter_context(HttpFixture(str(base), "ranges"))
@@ -123,7 +130,8 @@ def _backend(name: str, request, tmp_path: Path, monkeypatch):
                 remote = open_remote("dropbox:/served/tree", RemoteOptions(ca_bundle=server.ca_file, retries=1))
             outside = None  # nothing of this machine's is reachable through Dropbox at all
         stack.callback(remote.close)
-        yield Backend(name, remote, outside=outside)
+        yield Backend(name, remote, outside=outside, address=address,
+                      root=None if name.startswith("dropbox") else root)
 
 
 def _release_manifest(root: Path) -> None:
@@ -331,3 +339,47 @@ def test_hostile_names_are_never_written_or_deleted(destination, hostile):
         destination.remote.delete(hostile)
     if destination.outside is not None:
         assert destination.outside.read_bytes() == b"secret beside the tree\n"
+
+
+def test_resuming_is_declared_where_it_holds(destination):
+    assert (Capability.RESUMES in destination.remote.capabilities) == (destination.name in RESUMING)
+
+
+@pytest.mark.parametrize("name", RESUMING)
+def test_a_copy_killed_midway_resumes_after_the_bytes_it_kept(name, request, tmp_path, monkeypatch):
+    """SIGKILL `fitsync mirror` while it copies a large file in, then run it
+    again: nothing is left under the final name meanwhile, the rerun sends
+    only what had not been kept, and the result is the source's bytes."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = random.Random(7).randbytes(64 << 20)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.fits").write_bytes(data)
+    with _backend(name, request, tmp_path, monkeypatch) as b:
+        command = [sys.executable, "-m", "fitsync", "mirror", str(src), b.address, "--jobs=1", "--json"]
+        part_dir, final = b.root / ".fitsync" / "partial", b.root / "big.fits"
+        first = subprocess.Popen(command + ["--bwlimit=24M"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline, killed_at = time.monotonic() + 60, 0
+        while time.monotonic() < deadline and first.poll() is None and not killed_at:
+            for part in part_dir.glob("*.part") if part_dir.is_dir() else ():
+                with contextlib.suppress(FileNotFoundError):
+                    if part.stat().st_size >= 24 << 20:
+                        assert not final.exists(), "the final name appeared before the copy was done"
+                        first.send_signal(signal.SIGKILL)
+                        killed_at = part.stat().st_size
+            time.sleep(0.005)
+        first.wait(30)
+        assert killed_at, f"the copy was not seen in {part_dir} in time: {first.stderr.read().decode()[-2000:]}"
+        assert not final.exists()
+        again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        report = json.loads(again.stdout)
+        assert report["bytes_reused"] >= 8 << 20, report  # at least the first checkpoint was kept
+        assert report["bytes_transferred"] + report["bytes_reused"] == len(data), report
+        assert blake3.blake3(final.read_bytes()).digest() == blake3.blake3(data).digest()
+        assert not part_dir.exists() or not list(part_dir.iterdir()), "the kept part outlived the copy it served"

@@ -53,11 +53,11 @@ def test_a_planted_partial_is_never_written_through(tmp_path, canary):
     before = snapshot(canary)
     # The partial's name is derived from the source file's identity: predictable, hence plantable.
     from fitsync.engine.plan import Action, Item
-    from fitsync.engine.transfer import _identity_key
+    from fitsync.engine.transfer import identity_key
     from fitsync.remotes.local import LocalRemote
 
     entry = next(LocalRemote(str(src)).list())
-    key = _identity_key(Item("obs.fits", Action.NEW, "", entry))
+    key = identity_key(Item("obs.fits", Action.NEW, "", entry))
     (dst / ".fitsync" / "partial").mkdir(parents=True, mode=0o700)
     (dst / ".fitsync").chmod(0o700)
     for suffix in (".part", ".journal"):

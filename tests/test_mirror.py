@@ -154,7 +154,7 @@ def test_resume_reuses_a_validated_partial_and_discards_a_bad_one(tmp_path, cli)
     item = Item("big.fits", Action.NEW, "", src.stat("big.fits"))
     # Simulate an interrupted first run: two full chunks written and journalled.
     part_dir = dst.state_dir("partial")
-    key = transfer._identity_key(item)
+    key = transfer.identity_key(item)
     import xxhash
 
     with open(os.path.join(part_dir, key + ".part"), "wb") as p, open(os.path.join(part_dir, key + ".journal"), "wb") as j:

@@ -6,6 +6,7 @@ as a hang or a garbled read in the middle of a mirror."""
 import inspect
 
 import paramiko
+import pytest
 from paramiko.sftp import CMD_DATA, CMD_READ, CMD_WRITE, int64
 
 
@@ -23,3 +24,27 @@ def test_a_reply_for_a_registered_object_is_handed_to_its_async_response():
     when the request was made with a ``fileobj`` (what _Replies relies on)."""
     source = inspect.getsource(paramiko.SFTPClient._read_response)
     assert "_async_response" in source
+
+
+# -- the record of a resumable upload (remotes/sftp_resume.py) ------------------------------
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+from fitsync.remotes import sftp_resume  # noqa: E402
+
+
+@given(st.integers(min_value=0, max_value=10**20 - 1))
+def test_a_record_reads_back_as_written(acknowledged):
+    assert sftp_resume._parse_record(sftp_resume._record(acknowledged)) == acknowledged
+
+
+@given(st.binary(max_size=40))
+def test_anything_else_in_a_record_means_nothing_was_kept(text):
+    value = sftp_resume._parse_record(text)
+    assert value == 0 or sftp_resume._record(value) == text
+
+
+@pytest.mark.parametrize("key", ["", "../x", "a/b", "a.b", "ab\0"])
+def test_a_resume_key_cannot_name_a_path(key):
+    with pytest.raises(ValueError):
+        sftp_resume.partial_paths("/root", key)

@@ -316,11 +316,12 @@ def test_connection_killed_mid_mirror_is_retried_and_verified(sshd, home, tmp_pa
     data = os.urandom(192 << 20)
     src, dst = tmp_path / "src", tmp_path / "dst"
     write_tree(src, {"big.fits": data, "small.txt": b"small"})
+    # Both directions keep what arrived in .fitsync/partial/ (Capability.RESUMES).
+    thread, seen = kill_when_growing(sshd, dst / ".fitsync" / "partial", "*.part", dst / "big.fits",
+                                     threshold=24 << 20)
     if direction == "pull":
-        thread, seen = kill_when_growing(sshd, dst / ".fitsync" / "partial", "*.part", dst / "big.fits")
         result = cli("mirror", sftp_url(sshd, src), dst, "--json", "--retries=3")
     else:
-        thread, seen = kill_when_growing(sshd, dst / ".fitsync" / "tmp", "*.part", dst / "big.fits")
         result = cli("mirror", src, sftp_url(sshd, dst), "--json", "--retries=3")
     thread.join(70)
     assert seen["killed"], "the transfer ended before the connection could be killed"
@@ -328,4 +329,70 @@ def test_connection_killed_mid_mirror_is_retried_and_verified(sshd, home, tmp_pa
     assert result.code == 0, result.err
     assert "lost" in result.err  # the retry is reported
     assert read_tree(dst) == {"big.fits": data, "small.txt": b"small"}
+    report = json.loads(result.out)
+    if direction == "pull":  # the reader went on at its byte on a new connection: nothing read twice
+        assert report["bytes_transferred"] == len(data) + 5, report
+    else:  # the retry went on after the bytes kept: at least the 8 MiB checkpoint before the 24 MiB seen
+        assert report["bytes_reused"] >= 8 << 20, report
+        assert report["bytes_transferred"] + report["bytes_reused"] == len(data) + 5, report
+        for made in (dst / ".fitsync", dst / ".fitsync" / "partial"):  # private, as in a local destination
+            assert made.stat().st_mode & 0o077 == 0, oct(made.stat().st_mode)
+    assert not list((dst / ".fitsync" / "partial").glob("*")) if (dst / ".fitsync" / "partial").exists() else True
     assert not list((dst / ".fitsync" / "tmp").glob("*.part")) if (dst / ".fitsync" / "tmp").exists() else True
+
+
+# -- resumed uploads (remotes/sftp_resume.py) -------------------------------------------------
+
+def _plant_kept_upload(src, dst, name: str, kept: bytes, record: bytes | None = None, symlink_to=None):
+    """What an interrupted upload of ``src/name`` into ``dst`` would have left."""
+    from fitsync.engine.plan import Action, Item
+    from fitsync.engine.transfer import identity_key
+    from fitsync.remotes.local import LocalRemote
+
+    key = identity_key(Item(name, Action.NEW, "", LocalRemote(str(src)).stat(name)))
+    partial = dst / ".fitsync" / "partial"
+    partial.mkdir(parents=True, mode=0o700)
+    if symlink_to is not None:
+        (partial / f"{key}.part").symlink_to(symlink_to)
+    else:
+        (partial / f"{key}.part").write_bytes(kept)
+    (partial / f"{key}.upto").write_bytes(record if record is not None else b"%020d\n" % len(kept))
+    return partial
+
+
+@pytest.mark.parametrize("case", ["wrong-bytes", "record-past-part", "malformed-record", "symlinked-part"])
+def test_kept_upload_bytes_are_used_only_when_they_hold(sshd, home, tmp_path, cli, case):
+    """A kept part is resumed only as far as its record and its length agree,
+    never through a symlink, and bytes that turn out wrong are caught by the
+    agent's check of the whole file: the file is sent again, never installed."""
+    data = os.urandom(40 << 20)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_tree(src, {"big.fits": data})
+    victim = tmp_path / "victim.bin"
+    victim.write_bytes(b"v" * (16 << 20))
+    kept = {"wrong-bytes": os.urandom(16 << 20), "record-past-part": data[:8 << 20],
+            "malformed-record": data[:16 << 20], "symlinked-part": b""}[case]
+    record = {"record-past-part": b"%020d\n" % (16 << 20), "malformed-record": b"16777216\n"}.get(case)
+    partial = _plant_kept_upload(src, dst, "big.fits", kept, record,
+                                 symlink_to=victim if case == "symlinked-part" else None)
+    result = cli("mirror", src, sftp_url(sshd, dst), "--json")
+    assert result.code == 0, result.err
+    assert (dst / "big.fits").read_bytes() == data
+    assert victim.read_bytes() == b"v" * (16 << 20)
+    report = json.loads(result.out)
+    assert report["bytes_reused"] == 0 and report["bytes_transferred"] == len(data), report
+    assert not list(partial.iterdir())
+
+
+def test_kept_upload_bytes_of_this_version_are_not_sent_again(sshd, home, tmp_path, cli):
+    data = os.urandom(40 << 20)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_tree(src, {"big.fits": data})
+    partial = _plant_kept_upload(src, dst, "big.fits", data[:24 << 20] + os.urandom(1 << 20),
+                                 record=b"%020d\n" % (24 << 20))  # bytes past the record were never acknowledged
+    result = cli("mirror", src, sftp_url(sshd, dst), "--json")
+    assert result.code == 0, result.err
+    assert (dst / "big.fits").read_bytes() == data
+    report = json.loads(result.out)
+    assert report["bytes_reused"] == 24 << 20 and report["bytes_transferred"] == len(data) - (24 << 20), report
+    assert not list(partial.iterdir())

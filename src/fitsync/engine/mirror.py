@@ -81,7 +81,7 @@ class Mirror(Planning):
             items = self.plan()
             self.execute(items)
             mirror_links(self)
-            if local_dst and not self.options.dry_run and not self.result.files_failed:
+            if lock and Capability.RESUMES in self.dst.capabilities and not self.result.files_failed:
                 # Every transfer completed, so what is left in partial/ belongs to
                 # source versions that no longer exist. Something planted there
                 # meanwhile is left alone, not a failure of the copies made.

@@ -9,14 +9,23 @@ to ``write_atomic``. Either way the destination verifies before it renames.
 
 from __future__ import annotations
 
+import logging
+
 from fitsync.engine.plan import Item
 from fitsync.engine.transfer import (CHUNK, Moved, _check_source_unchanged, _raise_if_incomplete, _read_from,
-                                     _trusted_digest, source_identity, split_ranges)
-from fitsync.errors import VerificationFailed
+                                     _trusted_digest, identity_key, local_fits_state, source_identity,
+                                     split_ranges)
+from fitsync.errors import SourceChanged, VerificationFailed
 from fitsync.hashes import file_digest
 from fitsync.mapped import mapped_file
-from fitsync.remotes.base import Capability, Remote
+from fitsync.remotes.base import Capability, Remote, Resume
 from fitsync.threads import run_beside
+
+log = logging.getLogger("fitsync.engine.push")
+
+# Files this large keep their bytes when an upload is interrupted; smaller
+# ones start again (a kept part would cost more round trips than it saves).
+RESUME_MIN = 2 * CHUNK
 
 
 def push(src: Remote, dst: Remote, item: Item, on_bytes=None, fits_check: bool = False) -> Moved:
@@ -31,10 +40,14 @@ def push(src: Remote, dst: Remote, item: Item, on_bytes=None, fits_check: bool =
     digest = _trusted_digest(item)
     if digest is None and local is not None:
         digest = file_digest(local)
-    moved = Moved()
+    resume = _resume_of(dst, item, local)
+    start = resume.offset if resume is not None else 0
+    moved = Moved(reused=start)
+    if start and on_bytes:
+        on_bytes(start, matched=True)  # kept on the destination, not read again
 
     def chunks():
-        for chunk in _read_from(src, item.path, 0, item.src.size):
+        for chunk in _read_from(src, item.path, start, item.src.size):
             moved.transferred += len(chunk)
             if on_bytes:
                 on_bytes(len(chunk))
@@ -44,13 +57,42 @@ def push(src: Remote, dst: Remote, item: Item, on_bytes=None, fits_check: bool =
     if fits_check:
         from fitsync.fitsnames import looks_like_fits
 
-        if looks_like_fits(item.path, b""):
+        if start and local is not None:
+            # The stream starts mid-file, past the headers the guard reads:
+            # the local file's own structure is checked instead.
+            _raise_if_incomplete(item, local_fits_state(local, item.path))
+        elif looks_like_fits(item.path, b""):
             from fitsync.fits_stream import guard_chunks
 
             stream = guard_chunks(item.path, stream)
-    dst.write_atomic(item.path, stream, mtime=item.src.mtime, expected_digest=digest)
+    dst.write_atomic(item.path, stream, mtime=item.src.mtime, expected_digest=digest, resume=resume)
     _check_source_unchanged(src, item)
     return moved
+
+
+def _resume_of(dst: Remote, item: Item, local: str | None) -> Resume | None:
+    """How a large local file's upload may resume (Capability.RESUMES): the
+    bytes of this source version the destination kept, and a reader of the
+    local file's bytes before them. None for small files (nothing worth
+    keeping) and remote sources (their prefix would have to travel again)."""
+    if local is None or item.src.size < RESUME_MIN or Capability.RESUMES not in dst.capabilities:
+        return None
+    key = identity_key(item)
+    offset = dst.kept_bytes(key, item.src.size)
+    if offset:
+        log.info("%s: resuming the upload after %d bytes kept on the destination", item.path, offset)
+    return Resume(key, offset, lambda: _read_local(local, offset))
+
+
+def _read_local(path: str, end: int):
+    with open(path, "rb") as f:
+        left = end
+        while left > 0:
+            data = f.read(min(CHUNK, left))
+            if not data:
+                raise SourceChanged(f"{path} shrank while it was read")
+            left -= len(data)
+            yield data
 
 
 def _push_delta(local: str, dst: Remote, item: Item, on_bytes=None) -> Moved:

@@ -49,7 +49,8 @@ class Moved:
     built: str | None = None  # how the file was written: engine.update names the ways
 
 
-def _identity_key(item: Item) -> str:
+def identity_key(item: Item) -> str:
+    """The name of the source version being copied: kept bytes are reused only for it."""
     import blake3
 
     src = item.src
@@ -129,7 +130,7 @@ def pull_new(src: Remote, dst: LocalRemote, item: Item, on_bytes=None, fits_chec
         if allocated is not None:
             return _pull_sparse(src, dst, item, local, allocated, on_bytes, fits_check)
     partial_dir = dst.state_dir("partial")
-    key = _identity_key(item)
+    key = identity_key(item)
     part = os.path.join(partial_dir, key + ".part")
     journal = os.path.join(partial_dir, key + ".journal")
     for name in (part, journal):
@@ -252,6 +253,9 @@ def _receive_into(write, flush, src: Remote, item: Item, resume_at: int, receive
             if flush is not None:
                 flush()
             jour.write(xxhash.xxh3_128_digest(chunk))
+            # Out of Python's buffer at once: a killed process loses what is
+            # in it, and a journal left empty would make the next run start over.
+            jour.flush()
         moved.transferred += len(chunk)
         if on_bytes:
             on_bytes(len(chunk))
@@ -264,7 +268,7 @@ def _pull_sparse(src: Remote, dst: LocalRemote, item: Item, local: str, allocate
     from fitsync.engine.sparse import copy_sparse, verify_sparse
 
     _check_room(dst, item, 0, needed=allocated)
-    tmp = os.path.join(dst.state_dir("tmp"), _identity_key(item) + ".sparse")
+    tmp = os.path.join(dst.state_dir("tmp"), identity_key(item) + ".sparse")
     before = source_identity(src, item)
     try:
         with open_state_file(tmp, "wb") as out:

@@ -28,7 +28,7 @@ import logging
 import os
 
 from fitsync.engine.plan import Action, Item
-from fitsync.engine.transfer import (CHUNK, Moved, _check_source_unchanged, _identity_key, _local_source,
+from fitsync.engine.transfer import (CHUNK, Moved, _check_source_unchanged, identity_key, _local_source,
                                      _trusted_digest, pull_new, refuse_incomplete_fits, source_identity,
                                      split_ranges)
 from fitsync.errors import VerificationFailed
@@ -75,7 +75,7 @@ def _clone_whole(src: Remote, dst: LocalRemote, item: Item, local: str, on_bytes
     hashed after the clone, with the source checked unchanged around it."""
     from fitsync.reflink import can_clone, clone_file
 
-    tmp = os.path.join(dst.state_dir("tmp"), _identity_key(item) + ".clone")
+    tmp = os.path.join(dst.state_dir("tmp"), identity_key(item) + ".clone")
     before = source_identity(src, item)
     with open(local, "rb") as source:
         if not can_clone(source.fileno(), os.path.dirname(tmp)):
@@ -214,7 +214,7 @@ class _CountedProgress:
 
 
 def _delta_tmp(dst: LocalRemote, item: Item) -> str:
-    return os.path.join(dst.state_dir("tmp"), _identity_key(item) + ".delta")
+    return os.path.join(dst.state_dir("tmp"), identity_key(item) + ".delta")
 
 
 class _Build:

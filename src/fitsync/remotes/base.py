@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 from abc import ABC, abstractmethod
 from types import MappingProxyType
-from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, Mapping
 
 from fitsync.errors import FitsyncError
 
@@ -45,6 +45,11 @@ class Capability:
     # pushes to every other.
     STAGED = "staged"
     LINKS = "links"  # symlinks are listed apart (symlinks()) and can be made in it
+    # A copy interrupted by a kill, a lost connection or Ctrl-C keeps the bytes
+    # it had written, and the next attempt at the same source version goes on
+    # after them instead of starting again. A STAGED destination does it in
+    # its own pulls; any other takes write_atomic(..., resume=Resume(...)).
+    RESUMES = "resumes"
 
 
 _NO_HASHES: Mapping[str, str] = MappingProxyType({})
@@ -75,6 +80,24 @@ class Entry:
 
     def __repr__(self) -> str:
         return f"Entry({self.path!r}, size={self.size}, mtime={self.mtime})"
+
+
+class Resume:
+    """How write_atomic may resume an upload (Capability.RESUMES).
+
+    ``key`` names the source version (engine.transfer.identity_key): the kept
+    bytes of one version are never reused for another. ``offset`` is what the
+    destination said it kept (Remote.kept_bytes), and the chunks given to
+    write_atomic start there. ``prefix()`` yields the source's bytes before
+    ``offset`` (each call anew), so that the file's digest is still taken
+    over all of it."""
+
+    __slots__ = ("key", "offset", "prefix")
+
+    def __init__(self, key: str, offset: int = 0, prefix: Callable[[], Iterable[bytes]] = tuple):
+        self.key = key
+        self.offset = offset
+        self.prefix = prefix
 
 
 class ReadOnlyRemote(FitsyncError):
@@ -209,11 +232,19 @@ class Remote(ABC):
         *,
         mtime: float | None = None,
         expected_digest: str | None = None,
+        resume: Resume | None = None,
     ) -> None:
         """Write ``chunks`` to a temporary name, verify the BLAKE3 digest if
         given, set mtime, and rename into place. Never leaves a partial file
-        under ``path``."""
+        under ``path``. With ``resume`` (Capability.RESUMES), the temporary
+        is named by ``resume.key``, ``chunks`` start at ``resume.offset``, and
+        an interruption keeps what was written for the next attempt."""
         raise ReadOnlyRemote(f"{self.url} is read-only; it cannot be a destination")
+
+    def kept_bytes(self, key: str, size: int) -> int:
+        """How many leading bytes of the source version ``key`` (of ``size``
+        bytes) an interrupted write_atomic kept (Capability.RESUMES); 0 when none."""
+        return 0
 
     def delete(self, path: str) -> None:
         raise ReadOnlyRemote(f"{self.url} is read-only; cannot delete {path}")

@@ -117,7 +117,8 @@ class DropboxTransfers:
         if self.shared:
             raise ReadOnlyRemote(f"{self.url} is a shared link, which fitsync only reads; cannot {what}")
 
-    def write_atomic(self, path, chunks: Iterable[bytes], *, mtime=None, expected_digest=None) -> None:
+    def write_atomic(self, path, chunks: Iterable[bytes], *, mtime=None, expected_digest=None,
+                     resume=None) -> None:  # kept_bytes() is always 0 here: ``resume`` changes nothing
         """Upload. Dropbox commits a file only when the last request completes, so
         nothing partial is ever visible under ``path``; the BLAKE3 of the bytes is
         checked before that commit and the content hash after it."""

@@ -22,7 +22,7 @@ class LocalRemote(Remote):
     scheme = "file"
     capabilities = frozenset(
         {Capability.READ_RANGE, Capability.WRITE, Capability.DELETE, Capability.LOCAL, Capability.STAGED,
-         Capability.LINKS}
+         Capability.LINKS, Capability.RESUMES}  # it resumes in the engine's staged pulls (engine/transfer.py)
     )
 
     def __init__(self, url: str):
@@ -285,7 +285,8 @@ class LocalRemote(Remote):
                 os.close(self._root_fd)
                 self._root_fd = None
 
-    def write_atomic(self, path, chunks: Iterable[bytes], *, mtime=None, expected_digest=None) -> None:
+    def write_atomic(self, path, chunks: Iterable[bytes], *, mtime=None, expected_digest=None,
+                     resume=None) -> None:  # kept_bytes() is always 0 here: ``resume`` changes nothing
         import tempfile
 
         import blake3

@@ -276,7 +276,7 @@ class SftpRemote(AgentPool, SftpWriting, Remote):
 
     @property
     def capabilities(self) -> frozenset:  # type: ignore[override]
-        caps = {Capability.READ_RANGE, Capability.WRITE, Capability.DELETE, Capability.LOCK}
+        caps = {Capability.READ_RANGE, Capability.WRITE, Capability.DELETE, Capability.LOCK, Capability.RESUMES}
         info = self.agent_info()
         if info is not None:
             caps.add(Capability.DIGEST)

@@ -122,29 +122,42 @@ def read_pipelined(sftp: paramiko.SFTPClient, handle: bytes, ranges: Iterable[tu
         yield b"".join(parts)
 
 
-def write_pipelined(sftp: paramiko.SFTPClient, handle: bytes, chunks: Iterable[bytes], hashers=()) -> tuple[int, int]:
-    """Write ``chunks`` sequentially with bounded outstanding requests; feed
-    each hasher. Aligned zero runs are not sent: the server's writes at
-    offsets leave them as holes (fitsync.holes), and they cost no bandwidth.
-    Returns (the byte count, the end of the last bytes written): where they
-    differ the file ends in a hole and needs its size set."""
+def write_pipelined(sftp: paramiko.SFTPClient, handle: bytes, chunks: Iterable[bytes], hashers=(), *,
+                    start: int = 0, on_acked=None) -> tuple[int, int]:
+    """Write ``chunks`` sequentially from offset ``start`` with bounded
+    outstanding requests; feed each hasher. Aligned zero runs are not sent:
+    the server's writes at offsets leave them as holes (fitsync.holes), and
+    they cost no bandwidth. ``on_acked(replies, end)``, when given, hears
+    that every byte before ``end`` is acknowledged (replies are awaited in
+    order), e.g. to checkpoint a resumable upload.
+    Returns (the end of the bytes given, the end of the last bytes written):
+    where they differ the file ends in a hole and needs its size set."""
     replies = _Replies(sftp)
     outstanding: deque = deque()
-    offset = written_to = 0
+    offset = written_to = start
+
+    def wait_oldest() -> None:
+        num, end = outstanding.popleft()
+        replies.wait(num)
+        if on_acked is not None:
+            on_acked(replies, end)
+
     for chunk in chunks:
         for h in hashers:
             h.update(chunk)
         view = memoryview(chunk).cast("B")
         for run_start, run_end in data_runs(view, offset):
-            for start in range(run_start, run_end, REQUEST_SIZE):
-                piece = bytes(view[start:min(start + REQUEST_SIZE, run_end)])
-                outstanding.append(replies.request(CMD_WRITE, handle, int64(offset + start), piece))
+            for start_at in range(run_start, run_end, REQUEST_SIZE):
+                end_at = min(start_at + REQUEST_SIZE, run_end)
+                piece = bytes(view[start_at:end_at])
+                outstanding.append((replies.request(CMD_WRITE, handle, int64(offset + start_at), piece),
+                                    offset + end_at))
                 if len(outstanding) >= MAX_OUTSTANDING:
-                    replies.wait(outstanding.popleft())
+                    wait_oldest()
             written_to = offset + run_end
         offset += len(view)
     while outstanding:
-        replies.wait(outstanding.popleft())
+        wait_oldest()
     return offset, written_to
 
 

@@ -19,7 +19,9 @@ import paramiko
 from fitsync.errors import (BadInput, ConnectionFailed, FitsyncError, Locked,
                             NotFound, TransferFailed, UnsafePath, VerificationFailed)
 from fitsync.hashes import new_hasher
+from fitsync.remotes.base import Resume
 from fitsync.remotes.sftp_io import CountedChunks, write_pipelined
+from fitsync.remotes.sftp_resume import Checkpoints, kept_bytes, open_part, partial_paths
 from fitsync.remotes.statefiles import STATE_DIR
 from fitsync.sshconn import SshConnection
 
@@ -46,7 +48,10 @@ class SftpWriting:
         if rel == ".." or rel.startswith("../"):
             raise UnsafePath(f"{directory} is not inside {self.root} on {self.target.hostname}")
         current = self.root
-        for depth, part in enumerate(rel.split("/")):
+        parts = rel.split("/")
+        # The state directory is private, as in a local destination: its names are predictable.
+        mode = 0o700 if parts[0] == STATE_DIR else 0o777
+        for depth, part in enumerate(parts):
             current = posixpath.join(current, part)
             try:
                 mode = sftp.lstat(current).st_mode
@@ -55,7 +60,7 @@ class SftpWriting:
                     raise
                 if depth == 0:
                     self._make_root(sftp)  # a first write to a new destination
-                self._mkdir(sftp, current)
+                self._mkdir(sftp, current, mode)
                 continue
             if stat_mod.S_ISLNK(mode):
                 raise UnsafePath(f"{rel}: {part} is a symlink in the destination on {self.target.hostname}; "
@@ -79,9 +84,9 @@ class SftpWriting:
             self._mkdir(sftp, d)
 
     @staticmethod
-    def _mkdir(sftp: paramiko.SFTPClient, directory: str) -> None:
+    def _mkdir(sftp: paramiko.SFTPClient, directory: str, mode: int = 0o777) -> None:
         try:
-            sftp.mkdir(directory)
+            sftp.mkdir(directory, mode)  # the server's umask applies as well
         except OSError as exc:
             try:  # another writer may have made it meanwhile
                 made = stat_mod.S_ISDIR(sftp.lstat(directory).st_mode)
@@ -90,28 +95,40 @@ class SftpWriting:
             if not made:
                 raise exc
 
-    def write_atomic(self, path, chunks: Iterable[bytes], *, mtime=None, expected_digest=None) -> None:
+    def write_atomic(self, path, chunks: Iterable[bytes], *, mtime=None, expected_digest=None,
+                     resume: Resume | None = None) -> None:
         """Upload to a temporary name, verify, set mtime, rename. ``chunks``
         can be consumed once, so a lost connection fails the file (the sync
-        engine retries it) instead of resuming here."""
+        engine retries it) instead of resuming here; with ``resume`` the
+        bytes acknowledged so far are kept for that retry (remotes/sftp_resume)."""
         final = self.remote_path(path)
-        tmp = self._temp_path(path)
+        if resume is not None:
+            tmp, record = partial_paths(self.root, resume.key)
+        else:
+            tmp, record = self._temp_path(path), None
         counted = CountedChunks(chunks)
         for attempt in (1, 2):
             conn = self.connection()
             generation = conn.generation
             try:
-                if not self._upload(conn, tmp, final, counted, expected_digest, mtime):
+                if not self._upload(conn, tmp, final, counted, expected_digest, mtime, resume, record):
                     self._call(f"rename into {final}", lambda c: self._rename(c.sftp(), tmp, final))
+                if record is not None:
+                    self._remove_quietly(record)
                 self._sweep_stale_temps()
                 return
             except BaseException as exc:
-                self._remove_quietly(tmp)
-                if not isinstance(exc, Exception):
-                    raise
                 # Lost: the transport's own error, or the session it could not open.
-                lost = (isinstance(exc, ConnectionFailed) and exc.transient) or (
-                    not isinstance(exc, FitsyncError) and self._lost(exc, conn))
+                lost = isinstance(exc, Exception) and (
+                    (isinstance(exc, ConnectionFailed) and exc.transient)
+                    or (not isinstance(exc, FitsyncError) and self._lost(exc, conn)))
+                interrupted = not isinstance(exc, Exception)  # Ctrl-C, exit
+                if record is None or not (lost or interrupted):
+                    self._remove_quietly(tmp)
+                    if record is not None:
+                        self._remove_quietly(record)
+                if interrupted:
+                    raise
                 if lost and attempt == 1 and counted.taken == 0:
                     # The connection had died before this file began (its
                     # transport had not noticed yet): not this file's failure.
@@ -125,15 +142,41 @@ class SftpWriting:
                 raise ConnectionFailed(f"connection to {self.target.describe()} lost while writing {final}: "
                                        f"{conn.why_lost(generation, exc)}") from None
 
-    def _upload(self, conn: SshConnection, tmp: str, final: str, chunks, expected_digest, mtime) -> bool:
+    def kept_bytes(self, key: str, size: int) -> int:
+        part, record = partial_paths(self.root, key)
+
+        def once(conn):
+            sftp = conn.sftp()
+            try:  # no symlink on the way (and no directory made just to look)
+                self._makedirs(sftp, posixpath.dirname(part), create=False)
+            except FileNotFoundError:
+                return 0
+            return kept_bytes(sftp, part, record, size)
+        return self._call(f"look for a partial upload in {posixpath.dirname(part)}", once)
+
+    def _upload(self, conn: SshConnection, tmp: str, final: str, chunks, expected_digest, mtime,
+                resume: Resume | None = None, record: str | None = None) -> bool:
         """Upload to ``tmp`` and verify; True when the agent has also renamed it to ``final``."""
         sftp = conn.sftp()
         self._makedirs(sftp, posixpath.dirname(tmp))
         algo = self.digest_algo()
         source_hash = new_hasher("blake3")
         hashers = [source_hash] + ([new_hasher(algo)] if algo != "blake3" else [])
-        with sftp.open(tmp, "wb") as f:
-            size, written_to = write_pipelined(sftp, f.handle, chunks, hashers)
+        start = resume.offset if resume is not None else 0
+        if start:
+            for piece in resume.prefix():  # the kept bytes count in the digests as if sent now
+                for h in hashers:
+                    h.update(piece)
+        with (open_part(sftp, tmp, start) if record is not None else sftp.open(tmp, "wb")) as f:
+            if start:
+                f.truncate(start)  # what lies past the record was never acknowledged
+            checkpoints = Checkpoints(sftp, record, start) if record is not None else None
+            try:
+                size, written_to = write_pipelined(sftp, f.handle, chunks, hashers, start=start,
+                                                   on_acked=checkpoints and checkpoints.acked)
+            finally:
+                if checkpoints is not None:
+                    checkpoints.close()
             if written_to < size:  # it ends in a hole
                 f.truncate(size)
         if expected_digest is not None and source_hash.hexdigest() != expected_digest:
@@ -247,45 +290,44 @@ class SftpWriting:
                         raise Locked(self._lock_message(sftp, path)) from None
             raise Locked(self._lock_message(sftp, path))
         self._call(f"lock {self.url}", once)
-        self._clear_killed_runs_temporaries()
+        self.clear_state("tmp")  # a killed run's uploads and patches: none of it can be resumed
 
-    def _clear_killed_runs_temporaries(self) -> None:
-        """With the lock held, whatever is in ROOT/.fitsync/tmp/ was left by a
-        run that was killed (uploads and patches in progress): none of it can
-        be resumed, so it goes, as in a local destination. Only plain files
-        and symlinks directly in tmp/ are unlinked (a symlink itself, never
-        what it points to), and nothing at all when .fitsync or tmp is not a
-        real directory. A failure here costs a warning, not the run: the lock
-        is held and must be released by the caller's normal path."""
+    def clear_state(self, sub: str) -> None:
+        """Empty ROOT/.fitsync/SUB, the caller holding the lock: "tmp" (what
+        killed runs left) or "partial" (after a run that completed, uploads
+        kept for source versions that no longer exist). Only plain files and
+        symlinks directly in it are unlinked (a symlink itself, never what it
+        points to), and nothing at all when .fitsync or SUB is not a real
+        directory. A failure here costs a warning, not the run: the lock is
+        held and must be released by the caller's normal path."""
         state = posixpath.join(self.root, STATE_DIR)
-        tmp = posixpath.join(state, "tmp")
+        directory = posixpath.join(state, sub)
 
         def once(conn):
             sftp = conn.sftp()
-            for directory in (state, tmp):
+            for level in (state, directory):
                 try:
-                    if not stat_mod.S_ISDIR(sftp.lstat(directory).st_mode):
-                        log.warning("%s on %s is not a directory (a symlink?); not clearing temporaries there",
-                                    directory, self.target.hostname)
+                    if not stat_mod.S_ISDIR(sftp.lstat(level).st_mode):
+                        log.warning("%s on %s is not a directory (a symlink?); not clearing it",
+                                    level, self.target.hostname)
                         return 0
                 except FileNotFoundError:
                     return 0
             removed = 0
-            for attr in sftp.listdir_attr(tmp):  # sftp-server reports lstat() attributes
+            for attr in sftp.listdir_attr(directory):  # sftp-server reports lstat() attributes
                 if stat_mod.S_ISREG(attr.st_mode) or stat_mod.S_ISLNK(attr.st_mode):
                     with contextlib.suppress(FileNotFoundError):
-                        sftp.remove(posixpath.join(tmp, attr.filename))
+                        sftp.remove(posixpath.join(directory, attr.filename))
                         removed += 1
             return removed
 
         try:
-            removed = self._call(f"clear {tmp}", once)
+            removed = self._call(f"clear {directory}", once)
         except FitsyncError as exc:
-            log.warning("could not remove the temporaries of killed runs in %s on %s: %s",
-                        tmp, self.target.hostname, exc)
+            log.warning("could not empty %s on %s: %s", directory, self.target.hostname, exc)
             return
         if removed:
-            log.info("removed %d temporaries of killed runs from %s on %s", removed, tmp, self.target.hostname)
+            log.info("removed %d leftover files from %s on %s", removed, directory, self.target.hostname)
 
     def _read_lock(self, sftp, path: str) -> list:
         try:
