@@ -1,7 +1,7 @@
 """SSH transfers: bytes on the wire and wall time, fitsync vs rsync/scp/rclone.
 
 Run by hand (root, sshd installed):  PYTHONPATH=src python3 benchmarks/bench_ssh.py [--size-mib=1024]
-    [--repeat=3] [--only=full|delta|agent] [--host=stock|fitsync]
+    [--repeat=3] [--only=full|delta|resume|agent] [--host=stock|fitsync]
 The agent runs on the (loopback) host under FITSYNC_SSH_PYTHON. By default
 (--host=stock) that is a Python 3 with nothing installed: Debian's
 /usr/bin/python3 where it exists, else this interpreter's base installation
@@ -20,6 +20,11 @@ bytes are counted on the wire, independently of any tool's own counters.
 - full: the whole file copied by fitsync (mirror, and the bare SftpRemote
   stream), scp, `rsync -W -e ssh`, and rclone over sftp, each connecting to
   sshd directly (bytes are the file's; the relay would cost CPU).
+
+- resume: a push of a --size-mib file killed (SIGKILL, as a crash or a cut
+  cable does) once half of it is on the host, then run again: the rerun's
+  time and bytes, `fitsync mirror` against `rsync --partial-dir` (which then
+  uses the kept half as its basis). Interleaved, medians of --repeat.
 
 - agent: the agent's signature of the FITS file on the host's interpreter
   (the STDLIB suite on a stock python3: zlib and hashlib on all cores), run
@@ -270,6 +275,52 @@ class Bench:
         if (new_side / "f.fits").read_bytes() != (old_side / "f.fits").read_bytes():
             raise RuntimeError(f"{tool} {direction} {case}: the copy differs from the source")
 
+    # -- a push killed halfway, then run again --------------------------------------------
+    def resume(self) -> None:
+        src = WORK / "resume-src"
+        src.mkdir()
+        fits_file(src / "big.fits", self.size)
+        for _ in range(self.repeat):
+            for tool in ("fitsync", "rsync"):
+                dst = WORK / "resume-dst"
+                shutil.rmtree(dst, ignore_errors=True)
+                dst.mkdir()
+                argv = {"fitsync": self.fitsync("mirror", src, self.url(dst)),
+                        "rsync": ["rsync", "-a", "--partial-dir=.rsync-partial", "-e", self.ssh_cmd, f"{src}/",
+                                  f"root@127.0.0.1:{dst}/"]}[tool]
+                self._kill_halfway(argv, dst, tool)
+                warm(str(src), str(dst))
+                self.measure(f"resume push: {tool}", argv)
+                if (dst / "big.fits").read_bytes() != (src / "big.fits").read_bytes():
+                    raise RuntimeError(f"{tool}: the resumed copy differs from the source")
+        shutil.rmtree(WORK / "resume-dst", ignore_errors=True)
+        shutil.rmtree(src)
+
+    def _kill_halfway(self, argv: list[str], dst: Path, tool: str) -> None:
+        """Run ``argv`` until half the file is on the host (in any file under
+        ``dst``: each tool keeps its temporary elsewhere), then SIGKILL it."""
+        import signal
+
+        warm(str(WORK / "resume-src"))
+        proc = subprocess.Popen(argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            held = 0
+            for dirpath, _, names in os.walk(dst):
+                for name in names:
+                    try:
+                        held = max(held, os.path.getsize(os.path.join(dirpath, name)))
+                    except OSError:
+                        pass
+            if held >= self.size // 2:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        proc.wait()
+        if (dst / "big.fits").exists():
+            raise RuntimeError(f"{tool} finished before it could be killed halfway; use a larger --size-mib")
+        time.sleep(1.0)  # the host's side notices the lost connection and keeps what it has
+
     def report(self) -> None:
         rows = {}
         for name, runs in self.results.items():
@@ -315,6 +366,8 @@ def main(argv: list[str]) -> int:
             bench.full()
         if opts.get("only") in (None, "delta"):
             bench.delta()
+        if opts.get("only") in (None, "resume"):
+            bench.resume()
         if opts.get("only") in (None, "agent"):
             bench.agent()
     finally:

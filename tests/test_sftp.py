@@ -279,7 +279,9 @@ def test_channels_for_the_workers_are_opened_ahead_and_adopted(sshd, home, tree,
 
 def test_one_agent_starts_however_early_it_is_asked_for(sshd, home, tree, monkeypatch):
     """The first agent starts in the background as the connection comes up; a
-    thread asking for one meanwhile waits for it rather than starting another."""
+    thread asking for one meanwhile waits for it rather than starting another.
+    That agent's hello is where the host's capabilities come from: reading
+    them (the engine does per file) asks nothing of the host again."""
     root, _ = tree
     started = []
 
@@ -291,7 +293,11 @@ def test_one_agent_starts_however_early_it_is_asked_for(sshd, home, tree, monkey
     monkeypatch.setattr(sftp_agent, "AgentClient", CountedAgent)
     sshconn.close_all()
     r = open_remote(url(sshd, root))
-    assert Capability.SIGNATURE in r.capabilities
+    caps = r.capabilities
+    assert {Capability.SIGNATURE, Capability.PATCH, Capability.DIGEST, Capability.RESUMES} <= caps
+    for _ in range(100):
+        assert r.capabilities == caps
+    assert "sha256" in r.remote_digests and r.mtime_resolution == 1e-9
     assert r.digest("a.txt")
     with r.using_agent() as agent:
         assert agent is not None

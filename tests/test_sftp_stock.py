@@ -223,28 +223,3 @@ def test_an_inplace_pull_from_a_stock_host_writes_only_the_change(sshd, home, tm
     assert os.stat(tmp_path / "old" / "f.fits").st_ino == inode
     assert not list((tmp_path / "old" / ".fitsync").glob("inplace/*"))
 
-
-def test_capabilities_come_with_the_connection_and_cost_no_request_of_their_own(sshd, home, tmp_path,
-                                                                                  monkeypatch):
-    """The host's abilities (can it run the agent?) are learnt by the agent
-    that connecting starts in the background; reading ``capabilities`` waits
-    for that start at most, and never starts another agent or asks again."""
-    started = []
-
-    class CountedAgent(sftp_agent.AgentClient):
-        def __init__(self, *args, **kwargs):
-            started.append(1)
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(sftp_agent, "AgentClient", CountedAgent)
-    (tmp_path / "r").mkdir()
-    remote = open_remote(sftp_url(sshd, tmp_path / "r"))
-    remote.connection()  # what any first operation does
-    first = remote.capabilities
-    assert {"signature", "patch", "digest", "resumes"} <= first
-    for _ in range(100):  # the engine reads them per file
-        assert remote.capabilities == first
-    assert "sha256" in remote.remote_digests and "blake3" not in remote.remote_digests
-    assert remote.mtime_resolution == 1e-9
-    assert len(started) == 1, "reading capabilities started an agent of its own"
-    remote.close()
