@@ -4,7 +4,11 @@
 process. The target: no more than 1.5x growth between the two sizes.
 
 Run by hand:  python3 benchmarks/bench_memory.py [--entries=1000000,10000000]
-    [--python=/path/to/venv/bin/python] [--only=manifest|mirror]
+    [--python=/path/to/venv/bin/python] [--only=manifest|mirror] [--tree=N,M]
+
+--tree=N,M lists real trees of N and M empty files instead (made once under
+benchmarks/work/tree-N/, 1,000 a directory), walked by the local backend:
+`manifest` only, since a no-op mirror of two local trees diffs in C.
 
 --python runs the children under another install (an older fitsync, for
 before-and-after figures); by default this checkout's src/ is used. The
@@ -35,7 +39,9 @@ def child(entries: int, mode: str, work: Path) -> int:
     from fitsync import remotes
 
     remotes.register_scheme("synthetic", "synthetic:Backend")
-    url = f"synthetic://{entries}"
+    url = str(work) if mode == "tree" else f"synthetic://{entries}"
+    if mode == "tree":
+        work, mode = work.parent, "manifest"
     t0 = time.perf_counter()
     if mode == "manifest":
         result = fitsync.manifest(url, output=str(work / "m.jsonl"), fits=False)
@@ -50,6 +56,20 @@ def child(entries: int, mode: str, work: Path) -> int:
     print(json.dumps({"entries": entries, "mode": mode, "peak_rss_mib": round(peak, 1),
                       "seconds": round(seconds, 1)}))
     return 0
+
+
+def real_tree(files: int) -> Path:
+    """A tree of ``files`` empty files, 1,000 a directory, made once."""
+    root = HERE / "work" / f"tree-{files}"
+    done = root / ".complete"
+    if not done.exists():
+        for start in range(0, files, 1000):
+            directory = root / f"d{start // 1000:06d}"
+            directory.mkdir(parents=True, exist_ok=True)
+            for i in range(start, min(start + 1000, files)):
+                (directory / f"obs_{i:09d}.fits").touch()
+        done.touch()
+    return root
 
 
 def run_child(python: str | None, entries: int, mode: str, work: Path) -> dict:
@@ -71,6 +91,14 @@ def main(argv: list) -> int:
     modes = [opts["only"]] if "only" in opts else ["manifest", "mirror"]
     (HERE / "work").mkdir(exist_ok=True)
     out = []
+    if "tree" in opts:
+        for n in (int(x) for x in opts["tree"].split(",")):
+            row = run_child(python, n + 1, "tree", real_tree(n))  # the walk also lists .complete
+            out.append(row)
+            print(f"manifest of a real tree of {n:,d} files: {row['peak_rss_mib']:9.1f} MiB  "
+                  f"{row['seconds']:8.1f} s ({(row['peak_rss_mib'] * 1048576) / n:.0f} bytes a file, "
+                  "the interpreter included)", flush=True)
+        modes = []
     with tempfile.TemporaryDirectory(dir=HERE / "work") as work:
         for mode in modes:
             rows = [run_child(python, n, mode, Path(work)) for n in sizes]

@@ -63,12 +63,19 @@ cdef class Listing:
             raise IndexError(i)
         return (_decode(self.recs[i].name), self.recs[i].size, self.recs[i].mtime_ns)
 
-    def entries(self, make):
-        """[make(path, size, mtime in seconds: mtime_ns / 1e9)] of every file,
-        in name order (``make`` is fitsync's Entry: no tuple per file)."""
+    @property
+    def records(self) -> int:
+        """Records held, excluded ones too: the bound of ``entries``' range."""
+        return self.count
+
+    def entries(self, make, size_t start=0, size_t stop=<size_t>-1):
+        """[make(path, size, mtime in seconds: mtime_ns / 1e9)] of the files
+        among records ``start`` to ``stop``, in name order (``make`` is
+        fitsync's Entry: no tuple per file). A range at a time lets a caller
+        hold a chunk of objects, not one per file of the tree."""
         cdef size_t i
         out = []
-        for i in range(self.count):
+        for i in range(start, min(stop, self.count)):
             if not self.recs[i].flags & EXCLUDED:
                 out.append(make(_decode(self.recs[i].name), self.recs[i].size, self.recs[i].mtime_ns / 1e9))
         return out

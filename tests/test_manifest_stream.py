@@ -129,3 +129,28 @@ def test_the_writer_round_trips_at_every_limit_and_batch_size(sizes, limit, batc
     assert list(read.entries.values()) == entries
     assert read.header["files"] == len(entries) and read.header["bytes"] == sum(sizes)
     assert read.header["version"] == (1 if len(entries) <= limit else 2)
+
+
+def test_a_local_listing_makes_its_entries_a_chunk_at_a_time(tmp_path):
+    """LocalRemote.list() keeps the tree in the walker's compact C records
+    and makes Python Entries 4,096 at a time, as the walk takes them."""
+    import gc
+
+    from fitsync.remotes.base import Entry
+    from fitsync.remotes.local import LocalRemote
+
+    names = [f"d{i % 7}/f{i:05d}.bin" for i in range(10_000)]
+    for name in names:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+
+    def alive() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if type(o) is Entry)
+
+    before = alive()
+    listed = LocalRemote(str(tmp_path)).list()
+    first = next(listed)
+    assert alive() - before <= 4096
+    rest = [e.path for e in listed]
+    assert [first.path] + rest == sorted(names)
