@@ -376,9 +376,10 @@ def test_a_copy_killed_midway_resumes_after_the_bytes_it_kept(name, request, tmp
         first.wait(30)
         assert killed_at, f"the copy was not seen in {part_dir} in time: {first.stderr.read().decode()[-2000:]}"
         assert not final.exists()
-        again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        again = subprocess.run(command + ["--itemize"], capture_output=True, text=True, timeout=120)
         assert again.returncode == 0, again.stderr
         report = json.loads(again.stdout)
+        assert [f["built"] for f in report["files"]] == ["resumed"], report["files"]
         assert report["bytes_reused"] >= 8 << 20, report  # at least the first checkpoint was kept
         assert report["bytes_transferred"] + report["bytes_reused"] == len(data), report
         assert blake3.blake3(final.read_bytes()).digest() == blake3.blake3(data).digest()

@@ -95,7 +95,7 @@ class Reporter:
             log.log(level, itemize_line(item) + (f" [{built}]" if built else ""))
         if self.itemize and (item.action != Action.UNCHANGED or self.itemize_unchanged):
             line = rsync_itemize(item)
-            if built and item.action in (Action.DELTA, Action.REPAIR):
+            if built and (item.action in (Action.DELTA, Action.REPAIR) or built == "resumed"):
                 line += f" ({built})"
             with self._lock:
                 self._items.append((item.path, line))

@@ -49,7 +49,9 @@ Options:
                          format (>f+++++++++ new, >f.st...... updated, >fc........
                          repaired, *deleting); -ii lists unchanged files too.
                          An updated file's line ends with how it was built:
-                         (cloned), (in place), (rewritten) or (kernel copy).
+                         (cloned), (in place), (rewritten) or (kernel copy);
+                         a new file that went on after the bytes an
+                         interrupted run kept ends with (resumed).
                          Alias: --itemize-changes.
   --manifest=FILE        Verify destination files against this manifest of the
                          source; any mismatch is corruption to repair.

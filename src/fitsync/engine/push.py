@@ -43,8 +43,12 @@ def push(src: Remote, dst: Remote, item: Item, on_bytes=None, fits_check: bool =
     resume = _resume_of(dst, item, local)
     start = resume.offset if resume is not None else 0
     moved = Moved(reused=start)
-    if start and on_bytes:
-        on_bytes(start, matched=True)  # kept on the destination, not read again
+    if start:
+        from fitsync.engine.update import RESUMED
+
+        moved.built = RESUMED
+        if on_bytes:
+            on_bytes(start, matched=True)  # kept on the destination, not read again
 
     def chunks():
         for chunk in _read_from(src, item.path, start, item.src.size):

@@ -41,6 +41,7 @@ log = logging.getLogger("fitsync.engine.update")
 
 # How a file was built, beside the writers' own "cloned", "kernel copy", "rewritten" (Writer.built).
 CLONED, IN_PLACE, REWRITTEN, COPIED = "cloned", "in place", "rewritten", "copied"
+RESUMED = "resumed"  # a new file that went on after the bytes an interrupted copy kept
 
 
 def source_signature(src: Remote, path: str, like: str | None = None):
@@ -165,7 +166,7 @@ def _build(build: "_Build", inplace: bool, clones: bool, fits_check: bool) -> Mo
 
 
 def _copied(moved: Moved) -> Moved:
-    moved.built = COPIED
+    moved.built = RESUMED if moved.reused else COPIED
     return moved
 
 
