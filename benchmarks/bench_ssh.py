@@ -2,6 +2,7 @@
 
 Run by hand (root, sshd installed):  PYTHONPATH=src python3 benchmarks/bench_ssh.py [--size-mib=1024]
     [--repeat=3] [--only=full|delta|resume|agent] [--host=stock|fitsync]
+    [--other-python=/path/to/other/venv/bin/python]
 The agent runs on the (loopback) host under FITSYNC_SSH_PYTHON. By default
 (--host=stock) that is a Python 3 with nothing installed: Debian's
 /usr/bin/python3 where it exists, else this interpreter's base installation
@@ -15,7 +16,9 @@ bytes are counted on the wire, independently of any tool's own counters.
 - delta: a FITS file of --size-mib with three edits (a header value changed;
   the header grown by one 2880-byte record; 1 MiB overwritten mid-data),
   each pulled and pushed by `fitsync mirror` and by `rsync -e ssh`
-  (interleaved, medians of --repeat). Both copies are written back to disk
+  (interleaved, medians of --repeat); with --other-python, a second fitsync
+  install (e.g. an older version, for before-and-after) runs interleaved
+  with them as "fitsync-other". Both copies are written back to disk
   and read into the page cache before each timed run.
 - full: the whole file copied by fitsync (mirror, and the bare SftpRemote
   stream), scp, `rsync -W -e ssh`, and rclone over sftp, each connecting to
@@ -167,6 +170,7 @@ class Bench:
         self.ssh_cmd = (f"ssh -p {self.relay.port} -i {self.sshd.client_key} -o StrictHostKeyChecking=no "
                         f"-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
         self.results: dict = {}
+        self.other_python = None  # --other-python: a second install timed beside (delta rows "fitsync-other")
 
     def url(self, path: Path, port: int | None = None) -> str:
         return f"sftp://127.0.0.1:{port or self.relay.port}{path}"
@@ -182,8 +186,8 @@ class Bench:
         self.results.setdefault(name, []).append((elapsed, self.relay.total))
         return elapsed, self.relay.total
 
-    def fitsync(self, *args) -> list[str]:
-        return [sys.executable, "-m", "fitsync", *map(str, args), "--quiet"]
+    def fitsync(self, *args, python: str | None = None) -> list[str]:
+        return [python or sys.executable, "-m", "fitsync", *map(str, args), "--quiet"]
 
     # -- full copy ----------------------------------------------------------------------
     def full(self) -> None:
@@ -246,7 +250,7 @@ class Bench:
         fits_file(base, self.size)
         for case in ("header-value", "header-grown", "data-1mib"):
             for _ in range(self.repeat):
-                for tool in ("fitsync", "rsync"):
+                for tool in ("fitsync", "rsync") + (("fitsync-other",) if self.other_python else ()):
                     for direction in ("pull", "push"):
                         self._delta_once(base, case, tool, direction)
         base.unlink()
@@ -264,11 +268,13 @@ class Bench:
         if direction == "pull":
             remote, local = new_side, old_side
             argv = {"fitsync": self.fitsync("mirror", self.url(remote), local),
+                    "fitsync-other": self.fitsync("mirror", self.url(remote), local, python=self.other_python),
                     "rsync": ["rsync", "-a", "--no-W", "-e", self.ssh_cmd, f"root@127.0.0.1:{remote}/",
                               f"{local}/"]}[tool]
         else:
             local, remote = new_side, old_side
             argv = {"fitsync": self.fitsync("mirror", local, self.url(remote)),
+                    "fitsync-other": self.fitsync("mirror", local, self.url(remote), python=self.other_python),
                     "rsync": ["rsync", "-a", "--no-W", "-e", self.ssh_cmd, f"{local}/",
                               f"root@127.0.0.1:{remote}/"]}[tool]
         self.measure(f"{case} {direction}: {tool}", argv)
@@ -341,17 +347,23 @@ class Bench:
         """fitsync / rsync per delta case (time and wire bytes), and the median time ratio."""
         out = {}
         for name, row in rows.items():
-            if name.endswith(": fitsync") and name.replace(": fitsync", ": rsync") in rows:
-                theirs = rows[name.replace(": fitsync", ": rsync")]
-                out[name[: -len(": fitsync")]] = {"time": round(row["seconds"] / theirs["seconds"], 3),
-                                                  "wire": round(row["wire_bytes"] / theirs["wire_bytes"], 4)}
+            case, _, tool = name.rpartition(": ")
+            if tool in ("fitsync", "fitsync-other") and f"{case}: rsync" in rows:
+                theirs = rows[f"{case}: rsync"]
+                key = case if tool == "fitsync" else f"{case} (other)"
+                out[key] = {"time": round(row["seconds"] / theirs["seconds"], 3),
+                            "wire": round(row["wire_bytes"] / theirs["wire_bytes"], 4)}
         if out:
             print(f"\n{'delta case':28s} {'time vs rsync':>14s} {'wire vs rsync':>14s}")
             for case, r in out.items():
                 print(f"{case:28s} {r['time']:13.2f}x {r['wire']:13.4f}x")
-            median = statistics.median(r["time"] for r in out.values())
-            print(f"{'median time ratio':28s} {median:13.2f}x")
-            out["median_time_ratio"] = median
+            medians = {}
+            for key, other in (("median_time_ratio", False), ("median_time_ratio_other", True)):
+                times = [r["time"] for case, r in out.items() if case.endswith("(other)") == other]
+                if times:
+                    medians[key] = statistics.median(times)
+                    print(f"{key.replace('_', ' '):28s} {medians[key]:13.2f}x")
+            out.update(medians)
         return out
 
     def close(self) -> None:
@@ -361,6 +373,7 @@ class Bench:
 def main(argv: list[str]) -> int:
     opts = dict(a.lstrip("-").split("=", 1) for a in argv if "=" in a)
     bench = Bench(int(opts.get("size-mib", 1024)), int(opts.get("repeat", 3)), opts.get("host", "stock"))
+    bench.other_python = opts.get("other-python")
     try:
         if opts.get("only") in (None, "full"):
             bench.full()
