@@ -346,10 +346,11 @@ def test_connection_killed_mid_mirror_is_retried_and_verified(sshd, home, tmp_pa
 def _plant_kept_upload(src, dst, name: str, kept: bytes, record: bytes | None = None, symlink_to=None):
     """What an interrupted upload of ``src/name`` into ``dst`` would have left."""
     from fitsync.engine.plan import Action, Item
-    from fitsync.engine.transfer import identity_key
+    from fitsync.engine.push import _upload_key
     from fitsync.remotes.local import LocalRemote
 
-    key = identity_key(Item(name, Action.NEW, "", LocalRemote(str(src)).stat(name)))
+    source = LocalRemote(str(src))
+    key = _upload_key(source, Item(name, Action.NEW, "", source.stat(name)))
     partial = dst / ".fitsync" / "partial"
     partial.mkdir(parents=True, mode=0o700)
     if symlink_to is not None:
@@ -396,3 +397,33 @@ def test_kept_upload_bytes_of_this_version_are_not_sent_again(sshd, home, tmp_pa
     report = json.loads(result.out)
     assert report["bytes_reused"] == 24 << 20 and report["bytes_transferred"] == len(data) - (24 << 20), report
     assert not list(partial.iterdir())
+
+
+def test_a_source_rewritten_with_its_old_size_and_mtime_is_sent_whole(sshd, home, tmp_path, cli):
+    """cp -p, tar x or touch -r can give new bytes the old size and mtime. On
+    an sftp-only host nothing re-reads a file before its rename, so the part
+    kept from the old bytes must not be continued: the key holds the local
+    inode and ctime too."""
+    old, new = os.urandom(40 << 20), os.urandom(40 << 20)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_tree(src, {"big.fits": old})
+    partial = _plant_kept_upload(src, dst, "big.fits", old[:24 << 20])
+    stat = (src / "big.fits").stat()
+    (src / "next.fits").write_bytes(new)
+    os.replace(src / "next.fits", src / "big.fits")
+    os.utime(src / "big.fits", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    result = cli("mirror", src, sftp_url(sshd, dst, sshd.sftp_only_port), "--json")
+    assert result.code == 0, result.err
+    assert (dst / "big.fits").read_bytes() == new
+    assert json.loads(result.out)["bytes_reused"] == 0
+    assert not list(partial.iterdir())
+
+
+def test_an_existing_state_directory_gets_a_private_partial(sshd, home, tmp_path, cli):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_tree(src, {"big.fits": os.urandom(20 << 20)})
+    (dst / ".fitsync").mkdir(parents=True)
+    (dst / ".fitsync").chmod(0o755)  # as an older fitsync or a umask of 022 left it
+    result = cli("mirror", src, sftp_url(sshd, dst))
+    assert result.code == 0, result.err
+    assert (dst / ".fitsync" / "partial").stat().st_mode & 0o077 == 0

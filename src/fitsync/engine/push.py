@@ -40,7 +40,7 @@ def push(src: Remote, dst: Remote, item: Item, on_bytes=None, fits_check: bool =
     digest = _trusted_digest(item)
     if digest is None and local is not None:
         digest = file_digest(local)
-    resume = _resume_of(dst, item, local)
+    resume = _resume_of(src, dst, item, local)
     start = resume.offset if resume is not None else 0
     moved = Moved(reused=start)
     if start:
@@ -63,7 +63,9 @@ def push(src: Remote, dst: Remote, item: Item, on_bytes=None, fits_check: bool =
 
         if start and local is not None:
             # The stream starts mid-file, past the headers the guard reads:
-            # the local file's own structure is checked instead.
+            # the local file's own structure is checked instead, once it is
+            # known to be the listed version (not one that grew since).
+            _check_source_unchanged(src, item)
             _raise_if_incomplete(item, local_fits_state(local, item.path))
         elif looks_like_fits(item.path, b""):
             from fitsync.fits_stream import guard_chunks
@@ -74,18 +76,30 @@ def push(src: Remote, dst: Remote, item: Item, on_bytes=None, fits_check: bool =
     return moved
 
 
-def _resume_of(dst: Remote, item: Item, local: str | None) -> Resume | None:
+def _resume_of(src: Remote, dst: Remote, item: Item, local: str | None) -> Resume | None:
     """How a large local file's upload may resume (Capability.RESUMES): the
     bytes of this source version the destination kept, and a reader of the
     local file's bytes before them. None for small files (nothing worth
     keeping) and remote sources (their prefix would have to travel again)."""
     if local is None or item.src.size < RESUME_MIN or Capability.RESUMES not in dst.capabilities:
         return None
-    key = identity_key(item)
+    key = _upload_key(src, item)
     offset = dst.kept_bytes(key, item.src.size)
     if offset:
         log.info("%s: resuming the upload after %d bytes kept on the destination", item.path, offset)
     return Resume(key, offset, lambda: _read_local(local, offset))
+
+
+def _upload_key(src: Remote, item: Item) -> str:
+    """The name of a kept upload: the source version (path, size, mtime),
+    and also the local file's inode and ctime and the source tree's URL. A
+    file rewritten with its old size and mtime (cp -p, tar x, touch -r) or a
+    namesake from another tree must never continue a part: on a host without
+    the agent nothing but its size is checked before it is renamed."""
+    import blake3
+
+    ident = f"{identity_key(item)}\0{source_identity(src, item)}\0{src.url}"
+    return blake3.blake3(ident.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def _read_local(path: str, end: int):

@@ -24,7 +24,7 @@ import posixpath
 import stat as stat_mod
 
 import paramiko
-from paramiko.sftp import CMD_WRITE, int64
+from paramiko.sftp import CMD_EXTENDED, CMD_WRITE, int64
 
 from fitsync.errors import VerificationFailed
 from fitsync.remotes.statefiles import STATE_DIR
@@ -39,6 +39,21 @@ def partial_paths(root: str, key: str) -> tuple[str, str]:
         raise ValueError(f"a resume key is alphanumeric, not {key!r}")
     directory = posixpath.join(root, STATE_DIR, "partial")
     return posixpath.join(directory, key + ".part"), posixpath.join(directory, key + ".upto")
+
+
+FSYNC = "fsync@openssh.com"  # OpenSSH's extension: fsync(2) of an open handle
+
+
+def _syncs(sftp: paramiko.SFTPClient, handle: bytes) -> bool:
+    """Whether the server syncs an open file on request (once per upload)."""
+    from fitsync.remotes.sftp_io import _Replies
+
+    replies = _Replies(sftp)
+    try:
+        replies.wait(replies.request(CMD_EXTENDED, FSYNC, handle))
+    except OSError:  # SSH_FX_OP_UNSUPPORTED, or a failed sync: not durable here
+        return False
+    return True
 
 
 def _record(acknowledged: int) -> bytes:
@@ -81,7 +96,8 @@ def open_part(sftp: paramiko.SFTPClient, part: str, start: int) -> paramiko.SFTP
     f = sftp.open(part, "r+")
     try:
         named, held = sftp.lstat(part), f.stat()
-        if not stat_mod.S_ISREG(named.st_mode) or (named.st_size, named.st_mtime) != (held.st_size, held.st_mtime):
+        if (not stat_mod.S_ISREG(named.st_mode) or (held.st_size or 0) < start
+                or (named.st_size, named.st_mtime) != (held.st_size, held.st_mtime)):
             raise ChangedPart(f"{part} changed while it was being resumed; it is sent again")
     except BaseException:
         f.close()
@@ -104,29 +120,40 @@ class Checkpoints:
     """Keeps ``record`` up to date while an upload's replies come in:
     ``acked`` is write_pipelined's ``on_acked``."""
 
-    def __init__(self, sftp: paramiko.SFTPClient, record: str, start: int):
+    def __init__(self, sftp: paramiko.SFTPClient, record: str, start: int, sync_handle: bytes | None = None):
+        """``sync_handle``: the part's, when each checkpoint must be durable
+        (the part synced before its record is written); where the server
+        cannot sync, no checkpoint is recorded and nothing will be resumed."""
         # Made anew and exclusively (its name is predictable: see open_part),
         # holding at once what is kept; a kill in between costs the resume
         # point, never a byte.
         _unlink_if_there(sftp, record)
         self.file = sftp.open(record, "wx")
-        self.file.write(_record(start))
+        try:
+            self.file.write(_record(start))
+            self.sync_handle = sync_handle
+            self.recording = sync_handle is None or _syncs(sftp, sync_handle)
+        except BaseException:
+            self.file.close()
+            raise
         self.next = start + CHECKPOINT
         self._replies = None
-        self._pending = None
+        self._pending: list = []
 
     def acked(self, replies, end: int) -> None:
-        if end < self.next:
+        if end < self.next or not self.recording:
             return
         self._wait_pending()
         self._replies = replies
-        self._pending = replies.request(CMD_WRITE, self.file.handle, int64(0), _record(end))
+        if self.sync_handle is not None:  # handled in order by the server: synced before recorded
+            self._pending.append(replies.request(CMD_EXTENDED, FSYNC, self.sync_handle))
+        self._pending.append(replies.request(CMD_WRITE, self.file.handle, int64(0), _record(end)))
         self.next = end + CHECKPOINT
 
     def _wait_pending(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            self._replies.wait(pending)
+        pending, self._pending = self._pending, []
+        for num in pending:
+            self._replies.wait(num)
 
     def close(self) -> None:
         try:

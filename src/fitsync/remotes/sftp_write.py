@@ -54,7 +54,7 @@ class SftpWriting:
         for depth, part in enumerate(parts):
             current = posixpath.join(current, part)
             try:
-                mode = sftp.lstat(current).st_mode
+                found = sftp.lstat(current).st_mode
             except FileNotFoundError:
                 if not create:
                     raise
@@ -62,10 +62,10 @@ class SftpWriting:
                     self._make_root(sftp)  # a first write to a new destination
                 self._mkdir(sftp, current, mode)
                 continue
-            if stat_mod.S_ISLNK(mode):
+            if stat_mod.S_ISLNK(found):
                 raise UnsafePath(f"{rel}: {part} is a symlink in the destination on {self.target.hostname}; "
                                  "refusing to write through it")
-            if not stat_mod.S_ISDIR(mode):
+            if not stat_mod.S_ISDIR(found):
                 raise BadInput(f"{current} on {self.target.hostname} exists and is not a directory")
 
     def _make_root(self, sftp: paramiko.SFTPClient) -> None:
@@ -114,7 +114,7 @@ class SftpWriting:
                 if not self._upload(conn, tmp, final, counted, expected_digest, mtime, resume, record):
                     self._call(f"rename into {final}", lambda c: self._rename(c.sftp(), tmp, final))
                 if record is not None:
-                    self._remove_quietly(record)
+                    self._remove_quietly(record, defer=False)
                 self._sweep_stale_temps()
                 return
             except BaseException as exc:
@@ -124,9 +124,11 @@ class SftpWriting:
                     or (not isinstance(exc, FitsyncError) and self._lost(exc, conn)))
                 interrupted = not isinstance(exc, Exception)  # Ctrl-C, exit
                 if record is None or not (lost or interrupted):
-                    self._remove_quietly(tmp)
+                    # A part's name is fixed per source version: a retry may be
+                    # writing it by the time a deferred removal would run.
+                    self._remove_quietly(tmp, defer=record is None)
                     if record is not None:
-                        self._remove_quietly(record)
+                        self._remove_quietly(record, defer=False)
                 if interrupted:
                     raise
                 if lost and attempt == 1 and counted.taken == 0:
@@ -170,7 +172,11 @@ class SftpWriting:
         with (open_part(sftp, tmp, start) if record is not None else sftp.open(tmp, "wb")) as f:
             if start:
                 f.truncate(start)  # what lies past the record was never acknowledged
-            checkpoints = Checkpoints(sftp, record, start) if record is not None else None
+            # Without an agent nothing re-reads the file before the rename, so
+            # a checkpoint must outlive a crash of the host: the part is
+            # synced first (fsync@openssh.com; no record where it is missing).
+            checkpoints = None if record is None else Checkpoints(
+                sftp, record, start, sync_handle=None if self.agent_info() is not None else f.handle)
             try:
                 size, written_to = write_pipelined(sftp, f.handle, chunks, hashers, start=start,
                                                    on_acked=checkpoints and checkpoints.acked)
@@ -204,12 +210,14 @@ class SftpWriting:
             pass
         sftp.posix_rename(tmp, final)
 
-    def _remove_quietly(self, remote: str) -> None:
+    def _remove_quietly(self, remote: str, defer: bool = True) -> None:
         """Remove a temporary file; if the connection is down, remember it and
-        remove it after the next successful write (or at close)."""
+        remove it after the next successful write (or at close), unless not
+        ``defer`` (then it waits for the end of a complete run: clear_state)."""
         conn = self._conn
         if conn is None or not conn.alive():  # reconnecting just for this could wait out --timeout
-            self._stale_temps.add(remote)
+            if defer:
+                self._stale_temps.add(remote)
             return
         try:
             conn.sftp().remove(remote)
@@ -217,7 +225,8 @@ class SftpWriting:
         except FileNotFoundError:
             self._stale_temps.discard(remote)
         except Exception:  # the connection is gone: try again later
-            self._stale_temps.add(remote)
+            if defer:
+                self._stale_temps.add(remote)
 
     def _sweep_stale_temps(self) -> None:
         for remote in list(self._stale_temps):
