@@ -15,7 +15,7 @@ from fitsync.engine.plan import Item
 from fitsync.engine.transfer import (CHUNK, Moved, _check_source_unchanged, _raise_if_incomplete, _read_from,
                                      _trusted_digest, identity_key, local_fits_state, source_identity,
                                      split_ranges)
-from fitsync.errors import SourceChanged, VerificationFailed
+from fitsync.errors import VerificationFailed
 from fitsync.hashes import file_digest
 from fitsync.mapped import mapped_file
 from fitsync.remotes.base import Capability, Remote, Resume
@@ -87,7 +87,7 @@ def _resume_of(src: Remote, dst: Remote, item: Item, local: str | None) -> Resum
     offset = dst.kept_bytes(key, item.src.size)
     if offset:
         log.info("%s: resuming the upload after %d bytes kept on the destination", item.path, offset)
-    return Resume(key, offset, lambda: _read_local(local, offset))
+    return Resume(key, offset, lambda: _read_from(src, item.path, 0, offset))
 
 
 def _upload_key(src: Remote, item: Item) -> str:
@@ -100,17 +100,6 @@ def _upload_key(src: Remote, item: Item) -> str:
 
     ident = f"{identity_key(item)}\0{source_identity(src, item)}\0{src.url}"
     return blake3.blake3(ident.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-
-
-def _read_local(path: str, end: int):
-    with open(path, "rb") as f:
-        left = end
-        while left > 0:
-            data = f.read(min(CHUNK, left))
-            if not data:
-                raise SourceChanged(f"{path} shrank while it was read")
-            left -= len(data)
-            yield data
 
 
 def _push_delta(local: str, dst: Remote, item: Item, on_bytes=None) -> Moved:
